@@ -1,0 +1,466 @@
+/*
+Copyright 2026 The callguard Authors.
+
+Licensed under the Apache License, Version 2.0 (the "License");
+you may not use this file except in compliance with the License.
+You may obtain a copy of the License at
+
+    http://www.apache.org/licenses/LICENSE-2.0
+
+Unless required by applicable law or agreed to in writing, software
+distributed under the License is distributed on an "AS IS" BASIS,
+WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+See the License for the specific language governing permissions and
+limitations under the License.
+*/
+
+
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Mode says whether decisions are carried out on Graph.
+// +kubebuilder:validation:Enum=Enforce;DryRun
+type Mode string
+
+const (
+	// ModeEnforce carries decisions out on Graph.
+	ModeEnforce Mode = "Enforce"
+	// ModeDryRun decides, logs and counts, but calls nothing on Graph.
+	ModeDryRun Mode = "DryRun"
+)
+
+// Action is what happens to a call.
+// +kubebuilder:validation:Enum=Allow;Reject;Redirect
+type Action string
+
+const (
+	// ActionAllow leaves the call alone (or forwards it upstream).
+	ActionAllow Action = "Allow"
+	// ActionReject rejects the call with a reason.
+	ActionReject Action = "Reject"
+	// ActionRedirect redirects the call to other targets.
+	ActionRedirect Action = "Redirect"
+)
+
+// RejectReason is Graph's rejectReason.
+// +kubebuilder:validation:Enum=none;busy;forbidden
+type RejectReason string
+
+const (
+	ReasonNone      RejectReason = "none"
+	ReasonBusy      RejectReason = "busy"
+	ReasonForbidden RejectReason = "forbidden"
+)
+
+// IdentityType is the kind of identity a caller presents.
+// +kubebuilder:validation:Enum=phone;user;guest;application;applicationInstance;acsUser;encrypted;anonymous
+type IdentityType string
+
+const (
+	IdentityPhone               IdentityType = "phone"
+	IdentityUser                IdentityType = "user"
+	IdentityGuest               IdentityType = "guest"
+	IdentityApplication         IdentityType = "application"
+	IdentityApplicationInstance IdentityType = "applicationInstance"
+	IdentityACSUser             IdentityType = "acsUser"
+	IdentityEncrypted           IdentityType = "encrypted"
+	IdentityAnonymous           IdentityType = "anonymous"
+)
+
+// Modality is a Graph call modality.
+// +kubebuilder:validation:Enum=audio;video;videoBasedScreenSharing;data
+type Modality string
+
+// Weekday names the day a schedule window starts.
+// +kubebuilder:validation:Enum=Mon;Tue;Wed;Thu;Fri;Sat;Sun
+type Weekday string
+
+// APIVersion is the Graph API version the receiver calls.
+// +kubebuilder:validation:Enum=v1.0;beta
+type APIVersion string
+
+// CallPolicySpec declares how a calling bot treats incoming calls.
+// +kubebuilder:validation:XValidation:rule="self.defaultAction != 'Redirect' || has(self.defaultRedirect)",message="defaultRedirect is required when defaultAction is Redirect"
+// +kubebuilder:validation:XValidation:rule="!has(self.defaultRedirect) || self.defaultAction == 'Redirect'",message="defaultRedirect is only allowed when defaultAction is Redirect"
+// +kubebuilder:validation:XValidation:rule="!has(self.defaultReason) || self.defaultReason == 'none' || self.defaultAction == 'Reject'",message="defaultReason is only allowed when defaultAction is Reject"
+type CallPolicySpec struct {
+	// Bot identifies the calling bot and how it authenticates to Graph.
+	Bot BotSpec `json:"bot"`
+
+	// Graph says where Graph, the token authority and the inbound-token keys are.
+	// +kubebuilder:default={}
+	// +optional
+	Graph GraphSpec `json:"graph,omitempty"`
+
+	// Upstream is an existing bot's callback that receives the notifications of allowed calls.
+	// +optional
+	Upstream *UpstreamSpec `json:"upstream,omitempty"`
+
+	// Mode is Enforce or DryRun.
+	// +kubebuilder:default=Enforce
+	// +optional
+	Mode Mode `json:"mode,omitempty"`
+
+	// DefaultAction applies when no rule matches.
+	// +kubebuilder:default=Allow
+	// +optional
+	DefaultAction Action `json:"defaultAction,omitempty"`
+
+	// DefaultReason is the reject reason when DefaultAction is Reject (default none).
+	// +optional
+	DefaultReason RejectReason `json:"defaultReason,omitempty"`
+
+	// DefaultRedirect is required when DefaultAction is Redirect.
+	// +optional
+	DefaultRedirect *RedirectSpec `json:"defaultRedirect,omitempty"`
+
+	// Rules are ordered: the first rule whose match holds decides.
+	// +kubebuilder:validation:MaxItems=512
+	// +kubebuilder:validation:XValidation:rule="self.all(r, self.exists_one(s, s.name == r.name))",message="rule names must be unique"
+	// +optional
+	Rules []Rule `json:"rules,omitempty"`
+
+	// Receiver configures the receiver Deployment.
+	// +kubebuilder:default={}
+	// +optional
+	Receiver ReceiverSpec `json:"receiver,omitempty"`
+}
+
+// BotSpec identifies the calling bot.
+type BotSpec struct {
+	// AppID is the bot's Entra application (client) id; inbound tokens carry it as aud.
+	// +kubebuilder:validation:Format=uuid
+	// +kubebuilder:validation:MaxLength=36
+	AppID string `json:"appId"`
+
+	// TenantID is the tenant whose Graph the receiver calls.
+	// +kubebuilder:validation:Format=uuid
+	// +kubebuilder:validation:MaxLength=36
+	TenantID string `json:"tenantId"`
+
+	// Credentials says how the receiver gets Graph tokens.
+	Credentials Credentials `json:"credentials"`
+}
+
+// Credentials names exactly one credential source.
+// +kubebuilder:validation:XValidation:rule="has(self.secretRef) != has(self.workloadIdentity)",message="exactly one of secretRef or workloadIdentity must be set"
+type Credentials struct {
+	// SecretRef names a Secret in the policy's namespace with key client-secret, or tls.crt and tls.key.
+	// +optional
+	SecretRef *SecretReference `json:"secretRef,omitempty"`
+
+	// WorkloadIdentity uses Azure workload identity federation.
+	// +optional
+	WorkloadIdentity *WorkloadIdentity `json:"workloadIdentity,omitempty"`
+}
+
+// SecretReference names a Secret in the same namespace.
+type SecretReference struct {
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+}
+
+// WorkloadIdentity selects Azure workload identity federation; it has no fields yet.
+type WorkloadIdentity struct{}
+
+// GraphSpec locates Graph and its identity services.
+type GraphSpec struct {
+	// Endpoint is the Graph base URL.
+	// +kubebuilder:default="https://graph.microsoft.com"
+	// +kubebuilder:validation:Pattern=`^https?://`
+	// +optional
+	Endpoint string `json:"endpoint,omitempty"`
+
+	// APIVersion is v1.0 or beta.
+	// +kubebuilder:default="v1.0"
+	// +optional
+	APIVersion APIVersion `json:"apiVersion,omitempty"`
+
+	// AuthorityHost is the token authority.
+	// +kubebuilder:default="https://login.microsoftonline.com/"
+	// +kubebuilder:validation:Pattern=`^https?://`
+	// +optional
+	AuthorityHost string `json:"authorityHost,omitempty"`
+
+	// OpenIDConfigURL is where inbound-token signing keys are discovered.
+	// +kubebuilder:default="https://api.aps.skype.com/v1/.well-known/OpenIdConfiguration"
+	// +kubebuilder:validation:Pattern=`^https?://`
+	// +optional
+	OpenIDConfigURL string `json:"openIDConfigURL,omitempty"`
+
+	// Issuers are the accepted iss values of inbound tokens.
+	// +kubebuilder:default={"https://api.botframework.com","https://graph.microsoft.com"}
+	// +kubebuilder:validation:MaxItems=16
+	// +optional
+	Issuers []string `json:"issuers,omitempty"`
+}
+
+// UpstreamSpec is an existing bot's callback.
+type UpstreamSpec struct {
+	// URL of the existing bot's callback.
+	// +kubebuilder:validation:Pattern=`^https?://`
+	URL string `json:"url"`
+}
+
+// Rule is one ordered rule of a policy.
+// +kubebuilder:validation:XValidation:rule="!has(self.reason) || self.action == 'Reject'",message="reason is only allowed when action is Reject"
+// +kubebuilder:validation:XValidation:rule="(self.action == 'Redirect') == has(self.redirect)",message="redirect is required when action is Redirect and not allowed otherwise"
+type Rule struct {
+	// Name is a DNS label, unique in the policy.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	Name string `json:"name"`
+
+	// Action taken when the match holds.
+	Action Action `json:"action"`
+
+	// Reason sent as Graph's rejectReason (Reject only; default none).
+	// +optional
+	Reason RejectReason `json:"reason,omitempty"`
+
+	// Redirect targets (Redirect only).
+	// +optional
+	Redirect *RedirectSpec `json:"redirect,omitempty"`
+
+	// Match must hold for the rule to decide; an empty match matches every call.
+	// +optional
+	Match Match `json:"match,omitempty"`
+}
+
+// RedirectSpec redirects a call to 1..25 targets that ring at once.
+// +kubebuilder:validation:XValidation:rule="size(self.targets) >= 1 && size(self.targets) <= 25",message="redirect needs 1 to 25 targets"
+type RedirectSpec struct {
+	// +kubebuilder:validation:MaxItems=25
+	Targets []RedirectTarget `json:"targets"`
+
+	// TimeoutSeconds before the redirect gives up.
+	// +kubebuilder:validation:Minimum=15
+	// +kubebuilder:validation:Maximum=90
+	// +kubebuilder:default=30
+	// +optional
+	TimeoutSeconds int32 `json:"timeoutSeconds,omitempty"`
+}
+
+// RedirectTarget is exactly one of a phone number, a user or an application instance.
+// +kubebuilder:validation:XValidation:rule="[has(self.phone), has(self.user), has(self.applicationInstance)].filter(x, x).size() == 1",message="a redirect target needs exactly one of phone, user or applicationInstance"
+type RedirectTarget struct {
+	// Phone is an E.164 number.
+	// +kubebuilder:validation:Pattern=`^\+[1-9][0-9]{1,14}$`
+	// +optional
+	Phone string `json:"phone,omitempty"`
+
+	// User is a user's object id.
+	// +kubebuilder:validation:MaxLength=64
+	// +optional
+	User string `json:"user,omitempty"`
+
+	// ApplicationInstance is an application instance's object id.
+	// +kubebuilder:validation:MaxLength=64
+	// +optional
+	ApplicationInstance string `json:"applicationInstance,omitempty"`
+}
+
+// Match holds when every given field holds; inside a list any item may hold.
+type Match struct {
+	// Callers match on the caller's identity.
+	// +optional
+	Callers *CallerMatch `json:"callers,omitempty"`
+
+	// Modalities hold if the call requested any of them.
+	// +kubebuilder:validation:MaxItems=4
+	// +optional
+	Modalities []Modality `json:"modalities,omitempty"`
+
+	// Schedule holds when the call arrives in one of its windows.
+	// +optional
+	Schedule *Schedule `json:"schedule,omitempty"`
+
+	// Expression is CEL over call, caller and now; it must evaluate to bool.
+	// +kubebuilder:validation:MaxLength=4096
+	// +optional
+	Expression string `json:"expression,omitempty"`
+}
+
+// CallerMatch matches the caller (call.source.identity).
+type CallerMatch struct {
+	// Numbers are exact E.164 numbers, compared after normalization.
+	// +kubebuilder:validation:MaxItems=10000
+	// +optional
+	Numbers []string `json:"numbers,omitempty"`
+
+	// NumberPrefixes match normalized numbers that start with them.
+	// +kubebuilder:validation:MaxItems=10000
+	// +optional
+	NumberPrefixes []string `json:"numberPrefixes,omitempty"`
+
+	// NumberPatterns are RE2 regexes searched in the normalized number (with its leading +).
+	// +kubebuilder:validation:MaxItems=256
+	// +optional
+	NumberPatterns []string `json:"numberPatterns,omitempty"`
+
+	// NumberLists name ConfigMap keys holding one number or prefix (ending in *) a line.
+	// +kubebuilder:validation:MaxItems=64
+	// +optional
+	NumberLists []NumberList `json:"numberLists,omitempty"`
+
+	// IdentityTypes the caller may have.
+	// +kubebuilder:validation:MaxItems=8
+	// +optional
+	IdentityTypes []IdentityType `json:"identityTypes,omitempty"`
+
+	// IDs are object ids of the caller's user, guest, application or applicationInstance identity.
+	// +kubebuilder:validation:MaxItems=10000
+	// +optional
+	IDs []string `json:"ids,omitempty"`
+
+	// TenantIDs are callers' tenant ids.
+	// +kubebuilder:validation:MaxItems=1000
+	// +optional
+	TenantIDs []string `json:"tenantIds,omitempty"`
+
+	// DisplayNamePatterns are RE2 regexes searched in the caller's display name.
+	// +kubebuilder:validation:MaxItems=256
+	// +optional
+	DisplayNamePatterns []string `json:"displayNamePatterns,omitempty"`
+}
+
+// NumberList names a ConfigMap key in the policy's namespace.
+type NumberList struct {
+	ConfigMapKeyRef ConfigMapKeyReference `json:"configMapKeyRef"`
+}
+
+// ConfigMapKeyReference names one key of a ConfigMap in the same namespace.
+type ConfigMapKeyReference struct {
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Key string `json:"key"`
+}
+
+// Schedule holds when a call arrives inside one of its windows.
+type Schedule struct {
+	// TimeZone is an IANA zone name.
+	// +kubebuilder:default=UTC
+	// +optional
+	TimeZone string `json:"timeZone,omitempty"`
+
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=64
+	Windows []Window `json:"windows"`
+}
+
+// Window is a weekly time window; End <= Start runs past midnight into the next day.
+type Window struct {
+	// Days name the day the window starts.
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=7
+	Days []Weekday `json:"days"`
+	// +kubebuilder:validation:Pattern=`^([01][0-9]|2[0-3]):[0-5][0-9]$`
+	Start string `json:"start"`
+	// +kubebuilder:validation:Pattern=`^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$`
+	End string `json:"end"`
+}
+
+// ReceiverSpec configures the receiver Deployment.
+type ReceiverSpec struct {
+	// Replicas of the receiver Deployment; a PodDisruptionBudget keeps one up when > 1.
+	// +kubebuilder:default=2
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	Replicas *int32 `json:"replicas,omitempty"`
+
+	// Image overrides the operator's --receiver-image.
+	// +optional
+	Image string `json:"image,omitempty"`
+
+	// Resources default to requests 50m/64Mi, limits 500m/256Mi.
+	// +optional
+	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+
+	// +optional
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+
+	// +optional
+	PriorityClassName string `json:"priorityClassName,omitempty"`
+
+	// CallbackPath is the path of the Graph callback.
+	// +kubebuilder:default="/api/calls"
+	// +kubebuilder:validation:Pattern=`^/[A-Za-z0-9/_.-]*$`
+	// +optional
+	CallbackPath string `json:"callbackPath,omitempty"`
+}
+
+// CallPolicyStatus is the observed state of a CallPolicy.
+type CallPolicyStatus struct {
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// Rules is the number of rules of the applied policy.
+	// +optional
+	Rules int32 `json:"rules,omitempty"`
+
+	// PolicyHash is the sha256 of the applied policy ConfigMap.
+	// +optional
+	PolicyHash string `json:"policyHash,omitempty"`
+
+	// +optional
+	Receiver ReceiverStatus `json:"receiver,omitempty"`
+
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+}
+
+// ReceiverStatus reports the receiver Deployment.
+type ReceiverStatus struct {
+	// +optional
+	Replicas int32 `json:"replicas,omitempty"`
+	// +optional
+	ReadyReplicas int32 `json:"readyReplicas,omitempty"`
+	// Service is the receivers' Service name.
+	// +optional
+	Service string `json:"service,omitempty"`
+	// +optional
+	CallbackPath string `json:"callbackPath,omitempty"`
+}
+
+// CallPolicy declares how a Microsoft Graph calling bot treats incoming calls.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=cpol,categories=callguard
+// +kubebuilder:printcolumn:name="Mode",type=string,JSONPath=`.spec.mode`
+// +kubebuilder:printcolumn:name="Default",type=string,JSONPath=`.spec.defaultAction`
+// +kubebuilder:printcolumn:name="Rules",type=integer,JSONPath=`.status.rules`
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type CallPolicy struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   CallPolicySpec   `json:"spec,omitempty"`
+	Status CallPolicyStatus `json:"status,omitempty"`
+}
+
+// CallPolicyList contains a list of CallPolicy.
+// +kubebuilder:object:root=true
+type CallPolicyList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []CallPolicy `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&CallPolicy{}, &CallPolicyList{})
+}

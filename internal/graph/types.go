@@ -1,0 +1,210 @@
+// Package graph holds the Microsoft Graph wire types callguard reads and
+// writes (notifications, calls, identities, reject and redirect bodies, error
+// bodies) and the Graph client the receiver uses. Decoding is tolerant: unknown
+// fields are ignored and the older field names Graph still sends are accepted.
+package graph
+
+import "strings"
+
+// OData types used in notifications and bodies.
+const (
+	ODataCommsNotifications = "#microsoft.graph.commsNotifications"
+	ODataCommsNotification  = "#microsoft.graph.commsNotification"
+	ODataCall               = "#microsoft.graph.call"
+	ODataParticipantInfo    = "#microsoft.graph.participantInfo"
+	ODataInvitationInfo     = "#microsoft.graph.invitationParticipantInfo"
+	ODataIdentitySet        = "#microsoft.graph.identitySet"
+	ODataCommsIdentitySet   = "#microsoft.graph.communicationsIdentitySet"
+	ODataIdentity           = "#microsoft.graph.identity"
+	ODataCommsOperation     = "#microsoft.graph.commsOperation"
+)
+
+// Change types of a commsNotification.
+const (
+	ChangeCreated = "created"
+	ChangeUpdated = "updated"
+	ChangeDeleted = "deleted"
+)
+
+// Call states used by callguard.
+const (
+	StateIncoming    = "incoming"
+	StateEstablished = "established"
+	StateRedirecting = "redirecting"
+	StateTerminated  = "terminated"
+)
+
+// Notifications is the body Graph POSTs to a bot's callback.
+type Notifications struct {
+	ODataType string         `json:"@odata.type,omitempty"`
+	Value     []Notification `json:"value"`
+}
+
+// Notification is one commsNotification.
+type Notification struct {
+	ODataType   string `json:"@odata.type,omitempty"`
+	ChangeType  string `json:"changeType"`
+	ResourceURL string `json:"resourceUrl,omitempty"`
+	// Resource is the older name of ResourceURL (the beta /app/calls payloads).
+	Resource     string `json:"resource,omitempty"`
+	ResourceData *Call  `json:"resourceData,omitempty"`
+}
+
+// URL returns the notification's resource URL under either field name.
+func (n *Notification) URL() string {
+	if n.ResourceURL != "" {
+		return n.ResourceURL
+	}
+	return n.Resource
+}
+
+// CallID returns the id of the call the notification is about: the resource
+// data's id, else the last segment of its @odata.id or resource URL.
+func (n *Notification) CallID() string {
+	if n.ResourceData != nil && n.ResourceData.ID != "" {
+		return n.ResourceData.ID
+	}
+	if n.ResourceData != nil && n.ResourceData.ODataID != "" {
+		return lastSegment(n.ResourceData.ODataID)
+	}
+	return lastSegment(n.URL())
+}
+
+// IsIncomingCall reports whether the notification announces a new incoming
+// call: the only kind callguard decides.
+func (n *Notification) IsIncomingCall() bool {
+	return n.ChangeType == ChangeCreated && n.ResourceData != nil &&
+		strings.EqualFold(n.ResourceData.EffectiveState(), StateIncoming)
+}
+
+func lastSegment(s string) string {
+	s = strings.TrimRight(s, "/")
+	if i := strings.LastIndexByte(s, '/'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}
+
+// Call is Graph's call resource (the fields callguard reads).
+type Call struct {
+	ODataType string `json:"@odata.type,omitempty"`
+	ODataID   string `json:"@odata.id,omitempty"`
+	ID        string `json:"id,omitempty"`
+	State     string `json:"state,omitempty"`
+	// CallState is the older name of State (beta payloads).
+	CallState           string                      `json:"callState,omitempty"`
+	Direction           string                      `json:"direction,omitempty"`
+	Subject             string                      `json:"subject,omitempty"`
+	CallbackURI         string                      `json:"callbackUri,omitempty"`
+	CallChainID         string                      `json:"callChainId,omitempty"`
+	CorrelationID       string                      `json:"correlationId,omitempty"`
+	TenantID            string                      `json:"tenantId,omitempty"`
+	MyParticipantID     string                      `json:"myParticipantId,omitempty"`
+	Source              *ParticipantInfo            `json:"source,omitempty"`
+	Targets             []InvitationParticipantInfo `json:"targets,omitempty"`
+	RequestedModalities []string                    `json:"requestedModalities,omitempty"`
+}
+
+// EffectiveState returns state, or the older callState when state is absent.
+func (c *Call) EffectiveState() string {
+	if c.State != "" {
+		return c.State
+	}
+	return c.CallState
+}
+
+// ParticipantInfo describes a participant (the call's source).
+type ParticipantInfo struct {
+	ODataType    string       `json:"@odata.type,omitempty"`
+	Identity     *IdentitySet `json:"identity,omitempty"`
+	EndpointType string       `json:"endpointType,omitempty"`
+	Region       string       `json:"region,omitempty"`
+	LanguageID   string       `json:"languageId,omitempty"`
+	CountryCode  string       `json:"countryCode,omitempty"`
+}
+
+// InvitationParticipantInfo is a call target or a redirect target.
+type InvitationParticipantInfo struct {
+	ODataType      string       `json:"@odata.type,omitempty"`
+	Identity       *IdentitySet `json:"identity,omitempty"`
+	ReplacesCallID string       `json:"replacesCallId,omitempty"`
+	Hidden         bool         `json:"hidden,omitempty"`
+}
+
+// IdentitySet is Graph's identitySet / communicationsIdentitySet: at most a
+// few of its members are present.
+type IdentitySet struct {
+	ODataType           string    `json:"@odata.type,omitempty"`
+	Application         *Identity `json:"application,omitempty"`
+	ApplicationInstance *Identity `json:"applicationInstance,omitempty"`
+	Device              *Identity `json:"device,omitempty"`
+	User                *Identity `json:"user,omitempty"`
+	Guest               *Identity `json:"guest,omitempty"`
+	Phone               *Identity `json:"phone,omitempty"`
+	Encrypted           *Identity `json:"encrypted,omitempty"`
+	OnPremises          *Identity `json:"onPremises,omitempty"`
+	AssertedIdentity    *Identity `json:"assertedIdentity,omitempty"`
+	// AzureCommunicationServicesUser is an ACS user (identity type acsUser).
+	AzureCommunicationServicesUser *Identity `json:"azureCommunicationServicesUser,omitempty"`
+	EndpointType                   string    `json:"endpointType,omitempty"`
+}
+
+// Identity is Graph's identity / communicationsIdentity.
+type Identity struct {
+	ODataType        string `json:"@odata.type,omitempty"`
+	ID               string `json:"id,omitempty"`
+	DisplayName      string `json:"displayName,omitempty"`
+	TenantID         string `json:"tenantId,omitempty"`
+	IdentityProvider string `json:"identityProvider,omitempty"`
+}
+
+// RejectRequest is the body of POST …/calls/{id}/reject.
+type RejectRequest struct {
+	Reason      string `json:"reason,omitempty"`
+	CallbackURI string `json:"callbackUri,omitempty"`
+}
+
+// RedirectRequest is the body of POST …/calls/{id}/redirect.
+type RedirectRequest struct {
+	Targets     []InvitationParticipantInfo `json:"targets"`
+	Timeout     int32                       `json:"timeout,omitempty"`
+	CallbackURI string                      `json:"callbackUri,omitempty"`
+}
+
+// CommsOperation is returned by the older beta /app/calls/{id}/reject.
+type CommsOperation struct {
+	ODataType          string      `json:"@odata.type,omitempty"`
+	ID                 string      `json:"id"`
+	Status             string      `json:"status"`
+	ClientContext      string      `json:"clientContext,omitempty"`
+	CreatedDateTime    string      `json:"createdDateTime,omitempty"`
+	LastActionDateTime string      `json:"lastActionDateTime,omitempty"`
+	ResultInfo         *ResultInfo `json:"resultInfo,omitempty"`
+}
+
+// ResultInfo is Graph's resultInfo.
+type ResultInfo struct {
+	Code    int    `json:"code"`
+	Subcode int    `json:"subcode,omitempty"`
+	Message string `json:"message,omitempty"`
+}
+
+// ErrorBody is Graph's error response body.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail is the error member of ErrorBody.
+type ErrorDetail struct {
+	Code       string      `json:"code"`
+	Message    string      `json:"message"`
+	InnerError *InnerError `json:"innerError,omitempty"`
+}
+
+// InnerError carries Graph's request correlation ids.
+type InnerError struct {
+	RequestID       string `json:"request-id,omitempty"`
+	Date            string `json:"date,omitempty"`
+	ClientRequestID string `json:"client-request-id,omitempty"`
+}
+
