@@ -1,0 +1,127 @@
+# callguard — run `make help` for the targets.
+
+IMG ?= callguard:dev
+EMULATOR_IMG ?= callguard-graph-emulator:dev
+# Short fuzz run of every fuzz target during `make test`.
+FUZZTIME ?= 5s
+
+BIN := $(CURDIR)/bin
+CONTROLLER_GEN := $(BIN)/controller-gen
+KUSTOMIZE := $(BIN)/kustomize
+GO ?= go
+
+# Generated files; `make test` fails when regenerating them changes anything.
+GENERATED := api/v1alpha1/zz_generated.deepcopy.go config/crd/bases config/rbac/role.yaml
+
+.DEFAULT_GOAL := help
+SHELL := /usr/bin/env bash -o pipefail
+
+##@ General
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"; printf "Usage: make <target>\n"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  %-18s %s\n", $$1, $$2 } /^##@/ { printf "\n%s\n", substr($$0, 5) }' $(MAKEFILE_LIST)
+
+##@ Development
+
+.PHONY: manifests
+manifests: $(CONTROLLER_GEN) ## Generate the CRD and RBAC manifests.
+	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./api/...;./controllers/..." output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+
+.PHONY: generate
+generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
+	$(CONTROLLER_GEN) object:headerFile="hack/boilerplate.go.txt" paths="./api/..."
+
+.PHONY: fmt
+fmt: ## Run gofmt over the code.
+	gofmt -l -w $$(git ls-files '*.go')
+
+.PHONY: vet
+vet: ## Run go vet.
+	$(GO) vet ./...
+
+.PHONY: verify-generated
+verify-generated: ## Fail when the committed generated files are stale.
+	@before=$$(find $(GENERATED) -type f | sort | xargs sha256sum); \
+	$(MAKE) --no-print-directory generate manifests >/dev/null; \
+	after=$$(find $(GENERATED) -type f | sort | xargs sha256sum); \
+	if [[ "$$before" != "$$after" ]]; then \
+		echo "generated files were stale (now regenerated; review and commit them):"; \
+		diff <(echo "$$before") <(echo "$$after") || true; exit 1; \
+	fi
+
+.PHONY: envtest
+envtest: ## Build (once, cached) kube-apiserver and etcd for envtest.
+	@hack/envtest/build.sh >/dev/null
+
+.PHONY: test
+test: verify-generated vet ## Run every test against a real API server (envtest), plus short fuzz runs.
+	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	KUBEBUILDER_ASSETS="$$(hack/envtest/build.sh)" $(GO) test -race -count=1 ./...
+	FUZZTIME=$(FUZZTIME) hack/fuzz.sh
+
+.PHONY: fuzz
+fuzz: ## Run every fuzz target for FUZZTIME (default 5s).
+	FUZZTIME=$(FUZZTIME) hack/fuzz.sh
+
+.PHONY: bench
+bench: ## Run the benchmarks (figures go to docs/benchmarks.md).
+	KUBEBUILDER_ASSETS="$$(hack/envtest/build.sh)" $(GO) test -run '^$$' -bench . -benchmem ./...
+
+##@ Build
+
+.PHONY: build
+build: ## Build the binaries into bin/.
+	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ ./cmd/...
+
+.PHONY: run
+run: ## Run the operator against the current kubeconfig.
+	$(GO) run ./cmd/manager --receiver-image=$(IMG)
+
+.PHONY: docker-build
+docker-build: ## Build the operator/receiver image with Docker.
+	docker build -t $(IMG) .
+
+.PHONY: build-installer
+build-installer: manifests $(KUSTOMIZE) ## Render dist/install.yaml (CRD, RBAC, manager).
+	mkdir -p dist
+	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)
+	$(KUSTOMIZE) build config/default > dist/install.yaml
+
+##@ Deployment
+
+.PHONY: install
+install: manifests $(KUSTOMIZE) ## Install the CRD into the current cluster.
+	$(KUSTOMIZE) build config/crd | kubectl apply --server-side -f -
+
+.PHONY: uninstall
+uninstall: manifests $(KUSTOMIZE) ## Remove the CRD from the current cluster.
+	$(KUSTOMIZE) build config/crd | kubectl delete --ignore-not-found -f -
+
+.PHONY: deploy
+deploy: manifests $(KUSTOMIZE) ## Deploy the operator to the current cluster.
+	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)
+	$(KUSTOMIZE) build config/default | kubectl apply --server-side -f -
+
+.PHONY: undeploy
+undeploy: $(KUSTOMIZE) ## Remove the operator from the current cluster.
+	$(KUSTOMIZE) build config/default | kubectl delete --ignore-not-found -f -
+
+##@ Tools
+
+$(CONTROLLER_GEN) $(KUSTOMIZE): hack/tools/go.mod
+	cd hack/tools && GOBIN=$(BIN) $(GO) install sigs.k8s.io/controller-tools/cmd/controller-gen sigs.k8s.io/kustomize/kustomize/v5
+
+##@ Local cluster
+
+.PHONY: cluster-up
+cluster-up: ## Start a real single-node Kubernetes v1.37.2 on this machine (Linux, root; see docs/local-cluster.md).
+	hack/local-cluster/cluster.sh up
+
+.PHONY: cluster-down
+cluster-down: ## Stop the local cluster and remove everything it left on the machine.
+	hack/local-cluster/cluster.sh down
+
+.PHONY: images
+images: ## Build the IMG and EMULATOR_IMG images without Docker; import them into the local cluster.
+	hack/local-cluster/images.sh $(IMG) $(EMULATOR_IMG)

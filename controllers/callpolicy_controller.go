@@ -1,0 +1,382 @@
+// Package controllers holds the CallPolicy reconciler: it compiles each policy
+// and deploys and configures the receivers that enforce it.
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	logf "sigs.k8s.io/controller-runtime/pkg/log"
+
+	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
+	"github.com/callguard/callguard/internal/policy"
+)
+
+// FieldOwner is the server-side apply field manager of every child.
+const FieldOwner = "callguard-manager"
+
+// maxPolicyConfigMapBytes keeps the resolved policy under the API server's
+// 1 MiB object limit with room for metadata.
+const maxPolicyConfigMapBytes = 1000 * 1024
+
+// CallPolicyReconciler reconciles CallPolicy objects.
+type CallPolicyReconciler struct {
+	client.Client
+	Scheme   *runtime.Scheme
+	Recorder events.EventRecorder
+	// ReceiverImage is used when a policy sets no spec.receiver.image.
+	ReceiverImage string
+}
+
+// stalledError marks a spec that cannot be made to work until the user
+// changes something; it is reported, not retried with backoff.
+type stalledError struct {
+	reason  string
+	message string
+}
+
+func (e *stalledError) Error() string { return e.reason + ": " + e.message }
+
+func stalled(reason, format string, args ...any) error {
+	return &stalledError{reason: reason, message: fmt.Sprintf(format, args...)}
+}
+
+// +kubebuilder:rbac:groups=calls.callguard.dev,resources=callpolicies,verbs=get;list;watch
+// +kubebuilder:rbac:groups=calls.callguard.dev,resources=callpolicies/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups="",resources=configmaps,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;list;watch
+// +kubebuilder:rbac:groups="",resources=services;serviceaccounts,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
+
+// Reconcile brings one CallPolicy's children to its spec and reports status.
+func (r *CallPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) (result ctrl.Result, retErr error) {
+	log := logf.FromContext(ctx)
+	cp := &callsv1alpha1.CallPolicy{}
+	if err := r.Get(ctx, req.NamespacedName, cp); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !cp.DeletionTimestamp.IsZero() {
+		// Children go with their owner through garbage collection.
+		return ctrl.Result{}, nil
+	}
+
+	base := cp.DeepCopy()
+	st := &reconcileState{}
+	defer func() {
+		r.summarize(cp, st, retErr)
+		if equality.Semantic.DeepEqual(base.Status, cp.Status) {
+			return
+		}
+		if err := r.Status().Patch(ctx, cp, client.MergeFrom(base)); err != nil {
+			retErr = errors.Join(retErr, fmt.Errorf("patch status: %w", err))
+		}
+	}()
+
+	steps := []func(context.Context, *callsv1alpha1.CallPolicy, *reconcileState) error{
+		r.reconcileSources,
+		r.reconcilePolicy,
+		r.reconcileRBAC,
+		r.reconcileService,
+		r.reconcileDeployment,
+		r.reconcilePodDisruptionBudget,
+	}
+	for _, step := range steps {
+		if err := step(ctx, cp, st); err != nil {
+			var se *stalledError
+			if errors.As(err, &se) {
+				log.Info("policy stalled", "reason", se.reason, "message", se.message)
+				// Nothing to retry until the user changes the spec or a
+				// watched source; watches bring us back.
+				return ctrl.Result{}, nil
+			}
+			return ctrl.Result{}, err
+		}
+	}
+	return ctrl.Result{}, nil
+}
+
+// reconcileState carries what the steps learn to the next steps and to the
+// status summary.
+type reconcileState struct {
+	stalled         *stalledError
+	credentialsHash string
+	lists           map[policy.ListRef]string
+	policyHash      string
+	rules           int
+	deployment      *appsv1.Deployment
+}
+
+// reconcileSources reads the credentials Secret and the number lists.
+func (r *CallPolicyReconciler) reconcileSources(ctx context.Context, cp *callsv1alpha1.CallPolicy, st *reconcileState) error {
+	if ref := cp.Spec.Bot.Credentials.SecretRef; ref != nil {
+		secret := &corev1.Secret{}
+		err := r.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: ref.Name}, secret)
+		if apierrors.IsNotFound(err) {
+			return st.stall(stalled(ReasonSecretNotFound, "spec.bot.credentials.secretRef.name: Secret %q not found in namespace %q", ref.Name, cp.Namespace))
+		}
+		if err != nil {
+			return fmt.Errorf("get credentials Secret %q: %w", ref.Name, err)
+		}
+		if len(secret.Data["client-secret"]) == 0 && (len(secret.Data["tls.crt"]) == 0 || len(secret.Data["tls.key"]) == 0) {
+			return st.stall(stalled(ReasonInvalidSecret, "spec.bot.credentials.secretRef.name: Secret %q needs key client-secret, or tls.crt and tls.key", ref.Name))
+		}
+		st.credentialsHash = hashSecretData(secret.Data)
+	}
+
+	st.lists = map[policy.ListRef]string{}
+	for _, ref := range policy.ListRefs(&cp.Spec) {
+		cm := &corev1.ConfigMap{}
+		err := r.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: ref.Name}, cm)
+		if apierrors.IsNotFound(err) {
+			return st.stall(stalled(ReasonConfigMapNotFound, "numberLists: ConfigMap %q not found in namespace %q", ref.Name, cp.Namespace))
+		}
+		if err != nil {
+			return fmt.Errorf("get number list ConfigMap %q: %w", ref.Name, err)
+		}
+		text, ok := cm.Data[ref.Key]
+		if !ok {
+			if b, bok := cm.BinaryData[ref.Key]; bok {
+				text, ok = string(b), true
+			}
+		}
+		if !ok {
+			return st.stall(stalled(ReasonConfigMapNotFound, "numberLists: ConfigMap %q has no key %q", ref.Name, ref.Key))
+		}
+		st.lists[ref] = text
+	}
+	return nil
+}
+
+// reconcilePolicy compiles the policy and writes the resolved policy
+// ConfigMap. A policy that does not compile leaves the old ConfigMap alone, so
+// the receivers keep enforcing the last good one.
+func (r *CallPolicyReconciler) reconcilePolicy(ctx context.Context, cp *callsv1alpha1.CallPolicy, st *reconcileState) error {
+	src := &policy.Source{Namespace: cp.Namespace, Name: cp.Name, Spec: *cp.Spec.DeepCopy(), Lists: st.lists}
+	compiled, err := policy.Compile(src)
+	if err != nil {
+		var ce *policy.CompileError
+		if errors.As(err, &ce) {
+			return st.stall(stalled(ReasonInvalidPolicy, "%s", ce.Error()))
+		}
+		return fmt.Errorf("compile policy: %w", err)
+	}
+	for _, w := range compiled.Warnings() {
+		r.Recorder.Eventf(cp, nil, corev1.EventTypeWarning, "PolicyWarning", "Compile", "%s", w.Error())
+	}
+	data, binaryData, hash, err := policy.EncodeConfigMap(src)
+	if err != nil {
+		return fmt.Errorf("encode policy ConfigMap: %w", err)
+	}
+	size := 0
+	for _, v := range data {
+		size += len(v)
+	}
+	for _, v := range binaryData {
+		size += len(v)
+	}
+	if size > maxPolicyConfigMapBytes {
+		return st.stall(stalled(ReasonPolicyTooLarge, "the resolved policy is %d bytes compressed; a ConfigMap holds at most %d", size, maxPolicyConfigMapBytes))
+	}
+
+	previous := &corev1.ConfigMap{}
+	err = r.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: policyConfigMapName(cp)}, previous)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return fmt.Errorf("get policy ConfigMap: %w", err)
+	}
+	if err := r.apply(ctx, cp, buildPolicyConfigMap(cp, data, binaryData, hash)); err != nil {
+		return err
+	}
+	if previous.Annotations[policyHashAnnotation] != hash {
+		r.Recorder.Eventf(cp, nil, corev1.EventTypeNormal, "PolicyApplied", "Apply",
+			"policy %s with %d rules applied to ConfigMap %s", shortHash(hash), compiled.Rules(), policyConfigMapName(cp))
+	}
+	st.policyHash = hash
+	st.rules = compiled.Rules()
+	return nil
+}
+
+func (r *CallPolicyReconciler) reconcileRBAC(ctx context.Context, cp *callsv1alpha1.CallPolicy, _ *reconcileState) error {
+	for _, obj := range []client.Object{buildServiceAccount(cp), buildRole(cp), buildRoleBinding(cp)} {
+		if err := r.apply(ctx, cp, obj); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *CallPolicyReconciler) reconcileService(ctx context.Context, cp *callsv1alpha1.CallPolicy, _ *reconcileState) error {
+	return r.apply(ctx, cp, buildService(cp))
+}
+
+func (r *CallPolicyReconciler) reconcileDeployment(ctx context.Context, cp *callsv1alpha1.CallPolicy, st *reconcileState) error {
+	if cp.Spec.Receiver.Image == "" && r.ReceiverImage == "" {
+		return st.stall(stalled(ReasonNoReceiverImage, "spec.receiver.image is empty and the operator has no --receiver-image"))
+	}
+	dep := buildDeployment(cp, r.ReceiverImage, st.credentialsHash)
+	if err := r.apply(ctx, cp, dep); err != nil {
+		return err
+	}
+	live := &appsv1.Deployment{}
+	if err := r.Get(ctx, client.ObjectKeyFromObject(dep), live); err != nil {
+		return fmt.Errorf("get Deployment: %w", err)
+	}
+	st.deployment = live
+	return nil
+}
+
+func (r *CallPolicyReconciler) reconcilePodDisruptionBudget(ctx context.Context, cp *callsv1alpha1.CallPolicy, _ *reconcileState) error {
+	if replicas(cp) > 1 {
+		return r.apply(ctx, cp, buildPodDisruptionBudget(cp))
+	}
+	pdb := &policyv1.PodDisruptionBudget{}
+	err := r.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: childName(cp)}, pdb)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("get PodDisruptionBudget: %w", err)
+	}
+	if !metav1.IsControlledBy(pdb, cp) {
+		return nil
+	}
+	// One replica cannot satisfy minAvailable 1 during a drain.
+	if err := r.Delete(ctx, pdb); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("delete PodDisruptionBudget: %w", err)
+	}
+	return nil
+}
+
+// apply server-side-applies a child built by a pure builder, owned by cp.
+// Forcing ownership corrects drift: fields someone else changed come back.
+func (r *CallPolicyReconciler) apply(ctx context.Context, cp *callsv1alpha1.CallPolicy, obj client.Object) error {
+	if err := controllerutil.SetControllerReference(cp, obj, r.Scheme); err != nil {
+		return fmt.Errorf("set owner of %T %s: %w", obj, obj.GetName(), err)
+	}
+	u, err := runtime.DefaultUnstructuredConverter.ToUnstructured(obj)
+	if err != nil {
+		return fmt.Errorf("convert %T %s: %w", obj, obj.GetName(), err)
+	}
+	// Typed objects carry empty status and creationTimestamp; applying them
+	// would claim fields the controller does not own.
+	delete(u, "status")
+	unstructured.RemoveNestedField(u, "metadata", "creationTimestamp")
+	unstructured.RemoveNestedField(u, "spec", "template", "metadata", "creationTimestamp")
+	ac := client.ApplyConfigurationFromUnstructured(&unstructured.Unstructured{Object: u})
+	if err := r.Client.Apply(ctx, ac, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
+		return fmt.Errorf("apply %s %s: %w", obj.GetObjectKind().GroupVersionKind().Kind, obj.GetName(), err)
+	}
+	return nil
+}
+
+func (st *reconcileState) stall(err error) error {
+	var se *stalledError
+	if errors.As(err, &se) {
+		st.stalled = se
+	}
+	return err
+}
+
+func shortHash(h string) string {
+	h = strings.TrimPrefix(h, "sha256:")
+	if len(h) > 12 {
+		h = h[:12]
+	}
+	return h
+}
+
+// Condition types and reasons (kstatus-compatible: Reconciling and Stalled are
+// present only while true).
+const (
+	ConditionReady       = "Ready"
+	ConditionReconciling = "Reconciling"
+	ConditionStalled     = "Stalled"
+
+	ReasonReceiversAvailable = "ReceiversAvailable"
+	ReasonProgressing        = "Progressing"
+	ReasonReconcileError     = "ReconcileError"
+	ReasonSecretNotFound     = "SecretNotFound"
+	ReasonInvalidSecret      = "InvalidSecret"
+	ReasonConfigMapNotFound  = "ConfigMapNotFound"
+	ReasonInvalidPolicy      = "InvalidPolicy"
+	ReasonPolicyTooLarge     = "PolicyTooLarge"
+	ReasonNoReceiverImage    = "NoReceiverImage"
+)
+
+// summarize turns what the reconcile learned into status; it never writes.
+func (r *CallPolicyReconciler) summarize(cp *callsv1alpha1.CallPolicy, st *reconcileState, err error) {
+	gen := cp.Generation
+	set := func(t string, s metav1.ConditionStatus, reason, msg string) {
+		meta.SetStatusCondition(&cp.Status.Conditions, metav1.Condition{
+			Type: t, Status: s, Reason: reason, Message: msg, ObservedGeneration: gen,
+		})
+	}
+	cp.Status.ObservedGeneration = gen
+	cp.Status.Receiver.Service = childName(cp)
+	cp.Status.Receiver.CallbackPath = callbackPath(cp)
+	if st.policyHash != "" {
+		cp.Status.PolicyHash = st.policyHash
+		cp.Status.Rules = int32(st.rules)
+	}
+	if st.deployment != nil {
+		cp.Status.Receiver.Replicas = st.deployment.Status.Replicas
+		cp.Status.Receiver.ReadyReplicas = st.deployment.Status.ReadyReplicas
+	}
+
+	switch {
+	case st.stalled != nil:
+		prev := meta.FindStatusCondition(cp.Status.Conditions, ConditionStalled)
+		if prev == nil || prev.Reason != st.stalled.reason || prev.Message != st.stalled.message || prev.ObservedGeneration != gen {
+			r.Recorder.Eventf(cp, nil, corev1.EventTypeWarning, st.stalled.reason, "Reconcile", "%s", st.stalled.message)
+		}
+		set(ConditionStalled, metav1.ConditionTrue, st.stalled.reason, st.stalled.message)
+		set(ConditionReady, metav1.ConditionFalse, st.stalled.reason, st.stalled.message)
+		meta.RemoveStatusCondition(&cp.Status.Conditions, ConditionReconciling)
+	case err != nil:
+		// A transient error: retried with backoff, so still reconciling.
+		set(ConditionReconciling, metav1.ConditionTrue, ReasonReconcileError, err.Error())
+		set(ConditionReady, metav1.ConditionFalse, ReasonReconcileError, err.Error())
+		meta.RemoveStatusCondition(&cp.Status.Conditions, ConditionStalled)
+	case deploymentAvailable(st.deployment, replicas(cp)):
+		set(ConditionReady, metav1.ConditionTrue, ReasonReceiversAvailable,
+			fmt.Sprintf("policy %s live on %d/%d receivers", shortHash(st.policyHash), st.deployment.Status.AvailableReplicas, replicas(cp)))
+		meta.RemoveStatusCondition(&cp.Status.Conditions, ConditionReconciling)
+		meta.RemoveStatusCondition(&cp.Status.Conditions, ConditionStalled)
+	default:
+		msg := "waiting for the receiver Deployment to roll out"
+		if st.deployment != nil {
+			msg = fmt.Sprintf("%d/%d receivers updated and available", min(st.deployment.Status.UpdatedReplicas, st.deployment.Status.AvailableReplicas), replicas(cp))
+		}
+		set(ConditionReconciling, metav1.ConditionTrue, ReasonProgressing, msg)
+		set(ConditionReady, metav1.ConditionFalse, ReasonProgressing, msg)
+		meta.RemoveStatusCondition(&cp.Status.Conditions, ConditionStalled)
+	}
+}
+
+// deploymentAvailable reports whether the Deployment controller has seen the
+// current template and every wanted replica is updated and available.
+func deploymentAvailable(d *appsv1.Deployment, want int32) bool {
+	if d == nil || d.Status.ObservedGeneration < d.Generation {
+		return false
+	}
+	return d.Status.UpdatedReplicas >= want && d.Status.AvailableReplicas >= want && d.Status.Replicas == d.Status.UpdatedReplicas
+}
+

@@ -1,0 +1,85 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
+	"github.com/callguard/callguard/internal/policy"
+)
+
+// Field indexes over CallPolicies, so that a changed ConfigMap or Secret
+// finds the policies that use it without listing every policy.
+const (
+	indexListConfigMaps = ".spec.numberLists.configMaps"
+	indexSecret         = ".spec.bot.credentials.secretRef.name"
+)
+
+// SetupWithManager registers the reconciler, its indexes and its watches.
+func (r *CallPolicyReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Manager) error {
+	idx := mgr.GetFieldIndexer()
+	if err := idx.IndexField(ctx, &callsv1alpha1.CallPolicy{}, indexListConfigMaps, func(o client.Object) []string {
+		cp := o.(*callsv1alpha1.CallPolicy)
+		var names []string
+		seen := map[string]bool{}
+		for _, ref := range policy.ListRefs(&cp.Spec) {
+			if !seen[ref.Name] {
+				seen[ref.Name] = true
+				names = append(names, ref.Name)
+			}
+		}
+		return names
+	}); err != nil {
+		return fmt.Errorf("index number list ConfigMaps: %w", err)
+	}
+	if err := idx.IndexField(ctx, &callsv1alpha1.CallPolicy{}, indexSecret, func(o client.Object) []string {
+		cp := o.(*callsv1alpha1.CallPolicy)
+		if ref := cp.Spec.Bot.Credentials.SecretRef; ref != nil {
+			return []string{ref.Name}
+		}
+		return nil
+	}); err != nil {
+		return fmt.Errorf("index credentials Secrets: %w", err)
+	}
+
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&callsv1alpha1.CallPolicy{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
+		Owns(&appsv1.Deployment{}).
+		Owns(&corev1.Service{}).
+		Owns(&corev1.ServiceAccount{}).
+		Owns(&corev1.ConfigMap{}).
+		Owns(&rbacv1.Role{}).
+		Owns(&rbacv1.RoleBinding{}).
+		Owns(&policyv1.PodDisruptionBudget{}).
+		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.policiesUsing(indexListConfigMaps))).
+		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.policiesUsing(indexSecret))).
+		Complete(r)
+}
+
+// policiesUsing maps a ConfigMap or Secret to the policies in its namespace
+// whose index names it.
+func (r *CallPolicyReconciler) policiesUsing(index string) handler.MapFunc {
+	return func(ctx context.Context, o client.Object) []reconcile.Request {
+		var list callsv1alpha1.CallPolicyList
+		if err := r.List(ctx, &list, client.InNamespace(o.GetNamespace()), client.MatchingFields{index: o.GetName()}); err != nil {
+			ctrl.LoggerFrom(ctx).Error(err, "list CallPolicies for watched object", "index", index, "name", o.GetName())
+			return nil
+		}
+		reqs := make([]reconcile.Request, 0, len(list.Items))
+		for i := range list.Items {
+			reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&list.Items[i])})
+		}
+		return reqs
+	}
+}
