@@ -1,0 +1,634 @@
+package emulator
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/callguard/callguard/internal/graph"
+)
+
+// Errors of PlaceCall; the control API answers them with 400 and 409.
+var (
+	ErrInvalidCall = errors.New("invalid call")
+	ErrCallExists  = errors.New("call already exists")
+)
+
+// History event names.
+const (
+	EventLegacyNotification  = "notification.legacy"
+	EventCreatedNotification = "notification.created"
+	EventUpdatedNotification = "notification.updated"
+	EventDeletedNotification = "notification.deleted"
+	EventMissed              = "missed"
+	// Action attempts are recorded under the action's name: "reject",
+	// "redirect" or "answer", with the status Graph answered.
+)
+
+// PlaceCallRequest is the body of POST /emulator/calls.
+type PlaceCallRequest struct {
+	AppID string `json:"appId"`
+	// CallbackURI overrides the bot's registered callback for this call.
+	CallbackURI string `json:"callbackUri,omitempty"`
+	// Source is the caller; nil places an anonymous call (no identity).
+	Source              *graph.IdentitySet `json:"source,omitempty"`
+	RequestedModalities []string           `json:"requestedModalities,omitempty"`
+	// Call holds raw call resource fields merged over the generated ones
+	// ("id" picks the call id; "state" other than incoming makes a call
+	// nobody can act on).
+	Call map[string]any `json:"call,omitempty"`
+}
+
+// placeCallBody is PlaceCallRequest as received over HTTP: the source stays
+// raw so fields the wire types do not model still reach the bot.
+type placeCallBody struct {
+	AppID               string          `json:"appId"`
+	CallbackURI         string          `json:"callbackUri"`
+	Source              json.RawMessage `json:"source"`
+	RequestedModalities []string        `json:"requestedModalities"`
+	Call                map[string]any  `json:"call"`
+}
+
+// Event is one entry of a call's history. Status is an HTTP status: the
+// bot's answer to a notification (0 when it could not be delivered) or the
+// emulator's answer to an action; 0 for "missed".
+type Event struct {
+	At     time.Time `json:"at"`
+	Event  string    `json:"event"`
+	Status int       `json:"status"`
+	Detail string    `json:"detail,omitempty"`
+}
+
+// CallRecord is what the emulator knows of a call: GET /emulator/calls/{id}.
+type CallRecord struct {
+	ID          string `json:"id"`
+	AppID       string `json:"appId"`
+	TenantID    string `json:"tenantId"`
+	CallbackURI string `json:"callbackUri"`
+	// State is incoming until acted on, then terminated (reject, missed),
+	// redirecting (redirect) or established (answer).
+	State string `json:"state"`
+	// Action is reject, redirect, answer or "" (none yet, or missed).
+	Action          string                            `json:"action"`
+	Reason          string                            `json:"reason"`
+	RedirectTargets []graph.InvitationParticipantInfo `json:"redirectTargets"`
+	RedirectTimeout int32                             `json:"redirectTimeout,omitzero"`
+	Missed          bool                              `json:"missed"`
+	PlacedAt        time.Time                         `json:"placedAt"`
+	// NotifiedAt is when the Graph-format created notification was sent
+	// (JSON: null until then).
+	NotifiedAt time.Time `json:"-"`
+	// ActedAt is when the successful action request arrived (JSON: null
+	// until then).
+	ActedAt time.Time `json:"-"`
+	// Latency is ActedAt - NotifiedAt (JSON: nanoseconds).
+	Latency time.Duration `json:"latencyNs,omitzero"`
+	History []Event       `json:"history"`
+}
+
+// MarshalJSON writes notifiedAt and actedAt as null rather than leaving
+// them out: the Contract lists them, and tools index them directly.
+func (r CallRecord) MarshalJSON() ([]byte, error) {
+	type plain CallRecord // without this method
+	optional := func(t time.Time) *time.Time {
+		if t.IsZero() {
+			return nil
+		}
+		return &t
+	}
+	return json.Marshal(struct {
+		plain
+		NotifiedAt *time.Time `json:"notifiedAt"`
+		ActedAt    *time.Time `json:"actedAt"`
+	}{plain(r), optional(r.NotifiedAt), optional(r.ActedAt)})
+}
+
+// UnmarshalJSON reads what MarshalJSON writes.
+func (r *CallRecord) UnmarshalJSON(data []byte) error {
+	type plain CallRecord
+	var v struct {
+		plain
+		NotifiedAt *time.Time `json:"notifiedAt"`
+		ActedAt    *time.Time `json:"actedAt"`
+	}
+	if err := json.Unmarshal(data, &v); err != nil {
+		return err
+	}
+	*r = CallRecord(v.plain)
+	if v.NotifiedAt != nil {
+		r.NotifiedAt = *v.NotifiedAt
+	}
+	if v.ActedAt != nil {
+		r.ActedAt = *v.ActedAt
+	}
+	return nil
+}
+
+// call is a call's live state, guarded by Server.mu.
+type call struct {
+	id, appID, tenantID string
+	callbackURI         string
+	legacy              bool
+	resource            map[string]any // immutable once placed
+	timer               *time.Timer
+	rec                 CallRecord
+}
+
+// commsNotifications is the Graph notification body; resourceData is the
+// call resource as placed (raw fields included), which graph.Notification
+// cannot carry.
+type commsNotifications struct {
+	ODataType string              `json:"@odata.type"`
+	Value     []commsNotification `json:"value"`
+}
+
+type commsNotification struct {
+	ODataType    string         `json:"@odata.type"`
+	ChangeType   string         `json:"changeType"`
+	ResourceURL  string         `json:"resourceUrl"`
+	ResourceData map[string]any `json:"resourceData"`
+}
+
+// legacyConversation is the older Skype calling format: a conversation
+// object without Graph's "value" array.
+type legacyConversation struct {
+	ID                     string              `json:"id"`
+	AppID                  string              `json:"appId"`
+	CallState              string              `json:"callState"`
+	Participants           []legacyParticipant `json:"participants"`
+	PresentedModalityTypes []string            `json:"presentedModalityTypes"`
+	IsMultiparty           bool                `json:"isMultiparty"`
+}
+
+type legacyParticipant struct {
+	Identity    string `json:"identity"`
+	DisplayName string `json:"displayName,omitempty"`
+	Originator  bool   `json:"originator"`
+}
+
+// PlaceCall places a call to a bot, as POST /emulator/calls does: it sends
+// the created notification (after the legacy handshake if the bot wants one)
+// and returns once the bot answered it or the delivery failed; the outcome
+// is in the call's history. Errors wrap ErrInvalidCall or ErrCallExists.
+func (s *Server) PlaceCall(ctx context.Context, req PlaceCallRequest) (*graph.Call, error) {
+	var source json.RawMessage
+	if req.Source != nil {
+		raw, err := json.Marshal(req.Source)
+		if err != nil {
+			return nil, fmt.Errorf("%w: source: %w", ErrInvalidCall, err)
+		}
+		source = raw
+	}
+	res, err := s.placeCall(ctx, placeCallBody{
+		AppID:               req.AppID,
+		CallbackURI:         req.CallbackURI,
+		Source:              source,
+		RequestedModalities: req.RequestedModalities,
+		Call:                req.Call,
+	})
+	if err != nil {
+		return nil, err
+	}
+	raw, err := json.Marshal(res)
+	if err != nil {
+		return nil, fmt.Errorf("encoding call: %w", err)
+	}
+	c, err := graph.DecodeCall(raw)
+	if err != nil {
+		return nil, fmt.Errorf("decoding call: %w", err)
+	}
+	return c, nil
+}
+
+func (s *Server) placeCall(ctx context.Context, req placeCallBody) (map[string]any, error) {
+	c, err := s.newCall(req)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("call placed", "callId", c.id, "appId", c.appID, "callback", c.callbackURI, "state", c.rec.State)
+	if c.legacy && !s.legacyAcknowledged(c.callbackURI) {
+		body, err := json.Marshal(legacyBody(c))
+		if err != nil {
+			return nil, fmt.Errorf("encoding legacy notification: %w", err)
+		}
+		if status := s.deliver(ctx, c, EventLegacyNotification, body); status != http.StatusNoContent {
+			// Graph only moves to its own format once the bot answered 204.
+			return c.resource, nil
+		}
+		s.mu.Lock()
+		s.legacyDone[c.callbackURI] = true
+		s.mu.Unlock()
+	}
+	body, err := json.Marshal(notification(graph.ChangeCreated, c.resource))
+	if err != nil {
+		return nil, fmt.Errorf("encoding notification: %w", err)
+	}
+	s.mu.Lock()
+	c.rec.NotifiedAt = time.Now()
+	s.mu.Unlock()
+	s.deliver(ctx, c, EventCreatedNotification, body)
+	return c.resource, nil
+}
+
+// newCall validates a placement, builds the call resource and registers the
+// call with its missed-call timer.
+func (s *Server) newCall(req placeCallBody) (*call, error) {
+	if req.AppID == "" {
+		return nil, fmt.Errorf("%w: appId is required", ErrInvalidCall)
+	}
+	b := s.bots[strings.ToLower(req.AppID)]
+	if b == nil {
+		return nil, fmt.Errorf("%w: appId %s is not a registered bot", ErrInvalidCall, req.AppID)
+	}
+	callback := req.CallbackURI
+	if callback == "" {
+		callback = b.Callback
+	}
+	if callback == "" {
+		return nil, fmt.Errorf("%w: callbackUri is required: bot %s has no registered callback", ErrInvalidCall, b.AppID)
+	}
+	if err := checkCallbackURL(callback); err != nil {
+		return nil, fmt.Errorf("%w: callbackUri: %w", ErrInvalidCall, err)
+	}
+	mods := req.RequestedModalities
+	if len(mods) == 0 {
+		mods = []string{"audio"}
+	}
+	for _, m := range mods {
+		if !slices.Contains(modalities, m) {
+			return nil, fmt.Errorf("%w: requestedModalities: %q is not one of %s", ErrInvalidCall, m, strings.Join(modalities, ", "))
+		}
+	}
+	source := map[string]any{"@odata.type": graph.ODataParticipantInfo}
+	if len(req.Source) > 0 && string(req.Source) != "null" {
+		var identity map[string]any
+		if err := json.Unmarshal(req.Source, &identity); err != nil {
+			return nil, fmt.Errorf("%w: source must be an identitySet object: %w", ErrInvalidCall, err)
+		}
+		if _, ok := identity["@odata.type"]; !ok {
+			identity["@odata.type"] = graph.ODataIdentitySet
+		}
+		source["identity"] = identity
+	}
+	id := uuid.NewString()
+	if v, ok := req.Call["id"]; ok {
+		sid, isString := v.(string)
+		if !isString || sid == "" || len(sid) > 128 || strings.ContainsAny(sid, "/?#%") {
+			return nil, fmt.Errorf("%w: call.id must be a non-empty string of at most 128 characters without / ? # %%", ErrInvalidCall)
+		}
+		id = sid
+	}
+	res := map[string]any{
+		"@odata.type":     graph.ODataCall,
+		"@odata.id":       "/communications/calls/" + id,
+		"id":              id,
+		"state":           graph.StateIncoming,
+		"direction":       "incoming",
+		"callbackUri":     callback,
+		"callChainId":     uuid.NewString(),
+		"tenantId":        b.TenantID,
+		"myParticipantId": uuid.NewString(),
+		"source":          source,
+		"targets": []any{map[string]any{
+			"@odata.type": graph.ODataInvitationInfo,
+			"identity": map[string]any{
+				"@odata.type": graph.ODataIdentitySet,
+				"application": map[string]any{"@odata.type": graph.ODataIdentity, "id": b.AppID},
+			},
+		}},
+		"requestedModalities": mods,
+	}
+	maps.Copy(res, req.Call)
+	state, ok := res["state"].(string)
+	if !ok || state == "" {
+		return nil, fmt.Errorf("%w: call.state must be a non-empty string", ErrInvalidCall)
+	}
+	// The merged resource must still be a call the bot can decode.
+	raw, err := json.Marshal(res)
+	if err != nil {
+		return nil, fmt.Errorf("%w: call: %w", ErrInvalidCall, err)
+	}
+	if _, err := graph.DecodeCall(raw); err != nil {
+		return nil, fmt.Errorf("%w: call: %w", ErrInvalidCall, err)
+	}
+
+	c := &call{
+		id:          id,
+		appID:       b.AppID,
+		tenantID:    b.TenantID,
+		callbackURI: callback,
+		legacy:      b.Legacy,
+		resource:    res,
+		rec: CallRecord{
+			ID:          id,
+			AppID:       b.AppID,
+			TenantID:    b.TenantID,
+			CallbackURI: callback,
+			State:       state,
+			PlacedAt:    time.Now(),
+			History:     []Event{},
+		},
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, errors.New("emulator is closed")
+	}
+	if _, dup := s.calls[id]; dup {
+		return nil, fmt.Errorf("%w: %s", ErrCallExists, id)
+	}
+	s.calls[id] = c
+	s.order = append(s.order, id)
+	if strings.EqualFold(state, graph.StateIncoming) {
+		c.timer = time.AfterFunc(s.cfg.MissedAfter, func() { s.miss(c) })
+	}
+	return c, nil
+}
+
+func checkCallbackURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("invalid URL: %w", err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("%q is not an absolute http(s) URL", raw)
+	}
+	return nil
+}
+
+func (s *Server) legacyAcknowledged(callback string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.legacyDone[callback]
+}
+
+func notification(changeType string, resource map[string]any) commsNotifications {
+	return commsNotifications{
+		ODataType: graph.ODataCommsNotifications,
+		Value: []commsNotification{{
+			ODataType:    graph.ODataCommsNotification,
+			ChangeType:   changeType,
+			ResourceURL:  "/communications/calls/" + resource["id"].(string),
+			ResourceData: resource,
+		}},
+	}
+}
+
+func legacyBody(c *call) legacyConversation {
+	caller := legacyParticipant{Identity: "anonymous", Originator: true}
+	if src, ok := c.resource["source"].(map[string]any); ok {
+		if set, ok := src["identity"].(map[string]any); ok {
+			caller = legacyCaller(set)
+		}
+	}
+	var mods []string
+	switch v := c.resource["requestedModalities"].(type) {
+	case []string:
+		mods = v
+	case []any: // replaced by raw call fields
+		for _, m := range v {
+			if sm, ok := m.(string); ok {
+				mods = append(mods, sm)
+			}
+		}
+	}
+	return legacyConversation{
+		ID:                     c.id,
+		AppID:                  c.appID,
+		CallState:              "incoming",
+		Participants:           []legacyParticipant{caller, {Identity: "28:" + c.appID}},
+		PresentedModalityTypes: mods,
+	}
+}
+
+// legacyCaller names a caller the Skype way: 4: for phone numbers, 28: for
+// applications, 8: for users.
+func legacyCaller(set map[string]any) legacyParticipant {
+	for _, m := range []struct{ member, prefix string }{{"phone", "4:"}, {"user", "8:orgid:"}, {"guest", "8:"}, {"application", "28:"}, {"applicationInstance", "28:"}} {
+		if id, ok := set[m.member].(map[string]any); ok {
+			sid, _ := id["id"].(string)
+			name, _ := id["displayName"].(string)
+			return legacyParticipant{Identity: m.prefix + sid, DisplayName: name, Originator: true}
+		}
+	}
+	return legacyParticipant{Identity: "anonymous", Originator: true}
+}
+
+// deliver POSTs a signed notification to the call's callback and records
+// the bot's status (0 when it could not be delivered).
+func (s *Server) deliver(ctx context.Context, c *call, event string, body []byte) int {
+	return s.deliverTo(ctx, c, c.callbackURI, event, body)
+}
+
+func (s *Server) deliverTo(ctx context.Context, c *call, callback, event string, body []byte) int {
+	ctx, cancel := context.WithTimeout(ctx, deliveryTimeout)
+	defer cancel()
+	stop := context.AfterFunc(s.ctx, cancel)
+	defer stop()
+
+	status, err := s.post(ctx, c, callback, body)
+	s.countNotification(event, status)
+	if err != nil {
+		s.addEvent(c, event, status, err.Error())
+		s.log.Warn("notification not delivered", "event", event, "callId", c.id, "callback", callback, "err", err)
+		return status
+	}
+	s.addEvent(c, event, status, "")
+	s.log.Info("notification sent", "event", event, "callId", c.id, "callback", callback, "status", status)
+	return status
+}
+
+func (s *Server) post(ctx context.Context, c *call, callback string, body []byte) (int, error) {
+	tok, err := s.SignInboundToken(InboundClaims(c.appID, c.tenantID))
+	if err != nil {
+		return 0, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, callback, bytes.NewReader(body))
+	if err != nil {
+		return 0, fmt.Errorf("building notification request: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json; charset=utf-8")
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("client-request-id", uuid.NewString())
+	req.Header.Set("User-Agent", "callguard-graph-emulator")
+	resp, err := s.callbackClient.Do(req)
+	if err != nil {
+		return 0, fmt.Errorf("posting notification: %w", err)
+	}
+	defer resp.Body.Close()
+	// Drain a little so the connection can be reused; the content is unused.
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	return resp.StatusCode, nil
+}
+
+func (s *Server) addEvent(c *call, event string, status int, detail string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c.rec.History = append(c.rec.History, Event{At: time.Now(), Event: event, Status: status, Detail: detail})
+}
+
+func (s *Server) lookupCall(id string) *call {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls[id]
+}
+
+// act applies a validated action if the call is still incoming, then sends
+// the resulting notification in the background.
+func (s *Server) act(c *call, req actionRequest) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !strings.EqualFold(c.rec.State, graph.StateIncoming) {
+		what := "the call is " + c.rec.State
+		if c.rec.Action != "" {
+			what = fmt.Sprintf("the call was already %s", pastTense(c.rec.Action))
+		}
+		return fmt.Errorf("Cannot %s call %s: %s; only an incoming call can be answered, rejected or redirected.", req.kind, c.id, what)
+	}
+	if c.timer != nil {
+		c.timer.Stop()
+	}
+	rec := &c.rec
+	rec.Action = req.kind
+	rec.ActedAt = req.receivedAt
+	if !rec.NotifiedAt.IsZero() {
+		rec.Latency = req.receivedAt.Sub(rec.NotifiedAt)
+	}
+	var change string
+	var data map[string]any
+	switch req.kind {
+	case actionReject:
+		rec.State, rec.Reason = graph.StateTerminated, req.reason
+		change, data = graph.ChangeDeleted, endedResource(c, graph.ResultInfo{Code: rejectSIPCode(req.reason), Message: "The call was rejected by the application, reason " + req.reason + "."})
+	case actionRedirect:
+		rec.State, rec.RedirectTargets, rec.RedirectTimeout = graph.StateRedirecting, req.targets, req.timeout
+		change, data = graph.ChangeDeleted, endedResource(c, graph.ResultInfo{Code: 302, Message: "The call was redirected by the application."})
+	case actionAnswer:
+		rec.State = graph.StateEstablished
+		change, data = graph.ChangeUpdated, maps.Clone(c.resource)
+		data["state"] = graph.StateEstablished
+	}
+	rec.History = append(rec.History, Event{At: time.Now(), Event: req.kind, Status: req.status})
+	s.log.Info("call acted on", "callId", c.id, "action", req.kind, "reason", req.reason, "latency", rec.Latency)
+	callback := c.callbackURI
+	if req.callbackURI != "" {
+		callback = req.callbackURI
+	}
+	event := EventDeletedNotification
+	if change == graph.ChangeUpdated {
+		event = EventUpdatedNotification
+	}
+	s.goLocked(func() {
+		body, err := json.Marshal(notification(change, data))
+		if err != nil {
+			s.log.Error("encoding notification", "callId", c.id, "err", err)
+			return
+		}
+		s.deliverTo(s.ctx, c, callback, event, body)
+	})
+	return nil
+}
+
+// miss ends a call nobody acted on, as Graph does after 15 s.
+func (s *Server) miss(c *call) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || !strings.EqualFold(c.rec.State, graph.StateIncoming) {
+		return
+	}
+	c.rec.State = graph.StateTerminated
+	c.rec.Missed = true
+	c.rec.History = append(c.rec.History, Event{At: time.Now(), Event: EventMissed})
+	s.log.Info("call missed", "callId", c.id, "after", s.cfg.MissedAfter)
+	data := endedResource(c, graph.ResultInfo{Code: 408, Message: "The call was not answered, rejected or redirected in time."})
+	s.goLocked(func() {
+		body, err := json.Marshal(notification(graph.ChangeDeleted, data))
+		if err != nil {
+			s.log.Error("encoding notification", "callId", c.id, "err", err)
+			return
+		}
+		s.deliver(s.ctx, c, EventDeletedNotification, body)
+	})
+}
+
+// endedResource is the resource data of a deleted notification.
+func endedResource(c *call, result graph.ResultInfo) map[string]any {
+	return map[string]any{
+		"@odata.type": graph.ODataCall,
+		"@odata.id":   "/communications/calls/" + c.id,
+		"id":          c.id,
+		"state":       graph.StateTerminated,
+		"resultInfo":  result,
+	}
+}
+
+// rejectSIPCode is the resultInfo code a rejected call ends with.
+func rejectSIPCode(reason string) int {
+	switch reason {
+	case "busy":
+		return 486
+	case "forbidden":
+		return 403
+	default:
+		return 603
+	}
+}
+
+func pastTense(action string) string {
+	switch action {
+	case actionReject:
+		return "rejected"
+	case actionRedirect:
+		return "redirected"
+	default:
+		return "answered"
+	}
+}
+
+// Call returns the record of a call.
+func (s *Server) Call(id string) (CallRecord, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.calls[id]
+	if !ok {
+		return CallRecord{}, false
+	}
+	return snapshot(c.rec), true
+}
+
+// Calls returns every call's record in the order they were placed.
+func (s *Server) Calls() []CallRecord {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]CallRecord, 0, len(s.order))
+	for _, id := range s.order {
+		out = append(out, snapshot(s.calls[id].rec))
+	}
+	return out
+}
+
+// snapshot copies a record for the caller, in UTC. The caller holds s.mu.
+func snapshot(r CallRecord) CallRecord {
+	r.RedirectTargets = slices.Clone(r.RedirectTargets)
+	r.History = slices.Clone(r.History)
+	for i := range r.History {
+		r.History[i].At = r.History[i].At.UTC()
+	}
+	for _, t := range []*time.Time{&r.PlacedAt, &r.NotifiedAt, &r.ActedAt} {
+		if !t.IsZero() {
+			*t = t.UTC()
+		}
+	}
+	return r
+}
