@@ -379,4 +379,3 @@ func deploymentAvailable(d *appsv1.Deployment, want int32) bool {
 	}
 	return d.Status.UpdatedReplicas >= want && d.Status.AvailableReplicas >= want && d.Status.Replicas == d.Status.UpdatedReplicas
 }
-

@@ -84,7 +84,9 @@ func must(t *testing.T, err error) {
 	}
 }
 
-func key(ns, name string) types.NamespacedName { return types.NamespacedName{Namespace: ns, Name: name} }
+func key(ns, name string) types.NamespacedName {
+	return types.NamespacedName{Namespace: ns, Name: name}
+}
 
 // getPolicyConfigMap waits for the policy ConfigMap and decodes it.
 func decodedPolicy(g Gomega, ctx context.Context, ns string) (*corev1.ConfigMap, *policy.Source) {
