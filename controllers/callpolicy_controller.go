@@ -42,6 +42,8 @@ type CallPolicyReconciler struct {
 	Recorder events.EventRecorder
 	// ReceiverImage is used when a policy sets no spec.receiver.image.
 	ReceiverImage string
+	// MaxConcurrentReconciles bounds how many policies reconcile at once.
+	MaxConcurrentReconciles int
 }
 
 // stalledError marks a spec that cannot be made to work until the user
@@ -179,9 +181,6 @@ func (r *CallPolicyReconciler) reconcilePolicy(ctx context.Context, cp *callsv1a
 		}
 		return fmt.Errorf("compile policy: %w", err)
 	}
-	for _, w := range compiled.Warnings() {
-		r.Recorder.Eventf(cp, nil, corev1.EventTypeWarning, "PolicyWarning", "Compile", "%s", w.Error())
-	}
 	data, binaryData, hash, err := policy.EncodeConfigMap(src)
 	if err != nil {
 		return fmt.Errorf("encode policy ConfigMap: %w", err)
@@ -206,8 +205,12 @@ func (r *CallPolicyReconciler) reconcilePolicy(ctx context.Context, cp *callsv1a
 		return err
 	}
 	if previous.Annotations[policyHashAnnotation] != hash {
+		// Once per policy version, not once per reconcile.
 		r.Recorder.Eventf(cp, nil, corev1.EventTypeNormal, "PolicyApplied", "Apply",
 			"policy %s with %d rules applied to ConfigMap %s", shortHash(hash), compiled.Rules(), policyConfigMapName(cp))
+		for _, w := range compiled.Warnings() {
+			r.Recorder.Eventf(cp, nil, corev1.EventTypeWarning, "PolicyWarning", "Compile", "%s", w.Error())
+		}
 	}
 	st.policyHash = hash
 	st.rules = compiled.Rules()

@@ -74,10 +74,11 @@ func runSuite(m *testing.M) int {
 		return 1
 	}
 	r := &CallPolicyReconciler{
-		Client:        mgr.GetClient(),
-		Scheme:        mgr.GetScheme(),
-		Recorder:      mgr.GetEventRecorder("callguard-manager"),
-		ReceiverImage: testReceiverImage,
+		Client:                  mgr.GetClient(),
+		Scheme:                  mgr.GetScheme(),
+		Recorder:                mgr.GetEventRecorder("callguard-manager"),
+		ReceiverImage:           testReceiverImage,
+		MaxConcurrentReconciles: 4,
 	}
 	if err := r.SetupWithManager(ctx, mgr); err != nil {
 		fmt.Fprintln(os.Stderr, "setup:", err)

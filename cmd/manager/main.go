@@ -26,12 +26,14 @@ func main() {
 		probeAddr       string
 		leaderElect     bool
 		watchNamespaces string
+		concurrency     int
 	)
 	flag.StringVar(&receiverImage, "receiver-image", os.Getenv("RECEIVER_IMAGE"), "receiver image for policies that set none (default: $RECEIVER_IMAGE)")
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the metrics endpoint (0 disables it)")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of the health probes")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader so only one replica reconciles")
 	flag.StringVar(&watchNamespaces, "namespaces", "", "comma-separated namespaces to watch (default: all)")
+	flag.IntVar(&concurrency, "max-concurrent-reconciles", 4, "how many CallPolicies reconcile at once")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -65,10 +67,11 @@ func main() {
 	}
 	ctx := ctrl.SetupSignalHandler()
 	r := &controllers.CallPolicyReconciler{
-		Client:        mgr.GetClient(),
-		Scheme:        mgr.GetScheme(),
-		Recorder:      mgr.GetEventRecorder("callguard-manager"),
-		ReceiverImage: receiverImage,
+		Client:                  mgr.GetClient(),
+		Scheme:                  mgr.GetScheme(),
+		Recorder:                mgr.GetEventRecorder("callguard-manager"),
+		ReceiverImage:           receiverImage,
+		MaxConcurrentReconciles: concurrency,
 	}
 	if err := r.SetupWithManager(ctx, mgr); err != nil {
 		log.Error(err, "set up CallPolicy controller")
