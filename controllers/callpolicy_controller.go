@@ -121,6 +121,7 @@ func (r *CallPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 type reconcileState struct {
 	stalled         *stalledError
 	credentialsHash string
+	caHash          string
 	lists           map[policy.ListRef]string
 	policyHash      string
 	rules           int
@@ -142,6 +143,22 @@ func (r *CallPolicyReconciler) reconcileSources(ctx context.Context, cp *callsv1
 			return st.stall(stalled(ReasonInvalidSecret, "spec.bot.credentials.secretRef.name: Secret %q needs key client-secret, or tls.crt and tls.key", ref.Name))
 		}
 		st.credentialsHash = hashSecretData(secret.Data)
+	}
+
+	if ref := cp.Spec.Graph.CABundle; ref != nil {
+		cm := &corev1.ConfigMap{}
+		err := r.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: ref.Name}, cm)
+		if apierrors.IsNotFound(err) {
+			return st.stall(stalled(ReasonConfigMapNotFound, "spec.graph.caBundle: ConfigMap %q not found in namespace %q", ref.Name, cp.Namespace))
+		}
+		if err != nil {
+			return fmt.Errorf("get CA bundle ConfigMap %q: %w", ref.Name, err)
+		}
+		pem, ok := cm.Data[ref.Key]
+		if !ok || !strings.Contains(pem, "-----BEGIN CERTIFICATE-----") {
+			return st.stall(stalled(ReasonConfigMapNotFound, "spec.graph.caBundle: ConfigMap %q has no PEM certificate under key %q", ref.Name, ref.Key))
+		}
+		st.caHash = hashSecretData(map[string][]byte{ref.Key: []byte(pem)})
 	}
 
 	st.lists = map[policy.ListRef]string{}
@@ -234,7 +251,7 @@ func (r *CallPolicyReconciler) reconcileDeployment(ctx context.Context, cp *call
 	if cp.Spec.Receiver.Image == "" && r.ReceiverImage == "" {
 		return st.stall(stalled(ReasonNoReceiverImage, "spec.receiver.image is empty and the operator has no --receiver-image"))
 	}
-	dep := buildDeployment(cp, r.ReceiverImage, st.credentialsHash)
+	dep := buildDeployment(cp, r.ReceiverImage, st.credentialsHash, st.caHash)
 	if err := r.apply(ctx, cp, dep); err != nil {
 		return err
 	}

@@ -455,3 +455,37 @@ func TestIdleControllerWritesNothing(t *testing.T) {
 	time.Sleep(30 * time.Second)
 	g.Expect(versions()).To(Equal(before))
 }
+
+func TestCABundleIsMountedAndRollsPodsWhenChanged(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	must(t, k8s.Create(ctx, testSecret(ns, "bot", "s3cret")))
+	must(t, k8s.Create(ctx, testList(ns, "robocallers", "+12125550143\n")))
+	cp := testPolicy(ns, "hotline")
+	cp.Spec.Graph.CABundle = &callsv1alpha1.ConfigMapKeyReference{Name: "emulator-ca", Key: "ca.crt"}
+	must(t, k8s.Create(ctx, cp))
+	g.Eventually(func(g Gomega) {
+		g.Expect(condition(g, ctx, ns, "hotline", ConditionStalled).Message).To(ContainSubstring("spec.graph.caBundle"))
+	}, eventually, poll).Should(Succeed())
+
+	ca := &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "emulator-ca"},
+		Data: map[string]string{"ca.crt": "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"}}
+	must(t, k8s.Create(ctx, ca))
+	var first string
+	g.Eventually(func(g Gomega) {
+		dep := &appsv1.Deployment{}
+		g.Expect(k8s.Get(ctx, key(ns, "hotline-callguard"), dep)).To(Succeed())
+		g.Expect(strings.Join(dep.Spec.Template.Spec.Containers[0].Args, " ")).To(ContainSubstring("--ca-file /etc/callguard/ca/ca.crt"))
+		first = dep.Spec.Template.Annotations[caHashAnnotation]
+		g.Expect(first).To(HavePrefix("sha256:"))
+	}, eventually, poll).Should(Succeed())
+
+	ca.Data["ca.crt"] = "-----BEGIN CERTIFICATE-----\nBBBB\n-----END CERTIFICATE-----\n"
+	must(t, k8s.Update(ctx, ca))
+	g.Eventually(func(g Gomega) {
+		dep := &appsv1.Deployment{}
+		g.Expect(k8s.Get(ctx, key(ns, "hotline-callguard"), dep)).To(Succeed())
+		g.Expect(dep.Spec.Template.Annotations[caHashAnnotation]).NotTo(Equal(first))
+	}, eventually, poll).Should(Succeed())
+}

@@ -26,6 +26,9 @@ const (
 	receiverMetricsPort = 8081
 	credentialsVolume   = "credentials"
 	credentialsDir      = "/var/run/secrets/callguard/credentials"
+	caVolume            = "ca-bundle"
+	caDir               = "/etc/callguard/ca"
+	caFile              = "ca.crt"
 	defaultCallbackPath = "/api/calls"
 	defaultReplicas     = int32(2)
 	nonRootUID          = int64(65532)
@@ -34,6 +37,7 @@ const (
 	// the policy hash is deliberately NOT on the pod template, because the
 	// receivers reload the policy ConfigMap live.
 	credentialsHashAnnotation = "callguard.dev/credentials-hash"
+	caHashAnnotation          = "callguard.dev/ca-bundle-hash"
 	policyHashAnnotation      = "callguard.dev/policy-hash"
 
 	workloadIdentityUseLabel      = "azure.workload.identity/use"
@@ -190,8 +194,9 @@ func buildPodDisruptionBudget(cp *callsv1alpha1.CallPolicy) *policyv1.PodDisrupt
 }
 
 // buildDeployment returns the receiver Deployment. credentialsHash is the hash
-// of the credentials Secret ("" with workload identity).
-func buildDeployment(cp *callsv1alpha1.CallPolicy, defaultImage, credentialsHash string) *appsv1.Deployment {
+// of the credentials Secret ("" with workload identity), caHash that of the
+// CA bundle ("" without one).
+func buildDeployment(cp *callsv1alpha1.CallPolicy, defaultImage, credentialsHash, caHash string) *appsv1.Deployment {
 	image := defaultImage
 	if cp.Spec.Receiver.Image != "" {
 		image = cp.Spec.Receiver.Image
@@ -224,6 +229,18 @@ func buildDeployment(cp *callsv1alpha1.CallPolicy, defaultImage, credentialsHash
 		mounts = append(mounts, corev1.VolumeMount{Name: credentialsVolume, MountPath: credentialsDir, ReadOnly: true})
 		args = append(args, "--credentials-dir", credentialsDir)
 		podAnnotations[credentialsHashAnnotation] = credentialsHash
+	}
+	if ref := cp.Spec.Graph.CABundle; ref != nil {
+		volumes = append(volumes, corev1.Volume{
+			Name: caVolume,
+			VolumeSource: corev1.VolumeSource{ConfigMap: &corev1.ConfigMapVolumeSource{
+				LocalObjectReference: corev1.LocalObjectReference{Name: ref.Name},
+				Items:                []corev1.KeyToPath{{Key: ref.Key, Path: caFile}},
+			}},
+		})
+		mounts = append(mounts, corev1.VolumeMount{Name: caVolume, MountPath: caDir, ReadOnly: true})
+		args = append(args, "--ca-file", caDir+"/"+caFile)
+		podAnnotations[caHashAnnotation] = caHash
 	}
 	if cp.Spec.Bot.Credentials.WorkloadIdentity != nil {
 		podLabels[workloadIdentityUseLabel] = "true"

@@ -48,6 +48,25 @@ func TestBuildDeployment(t *testing.T) {
 				}
 			}
 		}},
+		{"CA bundle mounted and passed as --ca-file", func() *callsv1alpha1.CallPolicy {
+			cp := base()
+			cp.Spec.Graph.CABundle = &callsv1alpha1.ConfigMapKeyReference{Name: "emulator-ca", Key: "ca.crt"}
+			return cp
+		}, func(t *testing.T, pod corev1.PodSpec, ann, _ map[string]string) {
+			if !containsPair(pod.Containers[0].Args, "--ca-file", caDir+"/"+caFile) {
+				t.Errorf("args = %v", pod.Containers[0].Args)
+			}
+			if ann[caHashAnnotation] != "sha256:ca" {
+				t.Errorf("annotations = %v", ann)
+			}
+			found := false
+			for _, v := range pod.Volumes {
+				found = found || (v.ConfigMap != nil && v.ConfigMap.Name == "emulator-ca")
+			}
+			if !found {
+				t.Errorf("no CA volume in %+v", pod.Volumes)
+			}
+		}},
 		{"image, resources and scheduling overrides", func() *callsv1alpha1.CallPolicy {
 			cp := base()
 			cp.Spec.Receiver.Image = "mirror.example.com/callguard:v2"
@@ -68,7 +87,7 @@ func TestBuildDeployment(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cp := tt.cp()
-			d := buildDeployment(cp, "operator/default:1", "sha256:abc")
+			d := buildDeployment(cp, "operator/default:1", "sha256:abc", "sha256:ca")
 			pt := d.Spec.Template
 			if pt.Spec.Containers[0].SecurityContext == nil || !*pt.Spec.Containers[0].SecurityContext.ReadOnlyRootFilesystem {
 				t.Errorf("container not read-only")

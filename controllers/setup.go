@@ -23,7 +23,7 @@ import (
 // Field indexes over CallPolicies, so that a changed ConfigMap or Secret
 // finds the policies that use it without listing every policy.
 const (
-	indexListConfigMaps = ".spec.numberLists.configMaps"
+	indexListConfigMaps = ".spec.configMaps" // number lists and the CA bundle
 	indexSecret         = ".spec.bot.credentials.secretRef.name"
 )
 
@@ -34,6 +34,10 @@ func (r *CallPolicyReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Ma
 		cp := o.(*callsv1alpha1.CallPolicy)
 		var names []string
 		seen := map[string]bool{}
+		if ref := cp.Spec.Graph.CABundle; ref != nil {
+			seen[ref.Name] = true
+			names = append(names, ref.Name)
+		}
 		for _, ref := range policy.ListRefs(&cp.Spec) {
 			if !seen[ref.Name] {
 				seen[ref.Name] = true

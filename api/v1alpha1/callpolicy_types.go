@@ -198,6 +198,13 @@ type GraphSpec struct {
 	// +kubebuilder:validation:MaxItems=16
 	// +optional
 	Issuers []string `json:"issuers,omitempty"`
+
+	// CABundle names a ConfigMap key in the policy's namespace holding extra
+	// PEM roots the receivers trust for Graph, the token authority and the
+	// OpenID configuration (a private cloud's CA, or the Graph emulator's
+	// ca.crt). The receivers restart when it changes.
+	// +optional
+	CABundle *ConfigMapKeyReference `json:"caBundle,omitempty"`
 }
 
 // UpstreamSpec is an existing bot's callback.
