@@ -1,0 +1,41 @@
+// Package policy compiles a CallPolicy (spec plus the number lists it names)
+// into an immutable Policy and decides incoming Graph calls with it. The
+// operator, the receiver and the kubectl plugin all use it, so a policy means
+// the same everywhere. It knows nothing of HTTP or Kubernetes clients.
+//
+// Semantics follow shared/design/api.md. Where api.md is silent, this
+// package decides as follows:
+//
+//   - Every given match field must hold and inside a field any item may.
+//     numbers, numberPrefixes, numberPatterns and numberLists are separate
+//     fields, so a rule that gives two of them needs both to hold. An empty
+//     list counts as not given.
+//   - Number fields hold only for phone callers whose number normalizes.
+//     Entries (numbers, prefixes, list lines) have at most 18 digits. A
+//     numberPrefixes entry may end in '*', as list prefixes do. List lines
+//     may carry a '#' comment after the entry.
+//   - ids and tenantIds compare ignoring ASCII case: they are GUIDs, which
+//     Graph sends in upper or lower case. ids hold when the user, guest,
+//     applicationInstance or application member of the caller's identity set
+//     has one of them, whatever the caller's type.
+//   - The caller's displayName and tenantId are those of the identity that
+//     gave the caller its type, else of the first other member that has one.
+//   - Requested modalities compare ignoring case; the policy's must be
+//     spelled as in the CRD enum.
+//   - Schedules are evaluated on the zone's wall clock, so the hour skipped
+//     by a spring-forward never occurs and the hour repeated by a fall-back
+//     holds twice. "Local" is refused as a time zone.
+//   - CEL: `call` always has id, state (state, else callState), direction,
+//     subject, callbackUri, callChainId, correlationId, tenantId and
+//     myParticipantId (strings, "" when Graph left them out), targets and
+//     requestedModalities (lists) and source (a map), so expressions can
+//     compare them without has(). The strings extension library is
+//     available. An expression may be of type bool or dyn; one evaluation
+//     may cost at most 100,000 units (cel-go's runtime cost), and exceeding
+//     it, like any evaluation error or a non-bool result, counts as no match.
+//   - Compile applies the CRD's defaults and repeats its validations, with
+//     the same messages, so that YAML that never went through an API server
+//     behaves the same. LoadYAML rejects unknown fields and values of the
+//     wrong kind (e.g. an unquoted +1425... is a number, not a string), as
+//     kubectl's strict validation does.
+package policy
