@@ -10,14 +10,14 @@ if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
 fi
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-version="k8s-v1.37.2-etcd-v3.6.16"
+version="k8s-v1.37.2-etcd-v3.7.0"
 dir="${XDG_CACHE_HOME:-$HOME/.cache}/callguard/envtest/${version}"
 mkdir -p "${dir}"
 
 cd "${here}"
 export CGO_ENABLED=0
 if [[ ! -x "${dir}/etcd" ]]; then
-	echo "building etcd v3.6.16 into ${dir} (about 1 minute)" >&2
+	echo "building etcd v3.7.0 into ${dir} (about 1 minute)" >&2
 	go build -trimpath -o "${dir}/etcd.tmp" go.etcd.io/etcd/server/v3
 	mv "${dir}/etcd.tmp" "${dir}/etcd"
 fi

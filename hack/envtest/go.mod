@@ -5,7 +5,7 @@ module github.com/callguard/callguard/hack/envtest
 go 1.26.0
 
 require (
-	go.etcd.io/etcd/server/v3 v3.7.0
+	go.etcd.io/etcd/server/v3 v3.7.0 // k8s.io/kubernetes v1.37.2 requires the v3.7.0 etcd modules
 	k8s.io/kubernetes v1.37.2
 )
 
