@@ -125,3 +125,17 @@ cluster-down: ## Stop the local cluster and remove everything it left on the mac
 .PHONY: images
 images: ## Build the IMG and EMULATOR_IMG images without Docker; import them into the local cluster.
 	hack/local-cluster/images.sh $(IMG) $(EMULATOR_IMG)
+
+##@ Demo and end-to-end tests (Linux, root; see docs/local-cluster.md)
+
+.PHONY: demo
+demo: ## Run callguard on a local cluster with the Graph emulator and show it deciding calls.
+	hack/demo.sh demo
+
+.PHONY: demo-down
+demo-down: ## Stop the demo's emulator and tear the local cluster down.
+	hack/demo.sh down
+
+.PHONY: e2e
+e2e: ## End-to-end tests on the local cluster (go test -tags e2e ./test/e2e/...).
+	hack/demo.sh e2e

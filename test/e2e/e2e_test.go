@@ -1,0 +1,432 @@
+//go:build e2e
+
+// Package e2e runs callguard on the local cluster (make cluster-up, make
+// images, the operator installed from dist/install.yaml) with the Graph
+// emulator, as `make e2e` sets it up.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
+	"github.com/callguard/callguard/internal/graph"
+	"github.com/callguard/callguard/test/harness"
+)
+
+var (
+	cluster  *harness.Cluster
+	emu      *harness.Emulator
+	ns       = "callguard-e2e"
+	callback string
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(setup(m))
+}
+
+func setup(m *testing.M) int {
+	kubeconfig, state := os.Getenv("KUBECONFIG"), os.Getenv("E2E_STATE_DIR")
+	if kubeconfig == "" || state == "" {
+		fmt.Fprintln(os.Stderr, "KUBECONFIG and E2E_STATE_DIR must be set: run `make e2e`")
+		return 1
+	}
+	ctx := context.Background()
+	var err error
+	if cluster, err = harness.Connect(kubeconfig); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	emuBin, _ := filepath.Abs("../../bin/graph-emulator")
+	if emu, err = harness.StartEmulator(ctx, emuBin, envOr("E2E_EMULATOR_LISTEN", "10.213.0.1:8443"), filepath.Join(state, "emulator")); err != nil {
+		fmt.Fprintln(os.Stderr, "emulator:", err)
+		return 1
+	}
+	_ = cluster.Client.Delete(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
+	for i := 0; i < 120; i++ {
+		if err := cluster.Client.Get(ctx, client.ObjectKey{Name: ns}, &corev1.Namespace{}); apierrors.IsNotFound(err) {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	if err := cluster.EnsureNamespace(ctx, ns); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := cluster.Apply(ctx, harness.DemoObjects(ns, emu, 2)...); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	cp, err := cluster.WaitReady(ctx, ns, "hotline", 3*time.Minute)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if callback, err = cluster.CallbackURL(ctx, ns, "hotline", cp.Status.Receiver.CallbackPath); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := harness.WaitCallbackReachable(ctx, callback, time.Minute); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return m.Run()
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}
+
+func phone(n string) *graph.IdentitySet { return &graph.IdentitySet{Phone: &graph.Identity{ID: n}} }
+
+// place places a call and returns the emulator's record once Graph was acted
+// on (or 2 s passed without action: an allowed call).
+func place(t *testing.T, src *graph.IdentitySet, modalities ...string) *harness.Record {
+	t.Helper()
+	if len(modalities) == 0 {
+		modalities = []string{"audio"}
+	}
+	ctx := context.Background()
+	id, err := emu.PlaceCall(ctx, callback, src, modalities)
+	if err != nil {
+		t.Fatalf("place call: %v", err)
+	}
+	rec, err := emu.WaitAction(ctx, id, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+func TestPodsRunReadyUnderRestrictedSecurityContext(t *testing.T) {
+	ctx := context.Background()
+	for _, sel := range []struct{ ns, labels string }{
+		{"callguard-system", "control-plane=controller-manager"},
+		{ns, "app.kubernetes.io/name=callguard-receiver,app.kubernetes.io/instance=hotline"},
+	} {
+		pods, err := cluster.Clientset.CoreV1().Pods(sel.ns).List(ctx, metav1.ListOptions{LabelSelector: sel.labels})
+		if err != nil || len(pods.Items) == 0 {
+			t.Fatalf("pods %s in %s: %v (%d)", sel.labels, sel.ns, err, len(pods.Items))
+		}
+		for _, p := range pods.Items {
+			if p.Status.Phase != corev1.PodRunning || !ready(&p) {
+				t.Errorf("pod %s/%s: phase %s, ready %v", p.Namespace, p.Name, p.Status.Phase, ready(&p))
+			}
+			psc := p.Spec.SecurityContext
+			if psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot || psc.SeccompProfile == nil || psc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+				t.Errorf("pod %s: pod security context %+v", p.Name, psc)
+			}
+			for _, c := range p.Spec.Containers {
+				sc := c.SecurityContext
+				if sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem || sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation ||
+					sc.Capabilities == nil || len(sc.Capabilities.Drop) != 1 || sc.Capabilities.Drop[0] != "ALL" {
+					t.Errorf("pod %s container %s: security context %+v", p.Name, c.Name, sc)
+				}
+			}
+		}
+	}
+}
+
+func ready(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func TestPolicyReadyForCurrentGeneration(t *testing.T) {
+	cp, err := cluster.WaitReady(context.Background(), ns, "hotline", 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cp.Status.Receiver.ReadyReplicas != 2 || cp.Status.Rules != 5 {
+		t.Errorf("status = %+v", cp.Status)
+	}
+}
+
+func TestEveryActionIsEnforced(t *testing.T) {
+	tests := []struct {
+		name       string
+		src        *graph.IdentitySet
+		modalities []string
+		action     string
+		reason     string
+	}{
+		{"vip allowed", phone("+14255550100"), nil, "", ""},
+		{"premium rejected forbidden", phone("+19005550123"), nil, "reject", "forbidden"},
+		{"robocaller rejected busy", phone("+12125550143"), nil, "reject", "busy"},
+		{"list range rejected busy", phone("+15550101234"), nil, "reject", "busy"},
+		{"video redirected", phone("+14255550111"), []string{"audio", "video"}, "redirect", ""},
+		{"anonymous rejected", nil, nil, "reject", "forbidden"},
+		{"ordinary caller allowed", phone("+14255550111"), nil, "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rec := place(t, tt.src, tt.modalities...)
+			if rec.Action != tt.action || (tt.reason != "" && rec.Reason != tt.reason) {
+				t.Errorf("Graph action = %q (%q), want %q (%q)", rec.Action, rec.Reason, tt.action, tt.reason)
+			}
+			if !rec.Delivered() {
+				t.Errorf("notification not acknowledged: %+v", rec.History)
+			}
+		})
+	}
+}
+
+// TestPolicyChangesAreEnforcedWithinTwoSeconds flips a rule 20 times and
+// measures from the kubectl patch to every receiver enforcing it, then checks
+// enforcement with a real call.
+func TestPolicyChangesAreEnforcedWithinTwoSeconds(t *testing.T) {
+	ctx := context.Background()
+	var took []time.Duration
+	for i := 0; i < 20; i++ {
+		cp := &callsv1alpha1.CallPolicy{}
+		if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "hotline"}, cp); err != nil {
+			t.Fatal(err)
+		}
+		reject := i%2 == 0
+		action := "Allow"
+		if reject {
+			action = "Reject"
+		}
+		patch := fmt.Sprintf(`{"spec":{"rules":[{"name":"flip","action":%q,"match":{"callers":{"numbers":["+16465550%03d"]}}}]}}`, action, i)
+		start := time.Now()
+		// A merge patch replaces the rule list: the flip rule alone, then
+		// the demo rules come back at the end.
+		if _, err := cluster.Kubectl(ctx, nil, "-n", ns, "patch", "callpolicy", "hotline", "--type=merge", "-p", patch); err != nil {
+			t.Fatal(err)
+		}
+		_, _, live, err := cluster.WaitPolicyLive(ctx, ns, "hotline", cp.Status.PolicyHash, start, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		took = append(took, live)
+		rec := place(t, phone(fmt.Sprintf("+16465550%03d", i)))
+		if got := rec.Action == "reject"; got != reject {
+			t.Errorf("change %d: call after the change got action %q, want reject=%v", i, rec.Action, reject)
+		}
+		if live > 2*time.Second {
+			t.Errorf("change %d took %s to be enforced, want ≤ 2 s", i, live)
+		}
+	}
+	restore(t)
+	sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
+	p50, p99 := took[len(took)/2], took[len(took)-1]
+	t.Logf("policy change → enforced on every receiver: p50 %s, p99 %s (n=%d)", p50, p99, len(took))
+	writeFigure(t, fmt.Sprintf("change-to-enforcement p50=%s p99=%s n=%d", p50, p99, len(took)))
+}
+
+// restore puts the demo policy back.
+func restore(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	if err := cluster.Apply(ctx, harness.DemoPolicy(ns, emu, 2)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cluster.WaitReady(ctx, ns, "hotline", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func writeFigure(t *testing.T, line string) {
+	if f := os.Getenv("E2E_FIGURES"); f != "" {
+		fh, err := os.OpenFile(f, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Log(err)
+			return
+		}
+		defer fh.Close()
+		fmt.Fprintln(fh, line)
+	}
+}
+
+// callsDuring places robocaller calls continuously until stop is closed and
+// returns how many were placed and how many were rejected.
+func callsDuring(t *testing.T, stop <-chan struct{}) (placed, decided int, failures []string) {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for w := 0; w < 2; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx := context.Background()
+				id, err := emu.PlaceCall(ctx, callback, phone("+12125550143"), []string{"audio"})
+				if err != nil {
+					mu.Lock()
+					failures = append(failures, err.Error())
+					mu.Unlock()
+					continue
+				}
+				rec, err := emu.WaitAction(ctx, id, 5*time.Second)
+				mu.Lock()
+				placed++
+				if err == nil && rec.Action == "reject" {
+					decided++
+				} else if err != nil {
+					failures = append(failures, err.Error())
+				} else {
+					failures = append(failures, fmt.Sprintf("call %s: action %q history %+v", id, rec.Action, rec.History))
+				}
+				mu.Unlock()
+				time.Sleep(100 * time.Millisecond)
+			}
+		}()
+	}
+	wg.Wait()
+	return placed, decided, failures
+}
+
+func TestSecretChangeRollsReceiversWithoutLosingCalls(t *testing.T) {
+	ctx := context.Background()
+	dep := &appsv1.Deployment{}
+	if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "hotline-callguard"}, dep); err != nil {
+		t.Fatal(err)
+	}
+	oldHash := dep.Spec.Template.Annotations["callguard.dev/credentials-hash"]
+	stop := make(chan struct{})
+	result := make(chan [3]any, 1)
+	go func() {
+		p, d, f := callsDuring(t, stop)
+		result <- [3]any{p, d, f}
+	}()
+	time.Sleep(time.Second)
+	// A new key beside the same client secret: a credentials change the
+	// emulator still accepts.
+	secret := &corev1.Secret{}
+	if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "hotline-bot"}, secret); err != nil {
+		t.Fatal(err)
+	}
+	secret.Data["rotated-at"] = []byte(time.Now().Format(time.RFC3339Nano))
+	if err := cluster.Client.Update(ctx, secret); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "hotline-callguard"}, dep); err != nil {
+			t.Fatal(err)
+		}
+		rolled := dep.Spec.Template.Annotations["callguard.dev/credentials-hash"] != oldHash &&
+			dep.Status.ObservedGeneration == dep.Generation && dep.Status.UpdatedReplicas == 2 &&
+			dep.Status.AvailableReplicas == 2 && dep.Status.Replicas == 2
+		if rolled {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("receivers did not roll: %+v", dep.Status)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second)
+	close(stop)
+	r := <-result
+	placed, decided, failures := r[0].(int), r[1].(int), r[2].([]string)
+	t.Logf("rollout: %d calls placed, %d decided", placed, decided)
+	writeFigure(t, fmt.Sprintf("secret-rollout calls placed=%d decided=%d", placed, decided))
+	if placed == 0 || decided != placed || len(failures) > 0 {
+		t.Errorf("%d/%d calls decided during the rollout; failures: %s", decided, placed, strings.Join(failures, "; "))
+	}
+}
+
+func TestReceiverPodDeletionAndOperatorRestartLoseNoDecision(t *testing.T) {
+	ctx := context.Background()
+	stop := make(chan struct{})
+	result := make(chan [3]any, 1)
+	go func() {
+		p, d, f := callsDuring(t, stop)
+		result <- [3]any{p, d, f}
+	}()
+	time.Sleep(time.Second)
+	pods, err := cluster.Clientset.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=hotline"})
+	if err != nil || len(pods.Items) == 0 {
+		t.Fatalf("receiver pods: %v", err)
+	}
+	if err := cluster.Clientset.CoreV1().Pods(ns).Delete(ctx, pods.Items[0].Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ops, err := cluster.Clientset.CoreV1().Pods("callguard-system").List(ctx, metav1.ListOptions{LabelSelector: "control-plane=controller-manager"})
+	if err != nil || len(ops.Items) == 0 {
+		t.Fatalf("operator pods: %v", err)
+	}
+	if err := cluster.Clientset.CoreV1().Pods("callguard-system").Delete(ctx, ops.Items[0].Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cluster.WaitReady(ctx, ns, "hotline", 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	close(stop)
+	r := <-result
+	placed, decided, failures := r[0].(int), r[1].(int), r[2].([]string)
+	t.Logf("pod deletion + operator restart: %d calls placed, %d decided", placed, decided)
+	writeFigure(t, fmt.Sprintf("pod-deletion+operator-restart calls placed=%d decided=%d", placed, decided))
+	if placed == 0 || decided != placed || len(failures) > 0 {
+		t.Errorf("%d/%d calls decided; failures: %s", decided, placed, strings.Join(failures, "; "))
+	}
+}
+
+// TestZDeletingThePolicyCollectsEveryChild runs last (by name): it removes
+// the policy the other tests use.
+func TestZDeletingThePolicyCollectsEveryChild(t *testing.T) {
+	ctx := context.Background()
+	cp := &callsv1alpha1.CallPolicy{}
+	if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "hotline"}, cp); err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.Client.Delete(ctx, cp); err != nil {
+		t.Fatal(err)
+	}
+	children := map[string]client.Object{
+		"hotline-callguard/Deployment": &appsv1.Deployment{}, "hotline-callguard/Service": &corev1.Service{},
+		"hotline-callguard/ServiceAccount": &corev1.ServiceAccount{}, "hotline-callguard/Role": &rbacv1.Role{},
+		"hotline-callguard/RoleBinding": &rbacv1.RoleBinding{}, "hotline-callguard/PodDisruptionBudget": &policyv1.PodDisruptionBudget{},
+		"hotline-callguard-policy/ConfigMap": &corev1.ConfigMap{},
+	}
+	deadline := time.Now().Add(2 * time.Minute)
+	for len(children) > 0 {
+		for k, obj := range children {
+			name := strings.Split(k, "/")[0]
+			if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, obj); apierrors.IsNotFound(err) {
+				delete(children, k)
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not garbage-collected after 2 minutes: %v", keys(children))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func keys(m map[string]client.Object) []string {
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,552 @@
+// Package harness drives callguard on a real cluster with the Graph emulator:
+// the shared steps of `make demo` (hack/demo) and `make e2e` (test/e2e).
+// It is test tooling: production code never imports it.
+package harness
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/client-go/kubernetes"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
+	"github.com/callguard/callguard/internal/graph"
+)
+
+// The demo bot. The secret is not a secret: it only opens the local emulator.
+const (
+	BotAppID    = "6d2a7b1e-0c1f-4a51-9a43-2f0f4c3b9e10"
+	BotTenantID = "0b3f5c1d-8a2e-4a77-b0c4-7f3e2d1a9c55"
+	BotSecret   = "local-emulator-secret"
+)
+
+// Cluster is a connection to the cluster under test.
+type Cluster struct {
+	Client     client.Client
+	Clientset  kubernetes.Interface
+	Kubeconfig string
+}
+
+// Connect opens the cluster of a kubeconfig file.
+func Connect(kubeconfig string) (*Cluster, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
+	}
+	scheme := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	utilruntime.Must(callsv1alpha1.AddToScheme(scheme))
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("clientset: %w", err)
+	}
+	return &Cluster{Client: c, Clientset: cs, Kubeconfig: kubeconfig}, nil
+}
+
+// Kubectl runs kubectl against the cluster, as a user would.
+func (c *Cluster) Kubectl(ctx context.Context, stdin []byte, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, "kubectl", append([]string{"--kubeconfig", c.Kubeconfig}, args...)...)
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return out, fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, out)
+	}
+	return out, nil
+}
+
+// Emulator is a graph-emulator process reached over its HTTPS control API.
+type Emulator struct {
+	URL   string
+	CAPEM []byte
+	HTTP  *http.Client
+}
+
+// StartEmulator starts the graph-emulator binary in the background (it
+// outlives this process, so the demo cluster keeps a Graph to talk to) or
+// reuses the one already running from stateDir.
+func StartEmulator(ctx context.Context, bin, listen, stateDir string) (*Emulator, error) {
+	if err := os.MkdirAll(stateDir, 0o755); err != nil {
+		return nil, err
+	}
+	urlFile := filepath.Join(stateDir, "url")
+	if e, err := openEmulator(ctx, stateDir, urlFile); err == nil {
+		return e, nil
+	}
+	StopEmulator(stateDir)
+	logf, err := os.Create(filepath.Join(stateDir, "emulator.log"))
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(bin, "--listen", listen, "--state-dir", stateDir,
+		"--bot", fmt.Sprintf("appId=%s,tenantId=%s,secret=%s", BotAppID, BotTenantID, BotSecret))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.Stderr = logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	if err := os.WriteFile(filepath.Join(stateDir, "pid"), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+		return nil, err
+	}
+	lines := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if u, ok := strings.CutPrefix(sc.Text(), "listening on "); ok {
+				lines <- u
+			}
+		}
+	}()
+	select {
+	case u := <-lines:
+		if err := os.WriteFile(urlFile, []byte(u), 0o644); err != nil {
+			return nil, err
+		}
+	case <-time.After(30 * time.Second):
+		return nil, fmt.Errorf("graph-emulator did not print its address in 30 s; see %s", logf.Name())
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	_ = cmd.Process.Release()
+	return openEmulator(ctx, stateDir, urlFile)
+}
+
+func openEmulator(ctx context.Context, stateDir, urlFile string) (*Emulator, error) {
+	u, err := os.ReadFile(urlFile)
+	if err != nil {
+		return nil, err
+	}
+	ca, err := os.ReadFile(filepath.Join(stateDir, "ca.crt"))
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		return nil, errors.New("ca.crt holds no certificate")
+	}
+	e := &Emulator{URL: strings.TrimSpace(string(u)), CAPEM: ca, HTTP: &http.Client{
+		Timeout:   30 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}},
+	}}
+	var stats map[string]any
+	if err := e.do(ctx, http.MethodGet, "/emulator/stats", nil, &stats); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// StopEmulator stops a background emulator started from stateDir.
+func StopEmulator(stateDir string) {
+	b, err := os.ReadFile(filepath.Join(stateDir, "pid"))
+	if err != nil {
+		return
+	}
+	if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+		for i := 0; i < 50 && syscall.Kill(pid, 0) == nil; i++ {
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	_ = os.Remove(filepath.Join(stateDir, "pid"))
+	_ = os.Remove(filepath.Join(stateDir, "url"))
+}
+
+func (e *Emulator) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, e.URL+path, body)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := e.HTTP.Do(req)
+	if err != nil {
+		return fmt.Errorf("%s %s: %w", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("%s %s: %s: %s", method, path, resp.Status, b)
+	}
+	if out != nil {
+		return json.Unmarshal(b, out)
+	}
+	return nil
+}
+
+// Record is the emulator's record of a call (GET /emulator/calls/{id}).
+type Record struct {
+	ID        string        `json:"id"`
+	State     string        `json:"state"`
+	Action    string        `json:"action"`
+	Reason    string        `json:"reason"`
+	Missed    bool          `json:"missed"`
+	LatencyNs time.Duration `json:"latencyNs"`
+	History   []struct {
+		Event  string `json:"event"`
+		Status int    `json:"status"`
+	} `json:"history"`
+}
+
+// Delivered reports whether the created notification reached the bot and
+// was acknowledged.
+func (r *Record) Delivered() bool {
+	for _, h := range r.History {
+		if strings.Contains(h.Event, "notif") && h.Status/100 == 2 {
+			return true
+		}
+	}
+	return false
+}
+
+// PlaceCall places a call to the demo bot whose callback is callback.
+func (e *Emulator) PlaceCall(ctx context.Context, callback string, source *graph.IdentitySet, modalities []string) (string, error) {
+	var call graph.Call
+	err := e.do(ctx, http.MethodPost, "/emulator/calls", map[string]any{
+		"appId": BotAppID, "callbackUri": callback, "source": source, "requestedModalities": modalities,
+	}, &call)
+	return call.ID, err
+}
+
+// Call returns the emulator's record of a call.
+func (e *Emulator) Call(ctx context.Context, id string) (*Record, error) {
+	var r Record
+	return &r, e.do(ctx, http.MethodGet, "/emulator/calls/"+id, nil, &r)
+}
+
+// WaitAction polls a call until Graph was acted on or quiet passes without
+// action (an allowed call is never acted on).
+func (e *Emulator) WaitAction(ctx context.Context, id string, quiet time.Duration) (*Record, error) {
+	deadline := time.Now().Add(quiet)
+	for {
+		r, err := e.Call(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if r.Action != "" || r.Missed || time.Now().After(deadline) {
+			return r, nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Scenario is one scripted caller.
+type Scenario struct {
+	Caller     string
+	Kind       string
+	Source     *graph.IdentitySet
+	Modalities []string
+}
+
+func phone(n string) *graph.IdentitySet {
+	return &graph.IdentitySet{Phone: &graph.Identity{ID: n}}
+}
+
+// Scenarios are the demo's callers: one for each rule of the sample policy
+// and a few the default decides.
+func Scenarios() []Scenario {
+	audio := []string{"audio"}
+	return []Scenario{
+		{"+14255550100", "phone (VIP)", phone("+14255550100"), audio},
+		{"+1 900 555 0123", "phone (premium rate)", phone("+1 900 555 0123"), audio},
+		{"+12125550143", "phone (robocaller list)", phone("+12125550143"), audio},
+		{"+15550101234", "phone (list range +1555010*)", phone("+15550101234"), audio},
+		{"+447700900123", "phone (UK mobile)", phone("+447700900123"), audio},
+		{"+14255550111", "phone", phone("+14255550111"), audio},
+		{"(anonymous)", "anonymous", nil, audio},
+		{"guest Pat", "guest", &graph.IdentitySet{Guest: &graph.Identity{ID: "3f6e2d90-5b1c-4e53-a7f0-9c0b8d2e4a11", DisplayName: "Pat (Guest)"}}, audio},
+		{"Ada Lovelace", "user", &graph.IdentitySet{User: &graph.Identity{ID: "8a34a46b-3d17-4adc-8dce-dc4e7d572698", DisplayName: "Ada Lovelace", TenantID: BotTenantID}}, []string{"audio", "video"}},
+		{"Scheduler bot", "application", &graph.IdentitySet{Application: &graph.Identity{ID: "0c9d7a52-2b8e-4f0a-8d61-3e5b1f7c2a90", DisplayName: "Scheduler"}}, audio},
+	}
+}
+
+// DemoObjects are the demo's Secret, number list, CA bundle and CallPolicy,
+// pointed at the emulator.
+func DemoObjects(ns string, emu *Emulator, replicas int32) []client.Object {
+	return []client.Object{
+		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "hotline-bot"},
+			StringData: map[string]string{"client-secret": BotSecret}},
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "robocallers"},
+			Data: map[string]string{"numbers.txt": "# reported 2026-11\n+12125550143\n+12125550178\n+1555010*\n"}},
+		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "graph-emulator-ca"},
+			Data: map[string]string{"ca.crt": string(emu.CAPEM)}},
+		DemoPolicy(ns, emu, replicas),
+	}
+}
+
+// DemoPolicy is the README's sample policy pointed at the emulator.
+func DemoPolicy(ns string, emu *Emulator, replicas int32) *callsv1alpha1.CallPolicy {
+	callers := func(m callsv1alpha1.CallerMatch) callsv1alpha1.Match { return callsv1alpha1.Match{Callers: &m} }
+	return &callsv1alpha1.CallPolicy{
+		TypeMeta:   metav1.TypeMeta{APIVersion: callsv1alpha1.GroupVersion.String(), Kind: "CallPolicy"},
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "hotline"},
+		Spec: callsv1alpha1.CallPolicySpec{
+			Bot: callsv1alpha1.BotSpec{AppID: BotAppID, TenantID: BotTenantID,
+				Credentials: callsv1alpha1.Credentials{SecretRef: &callsv1alpha1.SecretReference{Name: "hotline-bot"}}},
+			Graph: callsv1alpha1.GraphSpec{
+				Endpoint:        emu.URL,
+				AuthorityHost:   emu.URL + "/",
+				OpenIDConfigURL: emu.URL + "/v1/.well-known/OpenIdConfiguration",
+				CABundle:        &callsv1alpha1.ConfigMapKeyReference{Name: "graph-emulator-ca", Key: "ca.crt"},
+			},
+			Rules: []callsv1alpha1.Rule{
+				{Name: "vip-always", Action: callsv1alpha1.ActionAllow, Match: callers(callsv1alpha1.CallerMatch{Numbers: []string{"+14255550100"}})},
+				{Name: "premium-rate", Action: callsv1alpha1.ActionReject, Reason: callsv1alpha1.ReasonForbidden,
+					Match: callers(callsv1alpha1.CallerMatch{NumberPrefixes: []string{"+1900", "+44909"}})},
+				{Name: "robocallers", Action: callsv1alpha1.ActionReject, Reason: callsv1alpha1.ReasonBusy,
+					Match: callers(callsv1alpha1.CallerMatch{NumberLists: []callsv1alpha1.NumberList{{ConfigMapKeyRef: callsv1alpha1.ConfigMapKeyReference{Name: "robocallers", Key: "numbers.txt"}}}})},
+				{Name: "video-to-desk", Action: callsv1alpha1.ActionRedirect,
+					Redirect: &callsv1alpha1.RedirectSpec{Targets: []callsv1alpha1.RedirectTarget{{Phone: "+14255550199"}}, TimeoutSeconds: 30},
+					Match:    callsv1alpha1.Match{Modalities: []callsv1alpha1.Modality{"video"}}},
+				{Name: "anonymous-guests", Action: callsv1alpha1.ActionReject, Reason: callsv1alpha1.ReasonForbidden,
+					Match: callers(callsv1alpha1.CallerMatch{IdentityTypes: []callsv1alpha1.IdentityType{"anonymous", "guest"}})},
+			},
+			Receiver: callsv1alpha1.ReceiverSpec{Replicas: ptr.To(replicas)},
+		},
+	}
+}
+
+// Apply creates or replaces objects (server-side apply, as kubectl apply --server-side).
+func (c *Cluster) Apply(ctx context.Context, objs ...client.Object) error {
+	for _, o := range objs {
+		u, err := runtime.DefaultUnstructuredConverter.ToUnstructured(o)
+		if err != nil {
+			return err
+		}
+		delete(u, "status")
+		gvk, err := c.Client.GroupVersionKindFor(o)
+		if err != nil {
+			return err
+		}
+		u["apiVersion"], u["kind"] = gvk.GroupVersion().String(), gvk.Kind
+		if md, ok := u["metadata"].(map[string]any); ok {
+			delete(md, "creationTimestamp")
+		}
+		data, err := json.Marshal(u)
+		if err != nil {
+			return err
+		}
+		if err := c.Client.Patch(ctx, o, client.RawPatch("application/apply-patch+yaml", data),
+			client.FieldOwner("callguard-harness"), client.ForceOwnership); err != nil {
+			return fmt.Errorf("apply %s %s: %w", gvk.Kind, o.GetName(), err)
+		}
+	}
+	return nil
+}
+
+// EnsureNamespace creates a namespace if it does not exist.
+func (c *Cluster) EnsureNamespace(ctx context.Context, ns string) error {
+	err := c.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}})
+	if apierrors.IsAlreadyExists(err) {
+		return nil
+	}
+	return err
+}
+
+// WaitReady waits until the policy is Ready for its current generation.
+func (c *Cluster) WaitReady(ctx context.Context, ns, name string, timeout time.Duration) (*callsv1alpha1.CallPolicy, error) {
+	deadline := time.Now().Add(timeout)
+	cp := &callsv1alpha1.CallPolicy{}
+	for {
+		err := c.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, cp)
+		if err == nil && cp.Status.ObservedGeneration == cp.Generation &&
+			meta.IsStatusConditionTrue(cp.Status.Conditions, "Ready") {
+			return cp, nil
+		}
+		if time.Now().After(deadline) {
+			return cp, fmt.Errorf("CallPolicy %s/%s not Ready after %s: %v (conditions %+v)", ns, name, timeout, err, cp.Status.Conditions)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// CallbackURL is the receivers' callback through their Service's ClusterIP
+// (this machine reaches ClusterIPs through kube-proxy; there is no cluster DNS).
+func (c *Cluster) CallbackURL(ctx context.Context, ns, policy, path string) (string, error) {
+	svc := &corev1.Service{}
+	if err := c.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: policy + "-callguard"}, svc); err != nil {
+		return "", err
+	}
+	return "http://" + svc.Spec.ClusterIP + path, nil
+}
+
+// WaitCallbackReachable waits until the receivers' callback answers through
+// the Service: a Ready Deployment can precede kube-proxy programming the
+// Service's endpoints by a moment. An unauthenticated POST must get 401.
+func WaitCallbackReachable(ctx context.Context, url string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	hc := &http.Client{Timeout: 2 * time.Second}
+	for {
+		resp, err := hc.Post(url, "application/json", strings.NewReader(`{"value":[]}`))
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusUnauthorized {
+				return nil
+			}
+			err = fmt.Errorf("unauthenticated POST got %s, want 401", resp.Status)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("callback %s not reachable after %s: %w", url, timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Decision is a receiver's log line for one decided call.
+type Decision struct {
+	CallID    string  `json:"callId"`
+	Rule      string  `json:"rule"`
+	Action    string  `json:"action"`
+	Reason    string  `json:"reason"`
+	Mode      string  `json:"mode"`
+	Policy    string  `json:"policy"`
+	LatencyMs float64 `json:"latencyMs"`
+	Pod       string  `json:"-"`
+}
+
+// Decisions reads the decision log lines of every receiver pod of a policy.
+func (c *Cluster) Decisions(ctx context.Context, ns, policy string) (map[string]Decision, error) {
+	pods, err := c.Clientset.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{
+		LabelSelector: "app.kubernetes.io/name=callguard-receiver,app.kubernetes.io/instance=" + policy})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]Decision{}
+	for _, p := range pods.Items {
+		raw, err := c.Clientset.CoreV1().Pods(ns).GetLogs(p.Name, &corev1.PodLogOptions{}).DoRaw(ctx)
+		if err != nil {
+			continue // a pod still starting has no log yet
+		}
+		sc := bufio.NewScanner(bytes.NewReader(raw))
+		sc.Buffer(make([]byte, 64*1024), 1024*1024)
+		for sc.Scan() {
+			var line struct {
+				Msg string `json:"msg"`
+				Decision
+			}
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "decision" && line.CallID != "" {
+				line.Decision.Pod = p.Name
+				out[line.CallID] = line.Decision
+			}
+		}
+	}
+	return out, nil
+}
+
+// LivePolicyHashes returns the policy hash each ready receiver pod reports on
+// its metrics endpoint (pod IPs are reachable from the node).
+func (c *Cluster) LivePolicyHashes(ctx context.Context, ns, policy string) (map[string]string, error) {
+	pods, err := c.Clientset.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{
+		LabelSelector: "app.kubernetes.io/name=callguard-receiver,app.kubernetes.io/instance=" + policy})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	hc := &http.Client{Timeout: 2 * time.Second}
+	for _, p := range pods.Items {
+		if p.Status.PodIP == "" || p.DeletionTimestamp != nil || !podReady(&p) {
+			continue
+		}
+		resp, err := hc.Get("http://" + p.Status.PodIP + ":8081/metrics")
+		if err != nil {
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, line := range strings.Split(string(b), "\n") {
+			if rest, ok := strings.CutPrefix(line, `callguard_receiver_policy_info{hash="`); ok {
+				if i := strings.IndexByte(rest, '"'); i > 0 {
+					out[p.Name] = rest[:i]
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+func podReady(p *corev1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// WaitPolicyLive waits until the operator has compiled a policy hash other
+// than old and every ready receiver reports it. It returns the new hash and
+// when each of the two happened, measured from start.
+func (c *Cluster) WaitPolicyLive(ctx context.Context, ns, policy, old string, start time.Time, timeout time.Duration) (hash string, compiled, live time.Duration, err error) {
+	deadline := start.Add(timeout)
+	cp := &callsv1alpha1.CallPolicy{}
+	for {
+		if err := c.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: policy}, cp); err == nil && cp.Status.PolicyHash != old && cp.Status.PolicyHash != "" {
+			hash, compiled = cp.Status.PolicyHash, time.Since(start)
+			break
+		}
+		if time.Now().After(deadline) {
+			return "", 0, 0, fmt.Errorf("the operator did not publish a new policy hash within %s", timeout)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for {
+		hashes, err := c.LivePolicyHashes(ctx, ns, policy)
+		if err == nil && len(hashes) > 0 {
+			all := true
+			for _, h := range hashes {
+				all = all && h == hash
+			}
+			if all {
+				return hash, compiled, time.Since(start), nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return hash, compiled, 0, fmt.Errorf("receivers did not all report policy %s within %s: %v", hash, timeout, hashes)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
