@@ -207,4 +207,3 @@ type InnerError struct {
 	Date            string `json:"date,omitempty"`
 	ClientRequestID string `json:"client-request-id,omitempty"`
 }
-

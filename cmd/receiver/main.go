@@ -1,0 +1,39 @@
+// Command receiver is callguard's Graph callback: it decides incoming calls
+// by a CallPolicy and rejects, redirects or forwards them.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/callguard/callguard/internal/receiver"
+)
+
+func main() {
+	var o receiver.Options
+	flag.StringVar(&o.PolicyFile, "policy-file", "", "standalone: multi-document YAML with one CallPolicy, the ConfigMaps its numberLists name and the Secret its credentials name; reloaded on change")
+	flag.StringVar(&o.PolicyConfigMap, "policy-configmap", "", "in the cluster: NAMESPACE/NAME of the compiled policy ConfigMap, watched through the Kubernetes API")
+	flag.StringVar(&o.Listen, "listen", ":8080", "address of the Graph callback listener")
+	flag.StringVar(&o.MetricsListen, "metrics-listen", ":8081", "address of /metrics, /healthz and /readyz")
+	flag.StringVar(&o.CAFile, "ca-file", "", "PEM file of extra roots trusted for Graph, the token authority and the OpenID configuration")
+	flag.StringVar(&o.CredentialsDir, "credentials-dir", receiver.DefaultCredentialsDir, "directory holding the bot Secret's client-secret, or tls.crt and tls.key (used when the policy source carries no Secret)")
+	flag.BoolVar(&o.LogCallerNumbers, "log-caller-numbers", false, "log callers' numbers in full instead of their last four digits")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		fmt.Fprintf(os.Stderr, "receiver: unexpected arguments %q\n", flag.Args())
+		os.Exit(2)
+	}
+	o.Logger = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	if err := receiver.Run(ctx, o); err != nil {
+		o.Logger.Error("receiver failed", "error", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,340 @@
+package graph
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	azpolicy "github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/google/uuid"
+)
+
+// Operations the client performs, as named in logs and metrics.
+const (
+	OpReject   = "reject"
+	OpRedirect = "redirect"
+)
+
+// Retry tuning defaults. The per-attempt timeout is well under the 15 s call
+// deadline so that a hung connection still leaves time for another try.
+const (
+	DefaultAttemptTimeout = 5 * time.Second
+	DefaultBackoffBase    = 100 * time.Millisecond
+	DefaultBackoffMax     = 2 * time.Second
+)
+
+// maxErrorBody bounds how much of an error response is read for its code.
+const maxErrorBody = 64 << 10
+
+// ClientConfig configures a Client.
+type ClientConfig struct {
+	// Endpoint is the Graph base URL, e.g. https://graph.microsoft.com.
+	Endpoint string
+	// APIVersion is "v1.0" or "beta".
+	APIVersion string
+	// Credential issues app-only tokens for Endpoint.
+	Credential azcore.TokenCredential
+	// HTTPClient sends the requests; nil means http.DefaultClient.
+	HTTPClient *http.Client
+	// Logger receives error reports; nil discards them.
+	Logger *slog.Logger
+	// OnAttempt, if set, is told about every request sent: the HTTP status,
+	// or 0 and the transport error.
+	OnAttempt func(op string, status int, err error)
+
+	AttemptTimeout time.Duration
+	BackoffBase    time.Duration
+	BackoffMax     time.Duration
+}
+
+// Client acts on incoming calls through Graph's communications API.
+type Client struct {
+	base       string
+	scope      string
+	cred       azcore.TokenCredential
+	http       *http.Client
+	log        *slog.Logger
+	onAttempt  func(string, int, error)
+	attemptTTL time.Duration
+	backoff    time.Duration
+	backoffMax time.Duration
+
+	// token is the last access token, reused until near its expiry as
+	// azcore's bearer policy does: asking the credential every time costs a
+	// cache lookup and locking inside the identity library.
+	token atomic.Pointer[cachedToken]
+}
+
+type cachedToken struct {
+	value     string
+	refreshAt time.Time
+}
+
+// tokenRefreshMargin is how long before expiry a token is replaced.
+const tokenRefreshMargin = 5 * time.Minute
+
+// NewClient returns a client for cfg.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	u, err := url.Parse(cfg.Endpoint)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return nil, fmt.Errorf("graph endpoint %q is not an http(s) URL", cfg.Endpoint)
+	}
+	if cfg.APIVersion != "v1.0" && cfg.APIVersion != "beta" {
+		return nil, fmt.Errorf("graph apiVersion %q: want v1.0 or beta", cfg.APIVersion)
+	}
+	if cfg.Credential == nil {
+		return nil, errors.New("graph client needs a credential")
+	}
+	endpoint := strings.TrimRight(cfg.Endpoint, "/")
+	c := &Client{
+		base:       endpoint + "/" + cfg.APIVersion + "/communications/calls/",
+		scope:      endpoint + "/.default",
+		cred:       cfg.Credential,
+		http:       cfg.HTTPClient,
+		log:        cfg.Logger,
+		onAttempt:  cfg.OnAttempt,
+		attemptTTL: orDefault(cfg.AttemptTimeout, DefaultAttemptTimeout),
+		backoff:    orDefault(cfg.BackoffBase, DefaultBackoffBase),
+		backoffMax: orDefault(cfg.BackoffMax, DefaultBackoffMax),
+	}
+	if c.http == nil {
+		c.http = http.DefaultClient
+	}
+	if c.log == nil {
+		c.log = slog.New(slog.DiscardHandler)
+	}
+	return c, nil
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+// Reject rejects an incoming call. ctx's deadline bounds all retries.
+func (c *Client) Reject(ctx context.Context, callID, reason string) error {
+	return c.do(ctx, OpReject, callID, RejectRequest{Reason: reason})
+}
+
+// Redirect redirects an incoming call. ctx's deadline bounds all retries.
+func (c *Client) Redirect(ctx context.Context, callID string, req RedirectRequest) error {
+	if len(req.Targets) == 0 {
+		return errors.New("redirect needs at least one target")
+	}
+	return c.do(ctx, OpRedirect, callID, req)
+}
+
+// APIError is a final error answer from Graph.
+type APIError struct {
+	Operation       string
+	CallID          string
+	StatusCode      int
+	Code            string
+	Message         string
+	RequestID       string
+	ClientRequestID string
+}
+
+func (e *APIError) Error() string {
+	msg := fmt.Sprintf("graph %s of call %s: HTTP %d", e.Operation, e.CallID, e.StatusCode)
+	if e.Code != "" {
+		msg += " " + e.Code
+	}
+	if e.Message != "" {
+		msg += ": " + e.Message
+	}
+	if e.RequestID != "" {
+		msg += " (request-id " + e.RequestID + ")"
+	}
+	return msg
+}
+
+// retryable says whether the status may succeed on another try.
+func retryable(status int) bool {
+	return status == http.StatusTooManyRequests || status >= 500
+}
+
+// do sends one operation, retrying as the Graph contract says: 429 and 503
+// wait for Retry-After, other 5xx and transport errors back off
+// exponentially with jitter, other 4xx are final, and nothing is retried past
+// ctx's deadline. It stops at the first 2xx, so a call is acted on at most
+// once successfully.
+func (c *Client) do(ctx context.Context, op, callID string, body any) error {
+	if callID == "" {
+		return fmt.Errorf("graph %s: empty call id", op)
+	}
+	payload, err := json.Marshal(body)
+	if err != nil {
+		return fmt.Errorf("graph %s of call %s: encode body: %w", op, callID, err)
+	}
+	target := c.base + url.PathEscape(callID) + "/" + op
+	var last error
+	for attempt := 0; ; attempt++ {
+		wait, err := c.attempt(ctx, op, callID, target, payload, attempt)
+		if err == nil {
+			return nil
+		}
+		last = err
+		if wait < 0 {
+			return err
+		}
+		if wait == 0 {
+			wait = c.backoffDelay(attempt)
+		}
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
+			return fmt.Errorf("graph %s of call %s: deadline reached after %d attempts: %w", op, callID, attempt+1, errors.Join(context.DeadlineExceeded, last))
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("graph %s of call %s: gave up after %d attempts: %w", op, callID, attempt+1, errors.Join(ctx.Err(), last))
+		case <-t.C:
+		}
+	}
+}
+
+// backoffDelay is the jittered exponential delay before retry n+1: uniform
+// in [d/2, d] with d = base·2ⁿ capped at max, so that receivers that failed
+// together do not retry together.
+func (c *Client) backoffDelay(n int) time.Duration {
+	d := c.backoffMax
+	if n < 20 {
+		d = min(c.backoff<<n, c.backoffMax)
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// attempt sends one request. It returns nil on 2xx; otherwise the error and
+// how long to wait before retrying: -1 for a final error, 0 for the default
+// backoff, or the server's Retry-After.
+func (c *Client) attempt(ctx context.Context, op, callID, target string, payload []byte, n int) (time.Duration, error) {
+	if err := ctx.Err(); err != nil {
+		return -1, fmt.Errorf("graph %s of call %s: %w", op, callID, err)
+	}
+	actx, cancel := context.WithTimeout(ctx, c.attemptTTL)
+	defer cancel()
+	tok, err := c.accessToken(actx)
+	if err != nil {
+		// Token failures are usually transient (authority unreachable) or
+		// wrong configuration; both are bounded by the call's deadline.
+		c.log.Warn("graph token request failed", "operation", op, "callId", callID, "attempt", n+1, "error", err)
+		return 0, fmt.Errorf("graph %s of call %s: get token: %w", op, callID, err)
+	}
+	clientRequestID := uuid.NewString()
+	req, err := http.NewRequestWithContext(actx, http.MethodPost, target, bytes.NewReader(payload))
+	if err != nil {
+		return -1, fmt.Errorf("graph %s of call %s: build request: %w", op, callID, err)
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("client-request-id", clientRequestID)
+	req.Header.Set("return-client-request-id", "true")
+
+	resp, err := c.http.Do(req)
+	if err != nil {
+		if c.onAttempt != nil {
+			c.onAttempt(op, 0, err)
+		}
+		c.log.Warn("graph request failed", "operation", op, "callId", callID, "attempt", n+1,
+			"clientRequestId", clientRequestID, "error", err)
+		return 0, fmt.Errorf("graph %s of call %s: %w", op, callID, err)
+	}
+	defer resp.Body.Close()
+	if c.onAttempt != nil {
+		c.onAttempt(op, resp.StatusCode, nil)
+	}
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		// Drain so the connection is reused.
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+		return 0, nil
+	}
+
+	if resp.StatusCode == http.StatusUnauthorized {
+		// The token was revoked or rotated: the next request gets a new one.
+		c.token.Store(nil)
+	}
+	apiErr := parseAPIError(resp, op, callID, clientRequestID)
+	if !retryable(resp.StatusCode) {
+		// Final: the caller logs the error, which names the request-id.
+		return -1, apiErr
+	}
+	c.log.Warn("graph request refused; retrying", "operation", op, "callId", callID, "attempt", n+1,
+		"status", resp.StatusCode, "code", apiErr.Code, "requestId", apiErr.RequestID,
+		"clientRequestId", clientRequestID)
+	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+		if d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
+			return d, apiErr
+		}
+	}
+	return 0, apiErr
+}
+
+func (c *Client) accessToken(ctx context.Context) (string, error) {
+	if t := c.token.Load(); t != nil && time.Now().Before(t.refreshAt) {
+		return t.value, nil
+	}
+	at, err := c.cred.GetToken(ctx, azpolicy.TokenRequestOptions{Scopes: []string{c.scope}})
+	if err != nil {
+		return "", err
+	}
+	refresh := at.ExpiresOn.Add(-tokenRefreshMargin)
+	if !at.RefreshOn.IsZero() && at.RefreshOn.Before(refresh) {
+		refresh = at.RefreshOn
+	}
+	c.token.Store(&cachedToken{value: at.Token, refreshAt: refresh})
+	return at.Token, nil
+}
+
+func parseAPIError(resp *http.Response, op, callID, clientRequestID string) *APIError {
+	e := &APIError{
+		Operation:       op,
+		CallID:          callID,
+		StatusCode:      resp.StatusCode,
+		RequestID:       resp.Header.Get("request-id"),
+		ClientRequestID: clientRequestID,
+	}
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	var body ErrorBody
+	if json.Unmarshal(raw, &body) == nil {
+		e.Code = body.Error.Code
+		e.Message = body.Error.Message
+		if ie := body.Error.InnerError; ie != nil && e.RequestID == "" {
+			e.RequestID = ie.RequestID
+		}
+	}
+	return e
+}
+
+// parseRetryAfter reads Retry-After as delay-seconds or an HTTP date.
+func parseRetryAfter(v string, now time.Time) (time.Duration, bool) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0, false
+	}
+	if secs, err := strconv.Atoi(v); err == nil {
+		if secs < 0 {
+			return 0, false
+		}
+		return time.Duration(secs) * time.Second, true
+	}
+	if t, err := http.ParseTime(v); err == nil {
+		return max(t.Sub(now), 0), true
+	}
+	return 0, false
+}

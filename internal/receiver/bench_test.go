@@ -1,0 +1,574 @@
+package receiver_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime/pprof"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/callguard/callguard/internal/emulator"
+	"github.com/callguard/callguard/internal/graph"
+	"github.com/callguard/callguard/internal/receiver"
+)
+
+// The benchmark runs the receiver, and a baseline handler, each in a child
+// process (this test binary again) with GOMAXPROCS=1, against the emulator
+// in this process, and drives them with a load loop posting notifications
+// signed by the emulator's callback-token key.
+//
+// The load loop's calls are not placed on the emulator: placing one, and
+// acting on it, makes the emulator sign a callback token (RSA, about 1.8 ms
+// of CPU), which two cores cannot do thousands of times a second besides
+// the receiver. So each reject reaches the emulator's Graph route, is
+// authenticated there, and is answered 404; the notification-to-action
+// latency is the time from the notification's arrival to Graph's answer.
+const (
+	childEnv       = "CALLGUARD_BENCH_CHILD"
+	childPolicyEnv = "CALLGUARD_BENCH_POLICY"
+	childCAEnv     = "CALLGUARD_BENCH_CA"
+	childGraphEnv  = "CALLGUARD_BENCH_GRAPH"
+	cpuProfileEnv  = "CALLGUARD_BENCH_CPUPROFILE"
+
+	benchListSize = 100_000
+	// benchConcurrency is how many notifications are in flight at once, as
+	// Graph's delivery would have for a busy bot.
+	benchConcurrency = 8
+)
+
+func TestMain(m *testing.M) {
+	switch os.Getenv(childEnv) {
+	case "receiver":
+		os.Exit(runReceiverChild())
+	case "baseline":
+		os.Exit(runBaselineChild())
+	}
+	code := m.Run()
+	benchSetup.stop()
+	os.Exit(code)
+}
+
+func childLogger() *slog.Logger { return slog.New(slog.NewJSONHandler(os.Stderr, nil)) }
+
+func runReceiverChild() int {
+	// CALLGUARD_BENCH_CPUPROFILE=FILE profiles the receiver child, to see
+	// where its time goes.
+	if path := os.Getenv(cpuProfileEnv); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer pprof.StopCPUProfile()
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM)
+	defer stop()
+	err := receiver.Run(ctx, receiver.Options{
+		PolicyFile:    os.Getenv(childPolicyEnv),
+		CAFile:        os.Getenv(childCAEnv),
+		Listen:        "127.0.0.1:0",
+		MetricsListen: "127.0.0.1:0",
+		Logger:        childLogger(),
+		ShutdownGrace: 10 * time.Millisecond,
+	})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	return 0
+}
+
+// runBaselineChild serves the least a bot must do: verify the token,
+// decode, acknowledge, and POST the reject; no policy, no deduplication,
+// no pool. It logs one line per call, as the receiver does.
+func runBaselineChild() int {
+	log := childLogger()
+	endpoint := os.Getenv(childGraphEnv)
+	hc, err := graph.NewHTTPClient(os.Getenv(childCAEnv))
+	if err != nil {
+		log.Error("baseline", "error", err)
+		return 1
+	}
+	keys := graph.NewKeySet(endpoint+"/v1/.well-known/OpenIdConfiguration", hc)
+	if err := keys.Refresh(context.Background()); err != nil {
+		log.Error("baseline", "error", err)
+		return 1
+	}
+	v := &graph.Verifier{Keys: keys, Issuers: []string{emulator.InboundIssuer}, Audience: appID, TenantID: tenantID}
+	cred, err := graph.NewCredential(graph.CredentialConfig{
+		TenantID: tenantID, ClientID: appID, AuthorityHost: endpoint + "/", HTTPClient: hc,
+		Secret: map[string][]byte{graph.SecretKeyClientSecret: []byte(secret)},
+	})
+	if err != nil {
+		log.Error("baseline", "error", err)
+		return 1
+	}
+	client, err := graph.NewClient(graph.ClientConfig{Endpoint: endpoint, APIVersion: "v1.0", Credential: cred, HTTPClient: hc})
+	if err != nil {
+		log.Error("baseline", "error", err)
+		return 1
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /readyz", func(http.ResponseWriter, *http.Request) {})
+	mux.HandleFunc("POST /api/calls", func(w http.ResponseWriter, r *http.Request) {
+		arrival := time.Now()
+		if err := v.Verify(r.Context(), r.Header.Get("Authorization")); err != nil {
+			http.Error(w, err.Error(), http.StatusUnauthorized)
+			return
+		}
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, receiver.MaxBody))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusRequestEntityTooLarge)
+			return
+		}
+		batch, err := graph.DecodeNotifications(body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		for _, n := range batch.Value {
+			if !n.IsIncomingCall() {
+				continue
+			}
+			go func() {
+				ctx, cancel := context.WithDeadline(context.Background(), arrival.Add(receiver.DefaultDeadline))
+				defer cancel()
+				err := client.Reject(ctx, n.CallID(), "busy")
+				attrs := []any{"callId", n.CallID(), "latencyMs", float64(time.Since(arrival).Microseconds()) / 1000}
+				if err != nil {
+					attrs = append(attrs, "error", err.Error())
+				}
+				log.Info("decision", attrs...)
+			}()
+		}
+		w.WriteHeader(http.StatusAccepted)
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		log.Error("baseline", "error", err)
+		return 1
+	}
+	log.Info("receiver listening", "listen", ln.Addr().String(), "metricsListen", ln.Addr().String())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, syscall.SIGTERM)
+		<-sig
+		_ = srv.Close()
+	}()
+	if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		log.Error("baseline", "error", err)
+		return 1
+	}
+	return 0
+}
+
+// child is a running receiver or baseline process.
+type child struct {
+	cmd      *exec.Cmd
+	callback string
+	ops      string
+
+	mu        sync.Mutex
+	latencies map[string]float64 // call id → notification-to-action ms
+	failures  int
+	exited    chan struct{}
+}
+
+func startChild(kind, policyPath, caFile, graphURL string) (*child, error) {
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), childEnv+"="+kind, childPolicyEnv+"="+policyPath,
+		childCAEnv+"="+caFile, childGraphEnv+"="+graphURL, "GOMAXPROCS=1")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s child: %w", kind, err)
+	}
+	c := &child{cmd: cmd, latencies: map[string]float64{}, exited: make(chan struct{})}
+	addrs := make(chan [2]string, 1)
+	go func() {
+		defer close(c.exited)
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var line struct {
+				Msg       string  `json:"msg"`
+				Listen    string  `json:"listen"`
+				Metrics   string  `json:"metricsListen"`
+				CallID    string  `json:"callId"`
+				LatencyMs float64 `json:"latencyMs"`
+				Error     string  `json:"error"`
+			}
+			if json.Unmarshal(sc.Bytes(), &line) != nil {
+				continue
+			}
+			switch line.Msg {
+			case "receiver listening":
+				addrs <- [2]string{line.Listen, line.Metrics}
+			case "decision":
+				c.mu.Lock()
+				c.latencies[line.CallID] = line.LatencyMs
+				// 404 is the expected answer (see above); anything else is not.
+				if line.Error != "" && !strings.Contains(line.Error, "HTTP 404") {
+					c.failures++
+				}
+				c.mu.Unlock()
+			}
+		}
+		_ = cmd.Wait()
+	}()
+	select {
+	case a := <-addrs:
+		c.callback = "http://" + a[0] + "/api/calls"
+		c.ops = "http://" + a[1]
+	case <-c.exited:
+		return nil, fmt.Errorf("%s child exited before listening", kind)
+	case <-time.After(30 * time.Second):
+		c.stop()
+		return nil, fmt.Errorf("%s child did not start listening", kind)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(c.ops + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return c, nil
+			}
+		}
+		if time.Now().After(deadline) {
+			c.stop()
+			return nil, fmt.Errorf("%s child not ready", kind)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (c *child) stop() {
+	_ = c.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-c.exited:
+	case <-time.After(30 * time.Second):
+		_ = c.cmd.Process.Kill()
+		<-c.exited
+	}
+}
+
+// cpuTime is the child's user plus system CPU time so far.
+func (c *child) cpuTime() (time.Duration, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", c.cmd.Process.Pid))
+	if err != nil {
+		return 0, fmt.Errorf("child CPU time: %w", err)
+	}
+	// Fields after the parenthesised command name; utime and stime are
+	// the 14th and 15th fields overall, in clock ticks (100 a second on Linux).
+	fields := strings.Fields(string(raw[bytes.LastIndexByte(raw, ')')+1:]))
+	if len(fields) < 13 {
+		return 0, errors.New("child CPU time: short /proc stat")
+	}
+	var utime, stime int64
+	if _, err := fmt.Sscan(fields[11], &utime); err != nil {
+		return 0, fmt.Errorf("child CPU time: %w", err)
+	}
+	if _, err := fmt.Sscan(fields[12], &stime); err != nil {
+		return 0, fmt.Errorf("child CPU time: %w", err)
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+}
+
+// actionLatencies waits for the decisions of ids and returns their
+// latencies in ms.
+func (c *child) actionLatencies(ids []string, timeout time.Duration) ([]float64, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		c.mu.Lock()
+		out := make([]float64, 0, len(ids))
+		for _, id := range ids {
+			if l, ok := c.latencies[id]; ok {
+				out = append(out, l)
+			}
+		}
+		failures := c.failures
+		c.mu.Unlock()
+		if failures > 0 {
+			return nil, fmt.Errorf("%d calls failed other than with Graph's 404", failures)
+		}
+		if len(out) == len(ids) {
+			for _, id := range ids {
+				delete(c.latencies, id)
+			}
+			return out, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("%d of %d decisions logged", len(out), len(ids))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// benchEnv is set up once per test binary: making a 100k-entry policy, the
+// emulator and two children takes a few seconds.
+type benchEnv struct {
+	once     sync.Once
+	err      error
+	dir      string
+	emu      *emulator.Server
+	children map[string]*child
+	auth     string
+	authAt   time.Time
+	runs     atomic.Int64
+	// baselineRate is the last baseline throughput, for the ratio.
+	baselineRate atomic.Value
+}
+
+var benchSetup benchEnv
+
+func (s *benchEnv) get(b *testing.B) *benchEnv {
+	b.Helper()
+	s.once.Do(func() { s.err = s.start() })
+	if s.err != nil {
+		b.Fatal(s.err)
+	}
+	return s
+}
+
+func (s *benchEnv) start() error {
+	dir, err := os.MkdirTemp("", "callguard-bench")
+	if err != nil {
+		return err
+	}
+	s.dir = dir
+	s.emu, err = emulator.New(emulator.Config{Bots: []emulator.Bot{{AppID: appID, TenantID: tenantID, Secret: secret}}, MissedAfter: time.Hour})
+	if err != nil {
+		return err
+	}
+	if err := s.emu.Start(); err != nil {
+		return err
+	}
+	caFile := filepath.Join(dir, "ca.crt")
+	if err := os.WriteFile(caFile, s.emu.CACertPEM(), 0o600); err != nil {
+		return err
+	}
+	policyPath := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(policyPath, benchPolicy(s.emu.URL()), 0o600); err != nil {
+		return err
+	}
+	s.children = map[string]*child{}
+	for _, kind := range []string{"baseline", "receiver"} {
+		c, err := startChild(kind, policyPath, caFile, s.emu.URL())
+		if err != nil {
+			return err
+		}
+		s.children[kind] = c
+	}
+	return nil
+}
+
+func (s *benchEnv) stop() {
+	for _, c := range s.children {
+		c.stop()
+	}
+	if s.emu != nil {
+		_ = s.emu.Close()
+	}
+	if s.dir != "" {
+		_ = os.RemoveAll(s.dir)
+	}
+}
+
+// token returns a callback token, re-signed before it expires: Graph, too,
+// reuses its callback tokens.
+func (s *benchEnv) token(b *testing.B) string {
+	if time.Since(s.authAt) > 5*time.Minute {
+		tok, err := s.emu.SignInboundToken(emulator.InboundClaims(appID, tenantID))
+		if err != nil {
+			b.Fatal(err)
+		}
+		s.auth, s.authAt = "Bearer "+tok, time.Now()
+	}
+	return s.auth
+}
+
+func benchNumber(i int) string { return fmt.Sprintf("+1555%07d", i%benchListSize) }
+
+// benchPolicy rejects every number of a 100,000-entry list.
+func benchPolicy(emulatorURL string) []byte {
+	var list strings.Builder
+	for i := range benchListSize {
+		list.WriteString("      " + benchNumber(i) + "\n")
+	}
+	return []byte(`apiVersion: calls.callguard.dev/v1alpha1
+kind: CallPolicy
+metadata: {name: bench, namespace: default}
+spec:
+  bot:
+    appId: ` + appID + `
+    tenantId: ` + tenantID + `
+    credentials: {secretRef: {name: bench-bot}}
+  graph:
+    endpoint: ` + emulatorURL + `
+    authorityHost: ` + emulatorURL + `/
+    openIDConfigURL: ` + emulatorURL + `/v1/.well-known/OpenIdConfiguration
+  defaultAction: Allow
+  rules:
+    - name: vip
+      action: Allow
+      match: {callers: {numbers: ["+14255550100"]}}
+    - name: premium-rate
+      action: Reject
+      reason: forbidden
+      match: {callers: {numberPrefixes: ["+1900", "+44909"]}}
+    - name: blocklist
+      action: Reject
+      reason: busy
+      match:
+        callers:
+          numberLists:
+            - configMapKeyRef: {name: blocklist, key: numbers.txt}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: blocklist, namespace: default}
+data:
+  numbers.txt: |
+` + list.String() + `---
+apiVersion: v1
+kind: Secret
+metadata: {name: bench-bot, namespace: default}
+stringData:
+  client-secret: ` + secret + `
+`)
+}
+
+// BenchmarkReceiverThroughput reports, for the baseline and the receiver,
+// notifications/s, p50 and p99 acknowledgement latency and p99
+// notification-to-action latency; the receiver also reports its throughput
+// as a fraction of the baseline's measured in the same run.
+func BenchmarkReceiverThroughput(b *testing.B) {
+	s := benchSetup.get(b)
+	for _, kind := range []string{"baseline", "receiver"} {
+		b.Run(kind, func(b *testing.B) { s.load(b, kind) })
+	}
+}
+
+func (s *benchEnv) load(b *testing.B, kind string) {
+	c := s.children[kind]
+	run := s.runs.Add(1)
+	auth := s.token(b)
+	bodies := make([][]byte, b.N)
+	ids := make([]string, b.N)
+	for i := range b.N {
+		ids[i] = fmt.Sprintf("bench-%s-%d-%d", kind, run, i)
+		bodies[i] = benchBody(ids[i], benchNumber(int(run)*7919+i))
+	}
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: benchConcurrency, MaxConnsPerHost: benchConcurrency}}
+	defer client.CloseIdleConnections()
+	cpuBefore, err := c.cpuTime()
+	if err != nil {
+		b.Fatal(err)
+	}
+	acks := make([]time.Duration, b.N)
+	var next atomic.Int64
+	var refused atomic.Int64
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for range benchConcurrency {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= b.N {
+					return
+				}
+				t0 := time.Now()
+				req, _ := http.NewRequest(http.MethodPost, c.callback, bytes.NewReader(bodies[i]))
+				req.Header.Set("Authorization", auth)
+				req.Header.Set("Content-Type", "application/json")
+				resp, err := client.Do(req)
+				acks[i] = time.Since(t0)
+				if err != nil {
+					refused.Add(1)
+					continue
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusAccepted {
+					refused.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	if n := refused.Load(); n > 0 {
+		b.Fatalf("%d of %d notifications not acknowledged with 202", n, b.N)
+	}
+	actions, err := c.actionLatencies(ids, 60*time.Second)
+	if err != nil {
+		b.Fatal(err)
+	}
+	cpuAfter, err := c.cpuTime()
+	if err != nil {
+		b.Fatal(err)
+	}
+	rate := float64(b.N) / elapsed.Seconds()
+	slices.Sort(acks)
+	slices.Sort(actions)
+	b.ReportMetric(rate, "notifications/s")
+	b.ReportMetric(float64(percentile(acks, 0.50).Microseconds())/1000, "p50-ack-ms")
+	b.ReportMetric(float64(percentile(acks, 0.99).Microseconds())/1000, "p99-ack-ms")
+	b.ReportMetric(percentile(actions, 0.99), "p99-action-ms")
+	// CPU per notification tells what one core sustains even when other
+	// work on the machine steals time from the child.
+	b.ReportMetric(float64((cpuAfter-cpuBefore).Microseconds())/float64(b.N), "cpu-us/notification")
+	switch kind {
+	case "baseline":
+		s.baselineRate.Store(rate)
+	case "receiver":
+		if base, ok := s.baselineRate.Load().(float64); ok && base > 0 {
+			b.ReportMetric(rate/base, "x-baseline")
+		}
+	}
+}
+
+func percentile[T any](sorted []T, p float64) T {
+	var zero T
+	if len(sorted) == 0 {
+		return zero
+	}
+	return sorted[min(len(sorted)-1, int(p*float64(len(sorted))))]
+}
+
+func benchBody(id, number string) []byte {
+	return []byte(`{"@odata.type":"#microsoft.graph.commsNotifications","value":[{"@odata.type":"#microsoft.graph.commsNotification","changeType":"created","resourceUrl":"/communications/calls/` + id +
+		`","resourceData":{"@odata.type":"#microsoft.graph.call","@odata.id":"/communications/calls/` + id + `","id":"` + id +
+		`","state":"incoming","direction":"incoming","callChainId":"` + id + `-chain","tenantId":"` + tenantID +
+		`","source":{"@odata.type":"#microsoft.graph.participantInfo","identity":{"@odata.type":"#microsoft.graph.identitySet","phone":{"@odata.type":"#microsoft.graph.identity","id":"` + number +
+		`"}}},"targets":[{"@odata.type":"#microsoft.graph.invitationParticipantInfo","identity":{"@odata.type":"#microsoft.graph.identitySet","application":{"@odata.type":"#microsoft.graph.identity","id":"` + appID +
+		`"}}}],"requestedModalities":["audio"]}}]}`)
+}
