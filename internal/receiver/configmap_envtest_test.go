@@ -1,0 +1,167 @@
+package receiver_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	"github.com/callguard/callguard/api/v1alpha1"
+	"github.com/callguard/callguard/internal/policy"
+	"github.com/callguard/callguard/internal/receiver"
+)
+
+// TestConfigMapSourceOnRealAPIServer runs the receiver's --policy-configmap
+// source against a real kube-apiserver (envtest), as the ServiceAccount the
+// operator creates: it may only get/list/watch the one policy ConfigMap.
+// A new policy must be live within 1 s of the ConfigMap update; a broken one
+// is refused and the old one stays.
+func TestConfigMapSourceOnRealAPIServer(t *testing.T) {
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		t.Fatal("KUBEBUILDER_ASSETS is not set: run the tests with `make test` (it builds kube-apiserver and etcd)")
+	}
+	env := &envtest.Environment{}
+	cfg, err := env.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+	admin := kubernetes.NewForConfigOrDie(cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+
+	const ns, cmName, sa = "telephony", "hotline-callguard-policy", "hotline-callguard"
+	mustDo(t, func() error {
+		_, err := admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
+		return err
+	})
+	// The Role and RoleBinding the operator gives the receivers.
+	mustDo(t, func() error {
+		_, err := admin.RbacV1().Roles(ns).Create(ctx, &rbacv1.Role{
+			ObjectMeta: metav1.ObjectMeta{Name: sa},
+			Rules: []rbacv1.PolicyRule{{APIGroups: []string{""}, Resources: []string{"configmaps"},
+				ResourceNames: []string{cmName}, Verbs: []string{"get", "list", "watch"}}},
+		}, metav1.CreateOptions{})
+		return err
+	})
+	mustDo(t, func() error {
+		_, err := admin.RbacV1().RoleBindings(ns).Create(ctx, &rbacv1.RoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: sa},
+			RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "Role", Name: sa},
+			Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa, Namespace: ns}},
+		}, metav1.CreateOptions{})
+		return err
+	})
+	// Another ConfigMap in the namespace the receiver must not be able to read.
+	mustDo(t, func() error {
+		_, err := admin.CoreV1().ConfigMaps(ns).Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: "other"}}, metav1.CreateOptions{})
+		return err
+	})
+
+	cm := policyConfigMap(t, ns, cmName, "+1900")
+	mustDo(t, func() error { _, err := admin.CoreV1().ConfigMaps(ns).Create(ctx, cm, metav1.CreateOptions{}); return err })
+
+	asReceiver := rest.CopyConfig(cfg)
+	asReceiver.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + sa}
+	receiverClient := kubernetes.NewForConfigOrDie(asReceiver)
+	if _, err := receiverClient.CoreV1().ConfigMaps(ns).Get(ctx, "other", metav1.GetOptions{}); err == nil {
+		t.Fatal("the receiver's identity can read another ConfigMap; the test's RBAC is wrong")
+	}
+
+	creds := t.TempDir()
+	mustDo(t, func() error { return os.WriteFile(filepath.Join(creds, "client-secret"), []byte("s3cret"), 0o600) })
+	servers := make(chan *receiver.Server, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- receiver.Run(ctx, receiver.Options{
+			PolicyConfigMap: ns + "/" + cmName,
+			Listen:          "127.0.0.1:0",
+			MetricsListen:   "127.0.0.1:0",
+			CredentialsDir:  creds,
+			Kube:            receiverClient,
+			OnServer:        func(s *receiver.Server) { servers <- s },
+		})
+	}()
+	srv := <-servers
+
+	first := sourceHash(t, cm)
+	waitHash(t, srv, first, 10*time.Second)
+
+	// A new policy is live within 1 s of the update.
+	next := policyConfigMap(t, ns, cmName, "+44909")
+	start := time.Now()
+	mustDo(t, func() error { _, err := admin.CoreV1().ConfigMaps(ns).Update(ctx, next, metav1.UpdateOptions{}); return err })
+	waitHash(t, srv, sourceHash(t, next), time.Second)
+	t.Logf("ConfigMap update live after %s", time.Since(start))
+
+	// A ConfigMap that does not compile is refused; the last good policy stays.
+	broken := next.DeepCopy()
+	broken.Data[policy.ConfigMapKeyPolicy] = `{"spec":{"bot":{"appId":"not-a-uuid"}}}`
+	mustDo(t, func() error { _, err := admin.CoreV1().ConfigMaps(ns).Update(ctx, broken, metav1.UpdateOptions{}); return err })
+	time.Sleep(500 * time.Millisecond)
+	if got := srv.PolicyHash(); got != sourceHash(t, next) {
+		t.Fatalf("after a broken update the live policy is %q, want the last good %q", got, sourceHash(t, next))
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+func mustDo(t *testing.T, f func() error) {
+	t.Helper()
+	if err := f(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// policyConfigMap is the operator's policy ConfigMap for a policy that
+// rejects one prefix.
+func policyConfigMap(t *testing.T, ns, name, prefix string) *corev1.ConfigMap {
+	t.Helper()
+	src := &policy.Source{Namespace: ns, Name: "hotline", Spec: v1alpha1.CallPolicySpec{
+		Bot: v1alpha1.BotSpec{AppID: "6d2a7b1e-0c1f-4a51-9a43-2f0f4c3b9e10", TenantID: "0b3f5c1d-8a2e-4a77-b0c4-7f3e2d1a9c55",
+			Credentials: v1alpha1.Credentials{SecretRef: &v1alpha1.SecretReference{Name: "bot"}}},
+		// Nothing listens here: the test is about the policy source only.
+		Graph: v1alpha1.GraphSpec{OpenIDConfigURL: "https://127.0.0.1:1/v1/.well-known/OpenIdConfiguration"},
+		Rules: []v1alpha1.Rule{{Name: "premium", Action: v1alpha1.ActionReject,
+			Match: v1alpha1.Match{Callers: &v1alpha1.CallerMatch{NumberPrefixes: []string{prefix}}}}},
+	}}
+	data, bin, _, err := policy.EncodeConfigMap(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Data: data, BinaryData: bin}
+}
+
+func sourceHash(t *testing.T, cm *corev1.ConfigMap) string {
+	t.Helper()
+	src, err := policy.DecodeConfigMap(cm.Data, cm.BinaryData)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := policy.Compile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.Hash()
+}
+
+func waitHash(t *testing.T, srv *receiver.Server, want string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for srv.PolicyHash() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("live policy %q, want %q within %s", srv.PolicyHash(), want, within)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
