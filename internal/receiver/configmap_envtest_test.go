@@ -67,7 +67,10 @@ func TestConfigMapSourceOnRealAPIServer(t *testing.T) {
 	})
 
 	cm := policyConfigMap(t, ns, cmName, "+1900")
-	mustDo(t, func() error { _, err := admin.CoreV1().ConfigMaps(ns).Create(ctx, cm, metav1.CreateOptions{}); return err })
+	mustDo(t, func() error {
+		_, err := admin.CoreV1().ConfigMaps(ns).Create(ctx, cm, metav1.CreateOptions{})
+		return err
+	})
 
 	asReceiver := rest.CopyConfig(cfg)
 	asReceiver.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":" + sa}
@@ -98,14 +101,20 @@ func TestConfigMapSourceOnRealAPIServer(t *testing.T) {
 	// A new policy is live within 1 s of the update.
 	next := policyConfigMap(t, ns, cmName, "+44909")
 	start := time.Now()
-	mustDo(t, func() error { _, err := admin.CoreV1().ConfigMaps(ns).Update(ctx, next, metav1.UpdateOptions{}); return err })
+	mustDo(t, func() error {
+		_, err := admin.CoreV1().ConfigMaps(ns).Update(ctx, next, metav1.UpdateOptions{})
+		return err
+	})
 	waitHash(t, srv, sourceHash(t, next), time.Second)
 	t.Logf("ConfigMap update live after %s", time.Since(start))
 
 	// A ConfigMap that does not compile is refused; the last good policy stays.
 	broken := next.DeepCopy()
 	broken.Data[policy.ConfigMapKeyPolicy] = `{"spec":{"bot":{"appId":"not-a-uuid"}}}`
-	mustDo(t, func() error { _, err := admin.CoreV1().ConfigMaps(ns).Update(ctx, broken, metav1.UpdateOptions{}); return err })
+	mustDo(t, func() error {
+		_, err := admin.CoreV1().ConfigMaps(ns).Update(ctx, broken, metav1.UpdateOptions{})
+		return err
+	})
 	time.Sleep(500 * time.Millisecond)
 	if got := srv.PolicyHash(); got != sourceHash(t, next) {
 		t.Fatalf("after a broken update the live policy is %q, want the last good %q", got, sourceHash(t, next))

@@ -373,13 +373,28 @@ func TestReceiverPodDeletionAndOperatorRestartLoseNoDecision(t *testing.T) {
 	if err != nil || len(ops.Items) == 0 {
 		t.Fatalf("operator pods: %v", err)
 	}
-	if err := cluster.Clientset.CoreV1().Pods("callguard-system").Delete(ctx, ops.Items[0].Name, metav1.DeleteOptions{}); err != nil {
+	opName := ops.Items[0].Name
+	if err := cluster.Clientset.CoreV1().Pods("callguard-system").Delete(ctx, opName, metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
 	}
+	// Wait for a new operator pod and both receivers back before stopping the calls.
+	waitFor(t, 2*time.Minute, "a new operator pod Ready and 2 receivers available", func() bool {
+		ops, err := cluster.Clientset.CoreV1().Pods("callguard-system").List(ctx, metav1.ListOptions{LabelSelector: "control-plane=controller-manager"})
+		if err != nil {
+			return false
+		}
+		fresh := false
+		for i := range ops.Items {
+			fresh = fresh || (ops.Items[i].Name != opName && ready(&ops.Items[i]))
+		}
+		dep := &appsv1.Deployment{}
+		return fresh && cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "hotline-callguard"}, dep) == nil &&
+			dep.Status.AvailableReplicas == 2 && dep.Status.Replicas == 2
+	})
 	if _, err := cluster.WaitReady(ctx, ns, "hotline", 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(3 * time.Second)
+	time.Sleep(2 * time.Second)
 	close(stop)
 	r := <-result
 	placed, decided, failures := r[0].(int), r[1].(int), r[2].([]string)
@@ -419,6 +434,17 @@ func TestZDeletingThePolicyCollectsEveryChild(t *testing.T) {
 			t.Fatalf("not garbage-collected after 2 minutes: %v", keys(children))
 		}
 		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 
