@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -30,6 +31,10 @@ import (
 
 // FieldOwner is the server-side apply field manager of every child.
 const FieldOwner = "callguard-manager"
+
+// conflictRequeue is how soon a reconcile whose status write lost a race
+// runs again.
+const conflictRequeue = 100 * time.Millisecond
 
 // maxPolicyConfigMapBytes keeps the resolved policy under the API server's
 // 1 MiB object limit with room for metadata.
@@ -88,7 +93,14 @@ func (r *CallPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		if equality.Semantic.DeepEqual(base.Status, cp.Status) {
 			return
 		}
-		if err := r.Status().Patch(ctx, cp, client.MergeFrom(base)); err != nil {
+		// Optimistic locking: a status computed from a stale cached copy
+		// would flip conditions back and forth (and bump their transition
+		// times); on conflict the next reconcile reads a fresh copy.
+		err := r.Status().Patch(ctx, cp, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{}))
+		switch {
+		case apierrors.IsConflict(err):
+			result = ctrl.Result{RequeueAfter: conflictRequeue}
+		case err != nil:
 			retErr = errors.Join(retErr, fmt.Errorf("patch status: %w", err))
 		}
 	}()
