@@ -466,7 +466,3 @@ type CallPolicyList struct {
 	metav1.ListMeta `json:"metadata,omitempty"`
 	Items           []CallPolicy `json:"items"`
 }
-
-func init() {
-	SchemeBuilder.Register(&CallPolicy{}, &CallPolicyList{})
-}
