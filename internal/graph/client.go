@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -78,7 +79,7 @@ type Client struct {
 }
 
 type cachedToken struct {
-	value     string
+	header    string // "Bearer " and the token
 	refreshAt time.Time
 }
 
@@ -228,7 +229,7 @@ func (c *Client) attempt(ctx context.Context, op, callID, target string, payload
 	}
 	actx, cancel := context.WithTimeout(ctx, c.attemptTTL)
 	defer cancel()
-	tok, err := c.accessToken(actx)
+	authorization, err := c.authorization(actx)
 	if err != nil {
 		// Token failures are usually transient (authority unreachable) or
 		// wrong configuration; both are bounded by the call's deadline.
@@ -240,11 +241,14 @@ func (c *Client) attempt(ctx context.Context, op, callID, target string, payload
 	if err != nil {
 		return -1, fmt.Errorf("graph %s of call %s: build request: %w", op, callID, err)
 	}
-	req.Header.Set("Authorization", "Bearer "+tok)
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("client-request-id", clientRequestID)
-	req.Header.Set("return-client-request-id", "true")
+	// Keys in canonical form, as Header.Set would make them.
+	req.Header = http.Header{
+		"Authorization":            {authorization},
+		"Content-Type":             {"application/json"},
+		"Accept":                   {"application/json"},
+		"Client-Request-Id":        {clientRequestID},
+		"Return-Client-Request-Id": {"true"},
+	}
 
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -285,9 +289,10 @@ func (c *Client) attempt(ctx context.Context, op, callID, target string, payload
 	return 0, apiErr
 }
 
-func (c *Client) accessToken(ctx context.Context) (string, error) {
+// authorization is the Authorization header value for the current token.
+func (c *Client) authorization(ctx context.Context) (string, error) {
 	if t := c.token.Load(); t != nil && time.Now().Before(t.refreshAt) {
-		return t.value, nil
+		return t.header, nil
 	}
 	at, err := c.cred.GetToken(ctx, azpolicy.TokenRequestOptions{Scopes: []string{c.scope}})
 	if err != nil {
@@ -297,9 +302,14 @@ func (c *Client) accessToken(ctx context.Context) (string, error) {
 	if !at.RefreshOn.IsZero() && at.RefreshOn.Before(refresh) {
 		refresh = at.RefreshOn
 	}
-	c.token.Store(&cachedToken{value: at.Token, refreshAt: refresh})
-	return at.Token, nil
+	t := &cachedToken{header: "Bearer " + at.Token, refreshAt: refresh}
+	c.token.Store(t)
+	return t.header, nil
 }
+
+// errorBodies hold error responses while they are decoded; the decoded
+// strings are copies. They are at most maxErrorBody (plus bytes.MinRead).
+var errorBodies = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 func parseAPIError(resp *http.Response, op, callID, clientRequestID string) *APIError {
 	e := &APIError{
@@ -309,9 +319,12 @@ func parseAPIError(resp *http.Response, op, callID, clientRequestID string) *API
 		RequestID:       resp.Header.Get("request-id"),
 		ClientRequestID: clientRequestID,
 	}
-	raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	buf := errorBodies.Get().(*bytes.Buffer)
+	defer errorBodies.Put(buf)
+	buf.Reset()
+	_, _ = buf.ReadFrom(io.LimitReader(resp.Body, maxErrorBody))
 	var body ErrorBody
-	if json.Unmarshal(raw, &body) == nil {
+	if json.Unmarshal(buf.Bytes(), &body) == nil {
 		e.Code = body.Error.Code
 		e.Message = body.Error.Message
 		if ie := body.Error.InnerError; ie != nil && e.RequestID == "" {

@@ -27,7 +27,32 @@ func (e *SyntaxError) Unwrap() error { return e.Err }
 // DecodeNotifications decodes a callback body. It returns ErrLegacyFormat for
 // a JSON object that holds no "value" member, and a *SyntaxError naming the
 // byte offset for malformed JSON.
+//
+// A well-formed body is parsed once: a "value" that is absent or null leaves
+// the slice nil (an empty array leaves it empty, not nil), which is what
+// tells the legacy format apart. Only a body that fails to decode is looked
+// at again, so that the error is the one the format check reports first.
 func DecodeNotifications(body []byte) (*Notifications, error) {
+	if n, ok := fastDecodeNotifications(body); ok {
+		if n.Value == nil {
+			return nil, ErrLegacyFormat
+		}
+		return n, nil
+	}
+	var n Notifications
+	if err := json.Unmarshal(body, &n); err != nil {
+		return decodeNotificationsSlow(body)
+	}
+	if n.Value == nil {
+		return nil, ErrLegacyFormat
+	}
+	return &n, nil
+}
+
+// decodeNotificationsSlow checks the format first, then decodes: a body
+// whose "value" is absent or null is legacy whatever else it holds, and
+// only a Graph body's decoding errors are reported.
+func decodeNotificationsSlow(body []byte) (*Notifications, error) {
 	var probe struct {
 		Value json.RawMessage `json:"value"`
 	}

@@ -5,9 +5,12 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/callguard/callguard/internal/graph"
 )
 
 const namespace = "callguard_receiver"
@@ -29,6 +32,101 @@ type metrics struct {
 	upstream        *prometheus.CounterVec
 	reloads         *prometheus.CounterVec
 	policyInfo      *prometheus.GaugeVec
+
+	// The children counted on every notification, looked up once: a
+	// CounterVec hashes and checks the label values on each lookup.
+	accepted     prometheus.Counter // requests{code="202"}
+	legacy       prometheus.Counter // requests{code="204"}
+	byChangeType [4]prometheus.Counter
+	decisionsBy  counterCache
+	actionsBy    counterCache
+	graphBy      counterCache // by operation and answered status
+	toGraphMu    sync.RWMutex
+	toGraphBy    map[string]prometheus.Observer // by operation
+}
+
+// counterCache remembers the children of a CounterVec by label values.
+type counterCache struct {
+	vec *prometheus.CounterVec
+	mu  sync.RWMutex
+	m   map[[3]string]prometheus.Counter
+}
+
+// with returns the child for up to three label values.
+func (c *counterCache) with(lvs ...string) prometheus.Counter {
+	var k [3]string
+	copy(k[:], lvs)
+	c.mu.RLock()
+	ctr, ok := c.m[k]
+	c.mu.RUnlock()
+	if ok {
+		return ctr
+	}
+	// A copy, so that lvs does not escape and callers need not allocate it.
+	ctr = c.vec.WithLabelValues(append([]string(nil), lvs...)...)
+	c.mu.Lock()
+	if c.m == nil {
+		c.m = map[[3]string]prometheus.Counter{}
+	}
+	c.m[k] = ctr
+	c.mu.Unlock()
+	return ctr
+}
+
+// graphRequest counts a request sent to Graph.
+func (m *metrics) graphRequest(op string, status int, err error) {
+	if err != nil {
+		m.graphRequests.WithLabelValues(op, statusLabel(status, err)).Inc()
+		return
+	}
+	m.graphBy.with(op, statusText(status)).Inc()
+}
+
+// statusText is strconv.Itoa without allocating for HTTP statuses.
+func statusText(status int) string {
+	if status >= 100 && status < 600 {
+		return statusTexts[status-100]
+	}
+	return strconv.Itoa(status)
+}
+
+var statusTexts = func() (t [500]string) {
+	for i := range t {
+		t[i] = strconv.Itoa(i + 100)
+	}
+	return t
+}()
+
+// decisionToGraphOf is the latency histogram of an operation.
+func (m *metrics) decisionToGraphOf(op string) prometheus.Observer {
+	m.toGraphMu.RLock()
+	o, ok := m.toGraphBy[op]
+	m.toGraphMu.RUnlock()
+	if ok {
+		return o
+	}
+	o = m.decisionToGraph.WithLabelValues(op)
+	m.toGraphMu.Lock()
+	m.toGraphBy[op] = o
+	m.toGraphMu.Unlock()
+	return o
+}
+
+// changeTypes are the values of notifications_total's change_type label.
+var changeTypes = [4]string{graph.ChangeCreated, graph.ChangeUpdated, graph.ChangeDeleted, "other"}
+
+// notification counts an accepted notification of a change type.
+func (m *metrics) notification(changeType string) {
+	switch changeType {
+	case changeTypes[0]:
+		m.byChangeType[0].Inc()
+	case changeTypes[1]:
+		m.byChangeType[1].Inc()
+	case changeTypes[2]:
+		m.byChangeType[2].Inc()
+	default:
+		m.byChangeType[3].Inc()
+	}
 }
 
 func newMetrics(queueDepth func() float64) *metrics {
@@ -84,6 +182,15 @@ func newMetrics(queueDepth func() float64) *metrics {
 			Help: "The live policy: 1 for its hash.",
 		}, []string{"hash"}),
 	}
+	m.accepted = m.requests.WithLabelValues("202")
+	m.legacy = m.requests.WithLabelValues("204")
+	for i, t := range changeTypes {
+		m.byChangeType[i] = m.notifications.WithLabelValues(t)
+	}
+	m.decisionsBy.vec = m.decisions
+	m.actionsBy.vec = m.actions
+	m.graphBy.vec = m.graphRequests
+	m.toGraphBy = map[string]prometheus.Observer{}
 	m.registry.MustRegister(
 		m.requests, m.notifications, m.duplicates, m.authFailures, m.decisions, m.celErrors,
 		m.graphRequests, m.actions, m.decisionToGraph, m.upstream, m.reloads, m.policyInfo,
@@ -100,7 +207,7 @@ func newMetrics(queueDepth func() float64) *metrics {
 // statusLabel names a response status, or the kind of transport error.
 func statusLabel(status int, err error) string {
 	if err == nil {
-		return strconv.Itoa(status)
+		return statusText(status)
 	}
 	var ne net.Error
 	if errors.Is(err, os.ErrDeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) {

@@ -242,7 +242,7 @@ func (s *Server) apply(p *policy.Policy, secret map[string][]byte) error {
 		Logger:      s.log,
 		BackoffBase: s.cfg.GraphBackoff,
 		OnAttempt: func(op string, status int, err error) {
-			s.metrics.graphRequests.WithLabelValues(op, statusLabel(status, err)).Inc()
+			s.metrics.graphRequest(op, status, err)
 		},
 	})
 	if err != nil {
@@ -365,8 +365,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", fmt.Sprintf("body over %d bytes", MaxBody))
 		return
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, MaxBody))
+	buf := getBodyBuffer()
+	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, MaxBody))
 	if err != nil {
+		putBodyBuffer(buf)
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			s.refuse(w, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", fmt.Sprintf("body over %d bytes", MaxBody))
@@ -375,14 +377,23 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusBadRequest, "BadRequest", "reading body: "+err.Error())
 		return
 	}
+	body := buf.Bytes()
 	batch, err := graph.DecodeNotifications(body)
-	if errors.Is(err, graph.ErrLegacyFormat) {
-		s.metrics.requests.WithLabelValues("204").Inc()
-		w.WriteHeader(http.StatusNoContent)
-		return
-	}
 	if err == nil {
 		err = validateBatch(batch)
+	}
+	// The decoded notifications share no memory with the body, which only
+	// forwarding upstream needs after this; otherwise the buffer serves the
+	// next request. (A forwarded body is not reused: the HTTP client may
+	// still read it after its request returned.)
+	if err != nil || rt.upstream == "" {
+		putBodyBuffer(buf)
+		body = nil
+	}
+	if errors.Is(err, graph.ErrLegacyFormat) {
+		s.metrics.legacy.Inc()
+		w.WriteHeader(http.StatusNoContent)
+		return
 	}
 	if err != nil {
 		s.refuse(w, http.StatusBadRequest, "BadRequest", err.Error())
@@ -399,19 +410,27 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	for i := range batch.Value {
-		s.metrics.notifications.WithLabelValues(changeTypeLabel(batch.Value[i].ChangeType)).Inc()
+		s.metrics.notification(batch.Value[i].ChangeType)
 	}
-	s.metrics.requests.WithLabelValues("202").Inc()
+	s.metrics.accepted.Inc()
 	w.WriteHeader(http.StatusAccepted)
 }
 
-// changeTypeLabel keeps the metric's label values to Graph's change types.
-func changeTypeLabel(t string) string {
-	switch t {
-	case graph.ChangeCreated, graph.ChangeUpdated, graph.ChangeDeleted:
-		return t
+// bodyBuffers hold request bodies while they are decoded.
+var bodyBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooledBody is the largest buffer kept for reuse: bodies are usually
+// a few KiB, and MaxBody-sized buffers should not stay around.
+const maxPooledBody = 64 << 10
+
+func getBodyBuffer() *bytes.Buffer { return bodyBuffers.Get().(*bytes.Buffer) }
+
+func putBodyBuffer(b *bytes.Buffer) {
+	if b.Cap() > maxPooledBody {
+		return
 	}
-	return "other"
+	b.Reset()
+	bodyBuffers.Put(b)
 }
 
 // validateBatch refuses bodies that parse but are not notifications.
@@ -432,7 +451,7 @@ func validateBatch(b *graph.Notifications) error {
 }
 
 func (s *Server) refuse(w http.ResponseWriter, status int, code, msg string) {
-	s.metrics.requests.WithLabelValues(fmt.Sprint(status)).Inc()
+	s.metrics.requests.WithLabelValues(statusText(status)).Inc()
 	writeError(w, status, code, msg)
 }
 
@@ -500,7 +519,7 @@ func (s *Server) process(j *job) {
 		}
 		d := j.rt.policy.Decide(n.ResourceData, j.arrival)
 		s.calls.decided(id, d.Action)
-		s.metrics.decisions.WithLabelValues(d.Rule, string(d.Action), string(d.Mode)).Inc()
+		s.metrics.decisionsBy.with(d.Rule, string(d.Action), string(d.Mode)).Inc()
 		if d.Action == v1alpha1.ActionAllow || dryRun {
 			forward[i] = true
 			anyForward = true
@@ -554,12 +573,12 @@ func (s *Server) act(ctx context.Context, rt *policyVersion, callID string, d po
 	}
 	switch {
 	case err == nil:
-		s.metrics.actions.WithLabelValues(op, "success").Inc()
-		s.metrics.decisionToGraph.WithLabelValues(op).Observe(time.Since(decidedAt).Seconds())
+		s.metrics.actionsBy.with(op, "success").Inc()
+		s.metrics.decisionToGraphOf(op).Observe(time.Since(decidedAt).Seconds())
 	case errors.Is(err, context.DeadlineExceeded):
-		s.metrics.actions.WithLabelValues(op, "deadline").Inc()
+		s.metrics.actionsBy.with(op, "deadline").Inc()
 	default:
-		s.metrics.actions.WithLabelValues(op, "failed").Inc()
+		s.metrics.actionsBy.with(op, "failed").Inc()
 	}
 	return err
 }
@@ -685,7 +704,9 @@ func (s *Server) logDecision(n *graph.Notification, d policy.Decision, j *job, e
 	if !s.cfg.LogCallerNumbers {
 		number = maskNumber(number)
 	}
-	attrs := []slog.Attr{
+	// Room for every attribute, so that the slice stays on the stack.
+	attrs := make([]slog.Attr, 0, 11)
+	attrs = append(attrs,
 		slog.String("callId", n.CallID()),
 		slog.String("callChainId", n.ResourceData.CallChainID),
 		slog.String("callerType", string(caller.Type)),
@@ -695,7 +716,7 @@ func (s *Server) logDecision(n *graph.Notification, d policy.Decision, j *job, e
 		slog.String("mode", string(d.Mode)),
 		slog.String("policy", j.rt.hash),
 		slog.Float64("latencyMs", float64(time.Since(j.arrival).Microseconds())/1000),
-	}
+	)
 	if d.Action == v1alpha1.ActionReject {
 		attrs = append(attrs, slog.String("reason", string(d.Reason)))
 	}
