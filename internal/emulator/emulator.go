@@ -123,6 +123,10 @@ type Server struct {
 	order      []string
 	legacyDone map[string]bool
 
+	// verifiedMu guards verified, the access tokens whose signature passed.
+	verifiedMu sync.Mutex
+	verified   map[string]verifiedToken
+
 	// faultMu guards the fault rules and the stats.
 	faultMu     sync.Mutex
 	faults      []*FaultRule
@@ -156,6 +160,7 @@ func New(cfg Config) (*Server, error) {
 		tenants:    map[string]bool{},
 		routes:     map[string]routeKind{},
 		calls:      map[string]*call{},
+		verified:   map[string]verifiedToken{},
 		legacyDone: map[string]bool{},
 		stats:      newStats(),
 	}

@@ -104,18 +104,10 @@ func (s *Server) authenticate(r *http.Request) (*accessClaims, error) {
 	if h == "" || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(raw) == "" {
 		return nil, errors.New("Access token is empty.")
 	}
-	tok, err := jwt.ParseSigned(strings.TrimSpace(raw), []jose.SignatureAlgorithm{jose.RS256})
+	raw = strings.TrimSpace(raw)
+	std, c, err := s.verifiedAccessToken(raw)
 	if err != nil {
-		return nil, errors.New("Invalid JWT token. The token is not in JWS compact serialization format or uses an unsupported algorithm.")
-	}
-	key := s.tokenKeys.lookup(tok.Headers[0].KeyID)
-	if key == nil {
-		return nil, errors.New("Access token validation failure. The signing key was not found.")
-	}
-	var std jwt.Claims
-	var c accessClaims
-	if err := tok.Claims(&key.key.PublicKey, &std, &c); err != nil {
-		return nil, errors.New("Access token validation failure. Invalid signature.")
+		return nil, err
 	}
 	if c.TenantID == "" || std.Issuer != tokenIssuer(c.TenantID) {
 		return nil, errors.New("Access token validation failure. Invalid issuer.")
@@ -130,6 +122,47 @@ func (s *Server) authenticate(r *http.Request) (*accessClaims, error) {
 		return nil, errors.New("Access token validation failure. Invalid audience.")
 	}
 	return &c, nil
+}
+
+// maxVerifiedTokens bounds the cache of verified access-token signatures.
+const maxVerifiedTokens = 10_000
+
+// verifiedToken is an access token whose signature was checked.
+type verifiedToken struct {
+	std jwt.Claims
+	c   accessClaims
+}
+
+// verifiedAccessToken checks a token's signature, remembering tokens that
+// passed: clients reuse an access token for an hour, and an RSA check on
+// every Graph request would make the emulator, not the bot under test, the
+// bottleneck of throughput benchmarks. Issuer, lifetime and audience are
+// still checked on every request by the caller.
+func (s *Server) verifiedAccessToken(raw string) (jwt.Claims, accessClaims, error) {
+	s.verifiedMu.Lock()
+	v, ok := s.verified[raw]
+	s.verifiedMu.Unlock()
+	if ok {
+		return v.std, v.c, nil
+	}
+	tok, err := jwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256})
+	if err != nil {
+		return jwt.Claims{}, accessClaims{}, errors.New("Invalid JWT token. The token is not in JWS compact serialization format or uses an unsupported algorithm.")
+	}
+	key := s.tokenKeys.lookup(tok.Headers[0].KeyID)
+	if key == nil {
+		return jwt.Claims{}, accessClaims{}, errors.New("Access token validation failure. The signing key was not found.")
+	}
+	if err := tok.Claims(&key.key.PublicKey, &v.std, &v.c); err != nil {
+		return jwt.Claims{}, accessClaims{}, errors.New("Access token validation failure. Invalid signature.")
+	}
+	s.verifiedMu.Lock()
+	if len(s.verified) >= maxVerifiedTokens {
+		clear(s.verified)
+	}
+	s.verified[raw] = v
+	s.verifiedMu.Unlock()
+	return v.std, v.c, nil
 }
 
 // Call actions.
