@@ -13,6 +13,14 @@ GO ?= go
 # Generated files; `make test` fails when regenerating them changes anything.
 GENERATED := api/v1alpha1/zz_generated.deepcopy.go config/crd/bases config/rbac/role.yaml
 
+# render builds a kustomization with the manager image set to IMG, in a
+# scratch copy of config/ so the tree is never edited.
+define render
+tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && cp -r config "$$tmp/" && \
+	(cd "$$tmp/config/manager" && $(KUSTOMIZE) edit set image controller=$(IMG)) && \
+	$(KUSTOMIZE) build "$$tmp/$(1)"
+endef
+
 .DEFAULT_GOAL := help
 SHELL := /usr/bin/env bash -o pipefail
 
@@ -85,8 +93,7 @@ docker-build: ## Build the operator/receiver image with Docker.
 .PHONY: build-installer
 build-installer: manifests $(KUSTOMIZE) ## Render dist/install.yaml (CRD, RBAC, manager).
 	mkdir -p dist
-	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)
-	$(KUSTOMIZE) build config/default > dist/install.yaml
+	$(call render,config/default) > dist/install.yaml
 
 ##@ Deployment
 
@@ -100,8 +107,7 @@ uninstall: manifests $(KUSTOMIZE) ## Remove the CRD from the current cluster.
 
 .PHONY: deploy
 deploy: manifests $(KUSTOMIZE) ## Deploy the operator to the current cluster.
-	cd config/manager && $(KUSTOMIZE) edit set image controller=$(IMG)
-	$(KUSTOMIZE) build config/default | kubectl apply --server-side -f -
+	$(call render,config/default) | kubectl apply --server-side -f -
 
 .PHONY: undeploy
 undeploy: $(KUSTOMIZE) ## Remove the operator from the current cluster.

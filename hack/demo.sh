@@ -22,8 +22,6 @@ setup() {
 	hack/local-cluster/images.sh "${img}" callguard-graph-emulator:dev
 	say "installing the operator from dist/install.yaml (make build-installer)"
 	make --no-print-directory build-installer IMG="${img}" >/dev/null
-	# build-installer pins the image into config/manager; keep the tree as committed.
-	git checkout -q -- config/manager/kustomization.yaml 2>/dev/null || true
 	kubectl apply --server-side --force-conflicts -f dist/install.yaml >/dev/null
 	# The image tag stays the same while its content changes: restart so the
 	# operator runs what was just built.
