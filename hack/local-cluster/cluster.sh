@@ -312,6 +312,13 @@ setup_network() {
 	iptables -w -t mangle -A CALLGUARD-INPUT -d "${POD_CIDR}" -m comment --comment "callguard: node IP only from the bridge and lo" -j DROP
 	iptables -w -t mangle -C FORWARD -j CALLGUARD-FORWARD 2>/dev/null || iptables -w -t mangle -I FORWARD 1 -j CALLGUARD-FORWARD
 	iptables -w -t mangle -C INPUT -j CALLGUARD-INPUT 2>/dev/null || iptables -w -t mangle -I INPUT 1 -j CALLGUARD-INPUT
+	# The node's own traffic to a ClusterIP that kube-proxy has not (yet)
+	# translated would follow the default route off the machine; refuse it
+	# here. The filter table's OUTPUT runs after kube-proxy's DNAT, so a
+	# translated packet no longer has a Service address and passes.
+	iptables -w -t filter -N CALLGUARD-OUTPUT 2>/dev/null || iptables -w -t filter -F CALLGUARD-OUTPUT
+	iptables -w -t filter -A CALLGUARD-OUTPUT -d "${SERVICE_CIDR}" -m comment --comment "callguard: untranslated ClusterIPs stay on the node" -j REJECT
+	iptables -w -t filter -C OUTPUT -j CALLGUARD-OUTPUT 2>/dev/null || iptables -w -t filter -I OUTPUT 1 -j CALLGUARD-OUTPUT
 }
 
 # iptables_variants prints the iptables commands whose tables may hold our chains.

@@ -419,15 +419,19 @@ func (c *Cluster) CallbackURL(ctx context.Context, ns, policy, path string) (str
 // Service's endpoints by a moment. An unauthenticated POST must get 401.
 func WaitCallbackReachable(ctx context.Context, url string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
-	hc := &http.Client{Timeout: 2 * time.Second}
+	// A new connection each time: a kept-alive one would keep asking the
+	// backend the first attempt happened to reach.
+	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	for {
 		resp, err := hc.Post(url, "application/json", strings.NewReader(`{"value":[]}`))
 		if err == nil {
-			resp.Body.Close()
 			if resp.StatusCode == http.StatusUnauthorized {
+				resp.Body.Close()
 				return nil
 			}
-			err = fmt.Errorf("unauthenticated POST got %s, want 401", resp.Status)
+			body, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+			resp.Body.Close()
+			err = fmt.Errorf("unauthenticated POST got %s (%s), want 401", resp.Status, strings.TrimSpace(string(body)))
 		}
 		if time.Now().After(deadline) {
 			return fmt.Errorf("callback %s not reachable after %s: %w", url, timeout, err)
