@@ -268,7 +268,13 @@ func (r *CallPolicyReconciler) reconcileDeployment(ctx context.Context, cp *call
 		return err
 	}
 	live := &appsv1.Deployment{}
-	if err := r.Get(ctx, client.ObjectKeyFromObject(dep), live); err != nil {
+	err := r.Get(ctx, client.ObjectKeyFromObject(dep), live)
+	if apierrors.IsNotFound(err) {
+		// Just created and not in the cache yet: its watch event brings
+		// us back; until then the receivers count as rolling out.
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("get Deployment: %w", err)
 	}
 	st.deployment = live

@@ -53,6 +53,9 @@ func runSuite(m *testing.M) int {
 		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 	}
+	// envtest's default /24 of Service IPs runs out after ~250 policies;
+	// the convergence benchmark creates 200 per iteration.
+	env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.0.0.0/16")
 	var err error
 	cfg, err = env.Start()
 	if err != nil {
