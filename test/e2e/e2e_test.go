@@ -260,6 +260,37 @@ func writeFigure(t *testing.T, line string) {
 	}
 }
 
+// callsThroughout places robocaller calls from a second before disrupt until
+// two seconds after it returns, and fails the test unless every one was
+// decided (rejected on Graph).
+func callsThroughout(t *testing.T, figure string, disrupt func()) {
+	t.Helper()
+	stop := make(chan struct{})
+	type result struct {
+		placed, decided int
+		failures        []string
+	}
+	done := make(chan result, 1)
+	go func() {
+		p, d, f := callsDuring(t, stop)
+		done <- result{p, d, f}
+	}()
+	var once sync.Once
+	stopCalls := func() { once.Do(func() { close(stop) }) }
+	// If disrupt fails the test (t.Fatal), the calls still stop.
+	defer stopCalls()
+	time.Sleep(time.Second)
+	disrupt()
+	time.Sleep(2 * time.Second)
+	stopCalls()
+	r := <-done
+	t.Logf("%s: %d calls placed, %d decided", figure, r.placed, r.decided)
+	writeFigure(t, fmt.Sprintf("%s calls placed=%d decided=%d", figure, r.placed, r.decided))
+	if r.placed == 0 || r.decided != r.placed || len(r.failures) > 0 {
+		t.Errorf("%d/%d calls decided; failures: %s", r.decided, r.placed, strings.Join(r.failures, "; "))
+	}
+}
+
 // callsDuring places robocaller calls continuously until stop is closed and
 // returns how many were placed and how many were rejected.
 func callsDuring(t *testing.T, stop <-chan struct{}) (placed, decided int, failures []string) {
@@ -309,100 +340,72 @@ func TestSecretChangeRollsReceiversWithoutLosingCalls(t *testing.T) {
 		t.Fatal(err)
 	}
 	oldHash := dep.Spec.Template.Annotations["callguard.dev/credentials-hash"]
-	stop := make(chan struct{})
-	result := make(chan [3]any, 1)
-	go func() {
-		p, d, f := callsDuring(t, stop)
-		result <- [3]any{p, d, f}
-	}()
-	time.Sleep(time.Second)
-	// A new key beside the same client secret: a credentials change the
-	// emulator still accepts.
-	secret := &corev1.Secret{}
-	if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "hotline-bot"}, secret); err != nil {
-		t.Fatal(err)
-	}
-	secret.Data["rotated-at"] = []byte(time.Now().Format(time.RFC3339Nano))
-	if err := cluster.Client.Update(ctx, secret); err != nil {
-		t.Fatal(err)
-	}
-	deadline := time.Now().Add(3 * time.Minute)
-	for {
-		if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "hotline-callguard"}, dep); err != nil {
+	callsThroughout(t, "secret-rollout", func() {
+		// A new key beside the same client secret: a credentials change the
+		// emulator still accepts.
+		secret := &corev1.Secret{}
+		if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "hotline-bot"}, secret); err != nil {
 			t.Fatal(err)
 		}
-		rolled := dep.Spec.Template.Annotations["callguard.dev/credentials-hash"] != oldHash &&
-			dep.Status.ObservedGeneration == dep.Generation && dep.Status.UpdatedReplicas == 2 &&
-			dep.Status.AvailableReplicas == 2 && dep.Status.Replicas == 2
-		if rolled {
-			break
+		secret.Data["rotated-at"] = []byte(time.Now().Format(time.RFC3339Nano))
+		if err := cluster.Client.Update(ctx, secret); err != nil {
+			t.Fatal(err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("receivers did not roll: %+v", dep.Status)
+		deadline := time.Now().Add(3 * time.Minute)
+		for {
+			if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "hotline-callguard"}, dep); err != nil {
+				t.Fatal(err)
+			}
+			rolled := dep.Spec.Template.Annotations["callguard.dev/credentials-hash"] != oldHash &&
+				dep.Status.ObservedGeneration == dep.Generation && dep.Status.UpdatedReplicas == 2 &&
+				dep.Status.AvailableReplicas == 2 && dep.Status.Replicas == 2
+			if rolled {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("receivers did not roll: %+v", dep.Status)
+			}
+			time.Sleep(200 * time.Millisecond)
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	time.Sleep(2 * time.Second)
-	close(stop)
-	r := <-result
-	placed, decided, failures := r[0].(int), r[1].(int), r[2].([]string)
-	t.Logf("rollout: %d calls placed, %d decided", placed, decided)
-	writeFigure(t, fmt.Sprintf("secret-rollout calls placed=%d decided=%d", placed, decided))
-	if placed == 0 || decided != placed || len(failures) > 0 {
-		t.Errorf("%d/%d calls decided during the rollout; failures: %s", decided, placed, strings.Join(failures, "; "))
-	}
+	})
 }
 
 func TestReceiverPodDeletionAndOperatorRestartLoseNoDecision(t *testing.T) {
 	ctx := context.Background()
-	stop := make(chan struct{})
-	result := make(chan [3]any, 1)
-	go func() {
-		p, d, f := callsDuring(t, stop)
-		result <- [3]any{p, d, f}
-	}()
-	time.Sleep(time.Second)
-	pods, err := cluster.Clientset.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=hotline"})
-	if err != nil || len(pods.Items) == 0 {
-		t.Fatalf("receiver pods: %v", err)
-	}
-	if err := cluster.Clientset.CoreV1().Pods(ns).Delete(ctx, pods.Items[0].Name, metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	ops, err := cluster.Clientset.CoreV1().Pods("callguard-system").List(ctx, metav1.ListOptions{LabelSelector: "control-plane=controller-manager"})
-	if err != nil || len(ops.Items) == 0 {
-		t.Fatalf("operator pods: %v", err)
-	}
-	opName := ops.Items[0].Name
-	if err := cluster.Clientset.CoreV1().Pods("callguard-system").Delete(ctx, opName, metav1.DeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	// Wait for a new operator pod and both receivers back before stopping the calls.
-	waitFor(t, 2*time.Minute, "a new operator pod Ready and 2 receivers available", func() bool {
+	callsThroughout(t, "pod-deletion+operator-restart", func() {
+		pods, err := cluster.Clientset.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=hotline"})
+		if err != nil || len(pods.Items) == 0 {
+			t.Fatalf("receiver pods: %v", err)
+		}
+		if err := cluster.Clientset.CoreV1().Pods(ns).Delete(ctx, pods.Items[0].Name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
 		ops, err := cluster.Clientset.CoreV1().Pods("callguard-system").List(ctx, metav1.ListOptions{LabelSelector: "control-plane=controller-manager"})
-		if err != nil {
-			return false
+		if err != nil || len(ops.Items) == 0 {
+			t.Fatalf("operator pods: %v", err)
 		}
-		fresh := false
-		for i := range ops.Items {
-			fresh = fresh || (ops.Items[i].Name != opName && ready(&ops.Items[i]))
+		opName := ops.Items[0].Name
+		if err := cluster.Clientset.CoreV1().Pods("callguard-system").Delete(ctx, opName, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
 		}
-		dep := &appsv1.Deployment{}
-		return fresh && cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "hotline-callguard"}, dep) == nil &&
-			dep.Status.AvailableReplicas == 2 && dep.Status.Replicas == 2
+		// Wait for a new operator pod and both receivers back before stopping the calls.
+		waitFor(t, 2*time.Minute, "a new operator pod Ready and 2 receivers available", func() bool {
+			ops, err := cluster.Clientset.CoreV1().Pods("callguard-system").List(ctx, metav1.ListOptions{LabelSelector: "control-plane=controller-manager"})
+			if err != nil {
+				return false
+			}
+			fresh := false
+			for i := range ops.Items {
+				fresh = fresh || (ops.Items[i].Name != opName && ready(&ops.Items[i]))
+			}
+			dep := &appsv1.Deployment{}
+			return fresh && cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "hotline-callguard"}, dep) == nil &&
+				dep.Status.AvailableReplicas == 2 && dep.Status.Replicas == 2
+		})
+		if _, err := cluster.WaitReady(ctx, ns, "hotline", 2*time.Minute); err != nil {
+			t.Fatal(err)
+		}
 	})
-	if _, err := cluster.WaitReady(ctx, ns, "hotline", 2*time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(2 * time.Second)
-	close(stop)
-	r := <-result
-	placed, decided, failures := r[0].(int), r[1].(int), r[2].([]string)
-	t.Logf("pod deletion + operator restart: %d calls placed, %d decided", placed, decided)
-	writeFigure(t, fmt.Sprintf("pod-deletion+operator-restart calls placed=%d decided=%d", placed, decided))
-	if placed == 0 || decided != placed || len(failures) > 0 {
-		t.Errorf("%d/%d calls decided; failures: %s", decided, placed, strings.Join(failures, "; "))
-	}
 }
 
 // TestZDeletingThePolicyCollectsEveryChild runs last (by name): it removes
