@@ -154,47 +154,50 @@ func (r *CallPolicyReconciler) reconcileSources(ctx context.Context, cp *callsv1
 		if len(secret.Data["client-secret"]) == 0 && (len(secret.Data["tls.crt"]) == 0 || len(secret.Data["tls.key"]) == 0) {
 			return st.stall(stalled(ReasonInvalidSecret, "spec.bot.credentials.secretRef.name: Secret %q needs key client-secret, or tls.crt and tls.key", ref.Name))
 		}
-		st.credentialsHash = hashSecretData(secret.Data)
+		st.credentialsHash = hashData(secret.Data)
 	}
 
 	if ref := cp.Spec.Graph.CABundle; ref != nil {
-		cm := &corev1.ConfigMap{}
-		err := r.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: ref.Name}, cm)
-		if apierrors.IsNotFound(err) {
-			return st.stall(stalled(ReasonConfigMapNotFound, "spec.graph.caBundle: ConfigMap %q not found in namespace %q", ref.Name, cp.Namespace))
-		}
+		pem, err := r.configMapKey(ctx, cp, st, "spec.graph.caBundle", ref.Name, ref.Key)
 		if err != nil {
-			return fmt.Errorf("get CA bundle ConfigMap %q: %w", ref.Name, err)
+			return err
 		}
-		pem, ok := cm.Data[ref.Key]
-		if !ok || !strings.Contains(pem, "-----BEGIN CERTIFICATE-----") {
+		if !strings.Contains(pem, "-----BEGIN CERTIFICATE-----") {
 			return st.stall(stalled(ReasonConfigMapNotFound, "spec.graph.caBundle: ConfigMap %q has no PEM certificate under key %q", ref.Name, ref.Key))
 		}
-		st.caHash = hashSecretData(map[string][]byte{ref.Key: []byte(pem)})
+		st.caHash = hashData(map[string][]byte{ref.Key: []byte(pem)})
 	}
 
 	st.lists = map[policy.ListRef]string{}
 	for _, ref := range policy.ListRefs(&cp.Spec) {
-		cm := &corev1.ConfigMap{}
-		err := r.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: ref.Name}, cm)
-		if apierrors.IsNotFound(err) {
-			return st.stall(stalled(ReasonConfigMapNotFound, "numberLists: ConfigMap %q not found in namespace %q", ref.Name, cp.Namespace))
-		}
+		text, err := r.configMapKey(ctx, cp, st, "numberLists", ref.Name, ref.Key)
 		if err != nil {
-			return fmt.Errorf("get number list ConfigMap %q: %w", ref.Name, err)
-		}
-		text, ok := cm.Data[ref.Key]
-		if !ok {
-			if b, bok := cm.BinaryData[ref.Key]; bok {
-				text, ok = string(b), true
-			}
-		}
-		if !ok {
-			return st.stall(stalled(ReasonConfigMapNotFound, "numberLists: ConfigMap %q has no key %q", ref.Name, ref.Key))
+			return err
 		}
 		st.lists[ref] = text
 	}
 	return nil
+}
+
+// configMapKey reads one key (data or binaryData) of a ConfigMap in the
+// policy's namespace; a missing ConfigMap or key stalls the policy, naming
+// the field that refers to it.
+func (r *CallPolicyReconciler) configMapKey(ctx context.Context, cp *callsv1alpha1.CallPolicy, st *reconcileState, field, name, key string) (string, error) {
+	cm := &corev1.ConfigMap{}
+	err := r.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: name}, cm)
+	if apierrors.IsNotFound(err) {
+		return "", st.stall(stalled(ReasonConfigMapNotFound, "%s: ConfigMap %q not found in namespace %q", field, name, cp.Namespace))
+	}
+	if err != nil {
+		return "", fmt.Errorf("get ConfigMap %q for %s: %w", name, field, err)
+	}
+	if text, ok := cm.Data[key]; ok {
+		return text, nil
+	}
+	if b, ok := cm.BinaryData[key]; ok {
+		return string(b), nil
+	}
+	return "", st.stall(stalled(ReasonConfigMapNotFound, "%s: ConfigMap %q has no key %q", field, name, key))
 }
 
 // reconcilePolicy compiles the policy and writes the resolved policy

@@ -96,9 +96,9 @@ func defaultResources() corev1.ResourceRequirements {
 	}
 }
 
-// hashSecretData hashes a Secret's data in key order; it is what rolls the
+// hashData hashes a Secret's data in key order; it is what rolls the
 // receivers when credentials change.
-func hashSecretData(data map[string][]byte) string {
+func hashData(data map[string][]byte) string {
 	keys := make([]string, 0, len(data))
 	for k := range data {
 		keys = append(keys, k)

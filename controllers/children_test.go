@@ -109,13 +109,13 @@ func containsPair(args []string, flag, value string) bool {
 	return false
 }
 
-func TestHashSecretData(t *testing.T) {
-	a := hashSecretData(map[string][]byte{"client-secret": []byte("x")})
-	b := hashSecretData(map[string][]byte{"client-secret": []byte("y")})
+func TestHashData(t *testing.T) {
+	a := hashData(map[string][]byte{"client-secret": []byte("x")})
+	b := hashData(map[string][]byte{"client-secret": []byte("y")})
 	// Key/value boundaries are part of the hash: "ab"+"c" differs from "a"+"bc".
-	c := hashSecretData(map[string][]byte{"ab": []byte("c")})
-	d := hashSecretData(map[string][]byte{"a": []byte("bc")})
-	if a == b || c == d || a != hashSecretData(map[string][]byte{"client-secret": []byte("x")}) {
+	c := hashData(map[string][]byte{"ab": []byte("c")})
+	d := hashData(map[string][]byte{"a": []byte("bc")})
+	if a == b || c == d || a != hashData(map[string][]byte{"client-secret": []byte("x")}) {
 		t.Errorf("hashes: %s %s %s %s", a, b, c, d)
 	}
 }
