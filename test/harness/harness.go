@@ -35,6 +35,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
+	"github.com/callguard/callguard/internal/emulator"
 	"github.com/callguard/callguard/internal/graph"
 )
 
@@ -233,10 +234,10 @@ type Record struct {
 }
 
 // Delivered reports whether the created notification reached the bot and
-// was acknowledged.
+// was acknowledged (the deleted one of a missed call does not count).
 func (r *Record) Delivered() bool {
 	for _, h := range r.History {
-		if strings.Contains(h.Event, "notif") && h.Status/100 == 2 {
+		if h.Event == emulator.EventCreatedNotification && h.Status/100 == 2 {
 			return true
 		}
 	}
