@@ -40,7 +40,7 @@ const (
 	// worker may wait up to the deadline on Graph, so there are many.
 	workers   = 256
 	queueSize = 8192
-	// dedupeMax bounds the remembered call ids (about 40 MiB at most).
+	// dedupeMax bounds the remembered call ids (about 10 MiB at most).
 	dedupeMax = 200_000
 )
 
