@@ -48,6 +48,12 @@ type PlaceCallRequest struct {
 	// ("id" picks the call id; "state" other than incoming makes a call
 	// nobody can act on).
 	Call map[string]any `json:"call,omitempty"`
+	// Deliver false registers the call without sending any notification
+	// (created, deleted, or the legacy handshake): for load generators
+	// that post their own notifications, signed with SignInboundToken, to
+	// measure a bot without the emulator signing a token per call. Nil
+	// means true.
+	Deliver *bool `json:"deliver,omitempty"`
 }
 
 // placeCallBody is PlaceCallRequest as received over HTTP: the source stays
@@ -58,6 +64,7 @@ type placeCallBody struct {
 	Source              json.RawMessage `json:"source"`
 	RequestedModalities []string        `json:"requestedModalities"`
 	Call                map[string]any  `json:"call"`
+	Deliver             *bool           `json:"deliver"`
 }
 
 // Event is one entry of a call's history. Status is an HTTP status: the
@@ -140,6 +147,7 @@ type call struct {
 	id, appID, tenantID string
 	callbackURI         string
 	legacy              bool
+	silent              bool // no notifications: see PlaceCallRequest.Deliver
 	resource            map[string]any // immutable once placed
 	timer               *time.Timer
 	rec                 CallRecord
@@ -196,6 +204,7 @@ func (s *Server) PlaceCall(ctx context.Context, req PlaceCallRequest) (*graph.Ca
 		Source:              source,
 		RequestedModalities: req.RequestedModalities,
 		Call:                req.Call,
+		Deliver:             req.Deliver,
 	})
 	if err != nil {
 		return nil, err
@@ -216,7 +225,10 @@ func (s *Server) placeCall(ctx context.Context, req placeCallBody) (map[string]a
 	if err != nil {
 		return nil, err
 	}
-	s.log.Info("call placed", "callId", c.id, "appId", c.appID, "callback", c.callbackURI, "state", c.rec.State)
+	s.log.Info("call placed", "callId", c.id, "appId", c.appID, "callback", c.callbackURI, "state", c.rec.State, "deliver", !c.silent)
+	if c.silent {
+		return c.resource, nil
+	}
 	if c.legacy && !s.legacyAcknowledged(c.callbackURI) {
 		body, err := json.Marshal(legacyBody(c))
 		if err != nil {
@@ -329,6 +341,7 @@ func (s *Server) newCall(req placeCallBody) (*call, error) {
 		tenantID:    b.TenantID,
 		callbackURI: callback,
 		legacy:      b.Legacy,
+		silent:      req.Deliver != nil && !*req.Deliver,
 		resource:    res,
 		rec: CallRecord{
 			ID:          id,
@@ -525,6 +538,9 @@ func (s *Server) act(c *call, req actionRequest) error {
 	if req.callbackURI != "" {
 		callback = req.callbackURI
 	}
+	if c.silent {
+		return nil
+	}
 	event := EventDeletedNotification
 	if change == graph.ChangeUpdated {
 		event = EventUpdatedNotification
@@ -551,6 +567,9 @@ func (s *Server) miss(c *call) {
 	c.rec.Missed = true
 	c.rec.History = append(c.rec.History, Event{At: time.Now(), Event: EventMissed})
 	s.log.Info("call missed", "callId", c.id, "after", s.cfg.MissedAfter)
+	if c.silent {
+		return
+	}
 	data := endedResource(c, graph.ResultInfo{Code: 408, Message: "The call was not answered, rejected or redirected in time."})
 	s.goLocked(func() {
 		body, err := json.Marshal(notification(graph.ChangeDeleted, data))

@@ -441,3 +441,38 @@ func FuzzControlAndGraphBodies(f *testing.F) {
 		}
 	})
 }
+
+func TestCallWithoutDelivery(t *testing.T) {
+	bot := newBotServer(t, false, nil)
+	s := startEmulator(t, bot.URL, func(c *Config) { c.MissedAfter = 200 * time.Millisecond })
+	tok := accessToken(t, s, appID, tenantID)
+
+	// Over HTTP, then rejected: no created and no deleted notification.
+	id := place(t, s, `{"appId":"`+appID+`","deliver":false,"source":{"phone":{"id":"+15551234567"}}}`)
+	resp, body := do(t, s, http.MethodPost, "/v1.0/communications/calls/"+id+"/reject", tok, `{"reason":"busy"}`)
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("reject: %d %s", resp.StatusCode, body)
+	}
+	rec, _ := s.Call(id)
+	if rec.State != graph.StateTerminated || rec.Action != "reject" || rec.Reason != "busy" || !rec.NotifiedAt.IsZero() {
+		t.Errorf("record = %+v", rec)
+	}
+	resp, body = do(t, s, http.MethodPost, "/v1.0/communications/calls/"+id+"/reject", tok, `{"reason":"busy"}`)
+	if resp.StatusCode != http.StatusConflict {
+		t.Errorf("second reject: %d %s, want 409", resp.StatusCode, body)
+	}
+
+	// In process, then missed: still silent.
+	missed, err := s.PlaceCall(t.Context(), PlaceCallRequest{AppID: appID, Deliver: new(false)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitRecord(t, s, missed.ID, func(r CallRecord) bool { return r.Missed })
+	bot.quiet(t, 300*time.Millisecond)
+
+	// "deliver": true is the default behaviour.
+	place(t, s, `{"appId":"`+appID+`","deliver":true}`)
+	if n := bot.next(t).notifications(t); n.Value[0].ChangeType != graph.ChangeCreated {
+		t.Errorf("notification = %+v", n.Value[0])
+	}
+}
