@@ -147,7 +147,7 @@ type call struct {
 	id, appID, tenantID string
 	callbackURI         string
 	legacy              bool
-	silent              bool // no notifications: see PlaceCallRequest.Deliver
+	silent              bool           // no notifications: see PlaceCallRequest.Deliver
 	resource            map[string]any // immutable once placed
 	timer               *time.Timer
 	rec                 CallRecord
@@ -650,4 +650,25 @@ func snapshot(r CallRecord) CallRecord {
 		}
 	}
 	return r
+}
+
+// ForgetEnded drops the records of calls that can no longer be acted on
+// (rejected, redirected, answered or missed) and returns how many it
+// dropped: a long load test need not keep them all, nor have the garbage
+// collector scan them.
+func (s *Server) ForgetEnded() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	kept := s.order[:0]
+	for _, id := range s.order {
+		if strings.EqualFold(s.calls[id].rec.State, graph.StateIncoming) {
+			kept = append(kept, id)
+			continue
+		}
+		delete(s.calls, id)
+	}
+	n := len(s.order) - len(kept)
+	clear(s.order[len(kept):])
+	s.order = kept
+	return n
 }

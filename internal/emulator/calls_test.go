@@ -470,6 +470,18 @@ func TestCallWithoutDelivery(t *testing.T) {
 	waitRecord(t, s, missed.ID, func(r CallRecord) bool { return r.Missed })
 	bot.quiet(t, 300*time.Millisecond)
 
+	// Ended calls can be forgotten; incoming ones are kept.
+	waiting := place(t, s, `{"appId":"`+appID+`","deliver":false}`)
+	if n := s.ForgetEnded(); n != 2 {
+		t.Errorf("ForgetEnded dropped %d calls, want the rejected and the missed one", n)
+	}
+	if _, ok := s.Call(id); ok {
+		t.Error("rejected call still known")
+	}
+	if calls := s.Calls(); len(calls) != 1 || calls[0].ID != waiting {
+		t.Errorf("calls after ForgetEnded = %+v", calls)
+	}
+
 	// "deliver": true is the default behaviour.
 	place(t, s, `{"appId":"`+appID+`","deliver":true}`)
 	if n := bot.next(t).notifications(t); n.Value[0].ChangeType != graph.ChangeCreated {
