@@ -29,6 +29,7 @@ func main() {
 		os.Exit(2)
 	}
 	o.Logger = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	receiver.TuneGC(o.Logger)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
