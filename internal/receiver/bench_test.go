@@ -247,6 +247,8 @@ type child struct {
 	// firstFailure is the error of the first failed call.
 	firstFailure string
 	exited       chan struct{}
+	warm         bool // had its unmeasured warm-up
+
 }
 
 // startChild starts a receiver or baseline child, pinned to cpu unless it
@@ -258,6 +260,8 @@ func startChild(kind, policyPath, caFile, graphURL string, cpu int) (*child, err
 	if cpu >= 0 {
 		cmd.Env = append(cmd.Env, childCPUEnv+"="+strconv.Itoa(cpu))
 	}
+	// An interrupted benchmark leaves no child serving.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
@@ -544,15 +548,15 @@ func (s *benchEnv) stop() {
 
 // token returns a callback token, re-signed before it expires: Graph, too,
 // reuses its callback tokens.
-func (s *benchEnv) token(b *testing.B) string {
+func (s *benchEnv) token() (string, error) {
 	if time.Since(s.authAt) > 5*time.Minute {
 		tok, err := s.emu.SignInboundToken(emulator.InboundClaims(appID, tenantID))
 		if err != nil {
-			b.Fatal(err)
+			return "", err
 		}
 		s.auth, s.authAt = "Bearer "+tok, time.Now()
 	}
-	return s.auth
+	return s.auth, nil
 }
 
 func benchNumber(i int) string { return fmt.Sprintf("+1555%07d", i%benchListSize) }
@@ -637,16 +641,24 @@ func BenchmarkReceiverAcknowledgement(b *testing.B) {
 	}
 }
 
-func (s *benchEnv) load(b *testing.B, kind string, rate float64) {
-	c := s.children[kind]
+// drive registers n calls on the emulator, has a load generator post their
+// notifications to c (paced at rate, or a closed loop if rate is 0; started
+// is called just before it sends), and checks that every one was
+// acknowledged with 202 and rejected on Graph. It returns the generator's
+// report and the notification-to-action latencies in ms.
+func (s *benchEnv) drive(c *child, kind string, n int, rate float64, started func()) (*loadResult, []float64, error) {
 	run := s.runs.Add(1)
 	u, err := url.Parse(c.callback)
 	if err != nil {
-		b.Fatal(err)
+		return nil, nil, err
 	}
-	plan := loadPlan{Addr: u.Host, Path: u.Path, Auth: s.token(b), Rate: rate, Conns: benchConcurrency, MaxConns: 64,
-		IDs: make([]string, b.N), Numbers: make([]string, b.N)}
-	for i := range b.N {
+	auth, err := s.token()
+	if err != nil {
+		return nil, nil, err
+	}
+	plan := loadPlan{Addr: u.Host, Path: u.Path, Auth: auth, Rate: rate, Conns: benchConcurrency, MaxConns: 64,
+		IDs: make([]string, n), Numbers: make([]string, n)}
+	for i := range n {
 		plan.IDs[i] = fmt.Sprintf("bench-%s-%d-%d", kind, run, i)
 		plan.Numbers[i] = benchNumber(int(run)*7919 + i)
 		if _, err := s.emu.PlaceCall(context.Background(), emulator.PlaceCallRequest{
@@ -654,36 +666,58 @@ func (s *benchEnv) load(b *testing.B, kind string, rate float64) {
 			Source: &graph.IdentitySet{Phone: &graph.Identity{ID: plan.Numbers[i]}},
 			Call:   map[string]any{"id": plan.IDs[i]},
 		}); err != nil {
-			b.Fatal(err)
+			return nil, nil, err
 		}
 	}
-	var cpuBefore, selfBefore time.Duration
 	// The registrations' garbage is not the run's.
 	runtime.GC()
-	res, err := runLoad(plan, func() {
-		if cpuBefore, err = c.cpuTime(); err != nil {
-			b.Fatal(err)
-		}
-		selfBefore = selfCPU()
-		b.ResetTimer()
-	})
+	res, err := runLoad(plan, started)
 	if err != nil {
-		b.Fatal(err)
+		return nil, nil, err
 	}
-	b.StopTimer()
 	if res.Refused > 0 {
-		b.Fatalf("%d of %d notifications not acknowledged with 202; first: %s", res.Refused, b.N, res.Error)
+		return nil, nil, fmt.Errorf("%d of %d notifications not acknowledged with 202; first: %s", res.Refused, n, res.Error)
 	}
 	actions, err := c.actionLatencies(plan.IDs, 60*time.Second)
 	if err != nil {
-		b.Fatal(err)
+		return nil, nil, err
 	}
 	for _, id := range plan.IDs {
 		if rec, _ := s.emu.Call(id); rec.Action != "reject" || rec.Reason != "busy" {
-			b.Fatalf("call %s: Graph has action %q reason %q, want reject busy", id, rec.Action, rec.Reason)
+			return nil, nil, fmt.Errorf("call %s: Graph has action %q reason %q, want reject busy", id, rec.Action, rec.Reason)
 		}
 	}
 	s.emu.ForgetEnded()
+	return res, actions, nil
+}
+
+// benchWarmup is how many notifications each handler gets, unmeasured,
+// before its first measured run: the first run of a fresh process (HTTP/2
+// connection, token, goroutine stacks, heap growth) was consistently slower.
+const benchWarmup = 5000
+
+func (s *benchEnv) load(b *testing.B, kind string, rate float64) {
+	c := s.children[kind]
+	if !c.warm {
+		if _, _, err := s.drive(c, kind, benchWarmup, 0, func() {}); err != nil {
+			b.Fatalf("warm-up: %v", err)
+		}
+		c.warm = true
+	}
+	var cpuBefore, selfBefore time.Duration
+	var cpuErr error
+	res, actions, err := s.drive(c, kind, b.N, rate, func() {
+		cpuBefore, cpuErr = c.cpuTime()
+		selfBefore = selfCPU()
+		b.ResetTimer()
+	})
+	b.StopTimer()
+	if err == nil {
+		err = cpuErr
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
 	cpuAfter, err := c.cpuTime()
 	if err != nil {
 		b.Fatal(err)
