@@ -260,6 +260,10 @@ func certHosts(listenHost string, extra []string) []string {
 }
 
 func (s *Server) handle(pattern string, kind routeKind, h http.HandlerFunc) {
+	_, path, _ := strings.Cut(pattern, " ")
+	if (kind == routeControl) != strings.HasPrefix(path, controlPrefix) {
+		panic("emulator: route " + pattern + ": control routes, and only they, live under " + controlPrefix)
+	}
 	s.routes[pattern] = kind
 	s.mux.HandleFunc(pattern, h)
 }
@@ -440,10 +444,8 @@ func (w *statusRecorder) Write(b []byte) (int, error) {
 
 func (w *statusRecorder) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
-// serveHTTP stamps every response with Graph's correlation headers, applies
-// injected faults and counts requests by route for everything but the
-// control API.
-// controlPrefix starts every control API path.
+// controlPrefix starts every control API path: serveHTTP tells control
+// requests by it without matching a route.
 const controlPrefix = "/emulator/"
 
 // routeName names a matched pattern in stats and logs.
@@ -454,6 +456,9 @@ func routeName(pattern string) string {
 	return pattern
 }
 
+// serveHTTP stamps every response with Graph's correlation headers, applies
+// injected faults and counts requests by route for everything but the
+// control API.
 func (s *Server) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	requestID := uuid.NewString()

@@ -58,9 +58,8 @@ type loadResult struct {
 	// Acks are the acknowledgement times, sorted.
 	Acks []time.Duration
 	// Late are how late paced notifications were sent, sorted.
-	Late  []time.Duration
-	Conns int           // connections used
-	CPU   time.Duration // this process's CPU time while sending
+	Late []time.Duration
+	CPU  time.Duration // this process's CPU time while sending
 }
 
 const loadChild = "load"
@@ -123,7 +122,7 @@ func generateLoad(plan loadPlan, ready func() error) (*loadResult, error) {
 		g.closedLoop()
 	}
 	res := &loadResult{Elapsed: time.Since(start), Refused: int(g.refused.Load()), Acks: g.acks, Late: late,
-		Conns: len(g.conns), CPU: selfCPU() - cpu0}
+		CPU: selfCPU() - cpu0}
 	if e := g.firstErr.Load(); e != nil {
 		res.Error = e.(error).Error()
 	}
@@ -243,7 +242,7 @@ func (g *loadGen) paced(start time.Time) ([]time.Duration, error) {
 	return late, nil
 }
 
-// load runs a load generator process on plan and returns its report;
+// runLoad runs a load generator process on plan and returns its report;
 // started is called once it is ready to send, just before it is told to.
 func runLoad(plan loadPlan, started func()) (*loadResult, error) {
 	cmd := exec.Command(os.Args[0])
