@@ -1,6 +1,8 @@
 package emulator
 
 import (
+	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"maps"
@@ -23,6 +25,8 @@ const (
 // set) misbehave: wait LatencyMs first, then either drop the connection,
 // answer Status (with Retry-After when RetryAfter > 0) in the body shape of
 // the service (Graph or Entra), or, with latency only, proceed normally.
+// With ProcessFirst the request is carried out first and LatencyMs delays
+// its answer or Drop loses it: the client cannot tell whether it was done.
 // It is the body of POST /emulator/faults. The control API is never faulted.
 type FaultRule struct {
 	// ID is assigned when the rule is added.
@@ -38,6 +42,8 @@ type FaultRule struct {
 	RetryAfter int  `json:"retryAfter,omitempty"`
 	LatencyMs  int  `json:"latencyMs,omitempty"`
 	Drop       bool `json:"drop,omitempty"`
+	// ProcessFirst carries the request out before the latency or drop.
+	ProcessFirst bool `json:"processFirst,omitempty"`
 }
 
 func (f *FaultRule) normalize() error {
@@ -75,6 +81,9 @@ func (f *FaultRule) normalize() error {
 	if !f.Drop && f.Status == 0 && f.LatencyMs == 0 {
 		problems = append(problems, "a fault needs a status, latencyMs or drop")
 	}
+	if f.ProcessFirst && f.Status != 0 {
+		problems = append(problems, "processFirst answers the request's own status: it excludes status")
+	}
 	if len(problems) > 0 {
 		return errors.New(strings.Join(problems, "; "))
 	}
@@ -104,7 +113,7 @@ func (s *Server) AddFault(f FaultRule) (FaultRule, error) {
 	f.ID = s.nextFaultID
 	s.faults = append(s.faults, &f)
 	s.log.Info("fault added", "id", f.ID, "path", f.Path, "method", f.Method, "count", f.Count,
-		"status", f.Status, "retryAfter", f.RetryAfter, "latencyMs", f.LatencyMs, "drop", f.Drop)
+		"status", f.Status, "retryAfter", f.RetryAfter, "latencyMs", f.LatencyMs, "drop", f.Drop, "processFirst", f.ProcessFirst)
 	return f, nil
 }
 
@@ -147,21 +156,31 @@ func (s *Server) takeFault(r *http.Request) (FaultRule, bool) {
 // answered (or dropped) by it rather than left to the handler.
 func (s *Server) applyFault(w *statusRecorder, r *http.Request, f FaultRule, kind routeKind, route string) bool {
 	s.log.Info("fault applied", "id", f.ID, "method", r.Method, "path", r.URL.Path)
-	if f.LatencyMs > 0 {
-		t := time.NewTimer(time.Duration(f.LatencyMs) * time.Millisecond)
-		defer t.Stop()
-		select {
-		case <-t.C:
-		case <-r.Context().Done():
-			s.countRequest(route, 0)
-			return true
-		}
+	var held *heldResponse
+	if f.ProcessFirst {
+		// Carried out now, answered after the latency or never: the way a
+		// request times out or loses its connection after the service acted.
+		// The held answer shares w's header map, of which nothing is sent
+		// before w.WriteHeader.
+		held = &heldResponse{header: w.Header()}
+		s.mux.ServeHTTP(held, r)
+	}
+	if !waitLatency(r, f) {
+		s.countRequest(route, 0)
+		return true
 	}
 	if f.Drop {
 		s.countRequest(route, 0)
 		// ErrAbortHandler makes net/http close the connection (or reset the
 		// HTTP/2 stream) without a response and without logging a panic.
 		panic(http.ErrAbortHandler)
+	}
+	if held != nil {
+		status := cmp.Or(held.status, http.StatusOK)
+		w.WriteHeader(status)
+		_, _ = w.Write(held.body.Bytes())
+		s.countRequest(route, status)
+		return true
 	}
 	if f.Status == 0 {
 		return false
@@ -181,6 +200,41 @@ func (s *Server) applyFault(w *statusRecorder, r *http.Request, f FaultRule, kin
 	}
 	s.countRequest(route, f.Status)
 	return true
+}
+
+// waitLatency waits out f's latency; false means the client went away first.
+func waitLatency(r *http.Request, f FaultRule) bool {
+	if f.LatencyMs == 0 {
+		return true
+	}
+	t := time.NewTimer(time.Duration(f.LatencyMs) * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-r.Context().Done():
+		return false
+	}
+}
+
+// heldResponse records a handler's status and body without sending them.
+type heldResponse struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (h *heldResponse) Header() http.Header { return h.header }
+
+func (h *heldResponse) WriteHeader(code int) {
+	if h.status == 0 {
+		h.status = code
+	}
+}
+
+func (h *heldResponse) Write(b []byte) (int, error) {
+	h.WriteHeader(http.StatusOK)
+	return h.body.Write(b)
 }
 
 func graphFaultCode(status int) (string, string) {

@@ -1,9 +1,11 @@
 package emulator
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"net/url"
+	"strings"
 	"testing"
 	"time"
 )
@@ -97,6 +99,76 @@ func TestFaults(t *testing.T) {
 			t.Errorf("delayed reject = %d %s", resp.StatusCode, body)
 		}
 		bot.next(t)
+	})
+
+	t.Run("processFirst: carried out, the answer late or lost", func(t *testing.T) {
+		for _, tc := range []struct {
+			name, rule string
+			timeout    time.Duration // the client's patience
+		}{
+			{"drop", `{"path":"/v1.0/communications/calls/*/reject","processFirst":true,"drop":true}`, 10 * time.Second},
+			// The client gives up long before the answer would come.
+			{"latency past the client's timeout", `{"path":"/v1.0/communications/calls/*/reject","processFirst":true,"latencyMs":60000}`, time.Second},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				s.ResetStats()
+				addFault(t, tc.rule)
+				id := place(t, s, phoneCaller)
+				bot.next(t)
+				ctx, cancel := context.WithTimeout(t.Context(), tc.timeout)
+				defer cancel()
+				req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.URL()+"/v1.0/communications/calls/"+id+"/reject", strings.NewReader(`{"reason":"busy"}`))
+				if err != nil {
+					t.Fatal(err)
+				}
+				req.Header.Set("Authorization", "Bearer "+tok)
+				req.Header.Set("Content-Type", "application/json")
+				if resp, err := s.Client().Do(req); err == nil {
+					resp.Body.Close()
+					t.Fatalf("the held answer reached the client: %d", resp.StatusCode)
+				}
+				bot.next(t) // deleted: the reject was carried out
+				if rec, _ := s.Call(id); rec.State != "terminated" || rec.Action != "reject" || rec.Reason != "busy" {
+					t.Fatalf("call = %+v, want rejected busy", rec)
+				}
+				// The route is counted once, as unanswered, when the handler
+				// gives up; wait for that rather than racing it.
+				deadline := time.Now().Add(10 * time.Second)
+				for s.Stats().Requests[rejectRoute][0] != 1 && time.Now().Before(deadline) {
+					time.Sleep(10 * time.Millisecond)
+				}
+				if st := s.Stats().Requests[rejectRoute]; st[0] != 1 || len(st) != 1 {
+					t.Errorf("stats = %v, want one status 0", st)
+				}
+				resp, body := do(t, s, http.MethodPost, "/v1.0/communications/calls/"+id+"/reject", tok, `{"reason":"busy"}`)
+				if resp.StatusCode != http.StatusConflict {
+					t.Errorf("second reject = %d %s, want 409", resp.StatusCode, body)
+				}
+			})
+		}
+	})
+
+	t.Run("processFirst: a late answer is the real one", func(t *testing.T) {
+		s.ResetStats()
+		addFault(t, `{"path":"/v1.0/communications/calls/*/reject","processFirst":true,"latencyMs":100}`)
+		resp, body, id := reject(t)
+		if resp.StatusCode != http.StatusAccepted || resp.Header.Get("request-id") == "" {
+			t.Fatalf("delayed reject = %d %s", resp.StatusCode, body)
+		}
+		bot.next(t)
+		if rec, _ := s.Call(id); rec.Action != "reject" {
+			t.Errorf("call = %+v", rec)
+		}
+		if st := s.Stats().Requests[rejectRoute]; st[202] != 1 || len(st) != 1 {
+			t.Errorf("stats = %v, want one 202", st)
+		}
+	})
+
+	t.Run("processFirst excludes status", func(t *testing.T) {
+		resp, body := do(t, s, http.MethodPost, "/emulator/faults", "", `{"path":"/x","processFirst":true,"status":500}`)
+		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "excludes status") {
+			t.Errorf("add fault = %d %s, want 400", resp.StatusCode, body)
+		}
 	})
 
 	t.Run("drop", func(t *testing.T) {
