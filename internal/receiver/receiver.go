@@ -36,9 +36,9 @@ const (
 	// DedupeWindow is how long a decided call id is remembered.
 	DedupeWindow = 10 * time.Minute
 
-	// workers and queueSize bound the work done after acknowledging: a
+	// Workers and queueSize bound the work done after acknowledging: a
 	// worker may wait up to the deadline on Graph, so there are many.
-	workers   = 256
+	Workers   = 256
 	queueSize = 8192
 	// dedupeMax bounds the remembered call ids (about 10 MiB at most).
 	dedupeMax = 200_000
@@ -123,7 +123,7 @@ func New(cfg Config) *Server {
 		stop:  make(chan struct{}),
 	}
 	s.metrics = newMetrics(func() float64 { return float64(len(s.queue)) })
-	for range workers {
+	for range Workers {
 		s.workers.Add(1)
 		go s.work()
 	}

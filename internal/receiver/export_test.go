@@ -1,4 +1,0 @@
-package receiver
-
-// Workers is the size of the worker pool, for the benchmark's baseline.
-const Workers = workers
