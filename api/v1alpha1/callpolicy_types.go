@@ -55,8 +55,13 @@ const (
 	ReasonForbidden RejectReason = "forbidden"
 )
 
-// IdentityType is the kind of identity a caller presents.
-// +kubebuilder:validation:Enum=phone;user;guest;application;applicationInstance;acsUser;encrypted;anonymous
+// IdentityType is the kind of identity a caller presents: the first present
+// member of phone, user, guest, applicationInstance, application, acsUser,
+// onPremises and encrypted in call.source.identity. No identity, or a phone
+// with an empty or "anonymous" id, is anonymous; members only of other kinds
+// (e.g. device) are unknown, so a "no anonymous callers" rule does not catch
+// callers it cannot name.
+// +kubebuilder:validation:Enum=phone;user;guest;application;applicationInstance;acsUser;onPremises;encrypted;anonymous;unknown
 type IdentityType string
 
 const (
@@ -66,8 +71,11 @@ const (
 	IdentityApplication         IdentityType = "application"
 	IdentityApplicationInstance IdentityType = "applicationInstance"
 	IdentityACSUser             IdentityType = "acsUser"
-	IdentityEncrypted           IdentityType = "encrypted"
-	IdentityAnonymous           IdentityType = "anonymous"
+	// IdentityOnPremises is a Skype for Business Server (on-premises) user.
+	IdentityOnPremises IdentityType = "onPremises"
+	IdentityEncrypted  IdentityType = "encrypted"
+	IdentityAnonymous  IdentityType = "anonymous"
+	IdentityUnknown    IdentityType = "unknown"
 )
 
 // Modality is a Graph call modality.
@@ -316,7 +324,7 @@ type CallerMatch struct {
 	NumberLists []NumberList `json:"numberLists,omitempty"`
 
 	// IdentityTypes the caller may have.
-	// +kubebuilder:validation:MaxItems=8
+	// +kubebuilder:validation:MaxItems=10
 	// +optional
 	IdentityTypes []IdentityType `json:"identityTypes,omitempty"`
 

@@ -63,8 +63,16 @@ func callerIdentity(set *graph.IdentitySet) (v1alpha1.IdentityType, *graph.Ident
 		return v1alpha1.IdentityApplication, set.Application
 	case set.AzureCommunicationServicesUser != nil:
 		return v1alpha1.IdentityACSUser, set.AzureCommunicationServicesUser
+	case set.OnPremises != nil:
+		return v1alpha1.IdentityOnPremises, set.OnPremises
 	case set.Encrypted != nil:
 		return v1alpha1.IdentityEncrypted, set.Encrypted
+	// Someone identified by a kind no rule can name is "unknown", never
+	// "anonymous": a "no anonymous callers" rule must not catch them.
+	case set.Device != nil:
+		return v1alpha1.IdentityUnknown, set.Device
+	case set.AssertedIdentity != nil:
+		return v1alpha1.IdentityUnknown, set.AssertedIdentity
 	}
 	return v1alpha1.IdentityAnonymous, nil
 }
@@ -85,7 +93,7 @@ func memberField(set *graph.IdentitySet, who *graph.Identity, get func(*graph.Id
 		return ""
 	}
 	for _, m := range [...]*graph.Identity{set.Phone, set.User, set.Guest, set.ApplicationInstance,
-		set.Application, set.AzureCommunicationServicesUser, set.Encrypted} {
+		set.Application, set.AzureCommunicationServicesUser, set.OnPremises, set.Encrypted} {
 		if m != nil && m != who {
 			if v := get(m); v != "" {
 				return v

@@ -437,7 +437,7 @@ func (c *compiler) compileCallers(path string, cm *v1alpha1.CallerMatch, r *rule
 			c.warnf(path+".numberLists", "the lists have no entries, so this rule never matches")
 		}
 	}
-	c.maxItems(path+".identityTypes", len(cm.IdentityTypes), 8)
+	c.maxItems(path+".identityTypes", len(cm.IdentityTypes), len(identityTypes))
 	if len(cm.IdentityTypes) > 0 {
 		r.types = 0
 	}
@@ -445,7 +445,7 @@ func (c *compiler) compileCallers(path string, cm *v1alpha1.CallerMatch, r *rule
 		bit := typeBit(t)
 		if bit == 0 {
 			c.errorf(fmt.Sprintf("%s.identityTypes[%d]", path, i),
-				"must be one of phone, user, guest, application, applicationInstance, acsUser, encrypted, anonymous, got %q", t)
+				"must be one of phone, user, guest, application, applicationInstance, acsUser, onPremises, encrypted, anonymous, unknown, got %q", t)
 		}
 		r.types |= bit
 	}

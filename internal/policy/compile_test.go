@@ -109,7 +109,7 @@ func TestCompileErrors(t *testing.T) {
 			{"spec.rules[0].match.callers.numbers[1]", `"+1900*": a number cannot end in *; prefixes go in numberPrefixes`},
 			{"spec.rules[0].match.callers.numberPrefixes[1]", `"x*": not a phone number: only digits may follow the leading + or 00 (spaces, -, ., ( and ) are ignored)`},
 			{"spec.rules[0].match.callers.numberPatterns[1]", "error parsing regexp: missing closing ): `(`"},
-			{"spec.rules[0].match.callers.identityTypes[1]", `must be one of phone, user, guest, application, applicationInstance, acsUser, encrypted, anonymous, got "robot"`},
+			{"spec.rules[0].match.callers.identityTypes[1]", `must be one of phone, user, guest, application, applicationInstance, acsUser, onPremises, encrypted, anonymous, unknown, got "robot"`},
 			{"spec.rules[0].match.callers.ids[0]", "must not be empty"},
 			{"spec.rules[0].match.callers.displayNamePatterns[0]", "error parsing regexp: missing closing ]: `[a-`"},
 			{"spec.rules[0].match.modalities[0]", `must be one of audio, video, videoBasedScreenSharing, data, got "Video"`},

@@ -20,6 +20,9 @@
 //     has one of them, whatever the caller's type.
 //   - The caller's displayName and tenantId are those of the identity that
 //     gave the caller its type, else of the first other member that has one.
+//   - The identity-set members that make a caller "unknown" are device and
+//     assertedIdentity (the members Graph documents beyond the typed ones);
+//     the caller's id and displayName then come from that member.
 //   - Requested modalities compare ignoring case; the policy's must be
 //     spelled as in the CRD enum.
 //   - Schedules are evaluated on the zone's wall clock, so the hour skipped

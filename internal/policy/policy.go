@@ -352,7 +352,8 @@ const allTypes = 1<<len(identityTypes) - 1
 
 var identityTypes = [...]v1alpha1.IdentityType{
 	v1alpha1.IdentityPhone, v1alpha1.IdentityUser, v1alpha1.IdentityGuest, v1alpha1.IdentityApplication,
-	v1alpha1.IdentityApplicationInstance, v1alpha1.IdentityACSUser, v1alpha1.IdentityEncrypted, v1alpha1.IdentityAnonymous,
+	v1alpha1.IdentityApplicationInstance, v1alpha1.IdentityACSUser, v1alpha1.IdentityOnPremises,
+	v1alpha1.IdentityEncrypted, v1alpha1.IdentityAnonymous, v1alpha1.IdentityUnknown,
 }
 
 func typeBit(t v1alpha1.IdentityType) uint16 {
