@@ -36,6 +36,22 @@ const (
 	DefaultBackoffMax     = 2 * time.Second
 )
 
+// finalAttemptLead is how long before the call's deadline the last attempt
+// starts when a wait (a Retry-After above all) reaches past the deadline.
+// Graph answers an action in well under a second, so a second leaves room
+// for the answer while keeping as much as possible of the wait a throttled
+// Graph asked for; leading by the whole 5 s attempt timeout would hit it 4 s
+// sooner for nothing. A shorter attempt timeout is the lead instead: the
+// attempt could not use more.
+const finalAttemptLead = time.Second
+
+// ErrAlreadyDone is wrapped in the error of an action that Graph refused
+// with 409 after an earlier attempt of the same action went unanswered
+// (timed out or lost its connection): Graph carried that attempt out, so the
+// call was acted on as asked. Tell it with errors.Is; the 409's *APIError is
+// wrapped too.
+var ErrAlreadyDone = errors.New("graph had already carried out an unanswered attempt")
+
 // maxErrorBody bounds how much of an error response is read for its code.
 const maxErrorBody = 64 << 10
 
@@ -172,8 +188,10 @@ func retryable(status int) bool {
 // do sends one operation, retrying as the Graph contract says: 429 and 503
 // wait for Retry-After, other 5xx and transport errors back off
 // exponentially with jitter, other 4xx are final, and nothing is retried past
-// ctx's deadline. It stops at the first 2xx, so a call is acted on at most
-// once successfully.
+// ctx's deadline; a wait that reaches past it is cut short once, for a last
+// attempt finalAttemptLead before it. It stops at the first 2xx, so a call
+// is acted on at most once successfully, and tells a 409 that follows an
+// unanswered attempt by ErrAlreadyDone.
 func (c *Client) do(ctx context.Context, op, callID string, body any) error {
 	if callID == "" {
 		return fmt.Errorf("graph %s: empty call id", op)
@@ -183,27 +201,42 @@ func (c *Client) do(ctx context.Context, op, callID string, body any) error {
 		return fmt.Errorf("graph %s of call %s: encode body: %w", op, callID, err)
 	}
 	target := c.base + url.PathEscape(callID) + "/" + op
-	var last error
+	lead := min(c.attemptTTL, finalAttemptLead)
+	// unanswered: an attempt was sent and got no answer, so Graph may have
+	// carried it out. lastChance: a wait was already cut short for a last
+	// attempt before the deadline.
+	var unanswered, lastChance bool
 	for attempt := 0; ; attempt++ {
-		wait, err := c.attempt(ctx, op, callID, target, payload, attempt)
+		wait, noAnswer, err := c.attempt(ctx, op, callID, target, payload, attempt)
 		if err == nil {
 			return nil
 		}
-		last = err
+		unanswered = unanswered || noAnswer
+		var apiErr *APIError
+		if unanswered && errors.As(err, &apiErr) && apiErr.StatusCode == http.StatusConflict {
+			// A 409 with no unanswered attempt before it stays a failure:
+			// someone else acted on the call.
+			return fmt.Errorf("%w: %w", ErrAlreadyDone, err)
+		}
 		if wait < 0 {
 			return err
 		}
 		if wait == 0 {
 			wait = c.backoffDelay(attempt)
 		}
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
-			return fmt.Errorf("graph %s of call %s: deadline reached after %d attempts: %w", op, callID, attempt+1, errors.Join(context.DeadlineExceeded, last))
+		if dl, ok := ctx.Deadline(); ok {
+			if left := time.Until(dl); wait >= left {
+				if lastChance || left <= 0 {
+					return fmt.Errorf("graph %s of call %s: deadline reached after %d attempts: %w", op, callID, attempt+1, errors.Join(context.DeadlineExceeded, err))
+				}
+				wait, lastChance = max(left-lead, 0), true
+			}
 		}
 		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("graph %s of call %s: gave up after %d attempts: %w", op, callID, attempt+1, errors.Join(ctx.Err(), last))
+			return fmt.Errorf("graph %s of call %s: gave up after %d attempts: %w", op, callID, attempt+1, errors.Join(ctx.Err(), err))
 		case <-t.C:
 		}
 	}
@@ -222,10 +255,11 @@ func (c *Client) backoffDelay(n int) time.Duration {
 
 // attempt sends one request. It returns nil on 2xx; otherwise the error and
 // how long to wait before retrying: -1 for a final error, 0 for the default
-// backoff, or the server's Retry-After.
-func (c *Client) attempt(ctx context.Context, op, callID, target string, payload []byte, n int) (time.Duration, error) {
+// backoff, or the server's Retry-After. noAnswer says the request was sent
+// and no answer came (a timeout or a connection error).
+func (c *Client) attempt(ctx context.Context, op, callID, target string, payload []byte, n int) (wait time.Duration, noAnswer bool, err error) {
 	if err := ctx.Err(); err != nil {
-		return -1, fmt.Errorf("graph %s of call %s: %w", op, callID, err)
+		return -1, false, fmt.Errorf("graph %s of call %s: %w", op, callID, err)
 	}
 	actx, cancel := context.WithTimeout(ctx, c.attemptTTL)
 	defer cancel()
@@ -234,12 +268,12 @@ func (c *Client) attempt(ctx context.Context, op, callID, target string, payload
 		// Token failures are usually transient (authority unreachable) or
 		// wrong configuration; both are bounded by the call's deadline.
 		c.log.Warn("graph token request failed", "operation", op, "callId", callID, "attempt", n+1, "error", err)
-		return 0, fmt.Errorf("graph %s of call %s: get token: %w", op, callID, err)
+		return 0, false, fmt.Errorf("graph %s of call %s: get token: %w", op, callID, err)
 	}
 	clientRequestID := uuid.NewString()
 	req, err := http.NewRequestWithContext(actx, http.MethodPost, target, bytes.NewReader(payload))
 	if err != nil {
-		return -1, fmt.Errorf("graph %s of call %s: build request: %w", op, callID, err)
+		return -1, false, fmt.Errorf("graph %s of call %s: build request: %w", op, callID, err)
 	}
 	// Keys in canonical form, as Header.Set would make them.
 	req.Header = http.Header{
@@ -257,7 +291,7 @@ func (c *Client) attempt(ctx context.Context, op, callID, target string, payload
 		}
 		c.log.Warn("graph request failed", "operation", op, "callId", callID, "attempt", n+1,
 			"clientRequestId", clientRequestID, "error", err)
-		return 0, fmt.Errorf("graph %s of call %s: %w", op, callID, err)
+		return 0, true, fmt.Errorf("graph %s of call %s: %w", op, callID, err)
 	}
 	defer resp.Body.Close()
 	if c.onAttempt != nil {
@@ -266,7 +300,7 @@ func (c *Client) attempt(ctx context.Context, op, callID, target string, payload
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		// Drain so the connection is reused.
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
-		return 0, nil
+		return 0, false, nil
 	}
 
 	if resp.StatusCode == http.StatusUnauthorized {
@@ -276,17 +310,17 @@ func (c *Client) attempt(ctx context.Context, op, callID, target string, payload
 	apiErr := parseAPIError(resp, op, callID, clientRequestID)
 	if !retryable(resp.StatusCode) {
 		// Final: the caller logs the error, which names the request-id.
-		return -1, apiErr
+		return -1, false, apiErr
 	}
 	c.log.Warn("graph request refused; retrying", "operation", op, "callId", callID, "attempt", n+1,
 		"status", resp.StatusCode, "code", apiErr.Code, "requestId", apiErr.RequestID,
 		"clientRequestId", clientRequestID)
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 		if d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
-			return d, apiErr
+			return d, false, apiErr
 		}
 	}
-	return 0, apiErr
+	return 0, false, apiErr
 }
 
 // authorization is the Authorization header value for the current token.

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -28,6 +29,11 @@ const (
 	botSecret    = "emulated~secret"
 	sinkCallback = "http://127.0.0.1:9/unused"
 )
+
+// attemptTimeout is the clients' per-attempt timeout: short, so that
+// unanswered attempts cost the tests little. It is also how long before the
+// deadline a last attempt starts (finalAttemptLead is longer).
+const attemptTimeout = 500 * time.Millisecond
 
 // fixture is an emulator with two bots (secret and certificate) and an HTTP
 // client that trusts it through a CA file, as --ca-file does.
@@ -127,7 +133,9 @@ type attempt struct {
 	at     time.Time
 }
 
-func (f *fixture) client(t *testing.T, appID, apiVersion string, secret map[string][]byte, attempts *[]attempt) *graph.Client {
+// client returns a client for appID whose attempts are passed to onAttempt
+// (when set) as they happen.
+func (f *fixture) client(t *testing.T, appID, apiVersion string, secret map[string][]byte, onAttempt func(attempt)) *graph.Client {
 	t.Helper()
 	cred, err := graph.NewCredential(graph.CredentialConfig{
 		TenantID: botTenantID, ClientID: appID, AuthorityHost: f.emu.URL() + "/", Secret: secret, HTTPClient: f.http,
@@ -137,10 +145,10 @@ func (f *fixture) client(t *testing.T, appID, apiVersion string, secret map[stri
 	}
 	c, err := graph.NewClient(graph.ClientConfig{
 		Endpoint: f.emu.URL(), APIVersion: apiVersion, Credential: cred, HTTPClient: f.http,
-		AttemptTimeout: 500 * time.Millisecond, BackoffBase: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
+		AttemptTimeout: attemptTimeout, BackoffBase: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
 		OnAttempt: func(_ string, status int, err error) {
-			if attempts != nil {
-				*attempts = append(*attempts, attempt{status: status, err: err, at: time.Now()})
+			if onAttempt != nil {
+				onAttempt(attempt{status: status, err: err, at: time.Now()})
 			}
 		},
 	})
@@ -150,8 +158,16 @@ func (f *fixture) client(t *testing.T, appID, apiVersion string, secret map[stri
 	return c
 }
 
+var botSecretData = map[string][]byte{graph.SecretKeyClientSecret: []byte(botSecret)}
+
+// secretClient returns a client of the secret bot that appends its attempts
+// to *attempts, when attempts is set.
 func (f *fixture) secretClient(t *testing.T, attempts *[]attempt) *graph.Client {
-	return f.client(t, botAppID, "v1.0", map[string][]byte{graph.SecretKeyClientSecret: []byte(botSecret)}, attempts)
+	var onAttempt func(attempt)
+	if attempts != nil {
+		onAttempt = func(a attempt) { *attempts = append(*attempts, a) }
+	}
+	return f.client(t, botAppID, "v1.0", botSecretData, onAttempt)
 }
 
 // placeCall places an incoming call whose notification goes nowhere.
@@ -184,6 +200,16 @@ func (f *fixture) fault(t *testing.T, rule emulator.FaultRule) {
 	}
 }
 
+// fetchToken has c get its token, so that a test's deadline is spent on
+// Graph alone.
+func fetchToken(t *testing.T, c *graph.Client) {
+	t.Helper()
+	var apiErr *graph.APIError
+	if err := c.Reject(ctxTimeout(t, 10*time.Second), "no-such-call", "none"); !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusNotFound {
+		t.Fatalf("reject of an unknown call: %v, want 404", err)
+	}
+}
+
 func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
@@ -196,8 +222,8 @@ func TestRejectWithEachCredentialAndVersion(t *testing.T) {
 		name, appID, version, reason string
 		secret                       map[string][]byte
 	}{
-		{"secret v1.0 busy", botAppID, "v1.0", "busy", map[string][]byte{graph.SecretKeyClientSecret: []byte(botSecret)}},
-		{"secret beta forbidden", botAppID, "beta", "forbidden", map[string][]byte{graph.SecretKeyClientSecret: []byte(botSecret)}},
+		{"secret v1.0 busy", botAppID, "v1.0", "busy", botSecretData},
+		{"secret beta forbidden", botAppID, "beta", "forbidden", botSecretData},
 		{"certificate v1.0 none", certAppID, "v1.0", "none", map[string][]byte{graph.SecretKeyTLSCert: f.certPEM, graph.SecretKeyTLSKey: f.keyPEM}},
 	}
 	for _, tc := range tests {
@@ -301,27 +327,11 @@ func TestForbiddenIsFinal(t *testing.T) {
 	}
 }
 
-func TestSecondRejectIsRefusedNotRetried(t *testing.T) {
-	f := newFixture(t)
-	id := f.placeCall(t, botAppID)
-	c := f.secretClient(t, nil)
-	if err := c.Reject(ctxTimeout(t, 10*time.Second), id, "none"); err != nil {
-		t.Fatal(err)
-	}
-	var apiErr *graph.APIError
-	if err := c.Reject(ctxTimeout(t, 10*time.Second), id, "none"); !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusConflict {
-		t.Fatalf("second reject: %v, want Graph's 409", err)
-	}
-}
-
 func TestUnansweredGraphStopsAtDeadline(t *testing.T) {
 	f := newFixture(t)
 	id := f.placeCall(t, botAppID)
 	c := f.secretClient(t, nil)
-	// Fetch the token first so the deadline is spent on Graph alone.
-	if err := c.Reject(ctxTimeout(t, 10*time.Second), "no-such-call", "none"); err == nil {
-		t.Fatal("reject of an unknown call succeeded")
-	}
+	fetchToken(t, c)
 	f.fault(t, emulator.FaultRule{Path: "/v1.0/communications/calls/*/reject", LatencyMs: 30_000, Count: 100})
 	start := time.Now()
 	err := c.Reject(ctxTimeout(t, time.Second), id, "none")
@@ -334,5 +344,142 @@ func TestUnansweredGraphStopsAtDeadline(t *testing.T) {
 	}
 	if rec := f.record(t, id); rec.Action != "" {
 		t.Fatalf("call acted on: %+v", rec)
+	}
+}
+
+// statuses lists the attempts' HTTP statuses, 0 for no answer.
+func statuses(attempts []attempt) []int {
+	out := make([]int, len(attempts))
+	for i, a := range attempts {
+		out[i] = a.status
+	}
+	return out
+}
+
+// A Retry-After that reaches past the call's deadline no longer ends the
+// attempts with that time unused: one last attempt goes shortly before it.
+func TestRetryAfterPastTheDeadlineGetsOneLastAttempt(t *testing.T) {
+	f := newFixture(t)
+	const rejectPath = "/v1.0/communications/calls/*/reject"
+	tests := []struct {
+		name     string
+		deadline time.Duration
+		fault    emulator.FaultRule
+		want     []int
+		wantErr  bool
+	}{
+		{"429, then through", 2 * time.Second, emulator.FaultRule{Path: rejectPath, Status: 429, RetryAfter: 30}, []int{429, 202}, false},
+		{"503, then through", 2 * time.Second, emulator.FaultRule{Path: rejectPath, Status: 503, RetryAfter: 30}, []int{503, 202}, false},
+		// Less than the lead left: the last attempt goes at once.
+		{"429 close to the deadline", 450 * time.Millisecond, emulator.FaultRule{Path: rejectPath, Status: 429, RetryAfter: 30}, []int{429, 202}, false},
+		// One last attempt, not a loop of them.
+		{"429 again on the last attempt", 2 * time.Second, emulator.FaultRule{Path: rejectPath, Status: 429, RetryAfter: 30, Count: 2}, []int{429, 429}, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			id := f.placeCall(t, botAppID)
+			var attempts []attempt
+			c := f.secretClient(t, &attempts)
+			fetchToken(t, c)
+			attempts = nil
+			f.fault(t, tc.fault)
+			ctx := ctxTimeout(t, tc.deadline)
+			dl, _ := ctx.Deadline()
+			err := c.Reject(ctx, id, "busy")
+			if got := statuses(attempts); !slices.Equal(got, tc.want) {
+				t.Fatalf("attempts = %v, want %v (err %v)", got, tc.want, err)
+			}
+			rec := f.record(t, id)
+			if tc.wantErr {
+				var apiErr *graph.APIError
+				if !errors.Is(err, context.DeadlineExceeded) || !errors.As(err, &apiErr) || apiErr.StatusCode != tc.fault.Status {
+					t.Fatalf("err = %v, want the deadline and the last %d", err, tc.fault.Status)
+				}
+				if rec.Action != "" {
+					t.Fatalf("call acted on: %+v", rec)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec.Action != "reject" {
+				t.Fatalf("call not rejected: %+v", rec)
+			}
+			// As much of the Retry-After as the deadline allows was kept: the
+			// last attempt did not start before the lead (a lower bound, as
+			// timers never fire early).
+			if earliest := dl.Add(-attemptTimeout); tc.deadline > attemptTimeout && attempts[1].at.Before(earliest) {
+				t.Fatalf("last attempt answered %v before the deadline, want at most %v", dl.Sub(attempts[1].at), attemptTimeout)
+			}
+		})
+	}
+}
+
+// A 409 answering a retry whose earlier attempt went unanswered is Graph
+// having carried out that attempt: ErrAlreadyDone. A 409 with no unanswered
+// attempt before it means someone else acted: a plain failure.
+func TestConflictAfterUnansweredAttemptIsAlreadyDone(t *testing.T) {
+	f := newFixture(t)
+	const rejectPath = "/v1.0/communications/calls/*/reject"
+	tests := []struct {
+		name   string
+		faults []emulator.FaultRule
+		// otherFirst: another client rejects the call before ours tries;
+		// otherAfter: after our first attempt was answered.
+		otherFirst, otherAfter bool
+		want                   []int
+		alreadyDone            bool
+	}{
+		{"answer dropped after Graph rejected", []emulator.FaultRule{{Path: rejectPath, ProcessFirst: true, Drop: true}}, false, false, []int{0, 409}, true},
+		{"answer later than the attempt timeout", []emulator.FaultRule{{Path: rejectPath, ProcessFirst: true, LatencyMs: 60_000}}, false, false, []int{0, 409}, true},
+		{"an answered attempt between", []emulator.FaultRule{{Path: rejectPath, ProcessFirst: true, Drop: true}, {Path: rejectPath, Status: 503}}, false, false, []int{0, 503, 409}, true},
+		{"409 on the first attempt", nil, true, false, []int{409}, false},
+		{"409 after an answered attempt", []emulator.FaultRule{{Path: rejectPath, Status: 503}}, false, true, []int{503, 409}, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			id := f.placeCall(t, botAppID)
+			other := f.secretClient(t, nil)
+			otherReject := func() {
+				if err := other.Reject(ctxTimeout(t, 10*time.Second), id, "forbidden"); err != nil {
+					t.Errorf("the other client's reject: %v", err)
+				}
+			}
+			if tc.otherFirst {
+				otherReject()
+			}
+			var attempts []attempt
+			c := f.client(t, botAppID, "v1.0", botSecretData, func(a attempt) {
+				attempts = append(attempts, a)
+				if tc.otherAfter && len(attempts) == 1 {
+					otherReject()
+				}
+			})
+			for _, r := range tc.faults {
+				f.fault(t, r)
+			}
+			err := c.Reject(ctxTimeout(t, 10*time.Second), id, "busy")
+			if got := statuses(attempts); !slices.Equal(got, tc.want) {
+				t.Fatalf("attempts = %v, want %v (err %v)", got, tc.want, err)
+			}
+			var apiErr *graph.APIError
+			if !errors.As(err, &apiErr) || apiErr.StatusCode != http.StatusConflict {
+				t.Fatalf("err = %v, want Graph's 409", err)
+			}
+			if got := errors.Is(err, graph.ErrAlreadyDone); got != tc.alreadyDone {
+				t.Fatalf("errors.Is(%v, ErrAlreadyDone) = %v, want %v", err, got, tc.alreadyDone)
+			}
+			if errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("err = %v: a 409 is not the deadline", err)
+			}
+			wantReason := "forbidden" // the other client's
+			if tc.alreadyDone {
+				wantReason = "busy"
+			}
+			if rec := f.record(t, id); rec.Action != "reject" || rec.Reason != wantReason {
+				t.Fatalf("call record: action %q reason %q, want reject %q", rec.Action, rec.Reason, wantReason)
+			}
+		})
 	}
 }
