@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -116,7 +117,28 @@ func place(t *testing.T, src *graph.IdentitySet, modalities ...string) *harness.
 	return rec
 }
 
-func TestPodsRunReadyUnderRestrictedSecurityContext(t *testing.T) {
+// TestOnCluster runs the end-to-end tests as subtests in this order: they
+// share the hotline policy, and the last one deletes it. Top-level tests run
+// in source order only until someone adds one below the deletion or runs
+// with -shuffle; subtests run in the order they are called.
+func TestOnCluster(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		run  func(*testing.T)
+	}{
+		{"PodsRunReadyUnderRestrictedSecurityContext", testPodsRunReadyUnderRestrictedSecurityContext},
+		{"PolicyReadyForCurrentGeneration", testPolicyReadyForCurrentGeneration},
+		{"EveryActionIsEnforced", testEveryActionIsEnforced},
+		{"PolicyChangesAreEnforcedWithinTwoSecondsAtP99", testPolicyChangesAreEnforcedWithinTwoSecondsAtP99},
+		{"SecretChangeRollsReceiversWithoutLosingCalls", testSecretChangeRollsReceiversWithoutLosingCalls},
+		{"ReceiverPodDeletionAndOperatorRestartLoseNoDecision", testReceiverPodDeletionAndOperatorRestartLoseNoDecision},
+		{"DeletingThePolicyCollectsEveryChild", testDeletingThePolicyCollectsEveryChild},
+	} {
+		t.Run(tc.name, tc.run)
+	}
+}
+
+func testPodsRunReadyUnderRestrictedSecurityContext(t *testing.T) {
 	ctx := context.Background()
 	for _, sel := range []struct{ ns, labels string }{
 		{"callguard-system", "control-plane=controller-manager"},
@@ -154,7 +176,7 @@ func ready(p *corev1.Pod) bool {
 	return false
 }
 
-func TestPolicyReadyForCurrentGeneration(t *testing.T) {
+func testPolicyReadyForCurrentGeneration(t *testing.T) {
 	cp, err := cluster.WaitReady(context.Background(), ns, "hotline", 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -164,7 +186,7 @@ func TestPolicyReadyForCurrentGeneration(t *testing.T) {
 	}
 }
 
-func TestEveryActionIsEnforced(t *testing.T) {
+func testEveryActionIsEnforced(t *testing.T) {
 	tests := []struct {
 		name       string
 		src        *graph.IdentitySet
@@ -193,23 +215,32 @@ func TestEveryActionIsEnforced(t *testing.T) {
 	}
 }
 
-// TestPolicyChangesAreEnforcedWithinTwoSeconds flips a rule 20 times and
-// measures from the kubectl patch to every receiver enforcing it, then checks
-// enforcement with a real call.
-func TestPolicyChangesAreEnforcedWithinTwoSeconds(t *testing.T) {
+// policyChanges is how many changes the p99 is taken over: with fewer than
+// 100, the p99 is the maximum, and one outlier would fail a goal that allows it.
+const policyChanges = 100
+
+// testPolicyChangesAreEnforcedWithinTwoSecondsAtP99 changes the policy
+// policyChanges times, measures from the kubectl patch to every receiver
+// enforcing it, checks each change with a real call, and holds the p99 to
+// the goal of 2 s; the maximum is reported, not asserted. A change not live
+// after 10 s fails at once: that is a lost update, not an outlier.
+func testPolicyChangesAreEnforcedWithinTwoSecondsAtP99(t *testing.T) {
 	ctx := context.Background()
+	// Even after a failed change: the later tests need the demo policy.
+	t.Cleanup(func() { restore(t) })
 	var took []time.Duration
-	for i := 0; i < 20; i++ {
+	for i := range policyChanges {
 		cp := &callsv1alpha1.CallPolicy{}
 		if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "hotline"}, cp); err != nil {
 			t.Fatal(err)
 		}
-		reject := i%2 == 0
-		action := "Allow"
-		if reject {
-			action = "Reject"
-		}
-		patch := fmt.Sprintf(`{"spec":{"rules":[{"name":"flip","action":%q,"match":{"callers":{"numbers":["+16465550%03d"]}}}]}}`, action, i)
+		// Each change rejects a number no earlier policy names, so a call
+		// from it is rejected only once this change is enforced (Allow is
+		// the default: an allowed call would prove nothing). The reason
+		// alternates so that Graph's reason is checked too.
+		number := fmt.Sprintf("+16465550%03d", i)
+		reason := []string{"busy", "forbidden"}[i%2]
+		patch := fmt.Sprintf(`{"spec":{"rules":[{"name":"flip","action":"Reject","reason":%q,"match":{"callers":{"numbers":[%q]}}}]}}`, reason, number)
 		start := time.Now()
 		// A merge patch replaces the rule list: the flip rule alone, then
 		// the demo rules come back at the end.
@@ -218,22 +249,28 @@ func TestPolicyChangesAreEnforcedWithinTwoSeconds(t *testing.T) {
 		}
 		_, _, live, err := cluster.WaitPolicyLive(ctx, ns, "hotline", cp.Status.PolicyHash, start, 10*time.Second)
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("change %d: %v", i, err)
 		}
 		took = append(took, live)
-		rec := place(t, phone(fmt.Sprintf("+16465550%03d", i)))
-		if got := rec.Action == "reject"; got != reject {
-			t.Errorf("change %d: call after the change got action %q, want reject=%v", i, rec.Action, reject)
-		}
-		if live > 2*time.Second {
-			t.Errorf("change %d took %s to be enforced, want ≤ 2 s", i, live)
+		if rec := place(t, phone(number)); rec.Action != "reject" || rec.Reason != reason {
+			t.Errorf("change %d: call after the change got %q (%q), want reject (%q)", i, rec.Action, rec.Reason, reason)
 		}
 	}
-	restore(t)
-	sort.Slice(took, func(i, j int) bool { return took[i] < took[j] })
-	p50, p99 := took[len(took)/2], took[len(took)-1]
-	t.Logf("policy change → enforced on every receiver: p50 %s, p99 %s (n=%d)", p50, p99, len(took))
-	writeFigure(t, fmt.Sprintf("change-to-enforcement p50=%s p99=%s n=%d", p50, p99, len(took)))
+	slices.Sort(took)
+	p50, p99, most := percentile(took, 50), percentile(took, 99), took[len(took)-1]
+	t.Logf("policy change → enforced on every receiver: p50 %s, p99 %s, max %s (n=%d)", p50, p99, most, len(took))
+	writeFigure(t, fmt.Sprintf("change-to-enforcement p50=%s p99=%s max=%s n=%d", p50, p99, most, len(took)))
+	if p99 > 2*time.Second {
+		t.Errorf("p99 of %d policy changes to enforcement = %s, want ≤ 2 s", len(took), p99)
+	}
+}
+
+// percentile is the nearest-rank p-th percentile (0 < p ≤ 100) of sorted
+// (not empty): the smallest value with at least p % of the values at or
+// below it.
+func percentile(sorted []time.Duration, p int) time.Duration {
+	rank := (p*len(sorted) + 99) / 100 // ⌈p·n/100⌉ in integers
+	return sorted[rank-1]
 }
 
 // restore puts the demo policy back.
@@ -333,7 +370,7 @@ func callsDuring(t *testing.T, stop <-chan struct{}) (placed, decided int, failu
 	return placed, decided, failures
 }
 
-func TestSecretChangeRollsReceiversWithoutLosingCalls(t *testing.T) {
+func testSecretChangeRollsReceiversWithoutLosingCalls(t *testing.T) {
 	ctx := context.Background()
 	dep := &appsv1.Deployment{}
 	if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "hotline-callguard"}, dep); err != nil {
@@ -370,7 +407,7 @@ func TestSecretChangeRollsReceiversWithoutLosingCalls(t *testing.T) {
 	})
 }
 
-func TestReceiverPodDeletionAndOperatorRestartLoseNoDecision(t *testing.T) {
+func testReceiverPodDeletionAndOperatorRestartLoseNoDecision(t *testing.T) {
 	ctx := context.Background()
 	callsThroughout(t, "pod-deletion+operator-restart", func() {
 		pods, err := cluster.Clientset.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/instance=hotline"})
@@ -408,9 +445,9 @@ func TestReceiverPodDeletionAndOperatorRestartLoseNoDecision(t *testing.T) {
 	})
 }
 
-// TestZDeletingThePolicyCollectsEveryChild runs last (by name): it removes
-// the policy the other tests use.
-func TestZDeletingThePolicyCollectsEveryChild(t *testing.T) {
+// testDeletingThePolicyCollectsEveryChild removes the policy the other tests
+// use: TestOnCluster runs it last.
+func testDeletingThePolicyCollectsEveryChild(t *testing.T) {
 	ctx := context.Background()
 	cp := &callsv1alpha1.CallPolicy{}
 	if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: "hotline"}, cp); err != nil {
