@@ -5,6 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"reflect"
+	"strings"
+	"sync"
+
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // ErrLegacyFormat is returned for a callback body in the older Skype format
@@ -12,62 +18,556 @@ import (
 // expects 204 No Content for it and then resends in Graph format.
 var ErrLegacyFormat = errors.New("legacy (non-Graph) notification format")
 
-// SyntaxError reports malformed JSON with the byte offset where it broke.
+// SyntaxError reports a body refused by the strict reading, with the byte
+// offset where it broke and, where known, the JSON pointer of the member.
 type SyntaxError struct {
-	Offset int64
-	Err    error
+	Offset  int64
+	Pointer string
+	Err     error
 }
 
 func (e *SyntaxError) Error() string {
-	return fmt.Sprintf("invalid JSON at byte offset %d: %v", e.Offset, e.Err)
+	if e.Pointer != "" {
+		return fmt.Sprintf("invalid notification at byte offset %d (%s): %v", e.Offset, e.Pointer, e.Err)
+	}
+	return fmt.Sprintf("invalid notification at byte offset %d: %v", e.Offset, e.Err)
 }
 
 func (e *SyntaxError) Unwrap() error { return e.Err }
 
-// DecodeNotifications decodes a callback body. It returns ErrLegacyFormat for
-// a JSON object that holds no "value" member, and a *SyntaxError naming the
-// byte offset for malformed JSON.
+// DecodeNotifications reads a callback body once, strictly, and returns the
+// notifications with the exact bytes of each (Notification.Raw) and of the
+// "value" array (Notifications.ValueStart/ValueEnd), so that what is
+// decided and what is forwarded upstream come from one reading.
 //
-// A well-formed body is parsed once: a "value" that is absent or null leaves
-// the slice nil (an empty array leaves it empty, not nil), which is what
-// tells the legacy format apart. Only a body that fails to decode is looked
-// at again, so that the error is the one the format check reports first.
+// Strict means: valid UTF-8 and JSON (jsontext, the basis of Go's
+// encoding/json/v2), member names matched case-sensitively, and a
+// duplicate member name, or a name that matches a field only when case is
+// ignored, refused anywhere in the body. Other readers (encoding/json, the
+// .NET SDK an upstream bot may run) take "Value" or a second "value" where
+// this one would not, so such a body could be decided one way and acted on
+// another; Graph never sends one.
+//
+// A body that is a JSON object without a "value" array (absent or null) is
+// ErrLegacyFormat. A notification's resourceData is a call only when it is
+// an object of type #microsoft.graph.call (or of no stated type); any other
+// shape (Graph sends participant lists as arrays) leaves ResourceData nil
+// and is no error.
+//
+// Raw, ValueStart and ValueEnd refer to body, which must not change while
+// they are used; the decoded strings share no memory with it.
 func DecodeNotifications(body []byte) (*Notifications, error) {
-	if n, ok := fastDecodeNotifications(body); ok {
-		if n.Value == nil {
-			return nil, ErrLegacyFormat
+	d := getDecoder(body)
+	defer putDecoder(d)
+	n, err := d.notifications()
+	if err != nil {
+		var se *jsontext.SyntacticError
+		if errors.As(err, &se) {
+			return nil, &SyntaxError{Offset: se.ByteOffset, Pointer: string(se.JSONPointer), Err: se.Err}
 		}
-		return n, nil
+		var de *decodeError
+		if errors.As(err, &de) {
+			return nil, &SyntaxError{Offset: de.offset, Pointer: de.pointer, Err: de.err}
+		}
+		return nil, err
 	}
-	var n Notifications
-	if err := json.Unmarshal(body, &n); err != nil {
-		return decodeNotificationsSlow(body)
-	}
-	if n.Value == nil {
-		return nil, ErrLegacyFormat
-	}
-	return &n, nil
+	return n, nil
 }
 
-// decodeNotificationsSlow checks the format first, then decodes: a body
-// whose "value" is absent or null is legacy whatever else it holds, and
-// only a Graph body's decoding errors are reported.
-func decodeNotificationsSlow(body []byte) (*Notifications, error) {
-	var probe struct {
-		Value json.RawMessage `json:"value"`
+// decodeError is a member of the wrong type or a case-variant name.
+type decodeError struct {
+	offset  int64
+	pointer string
+	err     error
+}
+
+func (e *decodeError) Error() string { return e.err.Error() }
+
+type decoder struct {
+	body []byte
+	buf  bytes.Buffer
+	dec  jsontext.Decoder
+	// mismatch is the first member of the wrong type inside the current
+	// resourceData: it is an error only if that object claims to be a call.
+	mismatch *decodeError
+	// soft is set while decoding a resourceData object.
+	soft bool
+	// scratch holds an escaped member name, unquoted.
+	scratch []byte
+}
+
+var decoders = sync.Pool{New: func() any { return new(decoder) }}
+
+func getDecoder(body []byte) *decoder {
+	d := decoders.Get().(*decoder)
+	d.body = body
+	// A bytes.Buffer is parsed in place, without a copy.
+	d.buf = *bytes.NewBuffer(body)
+	d.dec.Reset(&d.buf)
+	return d
+}
+
+func putDecoder(d *decoder) {
+	d.body, d.mismatch, d.soft = nil, nil, false
+	d.buf = bytes.Buffer{}
+	d.dec.Reset(&d.buf)
+	decoders.Put(d)
+}
+
+// errorf reports a problem with the next value, at its first byte.
+func (d *decoder) errorf(format string, args ...any) *decodeError {
+	return &decodeError{offset: int64(d.offsetOfNext()), pointer: string(d.dec.StackPointer()), err: fmt.Errorf(format, args...)}
+}
+
+// peek returns the kind of the next token, or the syntax error that stops
+// it from being read.
+func (d *decoder) peek() (jsontext.Kind, error) {
+	if k := d.dec.PeekKind(); k != 0 {
+		return k, nil
 	}
-	if err := unmarshal(body, &probe); err != nil {
+	_, err := d.dec.ReadToken()
+	if err == nil || errors.Is(err, io.EOF) {
+		err = d.errorf("unexpected end of the body")
+	}
+	return 0, err
+}
+
+// notifications reads the top-level object.
+func (d *decoder) notifications() (*Notifications, error) {
+	if k, err := d.peek(); err != nil {
+		return nil, err
+	} else if k != '{' {
+		return nil, d.errorf("not a notification: the body is a JSON %s, not an object", kindName(k))
+	}
+	if _, err := d.dec.ReadToken(); err != nil {
 		return nil, err
 	}
-	trimmed := bytes.TrimSpace(probe.Value)
-	if len(trimmed) == 0 || bytes.Equal(trimmed, []byte("null")) {
+	n := &Notifications{}
+	sawValue := false
+	for d.dec.PeekKind() != '}' {
+		name, err := d.name()
+		if err != nil {
+			return nil, err
+		}
+		switch string(name) {
+		case "@odata.type":
+			err = d.string(&n.ODataType)
+		case "value":
+			sawValue = true
+			err = d.values(n)
+		default:
+			err = d.unknown(name, notificationsNames)
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if _, err := d.dec.ReadToken(); err != nil {
+		return nil, err
+	}
+	switch _, err := d.dec.ReadToken(); {
+	case err == nil:
+		return nil, d.errorf("data after the notification object")
+	case !errors.Is(err, io.EOF):
+		return nil, err
+	}
+	if !sawValue || n.Value == nil {
 		return nil, ErrLegacyFormat
 	}
-	var n Notifications
-	if err := unmarshal(body, &n); err != nil {
+	return n, nil
+}
+
+func (d *decoder) values(n *Notifications) error {
+	k, err := d.peek()
+	switch {
+	case err != nil:
+		return err
+	case k == 'n':
+		_, err := d.dec.ReadToken()
+		return err
+	case k != '[':
+		return d.errorf(`"value" must be an array, not a JSON %s`, kindName(k))
+	}
+	n.ValueStart = d.offsetOfNext()
+	if _, err := d.dec.ReadToken(); err != nil {
+		return err
+	}
+	n.Value = make([]Notification, 0, 1)
+	for d.dec.PeekKind() != ']' {
+		if k, err := d.peek(); err != nil {
+			return err
+		} else if k != '{' {
+			return d.errorf("a notification must be an object, not a JSON %s", kindName(k))
+		}
+		start := d.offsetOfNext()
+		n.Value = append(n.Value, Notification{})
+		if err := d.notification(&n.Value[len(n.Value)-1]); err != nil {
+			return err
+		}
+		n.Value[len(n.Value)-1].Raw = d.body[start:d.dec.InputOffset()]
+	}
+	if _, err := d.dec.ReadToken(); err != nil {
+		return err
+	}
+	n.ValueEnd = int(d.dec.InputOffset())
+	return nil
+}
+
+// offsetOfNext is the offset of the next token's first byte.
+func (d *decoder) offsetOfNext() int {
+	off := int(d.dec.InputOffset())
+	for off < len(d.body) {
+		switch d.body[off] {
+		case ' ', '\t', '\r', '\n', ',', ':':
+			off++
+			continue
+		}
+		break
+	}
+	return off
+}
+
+func (d *decoder) notification(n *Notification) error {
+	if _, err := d.dec.ReadToken(); err != nil { // '{'
+		return err
+	}
+	for d.dec.PeekKind() != '}' {
+		name, err := d.name()
+		if err != nil {
+			return err
+		}
+		switch string(name) {
+		case "@odata.type":
+			err = d.string(&n.ODataType)
+		case "changeType":
+			err = d.string(&n.ChangeType)
+		case "resourceUrl":
+			err = d.string(&n.ResourceURL)
+		case "resource":
+			err = d.string(&n.Resource)
+		case "resourceData":
+			n.ResourceData, err = d.resourceData()
+		default:
+			err = d.unknown(name, notificationNames)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	_, err := d.dec.ReadToken()
+	return err
+}
+
+// resourceData reads a notification's resource: a call, or anything else.
+func (d *decoder) resourceData() (*Call, error) {
+	if k, err := d.peek(); err != nil {
+		return nil, err
+	} else if k != '{' {
+		// An array (participants), a string, null…: not a call. Still
+		// read strictly: a duplicate name anywhere is refused.
+		return nil, d.dec.SkipValue()
+	}
+	if _, err := d.dec.ReadToken(); err != nil {
 		return nil, err
 	}
-	return &n, nil
+	c := &Call{}
+	d.soft, d.mismatch = true, nil
+	err := d.object(callInfo, reflect.ValueOf(c).Elem())
+	d.soft = false
+	if err != nil {
+		return nil, err
+	}
+	if c.ODataType != "" && !strings.EqualFold(c.ODataType, ODataCall) {
+		// Another resource (an operation, a session): not decided, and
+		// its members need not be shaped like a call's.
+		return nil, nil
+	}
+	if d.mismatch != nil {
+		return nil, d.mismatch
+	}
+	return c, nil
+}
+
+// name reads a member name. It is valid until the next read: names are
+// only compared, so they are not copied.
+func (d *decoder) name() ([]byte, error) {
+	raw, err := d.dec.ReadValue()
+	if err != nil {
+		return nil, err
+	}
+	if bytes.IndexByte(raw, '\\') < 0 {
+		return raw[1 : len(raw)-1], nil
+	}
+	d.scratch, err = jsontext.AppendUnquote(d.scratch[:0], raw)
+	return d.scratch, err
+}
+
+// unknown skips the value of a member no field takes, refusing a name that
+// matches one only when case is ignored.
+func (d *decoder) unknown(name []byte, known []string) error {
+	for _, k := range known {
+		if len(k) == len(name) && bytes.EqualFold([]byte(k), name) {
+			return d.errorf("member %q differs from %q only in case", name, k)
+		}
+	}
+	return d.dec.SkipValue()
+}
+
+// wrongType records a member of the wrong type: inside resourceData it is
+// decided later whether that matters; elsewhere it is an error.
+func (d *decoder) wrongType(want string) error {
+	k := d.dec.PeekKind()
+	e := d.errorf("want a JSON %s, not %s", want, kindName(k))
+	if !d.soft {
+		return e
+	}
+	if d.mismatch == nil {
+		d.mismatch = e
+	}
+	return d.dec.SkipValue()
+}
+
+func (d *decoder) string(dst *string) error {
+	k, err := d.peek()
+	if err != nil {
+		return err
+	}
+	switch k {
+	case 'n':
+		_, err := d.dec.ReadToken()
+		return err
+	case '"':
+		tok, err := d.dec.ReadToken()
+		if err != nil {
+			return err
+		}
+		*dst = tok.String()
+		return nil
+	}
+	return d.wrongType("string")
+}
+
+// object reads the members of an object whose '{' was read into v, a
+// settable struct described by s.
+func (d *decoder) object(s *structInfo, v reflect.Value) error {
+	for d.dec.PeekKind() != '}' {
+		name, err := d.name()
+		if err != nil {
+			return err
+		}
+		f, ok := s.byName[string(name)]
+		if !ok {
+			if err := d.unknown(name, s.names); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := d.field(f, v.Field(f.index)); err != nil {
+			return err
+		}
+	}
+	_, err := d.dec.ReadToken()
+	return err
+}
+
+// field reads one member's value into v. A null leaves v as it is.
+func (d *decoder) field(f *fieldInfo, v reflect.Value) error {
+	k, err := d.peek()
+	if err != nil {
+		return err
+	}
+	if k == 'n' {
+		_, err := d.dec.ReadToken()
+		return err
+	}
+	switch f.kind {
+	case kindString:
+		if k != '"' {
+			return d.wrongType("string")
+		}
+		tok, err := d.dec.ReadToken()
+		if err != nil {
+			return err
+		}
+		v.SetString(tok.String())
+	case kindBool:
+		if k != 't' && k != 'f' {
+			return d.wrongType("boolean")
+		}
+		tok, err := d.dec.ReadToken()
+		if err != nil {
+			return err
+		}
+		v.SetBool(tok.Bool())
+	case kindStructPtr:
+		if k != '{' {
+			return d.wrongType("object")
+		}
+		if _, err := d.dec.ReadToken(); err != nil {
+			return err
+		}
+		p := reflect.New(f.elem.typ)
+		if err := d.object(f.elem, p.Elem()); err != nil {
+			return err
+		}
+		v.Set(p)
+	case kindStructSlice, kindStringSlice:
+		if k != '[' {
+			return d.wrongType("array")
+		}
+		if _, err := d.dec.ReadToken(); err != nil {
+			return err
+		}
+		out := reflect.MakeSlice(v.Type(), 0, 1)
+		for d.dec.PeekKind() != ']' {
+			out = reflect.Append(out, reflect.Zero(v.Type().Elem()))
+			elem := out.Index(out.Len() - 1)
+			var err error
+			if f.kind == kindStringSlice {
+				err = d.stringElem(elem)
+			} else {
+				err = d.structElem(f.elem, elem)
+			}
+			if err != nil {
+				return err
+			}
+		}
+		if _, err := d.dec.ReadToken(); err != nil {
+			return err
+		}
+		v.Set(out)
+	}
+	return nil
+}
+
+func (d *decoder) stringElem(v reflect.Value) error {
+	k, err := d.peek()
+	if err != nil {
+		return err
+	}
+	switch k {
+	case 'n':
+		_, err := d.dec.ReadToken()
+		return err
+	case '"':
+		tok, err := d.dec.ReadToken()
+		if err != nil {
+			return err
+		}
+		v.SetString(tok.String())
+		return nil
+	}
+	return d.wrongType("string")
+}
+
+func (d *decoder) structElem(s *structInfo, v reflect.Value) error {
+	k, err := d.peek()
+	if err != nil {
+		return err
+	}
+	switch k {
+	case 'n':
+		_, err := d.dec.ReadToken()
+		return err
+	case '{':
+		if _, err := d.dec.ReadToken(); err != nil {
+			return err
+		}
+		return d.object(s, v)
+	}
+	return d.wrongType("object")
+}
+
+func kindName(k jsontext.Kind) string {
+	switch k {
+	case 'n':
+		return "null"
+	case 'f', 't':
+		return "boolean"
+	case '"':
+		return "string"
+	case '0':
+		return "number"
+	case '{':
+		return "object"
+	case '[':
+		return "array"
+	}
+	return "nothing"
+}
+
+// The member names of the types read by hand, for the case check.
+var (
+	notificationsNames = []string{"@odata.type", "value"}
+	notificationNames  = []string{"@odata.type", "changeType", "resourceUrl", "resource", "resourceData"}
+)
+
+// The call and what it holds are read through tables built from their json
+// tags, so a field added to the types is read without changes here.
+
+type fieldKind uint8
+
+const (
+	kindString fieldKind = iota
+	kindBool
+	kindStructPtr   // *T, T a struct
+	kindStructSlice // []T, T a struct
+	kindStringSlice // []string
+)
+
+type fieldInfo struct {
+	index int
+	kind  fieldKind
+	elem  *structInfo
+}
+
+type structInfo struct {
+	typ    reflect.Type
+	byName map[string]*fieldInfo
+	names  []string
+}
+
+var callInfo = mustStructInfo(reflect.TypeFor[Call](), map[reflect.Type]*structInfo{})
+
+func mustStructInfo(t reflect.Type, seen map[reflect.Type]*structInfo) *structInfo {
+	if s, ok := seen[t]; ok {
+		return s
+	}
+	s := &structInfo{typ: t, byName: map[string]*fieldInfo{}}
+	seen[t] = s
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if !f.IsExported() || name == "-" {
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		fi := &fieldInfo{index: i}
+		ft := f.Type
+		switch {
+		case ft.Kind() == reflect.String:
+			fi.kind = kindString
+		case ft.Kind() == reflect.Bool:
+			fi.kind = kindBool
+		case ft.Kind() == reflect.Pointer && ft.Elem().Kind() == reflect.Struct:
+			fi.kind, fi.elem = kindStructPtr, mustStructInfo(ft.Elem(), seen)
+		case ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct:
+			fi.kind, fi.elem = kindStructSlice, mustStructInfo(ft.Elem(), seen)
+		case ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.String:
+			fi.kind = kindStringSlice
+		default:
+			// A build-time mistake in this package, caught by every test.
+			panic(fmt.Sprintf("graph: %s.%s: the notification reader cannot read a %s", t.Name(), f.Name, ft))
+		}
+		if _, dup := s.byName[name]; dup {
+			panic(fmt.Sprintf("graph: %s: two fields named %q", t.Name(), name))
+		}
+		s.byName[name] = fi
+		s.names = append(s.names, name)
+	}
+	return s
 }
 
 // DecodeCall decodes one call resource.

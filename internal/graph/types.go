@@ -38,6 +38,11 @@ const (
 type Notifications struct {
 	ODataType string         `json:"@odata.type,omitempty"`
 	Value     []Notification `json:"value"`
+
+	// ValueStart and ValueEnd delimit the "value" array in the body it was
+	// read from (DecodeNotifications), so a batch can be passed on with
+	// fewer members and everything else as Graph sent it.
+	ValueStart, ValueEnd int `json:"-"`
 }
 
 // Notification is one commsNotification.
@@ -46,8 +51,13 @@ type Notification struct {
 	ChangeType  string `json:"changeType"`
 	ResourceURL string `json:"resourceUrl,omitempty"`
 	// Resource is the older name of ResourceURL (the beta /app/calls payloads).
-	Resource     string `json:"resource,omitempty"`
-	ResourceData *Call  `json:"resourceData,omitempty"`
+	Resource string `json:"resource,omitempty"`
+	// ResourceData is the call the notification is about, or nil when its
+	// resourceData is absent or not a call (participant lists, operations).
+	ResourceData *Call `json:"resourceData,omitempty"`
+
+	// Raw is the notification exactly as it was read (DecodeNotifications).
+	Raw []byte `json:"-"`
 }
 
 // URL returns the notification's resource URL under either field name.
@@ -58,16 +68,17 @@ func (n *Notification) URL() string {
 	return n.Resource
 }
 
-// CallID returns the id of the call the notification is about: the resource
-// data's id, else the last segment of its @odata.id or resource URL.
+// CallID returns the id of the call the notification is about: the call's
+// id, else the segment after "calls/" in its @odata.id or resource URL
+// (".../calls/{id}/participants" is about call {id}).
 func (n *Notification) CallID() string {
 	if n.ResourceData != nil && n.ResourceData.ID != "" {
 		return n.ResourceData.ID
 	}
 	if n.ResourceData != nil && n.ResourceData.ODataID != "" {
-		return lastSegment(n.ResourceData.ODataID)
+		return callSegment(n.ResourceData.ODataID)
 	}
-	return lastSegment(n.URL())
+	return callSegment(n.URL())
 }
 
 // IsIncomingCall reports whether the notification announces a new incoming
@@ -77,8 +88,14 @@ func (n *Notification) IsIncomingCall() bool {
 		strings.EqualFold(n.ResourceData.EffectiveState(), StateIncoming)
 }
 
-func lastSegment(s string) string {
+// callSegment returns the segment after the last "calls/" segment of a
+// resource path, else its last segment.
+func callSegment(s string) string {
 	s = strings.TrimRight(s, "/")
+	if i := strings.LastIndex(strings.ToLower(s), "/calls/"); i >= 0 {
+		id, _, _ := strings.Cut(s[i+len("/calls/"):], "/")
+		return id
+	}
 	if i := strings.LastIndexByte(s, '/'); i >= 0 {
 		return s[i+1:]
 	}
