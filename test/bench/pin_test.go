@@ -1,6 +1,6 @@
 //go:build linux
 
-package receiver_test
+package bench
 
 import (
 	"fmt"
