@@ -66,6 +66,10 @@ const (
 	pinEnv = "CALLGUARD_BENCH_PIN"
 	// rateEnv=N sets BenchmarkReceiverAcknowledgement's rate.
 	rateEnv = "CALLGUARD_BENCH_RATE"
+	// pairsEnv=N sets how many pairs of runs a benchmark makes.
+	pairsEnv = "CALLGUARD_BENCH_PAIRS"
+	// benchPairs is the default number of pairs.
+	benchPairs = 5
 
 	// The bot the children serve; the secret only opens the emulator.
 	appID    = "6d2a7b1e-0c1f-4a51-9a43-2f0f4c3b9e10"
@@ -257,7 +261,6 @@ type child struct {
 	firstFailure string
 	exited       chan struct{}
 	warm         bool // had its unmeasured warm-up
-
 }
 
 // startChild starts a receiver or baseline child, pinned to cpu unless it
@@ -474,9 +477,6 @@ type benchEnv struct {
 	unpinned  *unix.CPUSet
 	procs     int // GOMAXPROCS before pinning
 	gcPercent int // before the benchmark set it
-	// baselineRate is the last baseline throughput by offered rate, for
-	// the ratio.
-	baselineRate sync.Map
 }
 
 var benchSetup benchEnv
@@ -622,14 +622,11 @@ stringData:
 // BenchmarkReceiverThroughput drives the baseline and the receiver with a
 // closed loop (benchConcurrency notifications in flight, the next sent as
 // one is acknowledged), so it measures what they sustain at saturation:
-// notifications/s, and the receiver's as a fraction of the baseline's
-// measured in the same run. Its acknowledgement times are those of a
-// saturated server, set by its queue.
+// notifications/s, and the receiver's over the baseline's in each pair of
+// runs (see compare). Its acknowledgement times are those of a saturated
+// server, set by its queue.
 func BenchmarkReceiverThroughput(b *testing.B) {
-	s := benchSetup.get(b)
-	for _, kind := range []string{"baseline", "receiver"} {
-		b.Run(kind, func(b *testing.B) { s.load(b, kind, 0) })
-	}
+	benchSetup.get(b).compare(b, 0)
 }
 
 // benchRate is Graph's per-tenant ceiling: 50,000 requests per 15 s.
@@ -645,17 +642,90 @@ func BenchmarkReceiverAcknowledgement(b *testing.B) {
 	if r, err := strconv.ParseFloat(os.Getenv(rateEnv), 64); err == nil && r > 0 {
 		rate = r
 	}
-	for _, kind := range []string{"baseline", "receiver"} {
-		b.Run(kind, func(b *testing.B) { s.load(b, kind, rate) })
+	s.compare(b, rate)
+}
+
+// handlers are the children in the order each pair runs them.
+var handlers = []string{"baseline", "receiver"}
+
+// compare gives b.N notifications to each handler in pairs of runs: a
+// baseline run, then a receiver run of the same size, then the next pair.
+// The VM's speed drifts over minutes; with all baseline runs before all
+// receiver runs that drift landed in their ratio (0.58–0.82 in one sitting,
+// 1.05–1.15 twenty minutes later), while the two runs of a pair see about
+// the same machine. It reports each metric's median over the pairs (the
+// baseline's prefixed "baseline-") and, in the closed loop, each pair's
+// throughput ratio and their median, x-baseline-median. The timer runs
+// only while the receiver's notifications are sent, so ns/op is the
+// receiver's.
+func (s *benchEnv) compare(b *testing.B, rate float64) {
+	b.StopTimer()
+	b.ResetTimer()
+	for _, kind := range handlers {
+		c := s.children[kind]
+		if c.warm {
+			continue
+		}
+		if _, _, err := s.drive(c, kind, benchWarmup, 0, func() {}, func() {}); err != nil {
+			b.Fatalf("%s warm-up: %v", kind, err)
+		}
+		c.warm = true
 	}
+	pairs := benchPairs
+	if p, err := strconv.Atoi(os.Getenv(pairsEnv)); err == nil && p > 0 {
+		pairs = p
+	}
+	pairs = min(pairs, b.N)
+	runs := map[string][]map[string]float64{}
+	for i := range pairs {
+		n := b.N / pairs
+		if i < b.N%pairs {
+			n++
+		}
+		for _, kind := range handlers {
+			m, err := s.measure(b, kind, n, rate)
+			if err != nil {
+				b.Fatalf("pair %d, %s: %v", i+1, kind, err)
+			}
+			runs[kind] = append(runs[kind], m)
+		}
+	}
+	column := func(kind, unit string) []float64 {
+		var out []float64
+		for _, m := range runs[kind] {
+			out = append(out, m[unit])
+		}
+		return out
+	}
+	for _, kind := range handlers {
+		prefix := ""
+		if kind == "baseline" {
+			prefix = "baseline-"
+		}
+		for unit := range runs[kind][0] {
+			b.ReportMetric(median(column(kind, unit)), prefix+unit)
+		}
+	}
+	// Paced, both handlers keep the set rate, so their ratio says nothing.
+	if rate > 0 {
+		return
+	}
+	base, recv := column("baseline", "notifications/s"), column("receiver", "notifications/s")
+	ratios := make([]float64, pairs)
+	for i := range ratios {
+		ratios[i] = recv[i] / base[i]
+		b.ReportMetric(ratios[i], fmt.Sprintf("x-baseline-pair%d", i+1))
+	}
+	b.ReportMetric(median(ratios), "x-baseline-median")
 }
 
 // drive registers n calls on the emulator, has a load generator post their
 // notifications to c (paced at rate, or a closed loop if rate is 0; started
-// is called just before it sends), and checks that every one was
-// acknowledged with 202 and rejected on Graph. It returns the generator's
-// report and the notification-to-action latencies in ms.
-func (s *benchEnv) drive(c *child, kind string, n int, rate float64, started func()) (*loadResult, []float64, error) {
+// is called just before it sends, sent once it has every acknowledgement),
+// and checks that every one was acknowledged with 202 and rejected on
+// Graph. It returns the generator's report and the notification-to-action
+// latencies in ms.
+func (s *benchEnv) drive(c *child, kind string, n int, rate float64, started, sent func()) (*loadResult, []float64, error) {
 	run := s.runs.Add(1)
 	u, err := url.Parse(c.callback)
 	if err != nil {
@@ -681,6 +751,7 @@ func (s *benchEnv) drive(c *child, kind string, n int, rate float64, started fun
 	// The registrations' garbage is not the run's.
 	runtime.GC()
 	res, err := runLoad(plan, started)
+	sent()
 	if err != nil {
 		return nil, nil, err
 	}
@@ -705,61 +776,52 @@ func (s *benchEnv) drive(c *child, kind string, n int, rate float64, started fun
 // connection, token, goroutine stacks, heap growth) was consistently slower.
 const benchWarmup = 5000
 
-func (s *benchEnv) load(b *testing.B, kind string, rate float64) {
+// measure makes one run of n notifications to a handler and returns its
+// metrics by unit.
+func (s *benchEnv) measure(b *testing.B, kind string, n int, rate float64) (map[string]float64, error) {
 	c := s.children[kind]
-	if !c.warm {
-		if _, _, err := s.drive(c, kind, benchWarmup, 0, func() {}); err != nil {
-			b.Fatalf("warm-up: %v", err)
-		}
-		c.warm = true
-	}
 	var cpuBefore, selfBefore time.Duration
 	var cpuErr error
-	res, actions, err := s.drive(c, kind, b.N, rate, func() {
+	res, actions, err := s.drive(c, kind, n, rate, func() {
 		cpuBefore, cpuErr = c.cpuTime()
 		selfBefore = selfCPU()
-		b.ResetTimer()
-	})
-	b.StopTimer()
+		if kind == "receiver" {
+			b.StartTimer()
+		}
+	}, b.StopTimer)
 	if err == nil {
 		err = cpuErr
 	}
 	if err != nil {
-		b.Fatal(err)
+		return nil, err
 	}
 	cpuAfter, err := c.cpuTime()
 	if err != nil {
-		b.Fatal(err)
+		return nil, err
 	}
 	selfAfter := selfCPU()
-	throughput := float64(b.N) / res.Elapsed.Seconds()
 	slices.Sort(actions)
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-	b.ReportMetric(throughput, "notifications/s")
-	b.ReportMetric(ms(percentile(res.Acks, 0.50)), "p50-ack-ms")
-	b.ReportMetric(ms(percentile(res.Acks, 0.99)), "p99-ack-ms")
-	b.ReportMetric(percentile(actions, 0.99), "p99-action-ms")
+	perN := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(n) }
+	m := map[string]float64{
+		"notifications/s": float64(n) / res.Elapsed.Seconds(),
+		"p50-ack-ms":      ms(percentile(res.Acks, 0.50)),
+		"p99-ack-ms":      ms(percentile(res.Acks, 0.99)),
+		"p99-action-ms":   percentile(actions, 0.99),
+		// CPU per notification tells what one core sustains even when
+		// other work on the machine steals time from the child. The
+		// driver's (the emulator in this process, and the load generator)
+		// shares the machine with it: together they bound what two cores
+		// can carry.
+		"cpu-us/notification":        perN(cpuAfter - cpuBefore),
+		"driver-cpu-us/notification": perN(selfAfter - selfBefore + res.CPU),
+	}
 	if rate > 0 {
 		// A paced run means what it says only if the load generator kept
 		// its pace.
-		b.ReportMetric(ms(percentile(res.Late, 0.99)), "p99-late-ms")
+		m["p99-late-ms"] = ms(percentile(res.Late, 0.99))
 	}
-	// CPU per notification tells what one core sustains even when other
-	// work on the machine steals time from the child. The driver's (the
-	// emulator in this process, and the load generator) shares the
-	// machine with it: together they bound what two cores can carry.
-	perN := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(b.N) }
-	b.ReportMetric(perN(cpuAfter-cpuBefore), "cpu-us/notification")
-	b.ReportMetric(perN(selfAfter-selfBefore+res.CPU), "driver-cpu-us/notification")
-	key := fmt.Sprint(rate)
-	switch kind {
-	case "baseline":
-		s.baselineRate.Store(key, throughput)
-	case "receiver":
-		if base, ok := s.baselineRate.Load(key); ok && rate == 0 {
-			b.ReportMetric(throughput/base.(float64), "x-baseline")
-		}
-	}
+	return m, nil
 }
 
 // selfCPU is this process's CPU time so far: the load loop and the
@@ -770,6 +832,15 @@ func selfCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// median is the middle of xs, or the mean of the two middle values.
+func median(xs []float64) float64 {
+	s := slices.Sorted(slices.Values(xs))
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 func percentile[T any](sorted []T, p float64) T {
