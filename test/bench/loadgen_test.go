@@ -353,6 +353,15 @@ type stampedReader struct {
 }
 
 func newStampedReader(c *net.TCPConn) (*stampedReader, error) {
+	rc, err := timestamp(c)
+	if err != nil {
+		return nil, err
+	}
+	return &stampedReader{rc: rc, oob: make([]byte, 256)}, nil
+}
+
+// timestamp asks the kernel for software receive timestamps on c.
+func timestamp(c syscall.Conn) (syscall.RawConn, error) {
 	rc, err := c.SyscallConn()
 	if err != nil {
 		return nil, err
@@ -368,7 +377,25 @@ func newStampedReader(c *net.TCPConn) (*stampedReader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("SO_TIMESTAMPING: %w", err)
 	}
-	return &stampedReader{rc: rc, oob: make([]byte, 256)}, nil
+	return rc, nil
+}
+
+// holdTimestamping returns a socket that keeps the kernel's receive
+// timestamping on while it is open. The kernel turns it on when a first
+// socket asks and off when the last one closes, both in deferred work: with
+// the load generators' sockets the only ones, a new generator's first
+// answers could come before it was on again, without a timestamp (seen on
+// a busy machine).
+func holdTimestamping() (net.PacketConn, error) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	if _, err := timestamp(pc.(*net.UDPConn)); err != nil {
+		pc.Close()
+		return nil, err
+	}
+	return pc, nil
 }
 
 func (s *stampedReader) Read(p []byte) (int, error) {

@@ -475,8 +475,9 @@ type benchEnv struct {
 	runs     atomic.Int64
 	// unpinned is this process's CPU set before the benchmark pinned it.
 	unpinned  *unix.CPUSet
-	procs     int // GOMAXPROCS before pinning
-	gcPercent int // before the benchmark set it
+	procs     int            // GOMAXPROCS before pinning
+	gcPercent int            // before the benchmark set it
+	stamps    net.PacketConn // see holdTimestamping
 }
 
 var benchSetup benchEnv
@@ -496,6 +497,9 @@ func (s *benchEnv) start() error {
 		return err
 	}
 	s.dir = dir
+	if s.stamps, err = holdTimestamping(); err != nil {
+		return err
+	}
 	s.emu, err = emulator.New(emulator.Config{Bots: []emulator.Bot{{AppID: appID, TenantID: tenantID, Secret: secret}}, MissedAfter: time.Hour})
 	if err != nil {
 		return err
@@ -545,6 +549,9 @@ func (s *benchEnv) stop() {
 	}
 	if s.dir != "" {
 		_ = os.RemoveAll(s.dir)
+	}
+	if s.stamps != nil {
+		_ = s.stamps.Close()
 	}
 	if s.unpinned != nil {
 		_ = pinProcess(s.unpinned)
