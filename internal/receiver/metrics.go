@@ -30,6 +30,7 @@ type metrics struct {
 	actions         *prometheus.CounterVec
 	decisionToGraph *prometheus.HistogramVec
 	upstream        *prometheus.CounterVec
+	withheld        prometheus.Counter
 	reloads         *prometheus.CounterVec
 	policyInfo      *prometheus.GaugeVec
 
@@ -162,7 +163,7 @@ func newMetrics(queueDepth func() float64) *metrics {
 		}, []string{"operation", "status"}),
 		actions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "graph_actions_total",
-			Help: "Reject and redirect actions, by operation and final result (success, failed, deadline).",
+			Help: "Reject and redirect actions, by operation and final result (success, already_done, failed, deadline).",
 		}, []string{"operation", "result"}),
 		decisionToGraph: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "decision_to_graph_seconds",
@@ -173,6 +174,10 @@ func newMetrics(queueDepth func() float64) *metrics {
 			Namespace: namespace, Name: "upstream_requests_total",
 			Help: "Notifications forwarded to the upstream bot, by HTTP status (or error).",
 		}, []string{"status"}),
+		withheld: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "notifications_withheld_total",
+			Help: "Notifications not passed to the upstream bot because their call was rejected or redirected here.",
+		}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "policy_reloads_total",
 			Help: "Policy loads, by result (success, error, unchanged).",
@@ -193,7 +198,7 @@ func newMetrics(queueDepth func() float64) *metrics {
 	m.toGraphBy = map[string]prometheus.Observer{}
 	m.registry.MustRegister(
 		m.requests, m.notifications, m.duplicates, m.authFailures, m.decisions, m.celErrors,
-		m.graphRequests, m.actions, m.decisionToGraph, m.upstream, m.reloads, m.policyInfo,
+		m.graphRequests, m.actions, m.decisionToGraph, m.upstream, m.withheld, m.reloads, m.policyInfo,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "queue_depth",
 			Help: "Notification batches waiting for a worker.",

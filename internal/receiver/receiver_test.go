@@ -48,11 +48,12 @@ func TestRejectsWithEachReasonAndRedirects(t *testing.T) {
 
 func TestRejectedAndRedirectedCallsNeverReachUpstream(t *testing.T) {
 	e := startEnv(t, envOptions{upstream: true})
-	for _, number := range []string{numBusy, numRedirect} {
+	for i, number := range []string{numBusy, numRedirect} {
 		id := e.placeCall(number)
 		e.acted(id)
 		// Graph's deleted notification follows the action; it must not
-		// leak either.
+		// leak either. Forwarding runs after the 202, so wait until the
+		// receiver has worked on it: counted as withheld.
 		eventually(t, 10*time.Second, "deleted notification acknowledged", func() bool {
 			for _, ev := range e.record(id).History {
 				if ev.Event == emulator.EventDeletedNotification && ev.Status == http.StatusAccepted {
@@ -61,6 +62,7 @@ func TestRejectedAndRedirectedCallsNeverReachUpstream(t *testing.T) {
 			}
 			return false
 		})
+		e.waitMetric("callguard_receiver_notifications_withheld_total", nil, float64(i+1))
 		if got := e.upstream.forCall(t, id); len(got) != 0 {
 			t.Errorf("call from %s reached upstream %d times", number, len(got))
 		}

@@ -1,0 +1,331 @@
+// Package receiver is the calling bot's callback: it authenticates Graph's
+// notifications, decides each incoming call by the live policy, and rejects,
+// redirects or forwards it.
+package receiver
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/callguard/callguard/api/v1alpha1"
+	"github.com/callguard/callguard/internal/graph"
+	"github.com/callguard/callguard/internal/policy"
+)
+
+// Limits and defaults of the receiver contract.
+const (
+	// MaxBody is the largest callback body accepted.
+	MaxBody = 1 << 20
+	// DefaultDeadline is how long Graph waits for an answer to a call,
+	// counted from the notification's arrival.
+	DefaultDeadline = 15 * time.Second
+	// DedupeWindow is how long a decided call id is remembered.
+	DedupeWindow = 10 * time.Minute
+
+	// Workers bounds the batches worked on at once and the Graph actions
+	// in flight, queueSize the batches acknowledged and waiting: an action
+	// may wait up to the deadline on Graph, so there are many.
+	Workers   = 256
+	queueSize = 8192
+	// dedupeMax bounds the remembered call ids (about 10 MiB at most).
+	dedupeMax = 200_000
+)
+
+// Config tunes a Server. Zero values take the defaults.
+type Config struct {
+	Logger *slog.Logger
+	// HTTPClient reaches Graph, the authority, the OpenID configuration and
+	// the upstream bot.
+	HTTPClient *http.Client
+	// LogCallerNumbers logs callers' numbers in full instead of their last
+	// four digits.
+	LogCallerNumbers bool
+	// Deadline replaces DefaultDeadline (tests shorten it).
+	Deadline time.Duration
+	// GraphBackoff replaces the Graph client's backoff base (tests shorten it).
+	GraphBackoff time.Duration
+}
+
+// Server is the callback handler plus the work behind it.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	http    *http.Client
+	metrics *metrics
+	calls   *callLog
+
+	live     atomic.Pointer[policyVersion]
+	stopping atomic.Bool
+
+	queue    chan *job
+	stop     chan struct{}
+	stopOnce sync.Once
+	workers  sync.WaitGroup
+
+	// actions carries a batch's Graph actions to action workers;
+	// graphSlots bounds the Graph actions in flight.
+	actions    chan actTask
+	actWorkers sync.WaitGroup
+	graphSlots chan struct{}
+
+	// mu serialises Apply, which reuses expensive parts of the previous
+	// version (signing keys, token cache).
+	mu sync.Mutex
+}
+
+// policyVersion is everything derived from one policy version. A
+// notification batch holds on to the version live at its arrival, so each call is decided
+// and acted on wholly by one version.
+type policyVersion struct {
+	policy       *policy.Policy
+	spec         *v1alpha1.CallPolicySpec
+	hash         string
+	callbackPath string
+	upstream     string
+	verifier     *graph.Verifier
+	graph        *graph.Client
+	credKey      [32]byte
+	cred         azcore.TokenCredential
+}
+
+// New returns a Server with its workers started; Close stops them.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = http.DefaultClient
+	}
+	if cfg.Deadline <= 0 {
+		cfg.Deadline = DefaultDeadline
+	}
+	s := &Server{
+		cfg:        cfg,
+		log:        cfg.Logger,
+		http:       cfg.HTTPClient,
+		calls:      newCallLog(DedupeWindow, dedupeMax),
+		queue:      make(chan *job, queueSize),
+		stop:       make(chan struct{}),
+		actions:    make(chan actTask),
+		graphSlots: make(chan struct{}, Workers),
+	}
+	s.metrics = newMetrics(func() float64 { return float64(len(s.queue)) })
+	for range Workers {
+		s.workers.Add(1)
+		go s.work()
+		s.actWorkers.Add(1)
+		go s.actWork()
+	}
+	return s
+}
+
+// Registry is the Prometheus registry of the server's metrics.
+func (s *Server) Registry() *prometheus.Registry { return s.metrics.registry }
+
+// Ready reports whether the server can take calls: a policy is live, its
+// signing keys were fetched, and it is not shutting down.
+func (s *Server) Ready() error {
+	if s.stopping.Load() {
+		return errors.New("shutting down")
+	}
+	rt := s.live.Load()
+	if rt == nil {
+		return errors.New("no policy loaded")
+	}
+	if !rt.verifier.Keys.Ready() {
+		return errors.New("inbound-token signing keys not fetched yet")
+	}
+	return nil
+}
+
+// PolicyHash is the hash of the live policy, or "" before the first.
+func (s *Server) PolicyHash() string {
+	if rt := s.live.Load(); rt != nil {
+		return rt.hash
+	}
+	return ""
+}
+
+// Apply makes p the live policy. secret holds the bot's credential Secret
+// (client-secret, or tls.crt and tls.key); it is unused with workload
+// identity. On error the previous policy stays live. The result is counted.
+func (s *Server) Apply(p *policy.Policy, secret map[string][]byte) error {
+	err := s.apply(p, secret)
+	switch {
+	case errors.Is(err, errUnchanged):
+		s.metrics.reloads.WithLabelValues("unchanged").Inc()
+		return nil
+	case err != nil:
+		s.metrics.reloads.WithLabelValues("error").Inc()
+		s.log.Error("policy refused; the previous policy stays live", "error", err)
+		return err
+	}
+	s.metrics.reloads.WithLabelValues("success").Inc()
+	return nil
+}
+
+// refuseSource counts and logs a policy that could not even be compiled.
+func (s *Server) refuseSource(err error) {
+	s.metrics.reloads.WithLabelValues("error").Inc()
+	s.log.Error("policy refused; the previous policy stays live", "error", err)
+}
+
+var errUnchanged = errors.New("policy unchanged")
+
+func (s *Server) apply(p *policy.Policy, secret map[string][]byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	spec := p.Spec()
+	old := s.live.Load()
+	credKey := credentialKey(spec, secret)
+	if old != nil && old.hash == p.Hash() && old.credKey == credKey {
+		return errUnchanged
+	}
+
+	// CEL errors count as no match; operators need to see them.
+	p = p.WithCELErrorHandler(func(rule string, err error) {
+		s.metrics.celErrors.WithLabelValues(rule).Inc()
+		s.log.Warn("policy expression failed; the rule did not match", "rule", rule, "error", err)
+	})
+	rt := &policyVersion{
+		policy:       p,
+		spec:         spec,
+		hash:         p.Hash(),
+		callbackPath: spec.Receiver.CallbackPath,
+		credKey:      credKey,
+	}
+	if rt.callbackPath == "" {
+		rt.callbackPath = "/api/calls"
+	}
+	if spec.Upstream != nil {
+		rt.upstream = spec.Upstream.URL
+	}
+
+	// Keep the fetched signing keys and the token cache across reloads that
+	// do not change where they come from.
+	keys := (*graph.KeySet)(nil)
+	if old != nil && old.verifier.Keys.ConfigURL() == spec.Graph.OpenIDConfigURL {
+		keys = old.verifier.Keys
+	}
+	if old != nil && old.credKey == credKey {
+		rt.cred = old.cred
+	} else {
+		cred, err := graph.NewCredential(graph.CredentialConfig{
+			TenantID:         spec.Bot.TenantID,
+			ClientID:         spec.Bot.AppID,
+			AuthorityHost:    spec.Graph.AuthorityHost,
+			Secret:           secret,
+			WorkloadIdentity: spec.Bot.Credentials.WorkloadIdentity != nil,
+			HTTPClient:       s.http,
+		})
+		if err != nil {
+			return fmt.Errorf("bot credentials: %w", err)
+		}
+		rt.cred = cred
+	}
+	client, err := graph.NewClient(graph.ClientConfig{
+		Endpoint:    spec.Graph.Endpoint,
+		APIVersion:  string(spec.Graph.APIVersion),
+		Credential:  rt.cred,
+		HTTPClient:  s.http,
+		Logger:      s.log,
+		BackoffBase: s.cfg.GraphBackoff,
+		OnAttempt: func(op string, status int, err error) {
+			s.metrics.graphRequest(op, status, err)
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("graph client: %w", err)
+	}
+	rt.graph = client
+	newKeys := keys == nil
+	if newKeys {
+		keys = graph.NewKeySet(spec.Graph.OpenIDConfigURL, s.http)
+	}
+	rt.verifier = &graph.Verifier{
+		Keys:     keys,
+		Issuers:  spec.Graph.Issuers,
+		Audience: spec.Bot.AppID,
+		TenantID: spec.Bot.TenantID,
+	}
+
+	s.live.Store(rt)
+	if newKeys {
+		go s.fetchKeys(keys)
+	}
+	s.metrics.policyInfo.Reset()
+	s.metrics.policyInfo.WithLabelValues(rt.hash).Set(1)
+	s.log.Info("policy live", "hash", rt.hash, "rules", len(spec.Rules), "mode", spec.Mode,
+		"callbackPath", rt.callbackPath)
+	return nil
+}
+
+// credentialKey identifies the credential a spec and secret make, so an
+// unchanged one keeps its token cache; the secret enters only as a digest.
+func credentialKey(spec *v1alpha1.CallPolicySpec, secret map[string][]byte) [32]byte {
+	h := sha256.New()
+	for _, v := range []string{spec.Bot.TenantID, spec.Bot.AppID, spec.Graph.AuthorityHost,
+		fmt.Sprint(spec.Bot.Credentials.WorkloadIdentity != nil)} {
+		h.Write([]byte(v))
+		h.Write([]byte{0})
+	}
+	for _, k := range []string{graph.SecretKeyClientSecret, graph.SecretKeyTLSCert, graph.SecretKeyTLSKey} {
+		h.Write([]byte(k))
+		h.Write([]byte{0})
+		h.Write(secret[k])
+		h.Write([]byte{0})
+	}
+	var sum [32]byte
+	copy(sum[:], h.Sum(nil))
+	return sum
+}
+
+// fetchKeys fills a new key set, retrying until it succeeds, the server
+// stops, or a newer policy replaced the key set: the receiver is not ready
+// without keys.
+func (s *Server) fetchKeys(keys *graph.KeySet) {
+	for {
+		if rt := s.live.Load(); rt != nil && rt.verifier.Keys != keys {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := keys.Refresh(ctx)
+		cancel()
+		if err == nil && keys.Ready() {
+			return
+		}
+		if err != nil {
+			s.log.Warn("fetching inbound-token signing keys", "url", keys.ConfigURL(), "error", err)
+		}
+		select {
+		case <-s.stop:
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// BeginShutdown makes Ready fail, so the load balancer stops sending.
+func (s *Server) BeginShutdown() { s.stopping.Store(true) }
+
+// Close finishes the queued work (each job bounded by its deadline) and
+// stops the workers. Call it after the HTTP server stopped serving.
+func (s *Server) Close() {
+	s.stopping.Store(true)
+	s.stopOnce.Do(func() {
+		close(s.stop)
+		s.workers.Wait()
+		close(s.actions)
+		s.actWorkers.Wait()
+	})
+}

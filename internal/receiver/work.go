@@ -1,0 +1,185 @@
+package receiver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/callguard/callguard/api/v1alpha1"
+	"github.com/callguard/callguard/internal/graph"
+)
+
+// The work after acknowledging: batch workers decide each batch and hand
+// its Graph actions to action workers, so the calls of a big batch are
+// acted on concurrently; every Graph action holds one of Workers slots, so
+// no more than Workers are in flight whatever the batches.
+
+func (s *Server) work() {
+	defer s.workers.Done()
+	for {
+		select {
+		case j := <-s.queue:
+			s.process(j)
+		case <-s.stop:
+			// Finish what was acknowledged before stopping.
+			for {
+				select {
+				case j := <-s.queue:
+					s.process(j)
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+// actTask is one Graph action of a batch handed to an action worker.
+type actTask struct {
+	ctx  context.Context
+	rt   *policyVersion
+	c    *decided
+	err  *error
+	done *sync.WaitGroup
+}
+
+func (s *Server) actWork() {
+	defer s.actWorkers.Done()
+	for t := range s.actions {
+		*t.err = s.act(t.ctx, t.rt, t.c)
+		t.done.Done()
+	}
+}
+
+// process decides the batch's incoming calls, acts on them, and forwards
+// what the upstream bot may see.
+func (s *Server) process(j *job) {
+	// The deadline is Graph's, not ours: it does not move for shutdown.
+	ctx, cancel := context.WithDeadline(context.Background(), j.arrival.Add(s.cfg.Deadline))
+	defer cancel()
+	dryRun := j.rt.spec.Mode == v1alpha1.ModeDryRun
+
+	pl := decideBatch(j.batch, j.rt.policy, dryRun, s.calls, j.arrival)
+	for _, id := range pl.duplicates {
+		s.metrics.duplicates.Inc()
+		s.log.Info("duplicate notification ignored", "callId", id)
+	}
+	s.metrics.withheld.Add(float64(pl.withheld))
+	for i := range pl.decided {
+		d := &pl.decided[i].d
+		s.metrics.decisionsBy.with(d.Rule, string(d.Action), string(d.Mode)).Inc()
+	}
+
+	var fwdErr error
+	var wg sync.WaitGroup
+	if pl.anyForward && j.rt.upstream != "" {
+		wg.Go(func() { fwdErr = s.forward(ctx, j, pl.forward) })
+	}
+	results := make([]error, len(pl.decided))
+	// The first action is carried out here, the others by action workers.
+	first := -1
+	for i := range pl.decided {
+		c := &pl.decided[i]
+		if !c.acts(dryRun) {
+			continue
+		}
+		if first < 0 {
+			first = i
+			continue
+		}
+		wg.Add(1)
+		s.actions <- actTask{ctx: ctx, rt: j.rt, c: c, err: &results[i], done: &wg}
+	}
+	if first >= 0 {
+		results[first] = s.act(ctx, j.rt, &pl.decided[first])
+	}
+	wg.Wait()
+	for i := range pl.decided {
+		c := &pl.decided[i]
+		err := results[i]
+		if !c.acts(dryRun) {
+			err = fwdErr
+		}
+		s.logDecision(c.n, c.d, j, err)
+	}
+}
+
+// act carries a Reject or Redirect out on Graph.
+func (s *Server) act(ctx context.Context, rt *policyVersion, c *decided) error {
+	select {
+	case s.graphSlots <- struct{}{}:
+	case <-ctx.Done():
+		s.metrics.actionsBy.with(opOf(c.d.Action), "deadline").Inc()
+		return fmt.Errorf("waiting for a Graph slot: %w", ctx.Err())
+	}
+	defer func() { <-s.graphSlots }()
+	callID, d := c.n.CallID(), c.d
+	var op string
+	var err error
+	switch d.Action {
+	case v1alpha1.ActionReject:
+		op = graph.OpReject
+		reason := string(d.Reason)
+		if reason == "" {
+			reason = string(v1alpha1.ReasonNone)
+		}
+		err = rt.graph.Reject(ctx, callID, reason)
+	case v1alpha1.ActionRedirect:
+		op = graph.OpRedirect
+		err = rt.graph.Redirect(ctx, callID, redirectRequest(d.Redirect))
+	default:
+		return fmt.Errorf("unknown action %q", d.Action)
+	}
+	switch {
+	case err == nil:
+		s.metrics.actionsBy.with(op, "success").Inc()
+		s.metrics.decisionToGraphOf(op).Observe(time.Since(c.at).Seconds())
+	case errors.Is(err, graph.ErrAlreadyDone):
+		// An earlier attempt got no answer but Graph carried it out.
+		s.metrics.actionsBy.with(op, "already_done").Inc()
+		s.metrics.decisionToGraphOf(op).Observe(time.Since(c.at).Seconds())
+		return nil
+	case errors.Is(err, context.DeadlineExceeded):
+		s.metrics.actionsBy.with(op, "deadline").Inc()
+	default:
+		s.metrics.actionsBy.with(op, "failed").Inc()
+	}
+	return err
+}
+
+func opOf(a v1alpha1.Action) string {
+	if a == v1alpha1.ActionRedirect {
+		return graph.OpRedirect
+	}
+	return graph.OpReject
+}
+
+// Redirect defaults of the API.
+const defaultRedirectTimeout = 30
+
+func redirectRequest(r *v1alpha1.RedirectSpec) graph.RedirectRequest {
+	req := graph.RedirectRequest{Timeout: defaultRedirectTimeout}
+	if r == nil {
+		return req
+	}
+	if r.TimeoutSeconds > 0 {
+		req.Timeout = r.TimeoutSeconds
+	}
+	for _, t := range r.Targets {
+		id := &graph.IdentitySet{ODataType: graph.ODataIdentitySet}
+		switch {
+		case t.Phone != "":
+			id.Phone = &graph.Identity{ODataType: graph.ODataIdentity, ID: t.Phone}
+		case t.User != "":
+			id.User = &graph.Identity{ODataType: graph.ODataIdentity, ID: t.User}
+		case t.ApplicationInstance != "":
+			id.ApplicationInstance = &graph.Identity{ODataType: graph.ODataIdentity, ID: t.ApplicationInstance}
+		default:
+			continue
+		}
+		req.Targets = append(req.Targets, graph.InvitationParticipantInfo{ODataType: graph.ODataInvitationInfo, Identity: id})
+	}
+	return req
+}
