@@ -23,6 +23,7 @@ func main() {
 	flag.StringVar(&o.CAFile, "ca-file", "", "PEM file of extra roots trusted for Graph, the token authority and the OpenID configuration")
 	flag.StringVar(&o.CredentialsDir, "credentials-dir", receiver.DefaultCredentialsDir, "directory holding the bot Secret's client-secret, or tls.crt and tls.key (used when the policy source carries no Secret)")
 	flag.BoolVar(&o.LogCallerNumbers, "log-caller-numbers", false, "log callers' numbers in full instead of their last four digits")
+	flag.IntVar(&o.MaxConnections, "max-connections", 0, "cap on open callback connections; at the cap the longest-idle one is closed (0: sized from the container memory limit)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "receiver: unexpected arguments %q\n", flag.Args())

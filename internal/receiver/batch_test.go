@@ -2,6 +2,7 @@ package receiver_test
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -105,8 +106,12 @@ func TestBigBatchIsActedOnConcurrently(t *testing.T) {
 	e.fault(emulator.FaultRule{Path: rejectPath, LatencyMs: 20, Count: calls})
 	values := make([]string, calls)
 	ids := make([]string, calls)
+	deliver := false // the test posts the batch itself
 	for i := range values {
-		c := e.placeQuiet(numBusy)
+		c, err := e.emu.PlaceCall(context.Background(), emulator.PlaceCallRequest{AppID: appID, Source: phone(numBusy), Deliver: &deliver})
+		if err != nil {
+			t.Fatal(err)
+		}
 		ids[i], values[i] = c.ID, createdValue(t, c)
 	}
 	if status, resp := e.post(http.MethodPost, e.genuineAuth(), batchBody(t, values...)); status != http.StatusAccepted {

@@ -134,6 +134,8 @@ type envOptions struct {
 	legacy     bool
 	deadline   time.Duration
 	grace      time.Duration
+	// maxConnections caps the callback connections (0: the default).
+	maxConnections int
 }
 
 func startEnv(t *testing.T, o envOptions) *env {
@@ -203,6 +205,7 @@ func startEnv(t *testing.T, o envOptions) *env {
 			Listener:        ln,
 			MetricsListener: mln,
 			ShutdownGrace:   grace,
+			MaxConnections:  o.maxConnections,
 			Server:          receiver.Config{Deadline: o.deadline, GraphBackoff: 20 * time.Millisecond},
 			OnServer:        func(s *receiver.Server) { srvCh <- s },
 		})

@@ -31,6 +31,8 @@ type metrics struct {
 	decisionToGraph *prometheus.HistogramVec
 	upstream        *prometheus.CounterVec
 	withheld        prometheus.Counter
+	connsEvicted    prometheus.Counter
+	connsShed       prometheus.Counter
 	reloads         *prometheus.CounterVec
 	policyInfo      *prometheus.GaugeVec
 
@@ -178,6 +180,14 @@ func newMetrics(queueDepth func() float64) *metrics {
 			Namespace: namespace, Name: "notifications_withheld_total",
 			Help: "Notifications not passed to the upstream bot because their call was rejected or redirected here.",
 		}),
+		connsEvicted: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "connections_evicted_total",
+			Help: "Idle callback connections closed to make room at the connection cap.",
+		}),
+		connsShed: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: namespace, Name: "connections_shed_total",
+			Help: "Callback connections closed on arrival: the cap was reached and every open one was busy.",
+		}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "policy_reloads_total",
 			Help: "Policy loads, by result (success, error, unchanged).",
@@ -198,7 +208,7 @@ func newMetrics(queueDepth func() float64) *metrics {
 	m.toGraphBy = map[string]prometheus.Observer{}
 	m.registry.MustRegister(
 		m.requests, m.notifications, m.duplicates, m.authFailures, m.decisions, m.celErrors,
-		m.graphRequests, m.actions, m.decisionToGraph, m.upstream, m.withheld, m.reloads, m.policyInfo,
+		m.graphRequests, m.actions, m.decisionToGraph, m.upstream, m.withheld, m.connsEvicted, m.connsShed, m.reloads, m.policyInfo,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "queue_depth",
 			Help: "Notification batches waiting for a worker.",

@@ -33,7 +33,9 @@ const (
 	readHeaderTimeout = 5 * time.Second
 	readTimeout       = 10 * time.Second
 	writeTimeout      = 10 * time.Second
-	idleTimeout       = 120 * time.Second
+	// idleTimeout is short: an idle connection holds memory (see
+	// connMemory), and Graph opens a new one in a millisecond.
+	idleTimeout = 30 * time.Second
 )
 
 // Options are the receiver's command-line settings plus test hooks.
@@ -45,6 +47,9 @@ type Options struct {
 	CAFile           string
 	CredentialsDir   string
 	LogCallerNumbers bool
+	// MaxConnections caps the open callback connections; 0 sizes the cap
+	// from the container's memory limit (ConnectionLimit).
+	MaxConnections int
 
 	Logger *slog.Logger
 	// Listener and MetricsListener, if set, replace Listen and MetricsListen.
@@ -137,8 +142,10 @@ func Run(ctx context.Context, o Options) error {
 		})
 	}
 
+	limited := srv.limitConnections(ln, o.MaxConnections)
 	api := &http.Server{
 		Handler:           srv,
+		ConnState:         limited.connState,
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       readTimeout,
 		WriteTimeout:      writeTimeout,
@@ -154,9 +161,10 @@ func Run(ctx context.Context, o Options) error {
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	serveErr := make(chan error, 2)
-	go func() { serveErr <- serve(api, ln) }()
+	go func() { serveErr <- serve(api, limited) }()
 	go func() { serveErr <- serve(ops, mln) }()
-	log.Info("receiver listening", "listen", ln.Addr().String(), "metricsListen", mln.Addr().String())
+	log.Info("receiver listening", "listen", ln.Addr().String(), "metricsListen", mln.Addr().String(),
+		"maxConnections", limited.max)
 
 	var runErr error
 	select {
