@@ -267,15 +267,18 @@ func TestConfigMapSource(t *testing.T) {
 }
 
 func TestShutdownFinishesQueuedWork(t *testing.T) {
-	e := startEnv(t, envOptions{grace: 300 * time.Millisecond})
+	const grace = 2 * time.Second
+	e := startEnv(t, envOptions{grace: grace})
 	// Graph answers slowly, so the reject is still in flight at SIGTERM.
 	e.fault(emulator.FaultRule{Path: rejectPath, LatencyMs: 1500})
 	id := e.placeCall(numBusy)
 	e.cancel()
-	eventually(t, 200*time.Millisecond, "readyz failing", func() bool {
+	// Readiness fails while the listeners still serve (the grace period):
+	// only a 503 counts, not a refused connection.
+	eventually(t, grace, "readyz answering 503", func() bool {
 		resp, err := http.Get(e.ops + "/readyz")
 		if err != nil {
-			return true
+			return false
 		}
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusServiceUnavailable
