@@ -382,14 +382,7 @@ func (d *decoder) field(f *fieldInfo, v reflect.Value) error {
 	}
 	switch f.kind {
 	case kindString:
-		if k != '"' {
-			return d.wrongType("string")
-		}
-		tok, err := d.dec.ReadToken()
-		if err != nil {
-			return err
-		}
-		v.SetString(tok.String())
+		return d.stringElem(v)
 	case kindBool:
 		if k != 't' && k != 'f' {
 			return d.wrongType("boolean")
@@ -440,24 +433,14 @@ func (d *decoder) field(f *fieldInfo, v reflect.Value) error {
 	return nil
 }
 
+// stringElem reads a string (or null) into v, a settable string.
 func (d *decoder) stringElem(v reflect.Value) error {
-	k, err := d.peek()
-	if err != nil {
+	var str string
+	if err := d.string(&str); err != nil {
 		return err
 	}
-	switch k {
-	case 'n':
-		_, err := d.dec.ReadToken()
-		return err
-	case '"':
-		tok, err := d.dec.ReadToken()
-		if err != nil {
-			return err
-		}
-		v.SetString(tok.String())
-		return nil
-	}
-	return d.wrongType("string")
+	v.SetString(str)
+	return nil
 }
 
 func (d *decoder) structElem(s *structInfo, v reflect.Value) error {
