@@ -78,6 +78,18 @@ func TestAdmissionRejectsInvalidPolicies(t *testing.T) {
 		{"negative replicas", func(s *callsv1alpha1.CallPolicySpec) {
 			s.Receiver.Replicas = ptr.To[int32](-1)
 		}, "spec.receiver.replicas"},
+		{"graph endpoint over plain http", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Graph.Endpoint = "http://graph.microsoft.com"
+		}, "must be an https:// URL: the bot's Graph access tokens are sent there"},
+		{"authority over plain http", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Graph.AuthorityHost = "http://login.microsoftonline.com/"
+		}, "must be an https:// URL: the bot's credentials are sent there"},
+		{"signing keys over plain http", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Graph.OpenIDConfigURL = "http://api.aps.skype.com/v1/.well-known/OpenIdConfiguration"
+		}, "must be an https:// URL: whoever serves the signing keys can forge every notification"},
+		{"identity type not in the API", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Rules[0].Match.Callers = &callsv1alpha1.CallerMatch{IdentityTypes: []callsv1alpha1.IdentityType{"device"}}
+		}, `Unsupported value: "device"`},
 		{"window end not HH:MM", func(s *callsv1alpha1.CallPolicySpec) {
 			s.Rules[0].Match.Schedule = &callsv1alpha1.Schedule{Windows: []callsv1alpha1.Window{{Days: []callsv1alpha1.Weekday{"Mon"}, Start: "18:00", End: "25:00"}}}
 		}, "spec.rules[0].match.schedule.windows[0].end"},
@@ -96,8 +108,14 @@ func TestAdmissionRejectsInvalidPolicies(t *testing.T) {
 		})
 	}
 
-	// And the valid base policy is accepted, defaults applied.
+	// And the valid base policy is accepted, defaults applied, with every
+	// caller identity type the API names.
 	cp := testPolicy(ns, "valid")
+	cp.Spec.Rules[0].Match.Callers = &callsv1alpha1.CallerMatch{IdentityTypes: []callsv1alpha1.IdentityType{
+		callsv1alpha1.IdentityPhone, callsv1alpha1.IdentityUser, callsv1alpha1.IdentityGuest, callsv1alpha1.IdentityApplication,
+		callsv1alpha1.IdentityApplicationInstance, callsv1alpha1.IdentityACSUser, callsv1alpha1.IdentityOnPremises,
+		callsv1alpha1.IdentityEncrypted, callsv1alpha1.IdentityAnonymous, callsv1alpha1.IdentityUnknown,
+	}}
 	must(t, k8s.Create(context.Background(), cp))
 	if cp.Spec.Mode != callsv1alpha1.ModeEnforce || cp.Spec.DefaultAction != callsv1alpha1.ActionAllow ||
 		cp.Spec.Graph.Endpoint != "https://graph.microsoft.com" || cp.Spec.Receiver.CallbackPath != "/api/calls" ||

@@ -179,7 +179,7 @@ type WorkloadIdentity struct{}
 type GraphSpec struct {
 	// Endpoint is the Graph base URL.
 	// +kubebuilder:default="https://graph.microsoft.com"
-	// +kubebuilder:validation:Pattern=`^https?://`
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('https://')",message="must be an https:// URL: the bot's Graph access tokens are sent there"
 	// +optional
 	Endpoint string `json:"endpoint,omitempty"`
 
@@ -190,13 +190,14 @@ type GraphSpec struct {
 
 	// AuthorityHost is the token authority.
 	// +kubebuilder:default="https://login.microsoftonline.com/"
-	// +kubebuilder:validation:Pattern=`^https?://`
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('https://')",message="must be an https:// URL: the bot's credentials are sent there"
 	// +optional
 	AuthorityHost string `json:"authorityHost,omitempty"`
 
-	// OpenIDConfigURL is where inbound-token signing keys are discovered.
+	// OpenIDConfigURL is where inbound-token signing keys are discovered; the
+	// jwks_uri it names must be https too (the receiver refuses any other).
 	// +kubebuilder:default="https://api.aps.skype.com/v1/.well-known/OpenIdConfiguration"
-	// +kubebuilder:validation:Pattern=`^https?://`
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('https://')",message="must be an https:// URL: whoever serves the signing keys can forge every notification"
 	// +optional
 	OpenIDConfigURL string `json:"openIDConfigURL,omitempty"`
 

@@ -52,9 +52,10 @@ var wellKnownAuthorities = map[string]bool{
 // NewCredential returns a token credential for cfg from the Azure identity
 // library, which caches tokens until near expiry.
 func NewCredential(cfg CredentialConfig) (azcore.TokenCredential, error) {
+	// The client secret or assertion goes there: never over plain http.
 	u, err := url.Parse(cfg.AuthorityHost)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return nil, fmt.Errorf("authority host %q is not an http(s) URL", cfg.AuthorityHost)
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return nil, fmt.Errorf("authority host %q is not an https URL", cfg.AuthorityHost)
 	}
 	opts := azcore.ClientOptions{Cloud: cloud.Configuration{ActiveDirectoryAuthorityHost: cfg.AuthorityHost}}
 	if cfg.HTTPClient != nil {

@@ -198,9 +198,12 @@ func (c *compiler) validateSpec() {
 	if cr.SecretRef != nil {
 		c.length("spec.bot.credentials.secretRef.name", cr.SecretRef.Name, 1, 253)
 	}
-	c.url("spec.graph.endpoint", s.Graph.Endpoint)
-	c.url("spec.graph.authorityHost", s.Graph.AuthorityHost)
-	c.url("spec.graph.openIDConfigURL", s.Graph.OpenIDConfigURL)
+	// The same rules and messages as the CRD's: these three URLs carry the
+	// bot's credentials, its access tokens and the keys every inbound
+	// token is checked against, so plain http is refused.
+	c.httpsURL("spec.graph.endpoint", s.Graph.Endpoint, "the bot's Graph access tokens are sent there")
+	c.httpsURL("spec.graph.authorityHost", s.Graph.AuthorityHost, "the bot's credentials are sent there")
+	c.httpsURL("spec.graph.openIDConfigURL", s.Graph.OpenIDConfigURL, "whoever serves the signing keys can forge every notification")
 	c.enum("spec.graph.apiVersion", string(s.Graph.APIVersion), "v1.0", "beta")
 	c.maxItems("spec.graph.issuers", len(s.Graph.Issuers), 16)
 	if ca := s.Graph.CABundle; ca != nil {
@@ -247,6 +250,12 @@ func (c *compiler) uuid(path, v string) {
 func (c *compiler) url(path, v string) {
 	if !urlRE.MatchString(v) {
 		c.errorf(path, "must be an http:// or https:// URL, got %q", v)
+	}
+}
+
+func (c *compiler) httpsURL(path, v, why string) {
+	if !strings.HasPrefix(v, "https://") {
+		c.errorf(path, "must be an https:// URL: %s", why)
 	}
 }
 

@@ -40,13 +40,22 @@ func TestCompileErrors(t *testing.T) {
 			s.Spec.Receiver.CallbackPath = "api/calls"
 			s.Spec.Graph.CABundle = &v1alpha1.ConfigMapKeyReference{Name: "emulator-ca"}
 		}, []want{
-			{"spec.graph.endpoint", `must be an http:// or https:// URL, got "graph.microsoft.com"`},
+			{"spec.graph.endpoint", "must be an https:// URL: the bot's Graph access tokens are sent there"},
 			{"spec.graph.apiVersion", `must be one of v1.0, beta, got "v2"`},
 			{"spec.graph.caBundle.key", "required"},
 			{"spec.upstream.url", `must be an http:// or https:// URL, got "ftp://bot"`},
 			{"spec.mode", `must be one of Enforce, DryRun, got "Audit"`},
 			{"spec.defaultAction", `must be one of Allow, Reject, Redirect, got "Drop"`},
 			{"spec.receiver.callbackPath", `must be a URL path such as /api/calls, got "api/calls"`},
+		}},
+		{"plain http for keys, tokens and credentials", func(s *Source) {
+			s.Spec.Graph.Endpoint = "http://graph.microsoft.com"
+			s.Spec.Graph.AuthorityHost = "http://login.microsoftonline.com/"
+			s.Spec.Graph.OpenIDConfigURL = "http://api.aps.skype.com/v1/.well-known/OpenIdConfiguration"
+		}, []want{
+			{"spec.graph.endpoint", "must be an https:// URL: the bot's Graph access tokens are sent there"},
+			{"spec.graph.authorityHost", "must be an https:// URL: the bot's credentials are sent there"},
+			{"spec.graph.openIDConfigURL", "must be an https:// URL: whoever serves the signing keys can forge every notification"},
 		}},
 		{"default redirect and reason", func(s *Source) {
 			s.Spec.DefaultReason = "busy"
