@@ -2,189 +2,20 @@ package graph
 
 import (
 	"context"
-	"crypto/rsa"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 )
 
-// Inbound-token key refresh limits: keys are trusted for KeyMaxAge, and an
-// unknown kid forces a refresh at most once per KeyMinRefresh so that forged
-// tokens cannot make the receiver hammer the key endpoint.
-const (
-	KeyMaxAge     = 2 * time.Hour
-	KeyMinRefresh = 30 * time.Second
-	// DefaultSkew is the clock skew allowed on exp and nbf.
-	DefaultSkew = 5 * time.Minute
-)
-
-const maxDiscoveryBody = 1 << 20
-
-// KeySet holds the inbound-token signing keys discovered from an OpenID
-// configuration document, refreshed as the receiver contract says.
-type KeySet struct {
-	configURL string
-	client    *http.Client
-	now       func() time.Time
-
-	keys atomic.Pointer[keySnapshot]
-
-	// mu serialises fetches; lastTry is guarded by it.
-	mu      sync.Mutex
-	lastTry time.Time
-	// refreshing stops a second background refresh from starting.
-	refreshing atomic.Bool
-}
-
-type keySnapshot struct {
-	byKID   map[string]*rsa.PublicKey
-	fetched time.Time
-}
-
-// NewKeySet returns an empty key set for the OpenID configuration at
-// configURL; call Refresh to fill it.
-func NewKeySet(configURL string, client *http.Client) *KeySet {
-	if client == nil {
-		client = http.DefaultClient
-	}
-	return &KeySet{configURL: configURL, client: client, now: time.Now}
-}
-
-// ConfigURL is the OpenID configuration the keys come from.
-func (k *KeySet) ConfigURL() string { return k.configURL }
-
-// Ready reports whether keys have been fetched at least once.
-func (k *KeySet) Ready() bool { return k.keys.Load() != nil }
-
-// Refresh fetches the keys now unless another fetch ran within
-// KeyMinRefresh. It returns nil when the keys are current.
-func (k *KeySet) Refresh(ctx context.Context) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.refreshLocked(ctx)
-}
-
-func (k *KeySet) refreshLocked(ctx context.Context) error {
-	now := k.now()
-	if !k.lastTry.IsZero() && now.Sub(k.lastTry) < KeyMinRefresh {
-		if k.keys.Load() == nil {
-			return errors.New("signing keys not fetched yet; next try after the refresh interval")
-		}
-		return nil
-	}
-	k.lastTry = now
-	keys, err := k.fetch(ctx)
-	if err != nil {
-		return err
-	}
-	k.keys.Store(&keySnapshot{byKID: keys, fetched: now})
-	return nil
-}
-
-// lookup returns the key for kid, refreshing once on an unknown kid and in
-// the background when the keys are older than KeyMaxAge.
-func (k *KeySet) lookup(ctx context.Context, kid string) (*rsa.PublicKey, error) {
-	snap := k.keys.Load()
-	if snap != nil {
-		if k.now().Sub(snap.fetched) >= KeyMaxAge && k.refreshing.CompareAndSwap(false, true) {
-			go func() {
-				defer k.refreshing.Store(false)
-				// Detached: the request that noticed must not wait for it.
-				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-				defer cancel()
-				_ = k.Refresh(rctx)
-			}()
-		}
-		if key, ok := snap.byKID[kid]; ok {
-			return key, nil
-		}
-	}
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	// Another request may have fetched while this one waited.
-	if cur := k.keys.Load(); cur != snap && cur != nil {
-		if key, ok := cur.byKID[kid]; ok {
-			return key, nil
-		}
-	}
-	// Detached from the request: a caller hanging up must not waste the
-	// one fetch the rate limit allows.
-	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
-	defer cancel()
-	if err := k.refreshLocked(fctx); err != nil {
-		return nil, err
-	}
-	if cur := k.keys.Load(); cur != nil {
-		if key, ok := cur.byKID[kid]; ok {
-			return key, nil
-		}
-	}
-	return nil, errUnknownKID
-}
-
-var errUnknownKID = errors.New("unknown signing key id")
-
-func (k *KeySet) fetch(ctx context.Context) (map[string]*rsa.PublicKey, error) {
-	var cfg struct {
-		JWKSURI string `json:"jwks_uri"`
-	}
-	if err := k.getJSON(ctx, k.configURL, &cfg); err != nil {
-		return nil, fmt.Errorf("openid configuration: %w", err)
-	}
-	if cfg.JWKSURI == "" {
-		return nil, fmt.Errorf("openid configuration %s has no jwks_uri", k.configURL)
-	}
-	var set jose.JSONWebKeySet
-	if err := k.getJSON(ctx, cfg.JWKSURI, &set); err != nil {
-		return nil, fmt.Errorf("jwks: %w", err)
-	}
-	keys := make(map[string]*rsa.PublicKey, len(set.Keys))
-	for _, jwk := range set.Keys {
-		pub, ok := jwk.Key.(*rsa.PublicKey)
-		if !ok || jwk.KeyID == "" || (jwk.Use != "" && jwk.Use != "sig") {
-			continue
-		}
-		keys[jwk.KeyID] = pub
-	}
-	if len(keys) == 0 {
-		return nil, fmt.Errorf("jwks %s holds no RSA signing key with a kid", cfg.JWKSURI)
-	}
-	return keys, nil
-}
-
-func (k *KeySet) getJSON(ctx context.Context, url string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return fmt.Errorf("build request: %w", err)
-	}
-	req.Header.Set("Accept", "application/json")
-	resp, err := k.client.Do(req)
-	if err != nil {
-		return fmt.Errorf("GET %s: %w", url, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("GET %s: HTTP %d", url, resp.StatusCode)
-	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxDiscoveryBody))
-	if err != nil {
-		return fmt.Errorf("GET %s: read body: %w", url, err)
-	}
-	if err := json.Unmarshal(body, v); err != nil {
-		return fmt.Errorf("GET %s: decode: %w", url, err)
-	}
-	return nil
-}
+// DefaultSkew is the clock skew allowed on exp and nbf.
+const DefaultSkew = 5 * time.Minute
 
 // AuthError is a refused inbound request: Status is 401 (no usable token)
 // or 403 (a genuine token not meant for this bot); Reason is a short label
@@ -233,9 +64,10 @@ const verifiedCacheSize = 1024
 //
 // A token that passed every check is remembered, by its exact bytes, until
 // it expires: a sender that reuses its token (as token services do until
-// near expiry) then costs no RSA verification per request. Its lifetime is
-// checked again on every use, and a Verifier is made per policy version, so
-// a changed audience, tenant or issuer list starts afresh.
+// near expiry) then costs no RSA verification per request. Its lifetime,
+// and that its key is still published and unexpired, are checked again on
+// every use, and a Verifier is made per policy version, so a changed
+// audience, tenant or issuer list starts afresh.
 type Verifier struct {
 	Keys     *KeySet
 	Issuers  []string
@@ -251,7 +83,13 @@ type Verifier struct {
 	order    []string // FIFO of verified's keys, for eviction
 }
 
-type tokenLifetime struct{ notBefore, expiry time.Time }
+// tokenLifetime is what a remembered token needs checked again: its
+// validity window, and the key it was signed with, which must still be
+// published and current.
+type tokenLifetime struct {
+	notBefore, expiry time.Time
+	kid               string
+}
 
 // inboundClaims are the claims checked: the tenant comes as tid or, in
 // older tokens, as the long claim name.
@@ -282,7 +120,7 @@ func (v *Verifier) Verify(ctx context.Context, authorization string) error {
 	if skew == 0 {
 		skew = DefaultSkew
 	}
-	if lt, ok := v.cached(raw); ok && !now.After(lt.expiry.Add(skew)) && !now.Add(skew).Before(lt.notBefore) {
+	if lt, ok := v.cached(raw); ok && !now.After(lt.expiry.Add(skew)) && !now.Add(skew).Before(lt.notBefore) && v.Keys.holds(lt.kid) {
 		return nil
 	}
 	// Only RS256 is accepted: this refuses "none", HS256 with the public key
@@ -294,9 +132,10 @@ func (v *Verifier) Verify(ctx context.Context, authorization string) error {
 	if len(tok.Headers) != 1 || tok.Headers[0].KeyID == "" {
 		return unauthorized(AuthMalformed, errors.New("token header has no kid"))
 	}
-	key, err := v.Keys.lookup(ctx, tok.Headers[0].KeyID)
+	kid := tok.Headers[0].KeyID
+	key, err := v.Keys.lookup(ctx, kid)
 	if errors.Is(err, errUnknownKID) {
-		return unauthorized(AuthUnknownKey, fmt.Errorf("kid %q: %w", tok.Headers[0].KeyID, err))
+		return unauthorized(AuthUnknownKey, fmt.Errorf("kid %q: %w", kid, err))
 	}
 	if err != nil {
 		return unauthorized(AuthKeys, err)
@@ -328,7 +167,7 @@ func (v *Verifier) Verify(ctx context.Context, authorization string) error {
 	if !strings.EqualFold(tenant, v.TenantID) {
 		return forbidden(AuthTenant, fmt.Errorf("tenant %q is not the bot's tenant", tenant))
 	}
-	lt := tokenLifetime{expiry: c.Expiry.Time()}
+	lt := tokenLifetime{expiry: c.Expiry.Time(), kid: kid}
 	if c.NotBefore != nil {
 		lt.notBefore = c.NotBefore.Time()
 	}

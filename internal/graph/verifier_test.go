@@ -2,23 +2,45 @@ package graph_test
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/rsa"
 	"errors"
+	"fmt"
+	"io"
+	"maps"
 	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/callguard/callguard/internal/emulator"
 	"github.com/callguard/callguard/internal/graph"
 )
 
-const jwksRoute = "GET /v1/.well-known/keys"
+const (
+	configPath = "/v1/.well-known/OpenIdConfiguration"
+	jwksPath   = "/v1/.well-known/keys"
+)
 
-// clock is a settable time source for the key set.
+// clock is a settable time source for key sets. Its After, for the tests
+// that pass it, returns at once for waits under a minute, advancing the
+// clock by them, and blocks longer ones (the periodic refresh) until the
+// test sends on long; every wait asked for is recorded.
 type clock struct {
-	mu  sync.Mutex
-	now time.Time
+	mu    sync.Mutex
+	now   time.Time
+	waits []time.Duration
+	long  chan time.Time
 }
+
+func newClock() *clock { return &clock{now: time.Now(), long: make(chan time.Time)} }
 
 func (c *clock) Now() time.Time {
 	c.mu.Lock()
@@ -32,20 +54,76 @@ func (c *clock) Add(d time.Duration) {
 	c.now = c.now.Add(d)
 }
 
-func (f *fixture) verifier(t *testing.T) (*graph.Verifier, *clock) {
+func (c *clock) After(d time.Duration) <-chan time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.waits = append(c.waits, d)
+	if d >= time.Minute {
+		return c.long
+	}
+	c.now = c.now.Add(d)
+	ch := make(chan time.Time, 1)
+	ch <- c.now
+	return ch
+}
+
+func (c *clock) Waits() []time.Duration {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.waits)
+}
+
+// fetches counts the requests a key set sends to the real emulator, by
+// path, as they start.
+type fetches struct {
+	base   http.RoundTripper
+	mu     sync.Mutex
+	byPath map[string]int
+}
+
+func (c *fetches) RoundTrip(r *http.Request) (*http.Response, error) {
+	c.mu.Lock()
+	c.byPath[r.URL.Path]++
+	c.mu.Unlock()
+	return c.base.RoundTrip(r)
+}
+
+func (c *fetches) of(path string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.byPath[path]
+}
+
+// keySet returns a key set for the fixture's emulator with opts, not yet
+// filled, and the counter of its requests.
+func (f *fixture) keySet(opts graph.KeySetOptions) (*graph.KeySet, *fetches) {
+	counter := &fetches{base: f.http.Transport, byPath: map[string]int{}}
+	return graph.NewKeySetWithOptions(f.emu.URL()+configPath, &http.Client{Transport: counter}, opts), counter
+}
+
+// filledKeySet is keySet after one fetch.
+func (f *fixture) filledKeySet(t *testing.T, opts graph.KeySetOptions) (*graph.KeySet, *fetches) {
 	t.Helper()
-	keys := graph.NewKeySet(f.emu.URL()+"/v1/.well-known/OpenIdConfiguration", f.http)
-	clk := &clock{now: time.Now()}
-	graph.SetKeySetClock(keys, clk.Now)
+	keys, counter := f.keySet(opts)
 	if err := keys.Refresh(context.Background()); err != nil {
 		t.Fatal(err)
 	}
+	return keys, counter
+}
+
+func verifierFor(keys *graph.KeySet) *graph.Verifier {
 	return &graph.Verifier{
 		Keys:     keys,
 		Issuers:  []string{"https://api.botframework.com", "https://graph.microsoft.com"},
 		Audience: botAppID,
 		TenantID: botTenantID,
-	}, clk
+	}
+}
+
+func (f *fixture) verifier(t *testing.T) *graph.Verifier {
+	t.Helper()
+	keys, _ := f.filledKeySet(t, graph.KeySetOptions{})
+	return verifierFor(keys)
 }
 
 func (f *fixture) bearer(t *testing.T, claims map[string]any) string {
@@ -57,12 +135,37 @@ func (f *fixture) bearer(t *testing.T, claims map[string]any) string {
 	return "Bearer " + tok
 }
 
-func (f *fixture) jwksFetches() int {
-	n := 0
-	for _, c := range f.emu.Stats().Requests[jwksRoute] {
-		n += c
+// forgeryKey is a key Graph never published.
+var forgeryKey = sync.OnceValue(func() *rsa.PrivateKey {
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		panic(err)
 	}
-	return n
+	return key
+})
+
+// forged is a token for the bot signed by a key Graph never published,
+// under kid.
+func forged(t *testing.T, kid string) string {
+	t.Helper()
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: jose.JSONWebKey{Key: forgeryKey(), KeyID: kid}},
+		(&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := jwt.Signed(signer).Claims(emulator.InboundClaims(botAppID, botTenantID)).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return "Bearer " + tok
+}
+
+func authReason(err error) string {
+	var ae *graph.AuthError
+	if errors.As(err, &ae) {
+		return ae.Reason
+	}
+	return ""
 }
 
 func authStatus(err error) int {
@@ -75,7 +178,7 @@ func authStatus(err error) int {
 
 func TestVerifierAcceptsGenuineTokens(t *testing.T) {
 	f := newFixture(t)
-	v, _ := f.verifier(t)
+	v := f.verifier(t)
 	claims := emulator.InboundClaims(botAppID, botTenantID)
 	if err := v.Verify(context.Background(), f.bearer(t, claims)); err != nil {
 		t.Fatalf("genuine token refused: %v", err)
@@ -94,66 +197,198 @@ func TestVerifierAcceptsGenuineTokens(t *testing.T) {
 	}
 }
 
-func TestVerifierPicksUpRotatedKeysWithinRefreshLimits(t *testing.T) {
+// A forged token with an unknown kid spends a fetch just before Graph
+// rotates its key; Graph's first token signed with the new key, arriving
+// within the rate limit's interval, waits for the next fetch and is accepted.
+func TestForgedKidBeforeRotationDoesNotLockOutTheNewKey(t *testing.T) {
 	f := newFixture(t)
-	v, clk := f.verifier(t)
+	keys, counter := f.filledKeySet(t, graph.KeySetOptions{UnknownKIDInterval: 200 * time.Millisecond, UnknownKIDWait: 10 * time.Second})
+	v := verifierFor(keys)
+	before := counter.of(jwksPath)
+
+	err := v.Verify(context.Background(), forged(t, "forged-kid"))
+	if authStatus(err) != http.StatusUnauthorized || authReason(err) != graph.AuthUnknownKey {
+		t.Fatalf("forged token: %v, want 401 %s", err, graph.AuthUnknownKey)
+	}
+	if got := counter.of(jwksPath) - before; got != 1 {
+		t.Fatalf("the forged kid caused %d fetches, want 1", got)
+	}
 	if err := f.emu.RotateKeys(); err != nil {
 		t.Fatal(err)
 	}
-	tok := f.bearer(t, emulator.InboundClaims(botAppID, botTenantID))
-	before := f.jwksFetches()
-
-	// The keys were fetched just now: an unknown kid may not refetch yet.
-	clk.Add(10 * time.Second)
-	if err := v.Verify(context.Background(), tok); authStatus(err) != http.StatusUnauthorized {
-		t.Fatalf("token of a rotated key within 30s of a fetch: %v, want 401", err)
-	}
-	if got := f.jwksFetches(); got != before {
-		t.Fatalf("keys fetched %d times within the 30s limit", got-before)
-	}
-	// Past the limit, the unknown kid refreshes at once, once.
-	clk.Add(21 * time.Second)
-	for range 3 {
-		if err := v.Verify(context.Background(), tok); err != nil {
-			t.Fatalf("token of the rotated key after the limit: %v", err)
+	for i := range 3 {
+		claims := emulator.InboundClaims(botAppID, botTenantID)
+		claims["jti"] = fmt.Sprint("after-rotation-", i)
+		if err := v.Verify(context.Background(), f.bearer(t, claims)); err != nil {
+			t.Fatalf("genuine token %d of the new key refused: %v", i, err)
 		}
 	}
-	if got := f.jwksFetches(); got != before+1 {
-		t.Fatalf("keys fetched %d times on an unknown kid, want 1", got-before)
+	if got := counter.of(jwksPath) - before; got != 2 {
+		t.Fatalf("keys fetched %d times in all, want 2 (one per unknown kid round)", got)
 	}
 }
 
-func TestVerifierRefreshesOldKeysInBackground(t *testing.T) {
+// A flood of tokens with ever new forged kids, within one interval, costs
+// one fetch; every one of them is refused as an unknown key.
+func TestForgedKidFloodCostsOneFetchPerInterval(t *testing.T) {
 	f := newFixture(t)
-	v, clk := f.verifier(t)
+	clk := newClock()
+	keys, counter := f.filledKeySet(t, graph.KeySetOptions{UnknownKIDInterval: time.Hour, UnknownKIDWait: 300 * time.Millisecond, Now: clk.Now})
+	v := verifierFor(keys)
+	clk.Add(2 * time.Hour) // the fetch that filled the set is an interval ago
+	before := counter.of(jwksPath)
+
+	const waves, perWave = 2, 50
+	var mu sync.Mutex
+	reasons := map[string]int{}
+	for w := range waves {
+		var wg sync.WaitGroup
+		for i := range perWave {
+			wg.Go(func() {
+				err := v.Verify(context.Background(), forged(t, fmt.Sprintf("forged-%d-%d", w, i)))
+				mu.Lock()
+				defer mu.Unlock()
+				reasons[fmt.Sprint(authStatus(err), " ", authReason(err))]++
+			})
+		}
+		wg.Wait()
+	}
+	if want := map[string]int{"401 " + graph.AuthUnknownKey: waves * perWave}; !maps.Equal(reasons, want) {
+		t.Errorf("forged tokens refused as %v, want %v", reasons, want)
+	}
+	if got := counter.of(jwksPath) - before; got != 1 {
+		t.Errorf("%d forged kids in one interval caused %d fetches, want 1", waves*perWave, got)
+	}
+}
+
+// Run's first fetch retries within seconds while the OpenID endpoint fails,
+// and then refreshes every 2 h.
+func TestKeySetRunRecoversWithinSecondsThenRefreshesPeriodically(t *testing.T) {
+	f := newFixture(t)
+	const failures = 3
+	if _, err := f.emu.AddFault(emulator.FaultRule{Path: configPath, Status: http.StatusServiceUnavailable, Count: failures}); err != nil {
+		t.Fatal(err)
+	}
+	clk := newClock()
+	keys, counter := f.keySet(graph.KeySetOptions{Now: clk.Now, After: clk.After})
+	ctx, cancel := context.WithCancel(context.Background())
+	var reported []error
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		keys.Run(ctx, func(err error) { reported = append(reported, err) })
+	}()
+	t.Cleanup(func() { cancel(); <-stopped })
+
+	waitFor(t, "the refresh after the first success scheduled", func() bool { return len(clk.Waits()) > failures })
+	if !keys.Ready() {
+		t.Fatal("keys not ready after a fetch succeeded")
+	}
+	if got := counter.of(configPath); got != failures+1 {
+		t.Errorf("%d configuration requests before the keys came, want %d", got, failures+1)
+	}
+	waits := clk.Waits()
+	if len(waits) != failures+1 || waits[failures] != graph.DefaultKeyRefresh {
+		t.Fatalf("waits = %v, want %d backoffs then %s", waits, failures, graph.DefaultKeyRefresh)
+	}
+	backoff := graph.DefaultFetchBackoffMin
+	for i, w := range waits[:failures] {
+		if w < backoff/2 || w > backoff {
+			t.Errorf("wait after failure %d = %s, want between %s and %s", i+1, w, backoff/2, backoff)
+		}
+		backoff = min(2*backoff, graph.DefaultFetchBackoffMax)
+	}
+
+	// The periodic refresh.
+	clk.long <- clk.Now()
+	waitFor(t, "periodic refresh", func() bool { return counter.of(jwksPath) == 2 })
+	waitFor(t, "next refresh scheduled", func() bool { return len(clk.Waits()) == failures+2 })
+	cancel()
+	<-stopped
+	if len(reported) != failures {
+		t.Errorf("Run reported %d errors, want %d: %v", len(reported), failures, reported)
+	}
+}
+
+// While refreshes fail, keys stay trusted for a day after the last fetch
+// that succeeded, and then every token is refused, remembered ones too,
+// until a fetch succeeds again.
+func TestKeysExpireWhileRefreshesFail(t *testing.T) {
+	f := newFixture(t)
+	clk := newClock()
+	keys, _ := f.filledKeySet(t, graph.KeySetOptions{Now: clk.Now})
+	v := verifierFor(keys)
 	tok := f.bearer(t, emulator.InboundClaims(botAppID, botTenantID))
-	before := f.jwksFetches()
-	clk.Add(time.Hour)
 	if err := v.Verify(context.Background(), tok); err != nil {
 		t.Fatal(err)
 	}
-	if got := f.jwksFetches(); got != before {
-		t.Fatalf("keys younger than 2h refetched")
+	if _, err := f.emu.AddFault(emulator.FaultRule{Path: configPath, Status: http.StatusServiceUnavailable, Count: 1000}); err != nil {
+		t.Fatal(err)
 	}
-	clk.Add(time.Hour)
-	// A new token: a verified one is remembered and needs no key.
-	claims := emulator.InboundClaims(botAppID, botTenantID)
-	claims["jti"] = "another"
-	if err := v.Verify(context.Background(), f.bearer(t, claims)); err != nil {
-		t.Fatalf("token refused while keys refresh: %v", err)
+
+	clk.Add(graph.DefaultKeyMaxAge - time.Minute)
+	if err := keys.Refresh(context.Background()); err == nil {
+		t.Fatal("refresh succeeded against a failing endpoint")
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for f.jwksFetches() == before {
-		if time.Now().After(deadline) {
-			t.Fatal("keys older than 2h were not refreshed")
+	if err := v.Verify(context.Background(), tok); err != nil || !keys.Ready() {
+		t.Fatalf("a minute before expiry: Verify = %v, Ready = %v; want accepted and ready", err, keys.Ready())
+	}
+
+	clk.Add(time.Minute)
+	err := v.Verify(context.Background(), tok)
+	if keys.Ready() || authStatus(err) != http.StatusUnauthorized || authReason(err) != graph.AuthKeys ||
+		!strings.Contains(err.Error(), "signing keys expired") {
+		t.Fatalf("at expiry: Verify = %v, Ready = %v; want 401 %s (signing keys expired) and not ready", err, keys.Ready(), graph.AuthKeys)
+	}
+
+	f.emu.ClearFaults()
+	if err := keys.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Verify(context.Background(), tok); err != nil || !keys.Ready() {
+		t.Fatalf("after a fetch succeeded again: Verify = %v, Ready = %v", err, keys.Ready())
+	}
+}
+
+// A remembered token is trusted only while its key is still published: once
+// Graph withdraws the key, the next fetch ends the token's trust too.
+func TestRememberedTokenRefusedOnceItsKeyIsWithdrawn(t *testing.T) {
+	f := newFixture(t)
+	keys, _ := f.filledKeySet(t, graph.KeySetOptions{UnknownKIDInterval: time.Millisecond, UnknownKIDWait: 10 * time.Second})
+	v := verifierFor(keys)
+	tok := f.bearer(t, emulator.InboundClaims(botAppID, botTenantID))
+	if err := v.Verify(context.Background(), tok); err != nil {
+		t.Fatal(err)
+	}
+	// Two rotations drop the key that signed tok from the published set.
+	for range 2 {
+		if err := f.emu.RotateKeys(); err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(10 * time.Millisecond)
+	}
+	if err := keys.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := v.Verify(context.Background(), tok); authReason(err) != graph.AuthUnknownKey {
+		t.Fatalf("remembered token of a withdrawn key: %v, want 401 %s", err, graph.AuthUnknownKey)
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	// A liveness bound, not a measurement: the tests' clocks are fake.
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 
 func TestVerifiedTokenIsRememberedOnlyWhileValid(t *testing.T) {
 	f := newFixture(t)
-	v, _ := f.verifier(t)
+	v := f.verifier(t)
 	now := time.Now()
 	v.Now = func() time.Time { return now }
 	claims := emulator.InboundClaims(botAppID, botTenantID)
@@ -177,5 +412,70 @@ func TestKeySetFailsOnUnreachableConfiguration(t *testing.T) {
 	keys := graph.NewKeySet(f.emu.URL()+"/no/such/document", f.http)
 	if err := keys.Refresh(context.Background()); err == nil || keys.Ready() {
 		t.Fatalf("Refresh = %v, Ready = %v; want an error and not ready", err, keys.Ready())
+	}
+}
+
+// Signing keys are fetched over https only: a configuration URL, a jwks_uri
+// or a redirect to plain http is refused before anything is asked of the
+// plain server, which would have served the genuine keys.
+func TestKeySetRefusesKeysNotOverHTTPS(t *testing.T) {
+	f := newFixture(t)
+	serveGenuineKeys := func(w http.ResponseWriter, r *http.Request) {
+		resp, err := f.http.Get(f.emu.URL() + "/v1/.well-known/keys")
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		_, _ = io.Copy(w, resp.Body)
+	}
+	var plainRequests atomic.Int32
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		plainRequests.Add(1)
+		serveGenuineKeys(w, r)
+	}))
+	defer plain.Close()
+	mux := http.NewServeMux()
+	secure := httptest.NewTLSServer(mux)
+	defer secure.Close()
+	config := func(jwksURI string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			fmt.Fprintf(w, `{"issuer": "https://api.botframework.com", "jwks_uri": %q}`, jwksURI)
+		}
+	}
+	mux.HandleFunc("/config/plain-jwks", config(plain.URL+"/keys"))
+	mux.HandleFunc("/config/redirected-jwks", config(secure.URL+"/moved"))
+	mux.HandleFunc("/config/secure-jwks", config(secure.URL+"/keys"))
+	mux.HandleFunc("/moved", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, plain.URL+"/keys", http.StatusFound)
+	})
+	mux.HandleFunc("/keys", serveGenuineKeys)
+
+	tests := []struct {
+		name, configURL, wantErr string
+	}{
+		{"plain configuration", plain.URL + "/config", "openid configuration URL \"" + plain.URL + "/config\" is not an https URL"},
+		{"plain jwks_uri", secure.URL + "/config/plain-jwks", "jwks_uri of " + secure.URL + "/config/plain-jwks \"" + plain.URL + "/keys\" is not an https URL"},
+		{"redirect to plain http", secure.URL + "/config/redirected-jwks", "redirect to " + plain.URL + "/keys refused"},
+		{"https throughout", secure.URL + "/config/secure-jwks", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			keys := graph.NewKeySet(tt.configURL, secure.Client())
+			err := keys.Refresh(context.Background())
+			if tt.wantErr == "" {
+				if err != nil || !keys.Ready() {
+					t.Fatalf("Refresh = %v, Ready = %v; want the keys", err, keys.Ready())
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || keys.Ready() {
+				t.Fatalf("Refresh = %v, Ready = %v; want an error containing %q and not ready", err, keys.Ready(), tt.wantErr)
+			}
+			if n := plainRequests.Load(); n != 0 {
+				t.Fatalf("the plain http server was asked %d times", n)
+			}
+		})
 	}
 }
