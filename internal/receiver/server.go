@@ -81,6 +81,8 @@ type Server struct {
 	// mu serialises Apply, which reuses expensive parts of the previous
 	// version (signing keys, token cache).
 	mu sync.Mutex
+	// stopKeys ends the background work of the live key set (under mu).
+	stopKeys context.CancelFunc
 }
 
 // policyVersion is everything derived from one policy version. A
@@ -261,7 +263,16 @@ func (s *Server) apply(p *policy.Policy, secret map[string][]byte) error {
 
 	s.live.Store(rt)
 	if newKeys {
-		go s.fetchKeys(keys)
+		// The key set fetches in the background until replaced: at once
+		// with a backoff of seconds, then every 2 h (graph.KeySet.Run).
+		if s.stopKeys != nil {
+			s.stopKeys()
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		s.stopKeys = cancel
+		go keys.Run(ctx, func(err error) {
+			s.log.Warn("fetching inbound-token signing keys", "url", keys.ConfigURL(), "error", err)
+		})
 	}
 	s.metrics.policyInfo.Reset()
 	s.metrics.policyInfo.WithLabelValues(rt.hash).Set(1)
@@ -290,31 +301,6 @@ func credentialKey(spec *v1alpha1.CallPolicySpec, secret map[string][]byte) [32]
 	return sum
 }
 
-// fetchKeys fills a new key set, retrying until it succeeds, the server
-// stops, or a newer policy replaced the key set: the receiver is not ready
-// without keys.
-func (s *Server) fetchKeys(keys *graph.KeySet) {
-	for {
-		if rt := s.live.Load(); rt != nil && rt.verifier.Keys != keys {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err := keys.Refresh(ctx)
-		cancel()
-		if err == nil && keys.Ready() {
-			return
-		}
-		if err != nil {
-			s.log.Warn("fetching inbound-token signing keys", "url", keys.ConfigURL(), "error", err)
-		}
-		select {
-		case <-s.stop:
-			return
-		case <-time.After(time.Second):
-		}
-	}
-}
-
 // BeginShutdown makes Ready fail, so the load balancer stops sending.
 func (s *Server) BeginShutdown() { s.stopping.Store(true) }
 
@@ -323,6 +309,11 @@ func (s *Server) BeginShutdown() { s.stopping.Store(true) }
 func (s *Server) Close() {
 	s.stopping.Store(true)
 	s.stopOnce.Do(func() {
+		s.mu.Lock()
+		if s.stopKeys != nil {
+			s.stopKeys()
+		}
+		s.mu.Unlock()
 		close(s.stop)
 		s.workers.Wait()
 		close(s.actions)
