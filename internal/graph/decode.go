@@ -357,6 +357,9 @@ func (d *decoder) object(s *structInfo, v reflect.Value) error {
 		}
 		f, ok := s.byName[string(name)]
 		if !ok {
+			if s == identitySetInfo && d.dec.PeekKind() == '{' {
+				v.Addr().Interface().(*IdentitySet).OtherMembers++
+			}
 			if err := d.unknown(name, s.names); err != nil {
 				return err
 			}
@@ -510,7 +513,11 @@ type structInfo struct {
 	names  []string
 }
 
-var callInfo = mustStructInfo(reflect.TypeFor[Call](), map[reflect.Type]*structInfo{})
+var (
+	structInfos     = map[reflect.Type]*structInfo{}
+	callInfo        = mustStructInfo(reflect.TypeFor[Call](), structInfos)
+	identitySetInfo = structInfos[reflect.TypeFor[IdentitySet]()]
+)
 
 func mustStructInfo(t reflect.Type, seen map[reflect.Type]*structInfo) *structInfo {
 	if s, ok := seen[t]; ok {

@@ -164,6 +164,11 @@ type IdentitySet struct {
 	// AzureCommunicationServicesUser is an ACS user (identity type acsUser).
 	AzureCommunicationServicesUser *Identity `json:"azureCommunicationServicesUser,omitempty"`
 	EndpointType                   string    `json:"endpointType,omitempty"`
+
+	// OtherMembers counts the identity members of kinds not modelled here
+	// (DecodeNotifications), so a caller identified only by one is known to
+	// be someone, not anonymous.
+	OtherMembers int `json:"-"`
 }
 
 // Identity is Graph's identity / communicationsIdentity.

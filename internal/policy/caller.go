@@ -23,7 +23,7 @@ func CallerOf(call *graph.Call) Caller {
 	set := sourceIdentity(call)
 	typ, who := callerIdentity(set)
 	c := Caller{Type: typ, DisplayName: memberField(set, who, displayNameOf), TenantID: memberField(set, who, tenantIDOf)}
-	if typ == v1alpha1.IdentityAnonymous {
+	if typ == v1alpha1.IdentityAnonymous || who == nil { // who is nil for kinds not modelled
 		return c
 	}
 	c.ID = who.ID
@@ -41,7 +41,8 @@ func sourceIdentity(call *graph.Call) *graph.IdentitySet {
 }
 
 // callerIdentity returns the caller's type and the identity that determined
-// it (the phone identity of an anonymous phone caller; nil without one).
+// it (the phone identity of an anonymous phone caller; nil without one, or
+// when only kinds of identity not modelled here are present).
 func callerIdentity(set *graph.IdentitySet) (v1alpha1.IdentityType, *graph.Identity) {
 	if set == nil {
 		return v1alpha1.IdentityAnonymous, nil
@@ -73,6 +74,8 @@ func callerIdentity(set *graph.IdentitySet) (v1alpha1.IdentityType, *graph.Ident
 		return v1alpha1.IdentityUnknown, set.Device
 	case set.AssertedIdentity != nil:
 		return v1alpha1.IdentityUnknown, set.AssertedIdentity
+	case set.OtherMembers > 0:
+		return v1alpha1.IdentityUnknown, nil
 	}
 	return v1alpha1.IdentityAnonymous, nil
 }

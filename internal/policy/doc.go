@@ -21,8 +21,9 @@
 //   - The caller's displayName and tenantId are those of the identity that
 //     gave the caller its type, else of the first other member that has one.
 //   - The identity-set members that make a caller "unknown" are device and
-//     assertedIdentity (the members Graph documents beyond the typed ones);
-//     the caller's id and displayName then come from that member.
+//     assertedIdentity (the members Graph documents beyond the typed ones),
+//     whose id and displayName then are the caller's, and any other object
+//     member of the set (a kind Graph may add), which gives no id.
 //   - Requested modalities compare ignoring case; the policy's must be
 //     spelled as in the CRD enum.
 //   - Schedules are evaluated on the zone's wall clock, so the hour skipped
