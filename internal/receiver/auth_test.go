@@ -200,3 +200,27 @@ func TestWrongMethodNamesAllowedMethod(t *testing.T) {
 		t.Fatalf("status %d Allow %q", resp.StatusCode, resp.Header.Get("Allow"))
 	}
 }
+
+// TestForgedKidDoesNotLockOutRotatedKey: a forged token with an unknown kid
+// sent just before Graph rotates its signing key must not keep the genuine
+// new key out: the call Graph then announces, signed with the new key, is
+// decided (with a 30 s refresh allowance spent by the forgery, it was lost).
+func TestForgedKidDoesNotLockOutRotatedKey(t *testing.T) {
+	e := startEnv(t, envOptions{})
+	forger, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := signRS256(t, forger, "forged-kid", emulator.InboundClaims(appID, tenantID))
+	body := createdBody(t, e.placeQuiet(numBusy))
+	if status, resp := e.post(http.MethodPost, "Bearer "+forged, body); status != http.StatusUnauthorized {
+		t.Fatalf("forged token: status %d %s, want 401", status, resp)
+	}
+	if err := e.emu.RotateKeys(); err != nil {
+		t.Fatal(err)
+	}
+	id := e.placeCall(numBusy)
+	if rec := e.acted(id); rec.Action != "reject" {
+		t.Fatalf("the call announced with the rotated key was not rejected: %+v", rec)
+	}
+}
