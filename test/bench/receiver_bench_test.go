@@ -100,6 +100,10 @@ func TestMain(m *testing.M) {
 		os.Exit(runBaselineChild())
 	case loadChild:
 		os.Exit(runLoadChild())
+	case idleReceiverChild:
+		os.Exit(runIdleReceiverChild())
+	case idleClientsChild:
+		os.Exit(runIdleClientsChild())
 	}
 	code := m.Run()
 	benchSetup.stop()
