@@ -28,9 +28,9 @@ type SyntaxError struct {
 
 func (e *SyntaxError) Error() string {
 	if e.Pointer != "" {
-		return fmt.Sprintf("invalid notification at byte offset %d (%s): %v", e.Offset, e.Pointer, e.Err)
+		return fmt.Sprintf("invalid JSON at byte offset %d (%s): %v", e.Offset, e.Pointer, e.Err)
 	}
-	return fmt.Sprintf("invalid notification at byte offset %d: %v", e.Offset, e.Err)
+	return fmt.Sprintf("invalid JSON at byte offset %d: %v", e.Offset, e.Err)
 }
 
 func (e *SyntaxError) Unwrap() error { return e.Err }
