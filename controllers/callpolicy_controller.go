@@ -54,14 +54,32 @@ type CallPolicyReconciler struct {
 // stalledError marks a spec that cannot be made to work until the user
 // changes something; it is reported, not retried with backoff.
 type stalledError struct {
-	reason  string
-	message string
+	reason string
+	// problems each name the field path they are about; a policy that does
+	// not compile may have thousands.
+	problems []string
 }
 
-func (e *stalledError) Error() string { return e.reason + ": " + e.message }
+func (e *stalledError) Error() string {
+	return e.reason + ": " + e.message(maxConditionProblems, maxConditionMessage)
+}
+
+// message is the first problems, bounded for a condition or an event.
+func (e *stalledError) message(maxItems, maxBytes int) string {
+	return summarizeProblems(e.problems, maxItems, maxBytes)
+}
 
 func stalled(reason, format string, args ...any) error {
-	return &stalledError{reason: reason, message: fmt.Sprintf(format, args...)}
+	return &stalledError{reason: reason, problems: []string{fmt.Sprintf(format, args...)}}
+}
+
+// fieldProblems renders compiler findings as "path: message" lines.
+func fieldProblems(errs []policy.FieldError) []string {
+	out := make([]string, len(errs))
+	for i, fe := range errs {
+		out[i] = fe.Error()
+	}
+	return out
 }
 
 // +kubebuilder:rbac:groups=calls.callguard.dev,resources=callpolicies,verbs=get;list;watch
@@ -117,7 +135,8 @@ func (r *CallPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		if err := step(ctx, cp, st); err != nil {
 			var se *stalledError
 			if errors.As(err, &se) {
-				log.Info("policy stalled", "reason", se.reason, "message", se.message)
+				log.Info("policy stalled", "reason", se.reason, "problems", len(se.problems),
+					"message", se.message(maxConditionProblems, maxConditionMessage))
 				// Nothing to retry until the user changes the spec or a
 				// watched source; watches bring us back.
 				return ctrl.Result{}, nil
@@ -209,7 +228,7 @@ func (r *CallPolicyReconciler) reconcilePolicy(ctx context.Context, cp *callsv1a
 	if err != nil {
 		var ce *policy.CompileError
 		if errors.As(err, &ce) {
-			return st.stall(stalled(ReasonInvalidPolicy, "%s", ce.Error()))
+			return st.stall(&stalledError{reason: ReasonInvalidPolicy, problems: fieldProblems(ce.Errors)})
 		}
 		return fmt.Errorf("compile policy: %w", err)
 	}
@@ -240,8 +259,10 @@ func (r *CallPolicyReconciler) reconcilePolicy(ctx context.Context, cp *callsv1a
 		// Once per policy version, not once per reconcile.
 		r.Recorder.Eventf(cp, nil, corev1.EventTypeNormal, "PolicyApplied", "Apply",
 			"policy %s with %d rules applied to ConfigMap %s", shortHash(hash), compiled.Rules(), policyConfigMapName(cp))
-		for _, w := range compiled.Warnings() {
-			r.Recorder.Eventf(cp, nil, corev1.EventTypeWarning, "PolicyWarning", "Compile", "%s", w.Error())
+		// One event for all warnings: up to 512 rules could each have one.
+		if ws := compiled.Warnings(); len(ws) > 0 {
+			r.Recorder.Eventf(cp, nil, corev1.EventTypeWarning, "PolicyWarning", "Compile", "%s",
+				summarizeProblems(fieldProblems(ws), maxEventProblems, maxEventNote))
 		}
 	}
 	st.policyHash = hash
@@ -384,17 +405,21 @@ func (r *CallPolicyReconciler) summarize(cp *callsv1alpha1.CallPolicy, st *recon
 
 	switch {
 	case st.stalled != nil:
+		msg := st.stalled.message(maxConditionProblems, maxConditionMessage)
 		prev := meta.FindStatusCondition(cp.Status.Conditions, ConditionStalled)
-		if prev == nil || prev.Reason != st.stalled.reason || prev.Message != st.stalled.message || prev.ObservedGeneration != gen {
-			r.Recorder.Eventf(cp, nil, corev1.EventTypeWarning, st.stalled.reason, "Reconcile", "%s", st.stalled.message)
+		if prev == nil || prev.Reason != st.stalled.reason || prev.Message != msg || prev.ObservedGeneration != gen {
+			r.Recorder.Eventf(cp, nil, corev1.EventTypeWarning, st.stalled.reason, "Reconcile", "%s",
+				st.stalled.message(maxEventProblems, maxEventNote))
 		}
-		set(ConditionStalled, metav1.ConditionTrue, st.stalled.reason, st.stalled.message)
-		set(ConditionReady, metav1.ConditionFalse, st.stalled.reason, st.stalled.message)
+		set(ConditionStalled, metav1.ConditionTrue, st.stalled.reason, msg)
+		set(ConditionReady, metav1.ConditionFalse, st.stalled.reason, msg)
 		meta.RemoveStatusCondition(&cp.Status.Conditions, ConditionReconciling)
 	case err != nil:
 		// A transient error: retried with backoff, so still reconciling.
-		set(ConditionReconciling, metav1.ConditionTrue, ReasonReconcileError, err.Error())
-		set(ConditionReady, metav1.ConditionFalse, ReasonReconcileError, err.Error())
+		// Bounded too: an API server's validation error lists every field.
+		msg := summarizeProblems([]string{err.Error()}, 1, maxConditionMessage)
+		set(ConditionReconciling, metav1.ConditionTrue, ReasonReconcileError, msg)
+		set(ConditionReady, metav1.ConditionFalse, ReasonReconcileError, msg)
 		meta.RemoveStatusCondition(&cp.Status.Conditions, ConditionStalled)
 	case deploymentAvailable(st.deployment, replicas(cp)):
 		set(ConditionReady, metav1.ConditionTrue, ReasonReceiversAvailable,

@@ -2,6 +2,7 @@ package controllers
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -331,6 +332,44 @@ func TestNonCompilingPolicyStallsAndKeepsOldConfigMap(t *testing.T) {
 	must(t, k8s.Get(ctx, key(ns, "hotline-callguard-policy"), now))
 	g.Expect(now.ResourceVersion).To(Equal(good.ResourceVersion), "the last good policy must stay")
 	g.Expect(now.Data).To(Equal(good.Data))
+}
+
+// TestThousandCompileErrorsStallWithBoundedMessages: 1,000 inline numbers
+// the CRD admits and the compiler refuses must not make a message the API
+// server refuses (32 KiB for a condition, 1 KiB for an event note): the
+// policy is Stalled with the first errors and their field paths, and a
+// Warning event says so.
+func TestThousandCompileErrorsStallWithBoundedMessages(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	ns := newNamespace(t)
+	must(t, k8s.Create(ctx, testSecret(ns, "bot", "s3cret")))
+	must(t, k8s.Create(ctx, testList(ns, "robocallers", "+12125550143\n")))
+	cp := testPolicy(ns, "hotline")
+	bad := make([]string, 1000)
+	for i := range bad {
+		bad[i] = fmt.Sprintf("+1 425 CALL %04d", i)
+	}
+	cp.Spec.Rules[0].Match.Callers.Numbers = bad
+	must(t, k8s.Create(ctx, cp))
+
+	const more = `; … and \d+ more \(kubectl callpolicy lint lists them all\)$`
+	g.Eventually(func(g Gomega) {
+		c := condition(g, ctx, ns, "hotline", ConditionStalled)
+		g.Expect(c.Status).To(Equal(metav1.ConditionTrue))
+		g.Expect(c.Reason).To(Equal(ReasonInvalidPolicy))
+		g.Expect(len(c.Message)).To(BeNumerically("<=", maxConditionMessage))
+		g.Expect(c.Message).To(HavePrefix(`spec.rules[0].match.callers.numbers[0]: "+1 425 CALL 0000"`))
+		g.Expect(c.Message).To(ContainSubstring(`spec.rules[0].match.callers.numbers[9]: "+1 425 CALL 0009"`))
+		g.Expect(c.Message).To(MatchRegexp(more))
+		ready := condition(g, ctx, ns, "hotline", ConditionReady)
+		g.Expect(ready.Status).To(Equal(metav1.ConditionFalse))
+		g.Expect(ready.Message).To(Equal(c.Message))
+	}, eventually, poll).Should(Succeed())
+	g.Eventually(func() []eventsv1.Event { return policyEvents(ctx, ns, "hotline") }, eventually, poll).Should(ContainElement(And(
+		HaveField("Type", corev1.EventTypeWarning), HaveField("Reason", ReasonInvalidPolicy),
+		HaveField("Note", And(HavePrefix(`spec.rules[0].match.callers.numbers[0]: "+1 425 CALL 0000"`), MatchRegexp(more))),
+		HaveField("Note", WithTransform(func(s string) int { return len(s) }, BeNumerically("<=", maxEventNote))))))
 }
 
 func TestMissingSecretStallsThenRecovers(t *testing.T) {
