@@ -43,8 +43,13 @@ const maxPolicyConfigMapBytes = 1000 * 1024
 // CallPolicyReconciler reconciles CallPolicy objects.
 type CallPolicyReconciler struct {
 	client.Client
-	Scheme   *runtime.Scheme
-	Recorder events.EventRecorder
+	// APIReader reads the Secrets and ConfigMaps a policy refers to straight
+	// from the API server: the cache holds only their metadata, so the
+	// manager neither keeps every Secret of the cluster in memory nor grows
+	// with them (SetupWithManager defaults it to the manager's).
+	APIReader client.Reader
+	Scheme    *runtime.Scheme
+	Recorder  events.EventRecorder
 	// ReceiverImage is used when a policy sets no spec.receiver.image.
 	ReceiverImage string
 	// MaxConcurrentReconciles bounds how many policies reconcile at once.
@@ -163,7 +168,7 @@ type reconcileState struct {
 func (r *CallPolicyReconciler) reconcileSources(ctx context.Context, cp *callsv1alpha1.CallPolicy, st *reconcileState) error {
 	if ref := cp.Spec.Bot.Credentials.SecretRef; ref != nil {
 		secret := &corev1.Secret{}
-		err := r.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: ref.Name}, secret)
+		err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: ref.Name}, secret)
 		if apierrors.IsNotFound(err) {
 			return st.stall(stalled(ReasonSecretNotFound, "spec.bot.credentials.secretRef.name: Secret %q not found in namespace %q", ref.Name, cp.Namespace))
 		}
@@ -203,7 +208,7 @@ func (r *CallPolicyReconciler) reconcileSources(ctx context.Context, cp *callsv1
 // the field that refers to it.
 func (r *CallPolicyReconciler) configMapKey(ctx context.Context, cp *callsv1alpha1.CallPolicy, st *reconcileState, field, name, key string) (string, error) {
 	cm := &corev1.ConfigMap{}
-	err := r.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: name}, cm)
+	err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: name}, cm)
 	if apierrors.IsNotFound(err) {
 		return "", st.stall(stalled(ReasonConfigMapNotFound, "%s: ConfigMap %q not found in namespace %q", field, name, cp.Namespace))
 	}
@@ -247,7 +252,10 @@ func (r *CallPolicyReconciler) reconcilePolicy(ctx context.Context, cp *callsv1a
 		return st.stall(stalled(ReasonPolicyTooLarge, "the resolved policy is %d bytes compressed; a ConfigMap holds at most %d", size, maxPolicyConfigMapBytes))
 	}
 
-	previous := &corev1.ConfigMap{}
+	// Only its hash annotation matters, and the cache holds ConfigMaps as
+	// metadata only.
+	previous := &metav1.PartialObjectMetadata{}
+	previous.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("ConfigMap"))
 	err = r.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: policyConfigMapName(cp)}, previous)
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("get policy ConfigMap: %w", err)

@@ -40,6 +40,11 @@ const (
 	caHashAnnotation          = "callguard.dev/ca-bundle-hash"
 	policyHashAnnotation      = "callguard.dev/policy-hash"
 
+	// managedByLabel marks every child; the manager caches only objects
+	// carrying it, not every Deployment or Service in the cluster.
+	managedByLabel = "app.kubernetes.io/managed-by"
+	managedBy      = "callguard"
+
 	workloadIdentityUseLabel      = "azure.workload.identity/use"
 	workloadIdentityClientIDAnnot = "azure.workload.identity/client-id"
 	workloadIdentityTenantIDAnnot = "azure.workload.identity/tenant-id"
@@ -60,7 +65,7 @@ func selectorLabels(cp *callsv1alpha1.CallPolicy) map[string]string {
 
 func commonLabels(cp *callsv1alpha1.CallPolicy) map[string]string {
 	l := selectorLabels(cp)
-	l["app.kubernetes.io/managed-by"] = "callguard"
+	l[managedByLabel] = managedBy
 	l["app.kubernetes.io/part-of"] = "callguard"
 	return l
 }

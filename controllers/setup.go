@@ -8,8 +8,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
@@ -58,19 +60,51 @@ func (r *CallPolicyReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Ma
 		return fmt.Errorf("index credentials Secrets: %w", err)
 	}
 
+	if r.APIReader == nil {
+		r.APIReader = mgr.GetAPIReader()
+	}
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&callsv1alpha1.CallPolicy{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Owns(&appsv1.Deployment{}).
 		Owns(&corev1.Service{}).
 		Owns(&corev1.ServiceAccount{}).
-		Owns(&corev1.ConfigMap{}).
 		Owns(&rbacv1.Role{}).
 		Owns(&rbacv1.RoleBinding{}).
 		Owns(&policyv1.PodDisruptionBudget{}).
-		Watches(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.policiesUsing(indexListConfigMaps))).
-		Watches(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.policiesUsing(indexSecret))).
+		// Secrets and ConfigMaps are watched as metadata only: a change
+		// bumps the resourceVersion, which is all a watch needs, and the
+		// reconciler reads the few it uses through APIReader. Their data,
+		// often large and often secret, never enters the cache.
+		Owns(&corev1.ConfigMap{}, builder.OnlyMetadata).
+		WatchesMetadata(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.policiesUsing(indexListConfigMaps))).
+		WatchesMetadata(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.policiesUsing(indexSecret))).
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrentReconciles, 1)}).
 		Complete(r)
+}
+
+// CacheOptions is the manager's cache: the given namespaces (all when none),
+// children only by their managed-by label, and no managedFields, which
+// nothing here reads and which are often the larger part of the metadata.
+func CacheOptions(namespaces []string) cache.Options {
+	children := cache.ByObject{Label: labels.SelectorFromSet(labels.Set{managedByLabel: managedBy})}
+	opts := cache.Options{
+		DefaultTransform: cache.TransformStripManagedFields(),
+		ByObject: map[client.Object]cache.ByObject{
+			&appsv1.Deployment{}:            children,
+			&corev1.Service{}:               children,
+			&corev1.ServiceAccount{}:        children,
+			&rbacv1.Role{}:                  children,
+			&rbacv1.RoleBinding{}:           children,
+			&policyv1.PodDisruptionBudget{}: children,
+		},
+	}
+	if len(namespaces) > 0 {
+		opts.DefaultNamespaces = map[string]cache.Config{}
+		for _, ns := range namespaces {
+			opts.DefaultNamespaces[ns] = cache.Config{}
+		}
+	}
+	return opts
 }
 
 // policiesUsing maps a ConfigMap or Secret to the policies in its namespace

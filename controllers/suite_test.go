@@ -32,6 +32,7 @@ const testReceiverImage = "example.com/callguard:test"
 var (
 	k8s     client.Client
 	cfg     *rest.Config
+	testMgr ctrl.Manager
 	scheme  = runtime.NewScheme()
 	nsCount atomic.Int32
 )
@@ -71,7 +72,8 @@ func runSuite(m *testing.M) int {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Metrics: metricsserver.Options{BindAddress: "0"}})
+	// The cache as cmd/manager configures it.
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Cache: CacheOptions(nil), Metrics: metricsserver.Options{BindAddress: "0"}})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "manager:", err)
 		return 1
@@ -87,6 +89,7 @@ func runSuite(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "setup:", err)
 		return 1
 	}
+	testMgr = mgr
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
 	code := m.Run()
