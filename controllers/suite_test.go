@@ -72,7 +72,8 @@ func runSuite(m *testing.M) int {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	// The cache as cmd/manager configures it.
+	// The cache as cmd/manager configures it; metrics are tested on a
+	// manager of their own (TestMetricsNeedAnAuthorizedCaller).
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Cache: CacheOptions(nil), Metrics: metricsserver.Options{BindAddress: "0"}})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "manager:", err)

@@ -12,7 +12,6 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
 	"github.com/callguard/callguard/controllers"
@@ -22,13 +21,15 @@ func main() {
 	var (
 		receiverImage   string
 		metricsAddr     string
+		metricsCertDir  string
 		probeAddr       string
 		leaderElect     bool
 		watchNamespaces string
 		concurrency     int
 	)
 	flag.StringVar(&receiverImage, "receiver-image", os.Getenv("RECEIVER_IMAGE"), "receiver image for policies that set none (default: $RECEIVER_IMAGE)")
-	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "address of the metrics endpoint (0 disables it)")
+	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443", "address of the https metrics endpoint, served to callers allowed GET /metrics (0 disables it)")
+	flag.StringVar(&metricsCertDir, "metrics-cert-dir", "", "directory with tls.crt and tls.key for the metrics endpoint (default: a self-signed certificate made at start)")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of the health probes")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "elect a leader so only one replica reconciles")
 	flag.StringVar(&watchNamespaces, "namespaces", "", "comma-separated namespaces to watch (default: all)")
@@ -52,7 +53,7 @@ func main() {
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Scheme:                 scheme,
 		Cache:                  controllers.CacheOptions(namespaces),
-		Metrics:                metricsserver.Options{BindAddress: metricsAddr},
+		Metrics:                controllers.MetricsOptions(metricsAddr, metricsCertDir),
 		HealthProbeBindAddress: probeAddr,
 		LeaderElection:         leaderElect,
 		LeaderElectionID:       "callguard-manager.callguard.dev",
