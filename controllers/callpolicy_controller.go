@@ -279,7 +279,7 @@ func (r *CallPolicyReconciler) reconcilePolicy(ctx context.Context, cp *callsv1a
 }
 
 func (r *CallPolicyReconciler) reconcileRBAC(ctx context.Context, cp *callsv1alpha1.CallPolicy, _ *reconcileState) error {
-	for _, obj := range []client.Object{buildServiceAccount(cp), buildRole(cp), buildRoleBinding(cp)} {
+	for _, obj := range []client.Object{buildServiceAccount(cp), BuildRole(cp), BuildRoleBinding(cp)} {
 		if err := r.apply(ctx, cp, obj); err != nil {
 			return err
 		}

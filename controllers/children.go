@@ -144,8 +144,9 @@ func buildServiceAccount(cp *callsv1alpha1.CallPolicy) *corev1.ServiceAccount {
 	return sa
 }
 
-// buildRole lets the receivers read exactly one ConfigMap: their policy.
-func buildRole(cp *callsv1alpha1.CallPolicy) *rbacv1.Role {
+// BuildRole lets the receivers read exactly one ConfigMap: their policy.
+// Exported for the receiver's tests, which run as this Role allows.
+func BuildRole(cp *callsv1alpha1.CallPolicy) *rbacv1.Role {
 	return &rbacv1.Role{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "Role"},
 		ObjectMeta: objectMeta(cp, childName(cp)),
@@ -158,8 +159,8 @@ func buildRole(cp *callsv1alpha1.CallPolicy) *rbacv1.Role {
 	}
 }
 
-// buildRoleBinding binds the Role to the receivers' ServiceAccount.
-func buildRoleBinding(cp *callsv1alpha1.CallPolicy) *rbacv1.RoleBinding {
+// BuildRoleBinding binds the Role to the receivers' ServiceAccount.
+func BuildRoleBinding(cp *callsv1alpha1.CallPolicy) *rbacv1.RoleBinding {
 	return &rbacv1.RoleBinding{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "RoleBinding"},
 		ObjectMeta: objectMeta(cp, childName(cp)),

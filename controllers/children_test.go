@@ -122,7 +122,7 @@ func TestHashData(t *testing.T) {
 
 func TestBuildRoleIsLimitedToThePolicyConfigMap(t *testing.T) {
 	cp := &callsv1alpha1.CallPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "n", Name: "p"}}
-	r := buildRole(cp)
+	r := BuildRole(cp)
 	if len(r.Rules) != 1 || len(r.Rules[0].ResourceNames) != 1 || r.Rules[0].ResourceNames[0] != "p-callguard-policy" {
 		t.Fatalf("role rules = %+v", r.Rules)
 	}
