@@ -230,6 +230,7 @@ func opsHandler(srv *Server) http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(srv.Registry(), promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /decisions", srv.serveDecisions)
 	return mux
 }
 

@@ -63,6 +63,7 @@ type Server struct {
 	http    *http.Client
 	metrics *metrics
 	calls   *callLog
+	recent  decisionRing
 
 	live     atomic.Pointer[policyVersion]
 	stopping atomic.Bool

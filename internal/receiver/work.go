@@ -36,19 +36,38 @@ func (s *Server) work() {
 	}
 }
 
+// outcome is what became of a decision: its result label (Graph's answer
+// to an action, the upstream bot's to an allowed call) and any error.
+type outcome struct {
+	result string
+	err    error
+}
+
+// Results of a decision, as logged and served at /decisions.
+const (
+	resultSuccess       = "success"
+	resultAlreadyDone   = "already_done"
+	resultFailed        = "failed"
+	resultDeadline      = "deadline"
+	resultForwarded     = "forwarded"
+	resultForwardFailed = "forward_failed"
+	resultNone          = "none"
+	resultDryRun        = "dry_run"
+)
+
 // actTask is one Graph action of a batch handed to an action worker.
 type actTask struct {
 	ctx  context.Context
 	rt   *policyVersion
 	c    *decided
-	err  *error
+	out  *outcome
 	done *sync.WaitGroup
 }
 
 func (s *Server) actWork() {
 	defer s.actWorkers.Done()
 	for t := range s.actions {
-		*t.err = s.act(t.ctx, t.rt, t.c)
+		*t.out = s.act(t.ctx, t.rt, t.c)
 		t.done.Done()
 	}
 }
@@ -77,7 +96,7 @@ func (s *Server) process(j *job) {
 	if pl.anyForward && j.rt.upstream != "" {
 		wg.Go(func() { fwdErr = s.forward(ctx, j, pl.forward) })
 	}
-	results := make([]error, len(pl.decided))
+	results := make([]outcome, len(pl.decided))
 	// The first action is carried out here, the others by action workers.
 	first := -1
 	for i := range pl.decided {
@@ -90,7 +109,7 @@ func (s *Server) process(j *job) {
 			continue
 		}
 		wg.Add(1)
-		s.actions <- actTask{ctx: ctx, rt: j.rt, c: c, err: &results[i], done: &wg}
+		s.actions <- actTask{ctx: ctx, rt: j.rt, c: c, out: &results[i], done: &wg}
 	}
 	if first >= 0 {
 		results[first] = s.act(ctx, j.rt, &pl.decided[first])
@@ -98,21 +117,33 @@ func (s *Server) process(j *job) {
 	wg.Wait()
 	for i := range pl.decided {
 		c := &pl.decided[i]
-		err := results[i]
 		if !c.acts(dryRun) {
-			err = fwdErr
+			results[i] = forwardOutcome(dryRun, j.rt.upstream != "", fwdErr)
 		}
-		s.logDecision(c.n, c.d, j, err)
+		s.logDecision(c, j, results[i])
 	}
 }
 
+// forwardOutcome is the outcome of a decision not carried out on Graph.
+func forwardOutcome(dryRun, upstream bool, err error) outcome {
+	switch {
+	case dryRun:
+		return outcome{resultDryRun, err}
+	case !upstream:
+		return outcome{resultNone, nil}
+	case err != nil:
+		return outcome{resultForwardFailed, err}
+	}
+	return outcome{resultForwarded, nil}
+}
+
 // act carries a Reject or Redirect out on Graph.
-func (s *Server) act(ctx context.Context, rt *policyVersion, c *decided) error {
+func (s *Server) act(ctx context.Context, rt *policyVersion, c *decided) outcome {
 	select {
 	case s.graphSlots <- struct{}{}:
 	case <-ctx.Done():
-		s.metrics.actionsBy.with(opOf(c.d.Action), "deadline").Inc()
-		return fmt.Errorf("waiting for a Graph slot: %w", ctx.Err())
+		s.metrics.actionsBy.with(opOf(c.d.Action), resultDeadline).Inc()
+		return outcome{resultDeadline, fmt.Errorf("waiting for a Graph slot: %w", ctx.Err())}
 	}
 	defer func() { <-s.graphSlots }()
 	callID, d := c.n.CallID(), c.d
@@ -130,23 +161,23 @@ func (s *Server) act(ctx context.Context, rt *policyVersion, c *decided) error {
 		op = graph.OpRedirect
 		err = rt.graph.Redirect(ctx, callID, redirectRequest(d.Redirect))
 	default:
-		return fmt.Errorf("unknown action %q", d.Action)
+		return outcome{resultFailed, fmt.Errorf("unknown action %q", d.Action)}
 	}
+	out := outcome{resultFailed, err}
 	switch {
 	case err == nil:
-		s.metrics.actionsBy.with(op, "success").Inc()
-		s.metrics.decisionToGraphOf(op).Observe(time.Since(c.at).Seconds())
+		out.result = resultSuccess
 	case errors.Is(err, graph.ErrAlreadyDone):
 		// An earlier attempt got no answer but Graph carried it out.
-		s.metrics.actionsBy.with(op, "already_done").Inc()
-		s.metrics.decisionToGraphOf(op).Observe(time.Since(c.at).Seconds())
-		return nil
+		out = outcome{resultAlreadyDone, nil}
 	case errors.Is(err, context.DeadlineExceeded):
-		s.metrics.actionsBy.with(op, "deadline").Inc()
-	default:
-		s.metrics.actionsBy.with(op, "failed").Inc()
+		out.result = resultDeadline
 	}
-	return err
+	s.metrics.actionsBy.with(op, out.result).Inc()
+	if out.err == nil {
+		s.metrics.decisionToGraphOf(op).Observe(time.Since(c.at).Seconds())
+	}
+	return out
 }
 
 func opOf(a v1alpha1.Action) string {
