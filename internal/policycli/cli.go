@@ -1,62 +1,90 @@
 // Package policycli is the logic of the kubectl callpolicy plugin: it decides
 // calls and lints policies offline with the same compiler and evaluator the
-// receiver runs (see shared/design/cli.md).
+// receiver runs, and, against a cluster, tests the live policy, shows its
+// status and the receivers' recent decisions (see shared/design/cli.md).
 package policycli
 
 import (
-	"encoding/json"
+	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"os"
 	"strings"
-	"text/tabwriter"
-	"time"
 
-	"github.com/callguard/callguard/internal/graph"
-	"github.com/callguard/callguard/internal/policy"
+	"github.com/spf13/pflag"
+	"k8s.io/cli-runtime/pkg/genericclioptions"
+	"k8s.io/cli-runtime/pkg/genericiooptions"
 )
 
 // Exit codes.
 const (
 	exitOK = 0
-	// exitFailed is for output that could not be written.
+	// exitFailed is for output that could not be written, and for a
+	// policy that is not Ready (status).
 	exitFailed = 1
-	// exitBad is for a policy or call that cannot be read or compiled, and
-	// for usage errors.
+	// exitBad is for a policy or call that cannot be read or compiled, a
+	// policy that does not exist, a cluster that cannot be reached, and
+	// usage errors.
 	exitBad = 2
 )
 
-// numberCallID is the id of the call --number makes up.
-const numberCallID = "callpolicy-test"
+const usage = `kubectl callpolicy: test, lint and watch callguard CallPolicies.
 
-const usage = `Usage:
+Usage:
   kubectl callpolicy test -f POLICY.yaml [-f MORE.yaml ...] (--notification FILE | --number E164 | --call FILE) [--at RFC3339] [-o json|table]
+  kubectl callpolicy test NAME [-n NAMESPACE] (--notification FILE | --number E164 | --call FILE) [--at RFC3339] [-o json|table]
   kubectl callpolicy lint -f POLICY.yaml [-f MORE.yaml ...]
+  kubectl callpolicy status NAME [-n NAMESPACE] [-o table|json|yaml]
+  kubectl callpolicy decisions NAME [-n NAMESPACE] [--since 10m] [--follow] [-o table|json|yaml]
+  kubectl callpolicy version
 
-test decides calls with a CallPolicy, offline: every created, incoming call of
-a Graph notification (--notification), one Graph call resource (--call), or a
-PSTN audio call from a number (--number). It prints one decision per call.
+test decides calls with a CallPolicy: every created, incoming call of a Graph
+notification (--notification), one Graph call resource (--call), or a PSTN
+audio call from a number (--number). It prints one decision per call. With -f
+it reads the policy from files, offline; with NAME it reads the CallPolicy and
+the ConfigMaps its numberLists name from the cluster.
 lint compiles the policy and prints its errors and warnings.
+status shows a CallPolicy's conditions, its receiver pods with the policy each
+runs, and the receivers' counters; it exits 0 when the policy is Ready.
+decisions prints the receivers' recent decisions, merged by time.
 
 -f takes files holding one CallPolicy and the ConfigMaps its numberLists name;
 "-" reads stdin. Exit status 2 means the policy or the call could not be read.
+Run "kubectl callpolicy VERB --help" for a verb's flags, including kubectl's
+own (-n, --context, --kubeconfig, ...) on the verbs that reach a cluster.
 `
 
 // Run runs the plugin with the arguments after the program name and returns
 // the exit status.
 func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	return RunContext(context.Background(), args, stdin, stdout, stderr)
+}
+
+// RunContext is Run with a context whose end stops a running command
+// (decisions --follow runs until then).
+func RunContext(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return exitBad
 	}
+	io := streams{ctx: ctx, stdin: stdin, stdout: stdout, stderr: stderr}
 	switch args[0] {
 	case "test":
-		return runTest(args[1:], stdin, stdout, stderr)
+		return runTest(io, args[1:])
 	case "lint":
-		return runLint(args[1:], stdin, stdout, stderr)
+		return runLint(io, args[1:])
+	case "status":
+		return runStatus(io, args[1:])
+	case "decisions":
+		return runDecisions(io, args[1:])
+	case "version":
+		return runVersion(io, args[1:])
 	case "help", "-h", "-help", "--help":
+		if len(args) > 1 && args[1] != "help" {
+			if _, ok := verbs[args[1]]; ok {
+				return RunContext(ctx, []string{args[1], "--help"}, stdin, stdout, stderr)
+			}
+		}
 		fmt.Fprint(stdout, usage)
 		return exitOK
 	}
@@ -64,273 +92,136 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	return exitBad
 }
 
-// files is the repeatable -f flag.
-type files []string
+// verbs are the commands that take flags, for "help VERB".
+var verbs = map[string]bool{"test": true, "lint": true, "status": true, "decisions": true, "version": true}
 
-func (f *files) String() string { return strings.Join(*f, ",") }
-
-func (f *files) Set(v string) error {
-	*f = append(*f, v)
-	return nil
+// streams are a command's context and standard streams.
+type streams struct {
+	ctx            context.Context
+	stdin          io.Reader
+	stdout, stderr io.Writer
 }
 
-func newFlagSet(name string, stderr io.Writer, fs *files) *flag.FlagSet {
-	set := flag.NewFlagSet(name, flag.ContinueOnError)
-	set.SetOutput(stderr)
-	set.Usage = func() { fmt.Fprint(stderr, usage) }
-	set.Var(fs, "f", "policy file (repeatable; - is stdin)")
-	set.Var(fs, "filename", "same as -f")
-	return set
+// command is one verb's flags: its own, and kubectl's when it reaches a
+// cluster.
+type command struct {
+	streams
+	name     string
+	synopsis string
+	flags    *pflag.FlagSet
+	kube     *genericclioptions.ConfigFlags
+	kubeSet  *pflag.FlagSet
 }
 
-func parse(set *flag.FlagSet, args []string, fs *files, stderr io.Writer) bool {
-	if err := set.Parse(args); err != nil {
-		return false
+func newCommand(s streams, name, synopsis string, cluster bool) *command {
+	c := &command{streams: s, name: name, synopsis: synopsis}
+	c.flags = pflag.NewFlagSet(name, pflag.ContinueOnError)
+	c.flags.SetOutput(io.Discard)
+	c.flags.Usage = func() {}
+	c.flags.SortFlags = false
+	if cluster {
+		c.kube = genericclioptions.NewConfigFlags(false).
+			WithWarningPrinter(genericiooptions.IOStreams{In: s.stdin, Out: s.stdout, ErrOut: s.stderr})
+		c.kubeSet = pflag.NewFlagSet("kubectl", pflag.ContinueOnError)
+		c.kube.AddFlags(c.kubeSet)
 	}
-	if set.NArg() > 0 {
-		fmt.Fprintf(stderr, "error: unexpected argument %q\n", set.Arg(0))
-		return false
-	}
-	if len(*fs) == 0 {
-		fmt.Fprintln(stderr, "error: -f is required")
-		return false
-	}
-	return true
+	return c
 }
 
-func runTest(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	var (
-		fs                   files
-		notification, callF  string
-		number, at, outputFm string
-	)
-	set := newFlagSet("test", stderr, &fs)
-	set.StringVar(&notification, "notification", "", "Graph commsNotifications JSON body")
-	set.StringVar(&callF, "call", "", "one Graph call resource JSON")
-	set.StringVar(&number, "number", "", "decide a PSTN audio call from this number")
-	set.StringVar(&at, "at", "", "arrival time for schedules, RFC 3339 (default now)")
-	set.StringVar(&outputFm, "o", "json", "output format: json or table")
-	if !parse(set, args, &fs, stderr) {
-		return exitBad
+// parse parses the arguments and returns the positional ones. When it
+// returns false the command is over with the code given: --help printed the
+// usage on stdout (0), or a usage error was reported on stderr (2).
+func (c *command) parse(args []string) ([]string, int, bool) {
+	if c.kubeSet != nil {
+		c.flags.AddFlagSet(c.kubeSet)
 	}
-	given := 0
-	for _, v := range []string{notification, callF, number} {
-		if v != "" {
-			given++
+	err := c.flags.Parse(args)
+	if errors.Is(err, pflag.ErrHelp) {
+		fmt.Fprint(c.stdout, c.help())
+		return nil, exitOK, false
+	}
+	if err != nil {
+		c.usageError("%s", flagError(err))
+		return nil, exitBad, false
+	}
+	return c.flags.Args(), exitOK, true
+}
+
+// flagError words an unknown flag as Go's flag package does, as the plugin
+// always has.
+func flagError(err error) string {
+	var ne *pflag.NotExistError
+	if errors.As(err, &ne) {
+		if name := ne.GetSpecifiedName(); name != "" {
+			return "flag provided but not defined: -" + name
 		}
+		return "flag provided but not defined: -" + ne.GetSpecifiedShortnames()
 	}
-	if given != 1 {
-		fmt.Fprintln(stderr, "error: give exactly one of --notification, --number or --call")
-		return exitBad
-	}
-	if outputFm != "json" && outputFm != "table" {
-		fmt.Fprintf(stderr, "error: -o must be json or table, got %q\n", outputFm)
-		return exitBad
-	}
-	when := time.Now()
-	if at != "" {
-		t, err := time.Parse(time.RFC3339Nano, at)
-		if err != nil {
-			fmt.Fprintf(stderr, "error: --at must be an RFC 3339 time such as 2026-03-04T19:00:00-08:00: %v\n", err)
-			return exitBad
-		}
-		when = t
-	}
-	if stdinUses(fs) > 1 || stdinUses(fs) == 1 && (notification == "-" || callF == "-") {
-		fmt.Fprintln(stderr, "error: stdin (-) can be read only once")
-		return exitBad
-	}
+	return err.Error()
+}
 
-	b, p, ok := load(fs, stdin, stderr)
+// parseNoArgs parses a verb that takes no positional arguments.
+func (c *command) parseNoArgs(args []string) (int, bool) {
+	rest, code, ok := c.parse(args)
 	if !ok {
-		return exitBad
+		return code, false
 	}
-	printProblems(stderr, "warning", b, p.Warnings())
-
-	var calls []*graph.Call
-	switch {
-	case number != "":
-		if _, ok := policy.NormalizeNumber(number); !ok {
-			fmt.Fprintf(stderr, "error: --number %q is not a phone number\n", number)
-			return exitBad
-		}
-		calls = []*graph.Call{{
-			ID:                  numberCallID,
-			State:               graph.StateIncoming,
-			Direction:           "incoming",
-			Source:              &graph.ParticipantInfo{Identity: &graph.IdentitySet{Phone: &graph.Identity{ID: number}}},
-			RequestedModalities: []string{"audio"},
-		}}
-	case notification != "":
-		body, err := readInput(notification, stdin)
-		if err != nil {
-			fmt.Fprintf(stderr, "error: %v\n", err)
-			return exitBad
-		}
-		n, err := graph.DecodeNotifications(body)
-		if errors.Is(err, graph.ErrLegacyFormat) {
-			fmt.Fprintf(stderr, "error: %s: not a Graph notification: %v (a JSON object with a \"value\" array is expected)\n", notification, err)
-			return exitBad
-		}
-		if err != nil {
-			fmt.Fprintf(stderr, "error: %s: %v\n", notification, err)
-			return exitBad
-		}
-		for _, item := range n.Value {
-			if !item.IsIncomingCall() {
-				continue
-			}
-			c := *item.ResourceData
-			if c.ID == "" {
-				c.ID = item.CallID()
-			}
-			calls = append(calls, &c)
-		}
-	default:
-		body, err := readInput(callF, stdin)
-		if err != nil {
-			fmt.Fprintf(stderr, "error: %v\n", err)
-			return exitBad
-		}
-		c, err := graph.DecodeCall(body)
-		if err != nil {
-			fmt.Fprintf(stderr, "error: %s: %v\n", callF, err)
-			return exitBad
-		}
-		calls = []*graph.Call{c}
+	if len(rest) > 0 {
+		fmt.Fprintf(c.stderr, "error: unexpected argument %q\n", rest[0])
+		return exitBad, false
 	}
-
-	decisions := make([]policy.Decision, len(calls))
-	for i, c := range calls {
-		decisions[i] = p.Decide(c, when)
-	}
-	if err := write(stdout, outputFm, decisions); err != nil {
-		fmt.Fprintf(stderr, "error: write decisions: %v\n", err)
-		return exitFailed
-	}
-	return exitOK
+	return exitOK, true
 }
 
-func runLint(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	var fs files
-	set := newFlagSet("lint", stderr, &fs)
-	if !parse(set, args, &fs, stderr) {
-		return exitBad
-	}
-	if stdinUses(fs) > 1 {
-		fmt.Fprintln(stderr, "error: stdin (-) can be read only once")
-		return exitBad
-	}
-	b, p, ok := load(fs, stdin, stderr)
-	if !ok {
-		return exitBad
-	}
-	printProblems(stderr, "warning", b, p.Warnings())
-	if _, err := fmt.Fprintf(stdout, "%s: %s, %s\n", qualified(b.Source), plural(p.Rules(), "rule"), plural(len(p.Warnings()), "warning")); err != nil {
-		return exitFailed
-	}
-	return exitOK
+func (c *command) usageError(format string, args ...any) {
+	fmt.Fprintf(c.stderr, "error: "+format+"\n", args...)
+	fmt.Fprintf(c.stderr, "See 'kubectl callpolicy %s --help' for usage.\n", c.name)
 }
 
-func plural(n int, noun string) string {
-	if n == 1 {
-		return "1 " + noun
+func (c *command) help() string {
+	var b strings.Builder
+	b.WriteString(c.synopsis)
+	own := pflag.NewFlagSet(c.name, pflag.ContinueOnError)
+	own.SortFlags = false
+	c.flags.VisitAll(func(f *pflag.Flag) {
+		if c.kubeSet == nil || c.kubeSet.Lookup(f.Name) == nil {
+			own.AddFlag(f)
+		}
+	})
+	if own.HasAvailableFlags() {
+		b.WriteString("\nFlags:\n")
+		b.WriteString(own.FlagUsages())
 	}
-	return fmt.Sprintf("%d %ss", n, noun)
+	if c.kubeSet != nil {
+		b.WriteString("\nkubectl flags:\n")
+		b.WriteString(c.kubeSet.FlagUsages())
+	}
+	return b.String()
 }
 
-func qualified(src *policy.Source) string {
-	if src.Namespace == "" {
-		return src.Name
-	}
-	return src.Namespace + "/" + src.Name
+// output is the -o/--output flag with the formats a verb accepts.
+type output struct {
+	value   string
+	allowed []string
 }
 
-func stdinUses(fs files) int {
-	n := 0
-	for _, f := range fs {
-		if f == "-" {
-			n++
+func (c *command) outputFlag(dflt string, allowed ...string) *output {
+	o := &output{value: dflt, allowed: allowed}
+	c.flags.StringVarP(&o.value, "output", "o", dflt, "output format: "+strings.Join(allowed, ", "))
+	return o
+}
+
+// check reports a format the verb does not print.
+func (o *output) check(c *command) bool {
+	for _, a := range o.allowed {
+		if o.value == a {
+			return true
 		}
 	}
-	return n
-}
-
-// load reads and compiles the policy, reporting problems on stderr.
-func load(fs files, stdin io.Reader, stderr io.Writer) (*policy.Bundle, *policy.Policy, bool) {
-	b, err := policy.LoadFilesFrom(stdin, fs...)
-	if err != nil {
-		for _, line := range strings.Split(err.Error(), "\n") {
-			fmt.Fprintf(stderr, "error: %s\n", line)
-		}
-		return nil, nil, false
-	}
-	p, err := policy.Compile(b.Source)
-	var ce *policy.CompileError
-	if errors.As(err, &ce) {
-		printProblems(stderr, "error", b, ce.Errors)
-		return nil, nil, false
-	}
-	if err != nil {
-		fmt.Fprintf(stderr, "error: %v\n", err)
-		return nil, nil, false
-	}
-	return b, p, true
-}
-
-// printProblems prints compile errors or warnings as "KIND: FILE:LINE: PATH: MESSAGE".
-func printProblems(w io.Writer, kind string, b *policy.Bundle, problems []policy.FieldError) {
-	for _, fe := range problems {
-		fmt.Fprintf(w, "%s: %s: %s\n", kind, b.Locate(fe), fe.Error())
-	}
-}
-
-func readInput(name string, stdin io.Reader) ([]byte, error) {
-	if name == "-" {
-		b, err := io.ReadAll(stdin)
-		if err != nil {
-			return nil, fmt.Errorf("read stdin: %w", err)
-		}
-		return b, nil
-	}
-	b, err := os.ReadFile(name)
-	if err != nil {
-		return nil, fmt.Errorf("read call: %w", err)
-	}
-	return b, nil
-}
-
-func write(w io.Writer, format string, decisions []policy.Decision) error {
-	if format == "json" {
-		enc := json.NewEncoder(w)
-		for _, d := range decisions {
-			if err := enc.Encode(d); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	if len(decisions) == 0 {
-		return nil
-	}
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "CALL ID\tACTION\tREASON\tRULE\tMODE")
-	for _, d := range decisions {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", orDash(d.CallID), d.Action, orDash(string(d.Reason)), ruleName(d.Rule), d.Mode)
-	}
-	return tw.Flush()
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}
-
-func ruleName(r string) string {
-	if r == "" {
-		return "(default)"
-	}
-	return r
+	quoted := make([]string, len(o.allowed))
+	copy(quoted, o.allowed)
+	last := len(quoted) - 1
+	list := strings.Join(quoted[:last], ", ") + " or " + quoted[last]
+	fmt.Fprintf(c.stderr, "error: -o must be %s, got %q\n", list, o.value)
+	return false
 }

@@ -181,3 +181,54 @@ func TestHelp(t *testing.T) {
 		t.Errorf("help: exit %d, stdout %q", code, stdout.String())
 	}
 }
+
+// TestVerbHelp: --help and -h on every verb, and help VERB, print the
+// verb's usage on stdout and exit 0.
+func TestVerbHelp(t *testing.T) {
+	tests := []struct {
+		args []string
+		has  []string
+	}{
+		{[]string{"test", "--help"}, []string{"kubectl callpolicy test -f POLICY.yaml", "kubectl callpolicy test NAME", "--number", "--kubeconfig", "-n, --namespace"}},
+		{[]string{"test", "-h"}, []string{"kubectl callpolicy test NAME"}},
+		{[]string{"test", "-f", sample, "--help"}, []string{"kubectl callpolicy test NAME"}},
+		{[]string{"lint", "--help"}, []string{"kubectl callpolicy lint -f POLICY.yaml"}},
+		{[]string{"status", "--help"}, []string{"kubectl callpolicy status NAME", "-o, --output", "--context"}},
+		{[]string{"status", "hotline", "-h"}, []string{"kubectl callpolicy status NAME"}},
+		{[]string{"decisions", "--help"}, []string{"kubectl callpolicy decisions NAME", "--since", "--follow", "--kubeconfig"}},
+		{[]string{"version", "--help"}, []string{"kubectl callpolicy version"}},
+		{[]string{"help", "decisions"}, []string{"kubectl callpolicy decisions NAME"}},
+		{[]string{"help"}, []string{"kubectl callpolicy status NAME", "kubectl callpolicy version"}},
+		{[]string{"-h"}, []string{"kubectl callpolicy decisions NAME"}},
+	}
+	for _, tt := range tests {
+		t.Run(strings.Join(tt.args, " "), func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := Run(tt.args, nil, &stdout, &stderr)
+			if code != 0 || stderr.Len() > 0 {
+				t.Errorf("exit %d, stderr %q", code, stderr.String())
+			}
+			for _, want := range tt.has {
+				if !strings.Contains(stdout.String(), want) {
+					t.Errorf("stdout:\n%s\ndoes not contain %q", stdout.String(), want)
+				}
+			}
+		})
+	}
+}
+
+func TestVersion(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	if code := Run([]string{"version"}, nil, &stdout, &stderr); code != 0 || !strings.HasPrefix(stdout.String(), "kubectl-callpolicy (devel) go1.") || stderr.Len() > 0 {
+		t.Errorf("exit %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
+	}
+	defer func(v string) { version = v }(version)
+	version = "v0.1.0"
+	stdout.Reset()
+	if code := Run([]string{"version"}, nil, &stdout, &stderr); code != 0 || !strings.HasPrefix(stdout.String(), "kubectl-callpolicy v0.1.0 go1.") {
+		t.Errorf("with -X version: exit %d, stdout %q", code, stdout.String())
+	}
+	if code := Run([]string{"version", "extra"}, nil, &stdout, &stderr); code != 2 {
+		t.Errorf("version extra: exit %d", code)
+	}
+}
