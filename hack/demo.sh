@@ -39,6 +39,14 @@ demo)
 		kubectl -n callguard-demo rollout restart deployment/hotline-callguard >/dev/null 2>&1 || true
 	fi
 	go run ./hack/demo --kubeconfig "${KUBECONFIG}" --state-dir "${state}/emulator"
+	# "What did it do with my calls?": the plugin, through kubectl's own
+	# credentials and the API server's pod proxy.
+	CGO_ENABLED=0 go build -o bin/kubectl-callpolicy ./cmd/kubectl-callpolicy
+	export PATH="${root}/bin:${PATH}"
+	say "kubectl callpolicy status hotline -n callguard-demo"
+	kubectl callpolicy status hotline -n callguard-demo || true
+	say "kubectl callpolicy decisions hotline -n callguard-demo"
+	kubectl callpolicy decisions hotline -n callguard-demo
 	;;
 e2e)
 	setup

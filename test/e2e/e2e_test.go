@@ -6,7 +6,9 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -27,13 +29,16 @@ import (
 
 	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
 	"github.com/callguard/callguard/internal/graph"
+	"github.com/callguard/callguard/internal/policycli"
 	"github.com/callguard/callguard/test/harness"
 )
 
 var (
-	cluster  *harness.Cluster
-	emu      *harness.Emulator
-	ns       = "callguard-e2e"
+	cluster *harness.Cluster
+	emu     *harness.Emulator
+	ns      = "callguard-e2e"
+	// placed holds the ids of the calls place placed, in order.
+	placed   []string
 	callback string
 )
 
@@ -110,6 +115,7 @@ func place(t *testing.T, src *graph.IdentitySet, modalities ...string) *harness.
 	if err != nil {
 		t.Fatalf("place call: %v", err)
 	}
+	placed = append(placed, id)
 	rec, err := emu.WaitAction(ctx, id, 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -130,6 +136,8 @@ func TestOnCluster(t *testing.T) {
 		{"PolicyReadyForCurrentGeneration", testPolicyReadyForCurrentGeneration},
 		{"EveryActionIsEnforced", testEveryActionIsEnforced},
 		{"PolicyChangesAreEnforcedWithinTwoSecondsAtP99", testPolicyChangesAreEnforcedWithinTwoSecondsAtP99},
+		// Before the tests that replace receiver pods (and their decisions).
+		{"DecisionsListEveryCallPlaced", testDecisionsListEveryCallPlaced},
 		{"SecretChangeRollsReceiversWithoutLosingCalls", testSecretChangeRollsReceiversWithoutLosingCalls},
 		{"ReceiverPodDeletionAndOperatorRestartLoseNoDecision", testReceiverPodDeletionAndOperatorRestartLoseNoDecision},
 		{"DeletingThePolicyCollectsEveryChild", testDeletingThePolicyCollectsEveryChild},
@@ -268,6 +276,44 @@ func testPolicyChangesAreEnforcedWithinTwoSecondsAtP99(t *testing.T) {
 // percentile is the nearest-rank p-th percentile (0 < p ≤ 100) of sorted
 // (not empty): the smallest value with at least p % of the values at or
 // below it.
+// testDecisionsListEveryCallPlaced: `kubectl callpolicy decisions`, through
+// the API server's pod proxy to every receiver, lists each call placed so
+// far with the action Graph saw.
+func testDecisionsListEveryCallPlaced(t *testing.T) {
+	if len(placed) == 0 {
+		t.Fatal("no calls were placed before this test")
+	}
+	var out, errOut bytes.Buffer
+	args := []string{"decisions", "hotline", "-n", ns, "--kubeconfig", os.Getenv("KUBECONFIG"), "--since", "1h", "-o", "json"}
+	if code := policycli.Run(args, nil, &out, &errOut); code != 0 {
+		t.Fatalf("kubectl callpolicy %s: exit %d: %s", strings.Join(args, " "), code, errOut.String())
+	}
+	listed := map[string]string{}
+	pods := map[string]bool{}
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		var d struct {
+			CallID string `json:"callId"`
+			Pod    string `json:"pod"`
+			Action string `json:"action"`
+		}
+		if err := json.Unmarshal([]byte(line), &d); err != nil {
+			t.Fatalf("decision line %q: %v", line, err)
+		}
+		listed[d.CallID] = d.Action
+		pods[d.Pod] = true
+	}
+	var missing []string
+	for _, id := range placed {
+		if _, ok := listed[id]; !ok {
+			missing = append(missing, id)
+		}
+	}
+	if len(missing) > 0 {
+		t.Fatalf("%d of %d calls placed are not listed by decisions (%d pods answered): %v", len(missing), len(placed), len(pods), missing)
+	}
+	t.Logf("decisions lists all %d calls placed, from %d receiver pods", len(placed), len(pods))
+}
+
 func percentile(sorted []time.Duration, p int) time.Duration {
 	rank := (p*len(sorted) + 99) / 100 // ⌈p·n/100⌉ in integers
 	return sorted[rank-1]
