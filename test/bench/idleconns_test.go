@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -610,44 +609,16 @@ func (r *idleOpenReport) add(o idleOpenReport) {
 
 // idleClients is a running client process.
 type idleClients struct {
-	cmd   *exec.Cmd
-	stdin io.WriteCloser
-	out   *bufio.Reader
-	done  bool
+	*planChild
+	done bool
 }
 
 func startIdleClients(plan idleClientPlan) (*idleClients, error) {
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), childEnv+"="+idleClientsChild)
-	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stdin, err := cmd.StdinPipe()
+	c, err := startPlanChild("client process", idleClientsChild, plan)
 	if err != nil {
 		return nil, err
 	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start client process: %w", err)
-	}
-	cl := &idleClients{cmd: cmd, stdin: stdin, out: bufio.NewReader(stdout)}
-	if err := json.NewEncoder(stdin).Encode(plan); err != nil {
-		cl.close()
-		return nil, err
-	}
-	if line, err := cl.out.ReadString('\n'); err != nil || line != "ready\n" {
-		cl.close()
-		return nil, fmt.Errorf("client process not ready: %q %v", line, err)
-	}
-	return cl, nil
-}
-
-// start tells the client process to open its connections.
-func (cl *idleClients) start() error {
-	_, err := io.WriteString(cl.stdin, "go\n")
-	return err
+	return &idleClients{planChild: c}, nil
 }
 
 // opened waits for the client process to have opened its connections.

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -245,36 +244,18 @@ func (g *loadGen) paced(start time.Time) ([]time.Duration, error) {
 // runLoad runs a load generator process on plan and returns its report;
 // started is called once it is ready to send, just before it is told to.
 func runLoad(plan loadPlan, started func()) (*loadResult, error) {
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), childEnv+"="+loadChild, "GOMAXPROCS=1")
-	cmd.Stderr = os.Stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stdin, err := cmd.StdinPipe()
+	c, err := startPlanChild("load generator", loadChild, plan, "GOMAXPROCS=1")
 	if err != nil {
 		return nil, err
 	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start load generator: %w", err)
-	}
-	defer func() { _ = cmd.Wait() }()
-	defer stdin.Close()
-	if err := json.NewEncoder(stdin).Encode(plan); err != nil {
-		return nil, err
-	}
-	out := bufio.NewReader(stdout)
-	if line, err := out.ReadString('\n'); err != nil || line != "ready\n" {
-		return nil, fmt.Errorf("load generator not ready: %q %v", line, err)
-	}
+	defer func() { _ = c.cmd.Wait() }()
+	defer c.stdin.Close()
 	started()
-	if _, err := io.WriteString(stdin, "go\n"); err != nil {
+	if err := c.start(); err != nil {
 		return nil, err
 	}
 	var res loadResult
-	if err := json.NewDecoder(out).Decode(&res); err != nil {
+	if err := json.NewDecoder(c.out).Decode(&res); err != nil {
 		return nil, fmt.Errorf("load generator report: %w", err)
 	}
 	return &res, nil
