@@ -264,9 +264,14 @@ func FuzzDecodeNotifications(f *testing.F) {
 					v.ChangeType, v.ResourceURL, v.Resource, o.ChangeType, o.ResourceURL, o.Resource)
 			}
 			if v.ResourceData != nil {
+				// Compared as encoded: what the reader adds beyond the wire
+				// (IdentitySet.OtherMembers) is not encoded.
 				var c Call
-				if err := json.Unmarshal(o.ResourceData, &c); err != nil || !reflect.DeepEqual(&c, v.ResourceData) {
-					t.Fatalf("%q: value[%d] call read as %+v, encoding/json reads %+v (%v)", body, i, v.ResourceData, &c, err)
+				err := json.Unmarshal(o.ResourceData, &c)
+				mine, _ := json.Marshal(v.ResourceData)
+				theirs, _ := json.Marshal(&c)
+				if err != nil || string(mine) != string(theirs) {
+					t.Fatalf("%q: value[%d] call read as %s, encoding/json reads %s (%v)", body, i, mine, theirs, err)
 				}
 			}
 			alone, err := DecodeNotifications([]byte(`{"value":[` + string(v.Raw) + `]}`))
