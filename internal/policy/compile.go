@@ -349,12 +349,12 @@ func (c *compiler) compileRule(i int, names map[string]int) rule {
 		c.redirect(path+".redirect", sr.Redirect)
 	}
 	r := rule{
-		name:     sr.Name,
-		action:   sr.Action,
-		reason:   reasonFor(sr.Action, sr.Reason),
-		redirect: sr.Redirect,
-		types:    allTypes,
-		numbers:  -1, prefixes: -1, lists: -1,
+		name:      sr.Name,
+		action:    sr.Action,
+		reason:    reasonFor(sr.Action, sr.Reason),
+		redirect:  sr.Redirect,
+		types:     allTypes,
+		numberSet: -1,
 	}
 	c.compileMatch(path+".match", &sr.Match, &r)
 	r.more = r.ids != nil || r.tenants != nil || r.sched != nil || r.numberRes != nil || r.nameRes != nil || r.expr != nil
@@ -412,8 +412,7 @@ func (c *compiler) compileCallers(path string, cm *v1alpha1.CallerMatch, r *rule
 				keys = append(keys, key)
 			}
 		}
-		r.numbers = c.ix.newSet()
-		c.ix.add(r.numbers, keys, nil)
+		c.ix.add(c.numberSet(r), keys, nil)
 	}
 	if len(cm.NumberPrefixes) > 0 {
 		c.maxItems(path+".numberPrefixes", len(cm.NumberPrefixes), 10000)
@@ -427,23 +426,26 @@ func (c *compiler) compileCallers(path string, cm *v1alpha1.CallerMatch, r *rule
 			}
 			keys = append(keys, key)
 		}
-		r.prefixes = c.ix.newSet()
-		c.ix.add(r.prefixes, nil, keys)
+		c.ix.add(c.numberSet(r), nil, keys)
 	}
 	r.numberRes = c.regexps(path+".numberPatterns", cm.NumberPatterns)
 	if len(cm.NumberLists) > 0 {
 		c.maxItems(path+".numberLists", len(cm.NumberLists), 64)
-		r.lists = c.ix.newSet()
+		set := c.numberSet(r)
 		entries := 0
 		for i, nl := range cm.NumberLists {
 			l := c.list(fmt.Sprintf("%s.numberLists[%d]", path, i), nl.ConfigMapKeyRef)
 			if l != nil {
-				c.ix.add(r.lists, l.exact, l.prefix)
+				c.ix.add(set, l.exact, l.prefix)
 				entries += l.entries()
 			}
 		}
-		if entries == 0 {
+		switch {
+		case entries > 0:
+		case len(cm.Numbers)+len(cm.NumberPrefixes)+len(cm.NumberPatterns) == 0:
 			c.warnf(path+".numberLists", "the lists have no entries, so this rule never matches")
+		default:
+			c.warnf(path+".numberLists", "the lists have no entries, so only the other number fields can match")
 		}
 	}
 	c.maxItems(path+".identityTypes", len(cm.IdentityTypes), len(identityTypes))
@@ -458,13 +460,21 @@ func (c *compiler) compileCallers(path string, cm *v1alpha1.CallerMatch, r *rule
 		}
 		r.types |= bit
 	}
-	r.needsNumber = r.numbers >= 0 || r.prefixes >= 0 || r.lists >= 0 || r.numberRes != nil
+	r.needsNumber = r.numberSet >= 0 || r.numberRes != nil
 	if r.types&typeBit(v1alpha1.IdentityPhone) == 0 && r.needsNumber {
 		c.warnf(path, "number fields only hold for phone callers and identityTypes leaves out phone, so this rule never matches")
 	}
 	r.ids = c.idSet(path+".ids", cm.IDs, 10000)
 	r.tenants = c.idSet(path+".tenantIds", cm.TenantIDs, 1000)
 	r.nameRes = c.regexps(path+".displayNamePatterns", cm.DisplayNamePatterns)
+}
+
+// numberSet returns the rule's number set, making it on first use.
+func (c *compiler) numberSet(r *rule) int32 {
+	if r.numberSet < 0 {
+		r.numberSet = c.ix.newSet()
+	}
+	return r.numberSet
 }
 
 func (c *compiler) regexps(path string, patterns []string) []*regexp.Regexp {

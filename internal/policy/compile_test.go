@@ -292,6 +292,7 @@ func TestWarnings(t *testing.T) {
 	src := testSource(
 		reject("no-phone", callers(v1alpha1.CallerMatch{IdentityTypes: []v1alpha1.IdentityType{"user"}, Numbers: []string{"+1"}})),
 		reject("empty-list", callers(v1alpha1.CallerMatch{NumberLists: []v1alpha1.NumberList{{ConfigMapKeyRef: v1alpha1.ConfigMapKeyReference{Name: "l", Key: "k"}}}})),
+		reject("empty-list-or-number", callers(v1alpha1.CallerMatch{Numbers: []string{"+1"}, NumberLists: []v1alpha1.NumberList{{ConfigMapKeyRef: v1alpha1.ConfigMapKeyReference{Name: "l", Key: "k"}}}})),
 		reject("everyone", v1alpha1.Match{}),
 		reject("late", callers(v1alpha1.CallerMatch{Numbers: []string{"+1"}})),
 		reject("later", v1alpha1.Match{}),
@@ -301,8 +302,9 @@ func TestWarnings(t *testing.T) {
 	want := []FieldError{
 		{"spec.rules[0].match.callers", "number fields only hold for phone callers and identityTypes leaves out phone, so this rule never matches"},
 		{"spec.rules[1].match.callers.numberLists", "the lists have no entries, so this rule never matches"},
-		{"spec.rules[3]", `rule "late" never matches: rule "everyone" (spec.rules[2]) has an empty match and decides every call first`},
-		{"spec.rules[4]", `rule "later" never matches: rule "everyone" (spec.rules[2]) has an empty match and decides every call first`},
+		{"spec.rules[2].match.callers.numberLists", "the lists have no entries, so only the other number fields can match"},
+		{"spec.rules[4]", `rule "late" never matches: rule "everyone" (spec.rules[3]) has an empty match and decides every call first`},
+		{"spec.rules[5]", `rule "later" never matches: rule "everyone" (spec.rules[3]) has an empty match and decides every call first`},
 	}
 	if got := p.Warnings(); !reflect.DeepEqual(got, want) {
 		t.Errorf("Warnings =\n%v\nwant\n%v", got, want)

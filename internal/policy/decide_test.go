@@ -78,6 +78,12 @@ func TestMatchFields(t *testing.T) {
 		}
 		return callers(cm)
 	}
+	mixed := v1alpha1.CallerMatch{
+		Numbers:        []string{"+14255550100"},
+		NumberPrefixes: []string{"+1900"},
+		NumberPatterns: []string{`^\+4420`},
+		NumberLists:    list(ListRef{"robocallers", "numbers.txt"}).Callers.NumberLists,
+	}
 	tests := []struct {
 		name  string
 		match v1alpha1.Match
@@ -161,8 +167,23 @@ func TestMatchFields(t *testing.T) {
 		{"expression call fields", v1alpha1.Match{Expression: `call.direction == "incoming" && call.state == "incoming" && call.tenantId == "" && call.id == "call-1"`}, phoneCall("+1"), true},
 
 		{"AND of fields", v1alpha1.Match{Callers: &v1alpha1.CallerMatch{NumberPrefixes: []string{"+1"}}, Modalities: []v1alpha1.Modality{"video"}}, phoneCall("+1425", "audio"), false},
-		{"numbers AND prefixes", callers(v1alpha1.CallerMatch{Numbers: []string{"+14255550100"}, NumberPrefixes: []string{"+1900"}}), phoneCall("+14255550100"), false},
-		{"numbers AND prefixes both hold", callers(v1alpha1.CallerMatch{Numbers: []string{"+19005550100"}, NumberPrefixes: []string{"+1900"}}), phoneCall("+19005550100"), true},
+		// The four number fields are one condition (api.md): any of them may hold.
+		{"numbers OR prefixes: the number", callers(v1alpha1.CallerMatch{Numbers: []string{"+14255550100"}, NumberPrefixes: []string{"+1900"}}), phoneCall("+14255550100"), true},
+		{"numbers OR prefixes: the prefix", callers(v1alpha1.CallerMatch{Numbers: []string{"+14255550100"}, NumberPrefixes: []string{"+1900"}}), phoneCall("+19005550100"), true},
+		{"numbers OR prefixes: neither", callers(v1alpha1.CallerMatch{Numbers: []string{"+14255550100"}, NumberPrefixes: []string{"+1900"}}), phoneCall("+14255550101"), false},
+		{"numbers OR prefixes both hold", callers(v1alpha1.CallerMatch{Numbers: []string{"+19005550100"}, NumberPrefixes: []string{"+1900"}}), phoneCall("+19005550100"), true},
+		{"all four: numbers", callers(mixed), phoneCall("+14255550100"), true},
+		{"all four: prefix", callers(mixed), phoneCall("+19005550199"), true},
+		{"all four: pattern", callers(mixed), phoneCall("+442071234567"), true},
+		{"all four: list number", callers(mixed), phoneCall("+12065550123"), true},
+		{"all four: list prefix", callers(mixed), phoneCall("+18095550000"), true},
+		{"all four: none", callers(mixed), phoneCall("+33123456789"), false},
+		{"all four: invalid number", callers(mixed), phoneCall("+1900 CALL"), false},
+		{"all four: not a phone caller", callers(mixed), user("+14255550100", "", ""), false},
+		{"pattern OR empty list", callers(v1alpha1.CallerMatch{NumberPatterns: []string{`^\+44`}, NumberLists: list(ListRef{"empty", "list"}).Callers.NumberLists}), phoneCall("+4420"), true},
+		{"number condition AND modality", v1alpha1.Match{Callers: &mixed, Modalities: []v1alpha1.Modality{"video"}}, phoneCall("+14255550100", "audio"), false},
+		{"number condition AND modality hold", v1alpha1.Match{Callers: &mixed, Modalities: []v1alpha1.Modality{"video"}}, phoneCall("+442071234567", "video"), true},
+		{"number condition AND display name", v1alpha1.Match{Callers: &v1alpha1.CallerMatch{NumberPatterns: []string{`^\+44`}, Numbers: []string{"+14255550100"}, DisplayNamePatterns: []string{"^Bob"}}}, phoneCall("+14255550100"), false},
 		{"type AND id", callers(v1alpha1.CallerMatch{IdentityTypes: []v1alpha1.IdentityType{"guest"}, IDs: []string{"u"}}), user("u", "", ""), false},
 	}
 	for _, tt := range tests {

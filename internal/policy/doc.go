@@ -7,9 +7,12 @@
 // package decides as follows:
 //
 //   - Every given match field must hold and inside a field any item may.
-//     numbers, numberPrefixes, numberPatterns and numberLists are separate
-//     fields, so a rule that gives two of them needs both to hold. An empty
-//     list counts as not given.
+//     As api.md says, numbers, numberPrefixes, numberPatterns and
+//     numberLists are one condition, "the caller's number is one of these",
+//     which holds when any of the given ones holds, and is ANDed with the
+//     other fields. An empty list counts as not given; a numberLists whose
+//     lists are all empty still makes the rule need a phone caller with a
+//     valid number.
 //   - Number fields hold only for phone callers whose number normalizes.
 //     Entries (numbers, prefixes, list lines) have at most 18 digits. A
 //     numberPrefixes entry may end in '*', as list prefixes do. List lines

@@ -2,11 +2,11 @@ package policy
 
 import "slices"
 
-// A number set is the numbers, numberPrefixes or numberLists field of one
-// rule. All sets share one numberIndex, so deciding a phone call costs one
+// A number set holds the entries of the numbers, numberPrefixes and
+// numberLists fields of one rule together, since they are one condition. All sets share one numberIndex, so deciding a phone call costs one
 // exact lookup plus one lookup per distinct prefix length, however many rules
 // and entries the policy has; each rule then tests a bit.
-const maxSets = 3 * maxRules
+const maxSets = maxRules
 
 type setBits [maxSets / 64]uint64
 

@@ -55,8 +55,11 @@ type rule struct {
 	// valid number can match.
 	needsNumber bool
 	modalities  uint8 // bit per modality
-	// Number set ids, -1 when the field is not given.
-	numbers, prefixes, lists int32
+	// numberSet is the id of the number set holding the entries of numbers,
+	// numberPrefixes and numberLists together, -1 when none of them is
+	// given. The four number fields are one condition (api.md): it holds
+	// when the number is in numberSet or matches one of numberRes.
+	numberSet int32
 	// more is set when a field that holds checks is given.
 	more         bool
 	numberRes    []*regexp.Regexp
@@ -78,9 +81,7 @@ func (p *Policy) Decide(call *graph.Call, at time.Time) Decision {
 		// do; holds checks the rest.
 		if r.types&ev.typeBit == 0 || r.needsNumber && !ev.numOK ||
 			r.modalities != 0 && r.modalities&ev.modalities() == 0 ||
-			r.numbers >= 0 && !ev.inSet(r.numbers) ||
-			r.prefixes >= 0 && !ev.inSet(r.prefixes) ||
-			r.lists >= 0 && !ev.inSet(r.lists) {
+			r.numberSet >= 0 && r.numberRes == nil && !ev.inSet(r.numberSet) {
 			continue
 		}
 		if !r.more || r.holds(&ev) {
@@ -280,7 +281,8 @@ func (r *rule) holds(ev *evalState) bool {
 	if r.sched != nil && !r.sched.holds(ev) {
 		return false
 	}
-	if r.numberRes != nil && !anyMatch(r.numberRes, ev.number()) {
+	// The number condition: in the set, or else matched by a pattern.
+	if r.numberRes != nil && !(r.numberSet >= 0 && ev.inSet(r.numberSet)) && !anyMatch(r.numberRes, ev.number()) {
 		return false
 	}
 	if r.nameRes != nil && !anyMatch(r.nameRes, ev.callerName()) {
