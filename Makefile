@@ -89,7 +89,7 @@ test: verify-generated vet ## Run every test against a real API server (envtest)
 .PHONY: test-chart
 test-chart: $(HELM) $(PROMTOOL) $(KUSTOMIZE) ## Test the Helm chart, alerts and dashboard: helm lint, parity with config/, envtest dry-runs, promtool test rules, dashboard queries.
 	cd test/chart && $(GO) vet -mod=mod ./...
-	cd test/chart && KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" HELM=$(HELM) PROMTOOL=$(PROMTOOL) KUSTOMIZE=$(KUSTOMIZE) \
+	assets="$(ENVTEST_ASSETS)" && cd test/chart && KUBEBUILDER_ASSETS="$$assets" HELM=$(HELM) PROMTOOL=$(PROMTOOL) KUSTOMIZE=$(KUSTOMIZE) \
 		$(GO) test -mod=mod -count=1 ./...
 
 .PHONY: fuzz
