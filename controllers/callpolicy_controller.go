@@ -182,7 +182,7 @@ func (r *CallPolicyReconciler) reconcileSources(ctx context.Context, cp *callsv1
 	}
 
 	if ref := cp.Spec.Graph.CABundle; ref != nil {
-		pem, err := r.configMapKey(ctx, cp, st, "spec.graph.caBundle", ref.Name, ref.Key)
+		pem, err := r.configMapKey(ctx, cp, st, "spec.graph.caBundle", ref.Name, ref.Key, false)
 		if err != nil {
 			return err
 		}
@@ -194,7 +194,7 @@ func (r *CallPolicyReconciler) reconcileSources(ctx context.Context, cp *callsv1
 
 	st.lists = map[policy.ListRef]string{}
 	for _, ref := range policy.ListRefs(&cp.Spec) {
-		text, err := r.configMapKey(ctx, cp, st, "numberLists", ref.Name, ref.Key)
+		text, err := r.configMapKey(ctx, cp, st, "numberLists", ref.Name, ref.Key, true)
 		if err != nil {
 			return err
 		}
@@ -204,9 +204,11 @@ func (r *CallPolicyReconciler) reconcileSources(ctx context.Context, cp *callsv1
 }
 
 // configMapKey reads one key (data or binaryData) of a ConfigMap in the
-// policy's namespace; a missing ConfigMap or key stalls the policy, naming
-// the field that refers to it.
-func (r *CallPolicyReconciler) configMapKey(ctx context.Context, cp *callsv1alpha1.CallPolicy, st *reconcileState, field, name, key string) (string, error) {
+// policy's namespace, a number list (list) through policy.ListText, which
+// gunzips binaryData keys ending in .gz; a missing ConfigMap or key, or a
+// list that does not decompress, stalls the policy, naming the field that
+// refers to it.
+func (r *CallPolicyReconciler) configMapKey(ctx context.Context, cp *callsv1alpha1.CallPolicy, st *reconcileState, field, name, key string, list bool) (string, error) {
 	cm := &corev1.ConfigMap{}
 	err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: name}, cm)
 	if apierrors.IsNotFound(err) {
@@ -215,11 +217,17 @@ func (r *CallPolicyReconciler) configMapKey(ctx context.Context, cp *callsv1alph
 	if err != nil {
 		return "", fmt.Errorf("get ConfigMap %q for %s: %w", name, field, err)
 	}
-	if text, ok := cm.Data[key]; ok {
+	if !list {
+		if text, ok := cm.Data[key]; ok {
+			return text, nil
+		}
+		if b, ok := cm.BinaryData[key]; ok {
+			return string(b), nil
+		}
+	} else if text, ok, err := policy.ListText(name, key, cm.Data, cm.BinaryData); err != nil {
+		return "", st.stall(stalled(ReasonInvalidPolicy, "%s: %v", field, err))
+	} else if ok {
 		return text, nil
-	}
-	if b, ok := cm.BinaryData[key]; ok {
-		return string(b), nil
 	}
 	return "", st.stall(stalled(ReasonConfigMapNotFound, "%s: ConfigMap %q has no key %q", field, name, key))
 }

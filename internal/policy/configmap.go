@@ -58,15 +58,7 @@ func EncodeConfigMap(src *Source) (data map[string]string, binaryData map[string
 	}
 	data = map[string]string{ConfigMapKeyPolicy: string(pj)}
 	if lj != nil {
-		var buf bytes.Buffer
-		zw := gzip.NewWriter(&buf)
-		if _, err := zw.Write(lj); err != nil {
-			return nil, nil, "", fmt.Errorf("encode policy configmap: gzip lists: %w", err)
-		}
-		if err := zw.Close(); err != nil {
-			return nil, nil, "", fmt.Errorf("encode policy configmap: gzip lists: %w", err)
-		}
-		binaryData = map[string][]byte{ConfigMapKeyLists: buf.Bytes()}
+		binaryData = map[string][]byte{ConfigMapKeyLists: Gzip(lj)}
 	}
 	return data, binaryData, hashOf(pj, lj), nil
 }

@@ -266,6 +266,10 @@ func (d *docReader) object(l *loader, v any, prefix string) []error {
 			}
 		}
 		if kind == "ConfigMap" {
+			for k := range o.binary {
+				// Lines of binary data are not lines of the file.
+				o.pos[k] = position{file: d.file, line: d.cv.lineOf(joinPath(prefix, "binaryData."+k))}
+			}
 			l.configMaps = append(l.configMaps, o)
 		} else {
 			l.secrets = append(l.secrets, o)
@@ -321,7 +325,12 @@ func (l *loader) bundle() (*Bundle, error) {
 		if !ok {
 			continue
 		}
-		if text, ok := cm.data[ref.Key]; ok {
+		text, found, err := ListText(cm.name, ref.Key, cm.data, cm.binary)
+		if err != nil {
+			pos := cm.pos[ref.Key]
+			return nil, fmt.Errorf("load policy: %s:%d: %w", pos.file, pos.line, err)
+		}
+		if found {
 			src.Lists[ref] = text
 			b.listPos[ref] = cm.pos[ref.Key]
 		}

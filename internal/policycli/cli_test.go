@@ -9,6 +9,10 @@ import (
 
 const sample = "../policy/testdata/sample-policy.yaml"
 
+// mixed gives all four number fields in one rule and reads a list from a
+// binaryData key ending in .gz.
+const mixed = "testdata/mixed-gz.yaml"
+
 func TestRun(t *testing.T) {
 	sampleYAML, err := os.ReadFile(sample)
 	if err != nil {
@@ -72,6 +76,58 @@ func TestRun(t *testing.T) {
 			stdout: "CALL ID  ACTION  REASON     RULE              MODE\n" +
 				"1a2b     Reject  busy       robocallers       Enforce\n" +
 				"5e6f     Reject  forbidden  anonymous-guests  Enforce\n",
+		},
+		{
+			name:   "mixed number fields: numbers",
+			args:   []string{"test", "-f", mixed, "--number", "+14255550100"},
+			stdout: `{"callId":"callpolicy-test","action":"Reject","reason":"busy","rule":"blocked","mode":"Enforce"}` + "\n",
+		},
+		{
+			name:   "mixed number fields: numberPrefixes",
+			args:   []string{"test", "-f", mixed, "--number", "+1 900 555 0000"},
+			stdout: `{"callId":"callpolicy-test","action":"Reject","reason":"busy","rule":"blocked","mode":"Enforce"}` + "\n",
+		},
+		{
+			name:   "mixed number fields: numberPatterns",
+			args:   []string{"test", "-f", mixed, "--number", "+442071234567"},
+			stdout: `{"callId":"callpolicy-test","action":"Reject","reason":"busy","rule":"blocked","mode":"Enforce"}` + "\n",
+		},
+		{
+			name:   "mixed number fields: .gz list number",
+			args:   []string{"test", "-f", mixed, "--number", "+13125550111"},
+			stdout: `{"callId":"callpolicy-test","action":"Reject","reason":"busy","rule":"blocked","mode":"Enforce"}` + "\n",
+		},
+		{
+			name:   "mixed number fields: .gz list prefix",
+			args:   []string{"test", "-f", mixed, "--number", "+12065550000"},
+			stdout: `{"callId":"callpolicy-test","action":"Reject","reason":"busy","rule":"blocked","mode":"Enforce"}` + "\n",
+		},
+		{
+			name:   "mixed number fields: data list",
+			args:   []string{"test", "-f", mixed, "--number", "+15035550199"},
+			stdout: `{"callId":"callpolicy-test","action":"Reject","reason":"busy","rule":"blocked","mode":"Enforce"}` + "\n",
+		},
+		{
+			name:   "mixed number fields: none holds",
+			args:   []string{"test", "-f", mixed, "--number", "+4420712345678"},
+			stdout: `{"callId":"callpolicy-test","action":"Allow","reason":"","rule":"","mode":"Enforce"}` + "\n",
+		},
+		{
+			name:   "mixed number fields AND modality: audio only",
+			args:   []string{"test", "-f", mixed, "--number", "+15555550100"},
+			stdout: `{"callId":"callpolicy-test","action":"Allow","reason":"","rule":"","mode":"Enforce"}` + "\n",
+		},
+		{
+			name:   "mixed number fields AND modality: video",
+			args:   []string{"test", "-f", mixed, "--call", "-"},
+			stdin:  `{"id":"c1","source":{"identity":{"phone":{"id":"+15555550100"}}},"requestedModalities":["audio","video"]}`,
+			stdout: `{"callId":"c1","action":"Reject","reason":"forbidden","rule":"video-from-uk","mode":"Enforce"}` + "\n",
+		},
+		{
+			name:   "mixed number fields AND modality: video from the UK",
+			args:   []string{"test", "-f", mixed, "--call", "-"},
+			stdin:  `{"id":"c2","source":{"identity":{"phone":{"id":"+447700900123"}}},"requestedModalities":["video"]}`,
+			stdout: `{"callId":"c2","action":"Reject","reason":"forbidden","rule":"video-from-uk","mode":"Enforce"}` + "\n",
 		},
 		{
 			name:   "table shows the default",

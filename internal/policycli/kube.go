@@ -123,10 +123,13 @@ func (k *kube) compilePolicy(s streams, name string) (*policy.Policy, bool) {
 		if cm == nil {
 			continue
 		}
-		if text, ok := cm.Data[ref.Key]; ok {
+		text, found, err := policy.ListText(ref.Name, ref.Key, cm.Data, cm.BinaryData)
+		if err != nil {
+			fmt.Fprintf(s.stderr, "error: namespace %q: %v\n", cp.Namespace, err)
+			return nil, false
+		}
+		if found {
 			src.Lists[ref] = text
-		} else if b, ok := cm.BinaryData[ref.Key]; ok {
-			src.Lists[ref] = string(b)
 		}
 	}
 	where := "CallPolicy " + cp.Namespace + "/" + cp.Name

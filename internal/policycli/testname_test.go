@@ -75,3 +75,45 @@ func TestTestAgainstCluster(t *testing.T) {
 		})
 	}
 }
+
+// TestTestAgainstClusterGzipList: `test NAME` reads a list from a binaryData
+// key ending in .gz and decides the mixed number fields as the offline form
+// does; a list that decompresses past the bound is refused, naming it.
+func TestTestAgainstClusterGzipList(t *testing.T) {
+	cluster(t)
+	b, err := policy.LoadFiles(mixed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec := b.Source.Spec
+	feed := policy.ListRef{Name: "feed", Key: "numbers.txt.gz"}
+	local := policy.ListRef{Name: "local", Key: "numbers.txt"}
+	lists := func(ns string, feedGz []byte) {
+		create(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: feed.Name}, BinaryData: map[string][]byte{feed.Key: feedGz}})
+		create(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: local.Name}, Data: map[string]string{local.Key: b.Source.Lists[local]}})
+	}
+	ns := newNamespace(t)
+	lists(ns, policy.Gzip([]byte(b.Source.Lists[feed])))
+	callPolicy(t, ns, "mixed", spec, "", "")
+
+	for _, number := range []string{"+14255550100", "+19005550000", "+442071234567", "+13125550111", "+12065550000", "+15035550199", "+4420712345678", "+15555550100"} {
+		t.Run(number, func(t *testing.T) {
+			code, want, stderr := kubectl(t, context.Background(), "test", "-f", mixed, "--number", number)
+			if code != 0 || want == "" {
+				t.Fatalf("offline: exit %d, stdout %q, stderr %s", code, want, stderr)
+			}
+			code, got, stderr := kubectl(t, context.Background(), "test", "mixed", "-n", ns, "--number", number)
+			if code != 0 || got != want || stderr != "" {
+				t.Errorf("exit %d\nstdout:\n%s\nwant (offline):\n%s\nstderr: %s", code, got, want, stderr)
+			}
+		})
+	}
+
+	bomb := newNamespace(t)
+	lists(bomb, policy.Gzip([]byte(strings.Repeat("\n", policy.MaxListBytes+1))))
+	callPolicy(t, bomb, "mixed", spec, "", "")
+	code, stdout, stderr := kubectl(t, context.Background(), "test", "mixed", "-n", bomb, "--number", "+1")
+	if want := `ConfigMap "feed" key "numbers.txt.gz": decompresses to more than 64 MiB`; code != 2 || stdout != "" || !strings.Contains(stderr, want) {
+		t.Errorf("exit %d, stdout %q, stderr:\n%s\nwant exit 2 and %s", code, stdout, stderr, want)
+	}
+}
