@@ -13,6 +13,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 )
@@ -22,6 +23,7 @@ var (
 	envOnce sync.Once
 	env     *envtest.Environment
 	k8s     client.Client
+	restCfg *rest.Config
 	envErr  error
 )
 
@@ -34,8 +36,7 @@ func TestMain(m *testing.M) {
 }
 
 // apiServer returns a client of envtest's API server, with the
-// prometheus-operator CRDs (testdata/crds) installed and not the chart's:
-// the chart's CRD is itself dry-run applied.
+// prometheus-operator CRDs (testdata/crds) and CallPolicy's installed.
 func apiServer(t *testing.T) client.Client {
 	t.Helper()
 	envOnce.Do(func() {
@@ -44,7 +45,9 @@ func apiServer(t *testing.T) client.Client {
 			return
 		}
 		env = &envtest.Environment{
-			CRDDirectoryPaths:     []string{filepath.Join("testdata", "crds")},
+			// CallPolicy's CRD for TestMonitorsSelectTheReceivers; the
+			// chart's copy is dry-run applied over it.
+			CRDDirectoryPaths:     []string{filepath.Join("testdata", "crds"), filepath.Join(root, "config", "crd", "bases")},
 			ErrorIfCRDPathMissing: true,
 		}
 		cfg, err := env.Start()
@@ -52,6 +55,7 @@ func apiServer(t *testing.T) client.Client {
 			envErr = fmt.Errorf("start envtest: %w", err)
 			return
 		}
+		restCfg = cfg
 		if k8s, envErr = client.New(cfg, client.Options{}); envErr != nil {
 			return
 		}
