@@ -10,7 +10,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
-	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
@@ -22,15 +21,13 @@ import (
 // contract (receiver.md); the operator configures it only through them.
 const (
 	receiverContainer   = "receiver"
-	receiverHTTPPort    = 8080
-	receiverMetricsPort = 8081
+	receiverHTTPPort    = callsv1alpha1.ReceiverPort
+	receiverMetricsPort = callsv1alpha1.ReceiverMetricsPort
 	credentialsVolume   = "credentials"
 	credentialsDir      = "/var/run/secrets/callguard/credentials"
 	caVolume            = "ca-bundle"
 	caDir               = "/etc/callguard/ca"
 	caFile              = "ca.crt"
-	defaultCallbackPath = "/api/calls"
-	defaultReplicas     = int32(2)
 	nonRootUID          = int64(65532)
 
 	// credentialsHashAnnotation rolls the receivers when the Secret changes;
@@ -78,27 +75,14 @@ func replicas(cp *callsv1alpha1.CallPolicy) int32 {
 	if cp.Spec.Receiver.Replicas != nil {
 		return *cp.Spec.Receiver.Replicas
 	}
-	return defaultReplicas
+	return callsv1alpha1.DefaultReceiverReplicas
 }
 
 func callbackPath(cp *callsv1alpha1.CallPolicy) string {
 	if cp.Spec.Receiver.CallbackPath != "" {
 		return cp.Spec.Receiver.CallbackPath
 	}
-	return defaultCallbackPath
-}
-
-func defaultResources() corev1.ResourceRequirements {
-	return corev1.ResourceRequirements{
-		Requests: corev1.ResourceList{
-			corev1.ResourceCPU:    resource.MustParse("50m"),
-			corev1.ResourceMemory: resource.MustParse("64Mi"),
-		},
-		Limits: corev1.ResourceList{
-			corev1.ResourceCPU:    resource.MustParse("500m"),
-			corev1.ResourceMemory: resource.MustParse("256Mi"),
-		},
-	}
+	return callsv1alpha1.DefaultCallbackPath
 }
 
 // hashData hashes a Secret's data in key order; it is what rolls the
@@ -207,7 +191,7 @@ func buildDeployment(cp *callsv1alpha1.CallPolicy, defaultImage, credentialsHash
 	if cp.Spec.Receiver.Image != "" {
 		image = cp.Spec.Receiver.Image
 	}
-	res := defaultResources()
+	res := callsv1alpha1.DefaultReceiverResources()
 	if cp.Spec.Receiver.Resources != nil {
 		res = *cp.Spec.Receiver.Resources.DeepCopy()
 	}

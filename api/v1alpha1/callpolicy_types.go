@@ -91,9 +91,9 @@ type Weekday string
 type APIVersion string
 
 // CallPolicySpec declares how a calling bot treats incoming calls.
-// +kubebuilder:validation:XValidation:rule="self.defaultAction != 'Redirect' || has(self.defaultRedirect)",message="defaultRedirect is required when defaultAction is Redirect"
-// +kubebuilder:validation:XValidation:rule="!has(self.defaultRedirect) || self.defaultAction == 'Redirect'",message="defaultRedirect is only allowed when defaultAction is Redirect"
-// +kubebuilder:validation:XValidation:rule="!has(self.defaultReason) || self.defaultReason == 'none' || self.defaultAction == 'Reject'",message="defaultReason is only allowed when defaultAction is Reject"
+// +kubebuilder:validation:XValidation:rule="self.defaultAction != 'Redirect' || has(self.defaultRedirect)",message="defaultRedirect is required when defaultAction is Redirect",fieldPath=".defaultRedirect"
+// +kubebuilder:validation:XValidation:rule="!has(self.defaultRedirect) || self.defaultAction == 'Redirect'",message="defaultRedirect is only allowed when defaultAction is Redirect",fieldPath=".defaultRedirect"
+// +kubebuilder:validation:XValidation:rule="!has(self.defaultReason) || self.defaultReason == 'none' || self.defaultAction == 'Reject'",message="defaultReason is only allowed when defaultAction is Reject",fieldPath=".defaultReason"
 type CallPolicySpec struct {
 	// Bot identifies the calling bot and how it authenticates to Graph.
 	Bot BotSpec `json:"bot"`
@@ -223,8 +223,8 @@ type UpstreamSpec struct {
 }
 
 // Rule is one ordered rule of a policy.
-// +kubebuilder:validation:XValidation:rule="!has(self.reason) || self.action == 'Reject'",message="reason is only allowed when action is Reject"
-// +kubebuilder:validation:XValidation:rule="(self.action == 'Redirect') == has(self.redirect)",message="redirect is required when action is Redirect and not allowed otherwise"
+// +kubebuilder:validation:XValidation:rule="!has(self.reason) || self.action == 'Reject'",message="reason is only allowed when action is Reject",fieldPath=".reason"
+// +kubebuilder:validation:XValidation:rule="(self.action == 'Redirect') == has(self.redirect)",message="redirect is required when action is Redirect and not allowed otherwise",fieldPath=".redirect"
 type Rule struct {
 	// Name is a DNS label, unique in the policy.
 	// +kubebuilder:validation:MinLength=1
@@ -249,7 +249,7 @@ type Rule struct {
 }
 
 // RedirectSpec redirects a call to 1..25 targets that ring at once.
-// +kubebuilder:validation:XValidation:rule="size(self.targets) >= 1 && size(self.targets) <= 25",message="redirect needs 1 to 25 targets"
+// +kubebuilder:validation:XValidation:rule="size(self.targets) >= 1 && size(self.targets) <= 25",message="redirect needs 1 to 25 targets",fieldPath=".targets"
 type RedirectSpec struct {
 	// +kubebuilder:validation:MaxItems=25
 	Targets []RedirectTarget `json:"targets"`

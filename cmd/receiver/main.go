@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/callguard/callguard/api/v1alpha1"
 	"github.com/callguard/callguard/internal/receiver"
 )
 
@@ -18,8 +19,8 @@ func main() {
 	var o receiver.Options
 	flag.StringVar(&o.PolicyFile, "policy-file", "", "standalone: multi-document YAML with one CallPolicy, the ConfigMaps its numberLists name and the Secret its credentials name; reloaded on change")
 	flag.StringVar(&o.PolicyConfigMap, "policy-configmap", "", "in the cluster: NAMESPACE/NAME of the compiled policy ConfigMap, watched through the Kubernetes API")
-	flag.StringVar(&o.Listen, "listen", ":8080", "address of the Graph callback listener")
-	flag.StringVar(&o.MetricsListen, "metrics-listen", ":8081", "address of /metrics, /healthz and /readyz")
+	flag.StringVar(&o.Listen, "listen", fmt.Sprintf(":%d", v1alpha1.ReceiverPort), "address of the Graph callback listener")
+	flag.StringVar(&o.MetricsListen, "metrics-listen", fmt.Sprintf(":%d", v1alpha1.ReceiverMetricsPort), "address of /metrics, /healthz and /readyz")
 	flag.StringVar(&o.CAFile, "ca-file", "", "PEM file of extra roots trusted for Graph, the token authority and the OpenID configuration")
 	flag.StringVar(&o.CredentialsDir, "credentials-dir", receiver.DefaultCredentialsDir, "directory holding the bot Secret's client-secret, or tls.crt and tls.key (used when the policy source carries no Secret)")
 	flag.BoolVar(&o.LogCallerNumbers, "log-caller-numbers", false, "log callers' numbers in full instead of their last four digits")

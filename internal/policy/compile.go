@@ -109,51 +109,37 @@ func reasonFor(a v1alpha1.Action, r v1alpha1.RejectReason) v1alpha1.RejectReason
 	return r
 }
 
-// Defaults of the CRD (see the +kubebuilder:default markers).
-const (
-	defaultGraphEndpoint   = "https://graph.microsoft.com"
-	defaultGraphAPIVersion = "v1.0"
-	defaultAuthorityHost   = "https://login.microsoftonline.com/"
-	defaultOpenIDConfigURL = "https://api.aps.skype.com/v1/.well-known/OpenIdConfiguration"
-	defaultCallbackPath    = "/api/calls"
-	defaultRedirectTimeout = 30
-	defaultReplicas        = 2
-)
-
-// defaultIssuers are the accepted iss values of inbound tokens by default.
-var defaultIssuers = []string{"https://api.botframework.com", "https://graph.microsoft.com"}
-
-// applyDefaults fills empty fields with the CRD's defaults. It is idempotent,
+// applyDefaults fills empty fields with the CRD's defaults (v1alpha1.Default*). It is idempotent,
 // so a spec read back from the policy ConfigMap hashes the same.
 func applyDefaults(s *v1alpha1.CallPolicySpec) {
 	g := &s.Graph
-	g.Endpoint = cmp.Or(g.Endpoint, defaultGraphEndpoint)
-	g.APIVersion = cmp.Or(g.APIVersion, defaultGraphAPIVersion)
-	g.AuthorityHost = cmp.Or(g.AuthorityHost, defaultAuthorityHost)
-	g.OpenIDConfigURL = cmp.Or(g.OpenIDConfigURL, defaultOpenIDConfigURL)
+	g.Endpoint = cmp.Or(g.Endpoint, v1alpha1.DefaultGraphEndpoint)
+	g.APIVersion = cmp.Or(g.APIVersion, v1alpha1.DefaultGraphAPIVersion)
+	g.AuthorityHost = cmp.Or(g.AuthorityHost, v1alpha1.DefaultAuthorityHost)
+	g.OpenIDConfigURL = cmp.Or(g.OpenIDConfigURL, v1alpha1.DefaultOpenIDConfigURL)
 	if len(g.Issuers) == 0 {
-		g.Issuers = slices.Clone(defaultIssuers)
+		g.Issuers = v1alpha1.DefaultIssuers()
 	}
-	s.Mode = cmp.Or(s.Mode, v1alpha1.ModeEnforce)
-	s.DefaultAction = cmp.Or(s.DefaultAction, v1alpha1.ActionAllow)
+	s.Mode = cmp.Or(s.Mode, v1alpha1.DefaultMode)
+	s.DefaultAction = cmp.Or(s.DefaultAction, v1alpha1.DefaultDefaultAction)
 	defaultRedirect(s.DefaultRedirect)
 	for i := range s.Rules {
 		r := &s.Rules[i]
 		defaultRedirect(r.Redirect)
 		if r.Match.Schedule != nil {
-			r.Match.Schedule.TimeZone = cmp.Or(r.Match.Schedule.TimeZone, "UTC")
+			r.Match.Schedule.TimeZone = cmp.Or(r.Match.Schedule.TimeZone, v1alpha1.DefaultTimeZone)
 		}
 	}
-	s.Receiver.CallbackPath = cmp.Or(s.Receiver.CallbackPath, defaultCallbackPath)
+	s.Receiver.CallbackPath = cmp.Or(s.Receiver.CallbackPath, v1alpha1.DefaultCallbackPath)
 	if s.Receiver.Replicas == nil {
-		n := int32(defaultReplicas)
+		n := v1alpha1.DefaultReceiverReplicas
 		s.Receiver.Replicas = &n
 	}
 }
 
 func defaultRedirect(r *v1alpha1.RedirectSpec) {
 	if r != nil && r.TimeoutSeconds == 0 {
-		r.TimeoutSeconds = defaultRedirectTimeout
+		r.TimeoutSeconds = v1alpha1.DefaultRedirectTimeoutSeconds
 	}
 }
 

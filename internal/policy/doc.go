@@ -40,9 +40,14 @@
 //     available. An expression may be of type bool or dyn; one evaluation
 //     may cost at most 100,000 units (cel-go's runtime cost), and exceeding
 //     it, like any evaluation error or a non-bool result, counts as no match.
-//   - Compile applies the CRD's defaults and repeats its validations, with
-//     the same messages, so that YAML that never went through an API server
-//     behaves the same. LoadYAML rejects unknown fields and values of the
+//   - Compile applies the CRD's defaults (v1alpha1's Default* constants,
+//     which the CRD's markers repeat) and repeats its validations, at the
+//     same field paths and, for its CEL rules, with the same messages, so
+//     that YAML that never went through an API server behaves the same.
+//     controllers' TestInvalidSpecsRefusedByAdmissionAndCompiler runs one
+//     table of invalid specs against both; v1alpha1's
+//     TestCRDDefaultsAreTheConstants and controllers'
+//     TestAdmissionDefaultsAreTheCompilers check the defaults. LoadYAML rejects unknown fields and values of the
 //     wrong kind (e.g. an unquoted +1425... is a number, not a string), as
 //     kubectl's strict validation does.
 package policy

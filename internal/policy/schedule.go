@@ -141,11 +141,11 @@ func (c *compiler) compileSchedule(path string, sc *v1alpha1.Schedule) *schedule
 // cache of a zone serves every policy.
 var zones sync.Map // string → *zone
 
-// loadZone loads an IANA zone; "" is UTC. "Local" is refused: it would mean
+// loadZone loads an IANA zone; "" is the default, UTC. "Local" is refused: it would mean
 // whatever zone the machine deciding happens to be in.
 func loadZone(name string) (*zone, error) {
 	if name == "" {
-		name = "UTC"
+		name = v1alpha1.DefaultTimeZone
 	}
 	if name == "Local" {
 		return nil, fmt.Errorf("must be an IANA time zone such as Europe/Berlin, not Local")

@@ -1,0 +1,231 @@
+package controllers
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/yaml"
+
+	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
+	"github.com/callguard/callguard/internal/policy"
+)
+
+// invalidSpec is a change that makes testPolicy's spec invalid, and the field
+// path at which both the API server's admission and policy.Compile refuse it.
+type invalidSpec struct {
+	name   string
+	mutate func(*callsv1alpha1.CallPolicySpec)
+	path   string
+}
+
+// admissionElsewhere is where the API server reports the invalid specs it
+// cannot report at the compiler's path: a CEL rule's fieldPath is static, so
+// a rule on a list cannot name the element. The CRD checks rule names'
+// uniqueness that way (listType=map would name the element, but would also
+// make server-side apply merge rules by name, losing their order).
+var admissionElsewhere = map[string]string{
+	"duplicate rule names": "spec.rules",
+}
+
+// invalidSpecs is the one table of specs that the CRD (schema and CEL) and
+// the compiler must both refuse at the same field path.
+func invalidSpecs() []invalidSpec {
+	redirect := func() *callsv1alpha1.RedirectSpec {
+		return &callsv1alpha1.RedirectSpec{Targets: []callsv1alpha1.RedirectTarget{{Phone: "+14255550199"}}}
+	}
+	toRedirect := func(s *callsv1alpha1.CallPolicySpec) {
+		s.Rules[0].Action, s.Rules[0].Reason = callsv1alpha1.ActionRedirect, ""
+	}
+	return []invalidSpec{
+		{"duplicate rule names", func(s *callsv1alpha1.CallPolicySpec) { s.Rules[1].Name = s.Rules[0].Name }, "spec.rules[1].name"},
+		{"rule name not a DNS label", func(s *callsv1alpha1.CallPolicySpec) { s.Rules[0].Name = "Premium Rate" }, "spec.rules[0].name"},
+		{"rule name missing", func(s *callsv1alpha1.CallPolicySpec) { s.Rules[0].Name = "" }, "spec.rules[0].name"},
+		{"unknown action", func(s *callsv1alpha1.CallPolicySpec) { s.Rules[0].Action = "Drop" }, "spec.rules[0].action"},
+		{"unknown reason", func(s *callsv1alpha1.CallPolicySpec) { s.Rules[0].Reason = "later" }, "spec.rules[0].reason"},
+		{"reason without Reject", func(s *callsv1alpha1.CallPolicySpec) { s.Rules[0].Action = callsv1alpha1.ActionAllow }, "spec.rules[0].reason"},
+		{"Redirect without redirect", toRedirect, "spec.rules[0].redirect"},
+		{"redirect on a Reject rule", func(s *callsv1alpha1.CallPolicySpec) { s.Rules[0].Redirect = redirect() }, "spec.rules[0].redirect"},
+		{"zero redirect targets", func(s *callsv1alpha1.CallPolicySpec) {
+			toRedirect(s)
+			s.Rules[0].Redirect = &callsv1alpha1.RedirectSpec{Targets: []callsv1alpha1.RedirectTarget{}}
+		}, "spec.rules[0].redirect.targets"},
+		{"26 redirect targets", func(s *callsv1alpha1.CallPolicySpec) {
+			toRedirect(s)
+			s.Rules[0].Redirect = &callsv1alpha1.RedirectSpec{Targets: make([]callsv1alpha1.RedirectTarget, 26)}
+			for i := range s.Rules[0].Redirect.Targets {
+				s.Rules[0].Redirect.Targets[i].User = "u"
+			}
+		}, "spec.rules[0].redirect.targets"},
+		{"target with two kinds", func(s *callsv1alpha1.CallPolicySpec) {
+			toRedirect(s)
+			s.Rules[0].Redirect = &callsv1alpha1.RedirectSpec{Targets: []callsv1alpha1.RedirectTarget{{Phone: "+14255550199", User: "u"}}}
+		}, "spec.rules[0].redirect.targets[0]"},
+		{"target phone not E.164", func(s *callsv1alpha1.CallPolicySpec) {
+			toRedirect(s)
+			s.Rules[0].Redirect = &callsv1alpha1.RedirectSpec{Targets: []callsv1alpha1.RedirectTarget{{Phone: "555-0199"}}}
+		}, "spec.rules[0].redirect.targets[0].phone"},
+		{"redirect timeout out of range", func(s *callsv1alpha1.CallPolicySpec) {
+			toRedirect(s)
+			s.Rules[0].Redirect = redirect()
+			s.Rules[0].Redirect.TimeoutSeconds = 5
+		}, "spec.rules[0].redirect.timeoutSeconds"},
+		{"no credential source", func(s *callsv1alpha1.CallPolicySpec) { s.Bot.Credentials = callsv1alpha1.Credentials{} }, "spec.bot.credentials"},
+		{"two credential sources", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Bot.Credentials.WorkloadIdentity = &callsv1alpha1.WorkloadIdentity{}
+		}, "spec.bot.credentials"},
+		{"appId not a uuid", func(s *callsv1alpha1.CallPolicySpec) { s.Bot.AppID = "hotline-bot" }, "spec.bot.appId"},
+		{"tenantId not a uuid", func(s *callsv1alpha1.CallPolicySpec) { s.Bot.TenantID = "contoso" }, "spec.bot.tenantId"},
+		{"unknown mode", func(s *callsv1alpha1.CallPolicySpec) { s.Mode = "Audit" }, "spec.mode"},
+		{"unknown defaultAction", func(s *callsv1alpha1.CallPolicySpec) { s.DefaultAction = "Drop" }, "spec.defaultAction"},
+		{"defaultAction Redirect without defaultRedirect", func(s *callsv1alpha1.CallPolicySpec) {
+			s.DefaultAction = callsv1alpha1.ActionRedirect
+		}, "spec.defaultRedirect"},
+		{"defaultRedirect without Redirect", func(s *callsv1alpha1.CallPolicySpec) { s.DefaultRedirect = redirect() }, "spec.defaultRedirect"},
+		{"defaultReason without Reject", func(s *callsv1alpha1.CallPolicySpec) { s.DefaultReason = callsv1alpha1.ReasonBusy }, "spec.defaultReason"},
+		{"unknown graph apiVersion", func(s *callsv1alpha1.CallPolicySpec) { s.Graph.APIVersion = "v2" }, "spec.graph.apiVersion"},
+		{"graph endpoint over plain http", func(s *callsv1alpha1.CallPolicySpec) { s.Graph.Endpoint = "http://graph.microsoft.com" }, "spec.graph.endpoint"},
+		{"authority over plain http", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Graph.AuthorityHost = "http://login.microsoftonline.com/"
+		}, "spec.graph.authorityHost"},
+		{"signing keys over plain http", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Graph.OpenIDConfigURL = "http://api.aps.skype.com/v1/.well-known/OpenIdConfiguration"
+		}, "spec.graph.openIDConfigURL"},
+		{"negative replicas", func(s *callsv1alpha1.CallPolicySpec) { s.Receiver.Replicas = ptr.To[int32](-1) }, "spec.receiver.replicas"},
+		{"callbackPath not a path", func(s *callsv1alpha1.CallPolicySpec) { s.Receiver.CallbackPath = "api/calls" }, "spec.receiver.callbackPath"},
+		{"identity type not in the API", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Rules[0].Match.Callers = &callsv1alpha1.CallerMatch{IdentityTypes: []callsv1alpha1.IdentityType{"device"}}
+		}, "spec.rules[0].match.callers.identityTypes[0]"},
+		{"modality not in the API", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Rules[0].Match.Modalities = []callsv1alpha1.Modality{"fax"}
+		}, "spec.rules[0].match.modalities[0]"},
+		{"window end not HH:MM", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Rules[0].Match.Schedule = &callsv1alpha1.Schedule{Windows: []callsv1alpha1.Window{{Days: []callsv1alpha1.Weekday{"Mon"}, Start: "18:00", End: "25:00"}}}
+		}, "spec.rules[0].match.schedule.windows[0].end"},
+		{"window day not in the API", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Rules[0].Match.Schedule = &callsv1alpha1.Schedule{Windows: []callsv1alpha1.Window{{Days: []callsv1alpha1.Weekday{"Monday"}, Start: "18:00", End: "20:00"}}}
+		}, "spec.rules[0].match.schedule.windows[0].days[0]"},
+		{"list reference without a key", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Rules[1].Match.Callers.NumberLists[0].ConfigMapKeyRef.Key = ""
+		}, "spec.rules[1].match.callers.numberLists[0].configMapKeyRef.key"},
+	}
+}
+
+// TestInvalidSpecsRefusedByAdmissionAndCompiler runs invalidSpecs against the
+// real API server's admission (the CRD's schema and CEL rules) and against
+// policy.Compile, and asserts that both refuse each at the same field path.
+func TestInvalidSpecsRefusedByAdmissionAndCompiler(t *testing.T) {
+	ns := newNamespace(t)
+	lists := map[policy.ListRef]string{{Name: "robocallers", Key: "numbers.txt"}: "+12125550143\n"}
+	for i, tt := range invalidSpecs() {
+		t.Run(tt.name, func(t *testing.T) {
+			cp := testPolicy(ns, fmt.Sprintf("invalid-%d", i))
+			tt.mutate(&cp.Spec)
+
+			_, err := policy.Compile(&policy.Source{Namespace: ns, Name: cp.Name, Spec: *cp.Spec.DeepCopy(), Lists: lists})
+			var ce *policy.CompileError
+			if !errors.As(err, &ce) {
+				t.Errorf("Compile = %v, want a CompileError at %s", err, tt.path)
+			} else if paths := compilePaths(ce); !contains(paths, tt.path) {
+				t.Errorf("Compile refused at %v, want %s (%v)", paths, tt.path, err)
+			}
+
+			err = k8s.Create(context.Background(), cp)
+			if err == nil {
+				t.Fatalf("the API server admitted it; want a refusal at %s", tt.path)
+			}
+			want := cmp.Or(admissionElsewhere[tt.name], tt.path)
+			// Where the CRD refuses with a CEL rule's message, the compiler
+			// says the same (the API server words schema errors itself).
+			for _, m := range celMessages {
+				if strings.Contains(err.Error(), m) && ce != nil && !hasMessage(ce, tt.path, m) {
+					t.Errorf("the API server says %q; the compiler at %s does not: %v", m, tt.path, ce)
+				}
+			}
+			if paths := admissionPaths(err); !contains(paths, want) {
+				t.Errorf("the API server refused at %v, want %s (%v)", paths, want, err)
+			}
+		})
+	}
+}
+
+// celMessages are the messages of the CRD's x-kubernetes-validations rules.
+var celMessages = func() []string {
+	b, err := os.ReadFile("../config/crd/bases/calls.callguard.dev_callpolicies.yaml")
+	if err != nil {
+		panic(err)
+	}
+	var crd any
+	if err := yaml.Unmarshal(b, &crd); err != nil {
+		panic(err)
+	}
+	var msgs []string
+	var walk func(v any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			if rules, ok := v["x-kubernetes-validations"].([]any); ok {
+				for _, r := range rules {
+					if m, ok := r.(map[string]any)["message"].(string); ok && !slices.Contains(msgs, m) {
+						msgs = append(msgs, m)
+					}
+				}
+			}
+			for _, c := range v {
+				walk(c)
+			}
+		case []any:
+			for _, c := range v {
+				walk(c)
+			}
+		}
+	}
+	walk(crd)
+	return msgs
+}()
+
+func hasMessage(ce *policy.CompileError, path, msg string) bool {
+	for _, fe := range ce.Errors {
+		if fe.Path == path && strings.HasPrefix(fe.Message, msg) {
+			return true
+		}
+	}
+	return false
+}
+
+func compilePaths(ce *policy.CompileError) []string {
+	paths := make([]string, len(ce.Errors))
+	for i, fe := range ce.Errors {
+		paths[i] = fe.Path
+	}
+	return paths
+}
+
+// admissionPaths returns the field paths of an API server refusal.
+func admissionPaths(err error) []string {
+	var se *apierrors.StatusError
+	if !errors.As(err, &se) || se.ErrStatus.Details == nil {
+		return nil
+	}
+	var paths []string
+	for _, c := range se.ErrStatus.Details.Causes {
+		paths = append(paths, c.Field)
+	}
+	return paths
+}
+
+func contains(ss []string, s string) bool {
+	for _, v := range ss {
+		if v == s || strings.HasPrefix(v, s+" ") {
+			return true
+		}
+	}
+	return false
+}
