@@ -102,10 +102,14 @@ func (r *CallPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	log := logf.FromContext(ctx)
 	cp := &callsv1alpha1.CallPolicy{}
 	if err := r.Get(ctx, req.NamespacedName, cp); err != nil {
+		if apierrors.IsNotFound(err) {
+			forgetConditions(req.NamespacedName)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !cp.DeletionTimestamp.IsZero() {
 		// Children go with their owner through garbage collection.
+		forgetConditions(req.NamespacedName)
 		return ctrl.Result{}, nil
 	}
 
@@ -113,6 +117,7 @@ func (r *CallPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	st := &reconcileState{}
 	defer func() {
 		r.summarize(cp, st, retErr)
+		recordConditions(cp)
 		if equality.Semantic.DeepEqual(base.Status, cp.Status) {
 			return
 		}
