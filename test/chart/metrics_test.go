@@ -9,19 +9,26 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	promparser "github.com/prometheus/prometheus/promql/parser"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 
+	_ "github.com/callguard/callguard/controllers" // registers the operator's metrics
 	"github.com/callguard/callguard/internal/receiver"
 )
 
-// pendingOperatorMetrics are series the alerts use that the operator does
-// not export yet (docs/monitoring.md, "Operator metrics"). Remove a name
-// here when controllers/ registers it, and the test then checks it.
-var pendingOperatorMetrics = map[string]bool{
-	// gauge{namespace, name, type=Ready|Reconciling|Stalled, status=True|False|Unknown}:
-	// 1 for each CallPolicy condition's current status, 0 for the others.
-	"callguard_callpolicy_condition": true,
+// operatorMetric reports whether the operator registers a metric of this
+// name in controller-runtime's registry (controllers registers its own in
+// init, e.g. callguard_callpolicy_condition): registering another collector
+// of that name must fail.
+func operatorMetric(name string) bool {
+	probe := prometheus.NewGauge(prometheus.GaugeOpts{Name: name, Help: "probe"})
+	if err := ctrlmetrics.Registry.Register(probe); err != nil {
+		return true
+	}
+	ctrlmetrics.Registry.Unregister(probe)
+	return false
 }
 
 // receiverMetrics are the series names a receiver exposes: what a receiver's
