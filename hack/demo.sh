@@ -2,7 +2,8 @@
 # The README's run command and the end-to-end tests, on the local cluster.
 #
 #   hack/demo.sh demo    cluster up (if none), images, operator from dist/install.yaml, then the demo
-#   hack/demo.sh e2e     the same set-up, then go test -tags e2e ./test/e2e/...
+#   hack/demo.sh e2e     the same, the operator installed with helm from dist/chart, then
+#                        go test -tags e2e ./test/e2e/... (which upgrades and uninstalls it)
 #   hack/demo.sh down    stop the emulator and tear the cluster down
 set -euo pipefail
 
@@ -13,16 +14,33 @@ img="${IMG:-callguard:dev}"
 
 say() { echo "==> $*"; }
 
+# setup brings the cluster up, builds the images and installs the operator:
+# from dist/install.yaml (the demo), or with helm from dist/chart (the e2e,
+# which then upgrades and uninstalls the release).
 setup() {
-	local t0=$SECONDS
+	local how="$1" t0=$SECONDS
 	say "local cluster (first run builds Kubernetes from source: about 15-25 minutes on 2 cores)"
 	hack/local-cluster/cluster.sh up
 	eval "$(hack/local-cluster/cluster.sh env)"
 	say "images ${img} and callguard-graph-emulator:dev, built without Docker"
 	hack/local-cluster/images.sh "${img}" callguard-graph-emulator:dev
-	say "installing the operator from dist/install.yaml (make build-installer)"
 	make --no-print-directory build-installer IMG="${img}" >/dev/null
-	kubectl apply --server-side --force-conflicts -f dist/install.yaml >/dev/null
+	if [[ "${how}" == helm ]]; then
+		make --no-print-directory "${root}/bin/helm" >/dev/null
+		if ! bin/helm status callguard -n callguard-system >/dev/null 2>&1; then
+			# An install made by the demo (kubectl apply) owns the same objects.
+			kubectl delete --ignore-not-found --wait -f dist/install.yaml >/dev/null 2>&1 || true
+		fi
+		say "installing the operator with helm from dist/chart"
+		bin/helm upgrade --install callguard dist/chart -n callguard-system --create-namespace \
+			--set image.repository="${img%:*}" --set image.tag="${img##*:}" --wait --timeout 3m >/dev/null
+	else
+		if [[ -x bin/helm ]] && bin/helm status callguard -n callguard-system >/dev/null 2>&1; then
+			bin/helm uninstall callguard -n callguard-system --wait >/dev/null
+		fi
+		say "installing the operator from dist/install.yaml (make build-installer)"
+		kubectl apply --server-side --force-conflicts -f dist/install.yaml >/dev/null
+	fi
 	# The image tag stays the same while its content changes: restart so the
 	# operator runs what was just built.
 	kubectl -n callguard-system rollout restart deployment/callguard-controller-manager >/dev/null
@@ -33,7 +51,7 @@ setup() {
 
 case "${1:-}" in
 demo)
-	setup
+	setup kustomize
 	# Receivers of an earlier run keep the old image; restart them too.
 	if kubectl get namespace callguard-demo >/dev/null 2>&1; then
 		kubectl -n callguard-demo rollout restart deployment/hotline-callguard >/dev/null 2>&1 || true
@@ -49,9 +67,9 @@ demo)
 	kubectl callpolicy decisions hotline -n callguard-demo
 	;;
 e2e)
-	setup
+	setup helm
 	mkdir -p "${state}"
-	E2E_STATE_DIR="${state}" E2E_FIGURES="${state}/e2e-figures.txt" \
+	E2E_STATE_DIR="${state}" E2E_FIGURES="${state}/e2e-figures.txt" E2E_HELM="${root}/bin/helm" \
 		go test -tags e2e -count=1 -v -timeout 30m ./test/e2e/...
 	say "figures: ${state}/e2e-figures.txt"
 	;;

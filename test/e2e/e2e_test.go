@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -140,7 +141,9 @@ func TestOnCluster(t *testing.T) {
 		{"DecisionsListEveryCallPlaced", testDecisionsListEveryCallPlaced},
 		{"SecretChangeRollsReceiversWithoutLosingCalls", testSecretChangeRollsReceiversWithoutLosingCalls},
 		{"ReceiverPodDeletionAndOperatorRestartLoseNoDecision", testReceiverPodDeletionAndOperatorRestartLoseNoDecision},
+		{"HelmUpgradeLosesNoDecision", testHelmUpgradeLosesNoDecision},
 		{"DeletingThePolicyCollectsEveryChild", testDeletingThePolicyCollectsEveryChild},
+		{"HelmUninstallRemovesTheOperatorAndKeepsTheCRD", testHelmUninstallRemovesTheOperatorAndKeepsTheCRD},
 	} {
 		t.Run(tc.name, tc.run)
 	}
@@ -312,6 +315,63 @@ func testDecisionsListEveryCallPlaced(t *testing.T) {
 		t.Fatalf("%d of %d calls placed are not listed by decisions (%d pods answered): %v", len(missing), len(placed), len(pods), missing)
 	}
 	t.Logf("decisions lists all %d calls placed, from %d receiver pods", len(placed), len(pods))
+}
+
+// helm runs the helm that installed the operator (make e2e: dist/chart,
+// release callguard in callguard-system).
+func helm(t *testing.T, args ...string) {
+	t.Helper()
+	bin := os.Getenv("E2E_HELM")
+	if bin == "" {
+		t.Fatal("E2E_HELM is not set: run `make e2e`, which installs the operator with helm")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, append(args, "--kubeconfig", os.Getenv("KUBECONFIG"))...)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("helm %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+// testHelmUpgradeLosesNoDecision: `helm upgrade` with a changed value rolls
+// the operator while calls keep being decided, and the value takes effect.
+func testHelmUpgradeLosesNoDecision(t *testing.T) {
+	ctx := context.Background()
+	const arg = "--max-concurrent-reconciles=8"
+	callsThroughout(t, "helm-upgrade", func() {
+		helm(t, "upgrade", "callguard", "../../dist/chart", "-n", "callguard-system", "--reuse-values",
+			"--set", "extraArgs={"+arg+"}", "--wait", "--timeout", "3m")
+		if _, err := cluster.WaitReady(ctx, ns, "hotline", 2*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	})
+	dep := &appsv1.Deployment{}
+	if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: "callguard-system", Name: "callguard-controller-manager"}, dep); err != nil {
+		t.Fatal(err)
+	}
+	if args := dep.Spec.Template.Spec.Containers[0].Args; !slices.Contains(args, arg) {
+		t.Fatalf("manager args after the upgrade: %v, want %s among them", args, arg)
+	}
+}
+
+// testHelmUninstallRemovesTheOperatorAndKeepsTheCRD: `helm uninstall`
+// removes the operator and its RBAC but keeps the CRD (resource-policy
+// keep), so no CallPolicy in the cluster is lost with the release.
+func testHelmUninstallRemovesTheOperatorAndKeepsTheCRD(t *testing.T) {
+	ctx := context.Background()
+	helm(t, "uninstall", "callguard", "-n", "callguard-system", "--wait", "--timeout", "3m")
+	gone := []client.Object{
+		&appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Namespace: "callguard-system", Name: "callguard-controller-manager"}},
+		&rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: "callguard-manager-role"}},
+	}
+	for _, o := range gone {
+		waitFor(t, time.Minute, client.ObjectKeyFromObject(o).String()+" removed", func() bool {
+			return apierrors.IsNotFound(cluster.Client.Get(ctx, client.ObjectKeyFromObject(o), o))
+		})
+	}
+	if out, err := cluster.Kubectl(ctx, nil, "get", "crd", "callpolicies.calls.callguard.dev"); err != nil {
+		t.Fatalf("the CRD after helm uninstall: %v %s (it must be kept)", err, out)
+	}
 }
 
 func percentile(sorted []time.Duration, p int) time.Duration {
