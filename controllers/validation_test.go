@@ -156,6 +156,53 @@ func TestInvalidSpecsRefusedByAdmissionAndCompiler(t *testing.T) {
 	}
 }
 
+// compilerOnlySpecs are invalid specs the CRD cannot check (regexes, CEL,
+// time zones, numbers, number lists): the API server admits them and the
+// controller's compile refuses them, setting Stalled (callpolicy_controller_test).
+func compilerOnlySpecs() []invalidSpec {
+	callers := func(s *callsv1alpha1.CallPolicySpec) *callsv1alpha1.CallerMatch { return s.Rules[0].Match.Callers }
+	return []invalidSpec{
+		{"number pattern not RE2", func(s *callsv1alpha1.CallPolicySpec) { callers(s).NumberPatterns = []string{"^+1(900"} }, "spec.rules[0].match.callers.numberPatterns[0]"},
+		{"display name pattern not RE2", func(s *callsv1alpha1.CallPolicySpec) { callers(s).DisplayNamePatterns = []string{"Bob(?=by)"} }, "spec.rules[0].match.callers.displayNamePatterns[0]"},
+		{"number not a phone number", func(s *callsv1alpha1.CallPolicySpec) { callers(s).Numbers = []string{"+1 425 CALL"} }, "spec.rules[0].match.callers.numbers[0]"},
+		{"prefix not a phone number", func(s *callsv1alpha1.CallPolicySpec) { callers(s).NumberPrefixes = []string{"x*"} }, "spec.rules[0].match.callers.numberPrefixes[0]"},
+		{"CEL that does not compile", func(s *callsv1alpha1.CallPolicySpec) { s.Rules[0].Match.Expression = "caller.number.startsWith(" }, "spec.rules[0].match.expression"},
+		{"CEL not bool", func(s *callsv1alpha1.CallPolicySpec) { s.Rules[0].Match.Expression = "caller.number" }, "spec.rules[0].match.expression"},
+		{"unknown time zone", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Rules[0].Match.Schedule = &callsv1alpha1.Schedule{TimeZone: "Mars/Olympus", Windows: []callsv1alpha1.Window{{Days: []callsv1alpha1.Weekday{"Mon"}, Start: "18:00", End: "20:00"}}}
+		}, "spec.rules[0].match.schedule.timeZone"},
+		{"list line not a number", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Rules[1].Match.Callers.NumberLists[0].ConfigMapKeyRef.Key = "broken.txt"
+		}, "spec.rules[1].match.callers.numberLists[0] (configmap robocallers key broken.txt) line 1"},
+	}
+}
+
+// TestCompilerOnlyRulesAreAdmitted: the specs only the compiler can check
+// pass admission and are refused by policy.Compile at their field path.
+func TestCompilerOnlyRulesAreAdmitted(t *testing.T) {
+	ns := newNamespace(t)
+	lists := map[policy.ListRef]string{
+		{Name: "robocallers", Key: "numbers.txt"}: "+12125550143\n",
+		{Name: "robocallers", Key: "broken.txt"}:  "+1212555014x\n",
+	}
+	for i, tt := range compilerOnlySpecs() {
+		t.Run(tt.name, func(t *testing.T) {
+			cp := testPolicy(ns, fmt.Sprintf("compiler-only-%d", i))
+			tt.mutate(&cp.Spec)
+			_, err := policy.Compile(&policy.Source{Namespace: ns, Name: cp.Name, Spec: *cp.Spec.DeepCopy(), Lists: lists})
+			var ce *policy.CompileError
+			if !errors.As(err, &ce) {
+				t.Errorf("Compile = %v, want a CompileError at %s", err, tt.path)
+			} else if paths := compilePaths(ce); !contains(paths, tt.path) {
+				t.Errorf("Compile refused at %v, want %s (%v)", paths, tt.path, err)
+			}
+			if err := k8s.Create(context.Background(), cp); err != nil {
+				t.Errorf("the API server refused what only the compiler checks: %v", err)
+			}
+		})
+	}
+}
+
 // celMessages are the messages of the CRD's x-kubernetes-validations rules.
 var celMessages = func() []string {
 	b, err := os.ReadFile("../config/crd/bases/calls.callguard.dev_callpolicies.yaml")
