@@ -128,16 +128,9 @@ func TestInvalidSpecsRefusedByAdmissionAndCompiler(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cp := testPolicy(ns, fmt.Sprintf("invalid-%d", i))
 			tt.mutate(&cp.Spec)
+			ce := compileRefuses(t, cp, lists, tt.path)
 
-			_, err := policy.Compile(&policy.Source{Namespace: ns, Name: cp.Name, Spec: *cp.Spec.DeepCopy(), Lists: lists})
-			var ce *policy.CompileError
-			if !errors.As(err, &ce) {
-				t.Errorf("Compile = %v, want a CompileError at %s", err, tt.path)
-			} else if paths := compilePaths(ce); !contains(paths, tt.path) {
-				t.Errorf("Compile refused at %v, want %s (%v)", paths, tt.path, err)
-			}
-
-			err = k8s.Create(context.Background(), cp)
+			err := k8s.Create(context.Background(), cp)
 			if err == nil {
 				t.Fatalf("the API server admitted it; want a refusal at %s", tt.path)
 			}
@@ -189,13 +182,7 @@ func TestCompilerOnlyRulesAreAdmitted(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			cp := testPolicy(ns, fmt.Sprintf("compiler-only-%d", i))
 			tt.mutate(&cp.Spec)
-			_, err := policy.Compile(&policy.Source{Namespace: ns, Name: cp.Name, Spec: *cp.Spec.DeepCopy(), Lists: lists})
-			var ce *policy.CompileError
-			if !errors.As(err, &ce) {
-				t.Errorf("Compile = %v, want a CompileError at %s", err, tt.path)
-			} else if paths := compilePaths(ce); !contains(paths, tt.path) {
-				t.Errorf("Compile refused at %v, want %s (%v)", paths, tt.path, err)
-			}
+			compileRefuses(t, cp, lists, tt.path)
 			if err := k8s.Create(context.Background(), cp); err != nil {
 				t.Errorf("the API server refused what only the compiler checks: %v", err)
 			}
@@ -245,6 +232,22 @@ func hasMessage(ce *policy.CompileError, path, msg string) bool {
 		}
 	}
 	return false
+}
+
+// compileRefuses asserts that policy.Compile refuses the policy's spec with
+// an error at path, and returns the CompileError (nil when there is none).
+func compileRefuses(t *testing.T, cp *callsv1alpha1.CallPolicy, lists map[policy.ListRef]string, path string) *policy.CompileError {
+	t.Helper()
+	_, err := policy.Compile(&policy.Source{Namespace: cp.Namespace, Name: cp.Name, Spec: *cp.Spec.DeepCopy(), Lists: lists})
+	var ce *policy.CompileError
+	if !errors.As(err, &ce) {
+		t.Errorf("Compile = %v, want a CompileError at %s", err, path)
+		return nil
+	}
+	if paths := compilePaths(ce); !contains(paths, path) {
+		t.Errorf("Compile refused at %v, want %s (%v)", paths, path, err)
+	}
+	return ce
 }
 
 func compilePaths(ce *policy.CompileError) []string {
