@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/callguard/callguard/api/v1alpha1"
 	"github.com/callguard/callguard/internal/graph"
 )
 
@@ -101,11 +102,11 @@ func Run(ctx context.Context, o Options) error {
 			return err
 		}
 	}
-	ln, err := listen(o.Listener, o.Listen, ":8080")
+	ln, err := listen(o.Listener, o.Listen, fmt.Sprintf(":%d", v1alpha1.ReceiverPort))
 	if err != nil {
 		return err
 	}
-	mln, err := listen(o.MetricsListener, o.MetricsListen, ":8081")
+	mln, err := listen(o.MetricsListener, o.MetricsListen, fmt.Sprintf(":%d", v1alpha1.ReceiverMetricsPort))
 	if err != nil {
 		ln.Close()
 		return err

@@ -208,7 +208,7 @@ func (s *Server) apply(p *policy.Policy, secret map[string][]byte) error {
 		credKey:      credKey,
 	}
 	if rt.callbackPath == "" {
-		rt.callbackPath = "/api/calls"
+		rt.callbackPath = v1alpha1.DefaultCallbackPath
 	}
 	if spec.Upstream != nil {
 		rt.upstream = spec.Upstream.URL
