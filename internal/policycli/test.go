@@ -10,6 +10,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"sigs.k8s.io/yaml"
+
 	"github.com/callguard/callguard/internal/graph"
 	"github.com/callguard/callguard/internal/policy"
 )
@@ -54,7 +56,7 @@ func runTest(s streams, args []string) int {
 	c.flags.StringVar(&callF, "call", "", "one Graph call resource JSON (- is stdin)")
 	c.flags.StringVar(&number, "number", "", "decide a PSTN audio call from this number")
 	c.flags.StringVar(&at, "at", "", "arrival time for schedules, RFC 3339 (default now)")
-	out := c.outputFlag("json", "json", "table")
+	out := c.outputFlag("json", "json", "table", "yaml")
 	rest, code, ok := c.parse(args)
 	if !ok {
 		return code
@@ -293,6 +295,17 @@ func readInput(name string, stdin io.Reader) ([]byte, error) {
 }
 
 func write(w io.Writer, format string, decisions []policy.Decision) error {
+	if format == "yaml" {
+		if len(decisions) == 0 {
+			return nil
+		}
+		b, err := yaml.Marshal(decisions)
+		if err != nil {
+			return fmt.Errorf("encode decisions: %w", err)
+		}
+		_, err = w.Write(b)
+		return err
+	}
 	if format == "json" {
 		enc := json.NewEncoder(w)
 		for _, d := range decisions {
