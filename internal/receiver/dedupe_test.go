@@ -64,7 +64,7 @@ func TestRedirectRequestTargets(t *testing.T) {
 	req := redirectRequest(&v1alpha1.RedirectSpec{Targets: []v1alpha1.RedirectTarget{
 		{Phone: "+14255550199"}, {User: "u1"}, {ApplicationInstance: "ai1"},
 	}})
-	if req.Timeout != defaultRedirectTimeout || len(req.Targets) != 3 {
+	if req.Timeout != v1alpha1.DefaultRedirectTimeoutSeconds || len(req.Targets) != 3 {
 		t.Fatalf("request = %+v", req)
 	}
 	if req.Targets[0].Identity.Phone.ID != "+14255550199" || req.Targets[1].Identity.User.ID != "u1" ||

@@ -207,9 +207,6 @@ func (s *Server) apply(p *policy.Policy, secret map[string][]byte) error {
 		callbackPath: spec.Receiver.CallbackPath,
 		credKey:      credKey,
 	}
-	if rt.callbackPath == "" {
-		rt.callbackPath = v1alpha1.DefaultCallbackPath
-	}
 	if spec.Upstream != nil {
 		rt.upstream = spec.Upstream.URL
 	}

@@ -187,11 +187,10 @@ func opOf(a v1alpha1.Action) string {
 	return graph.OpReject
 }
 
-// Redirect defaults of the API.
-const defaultRedirectTimeout = 30
-
+// redirectRequest is the Graph body of a Redirect decision; the compiler
+// has applied the timeout default, which stays here for a nil spec.
 func redirectRequest(r *v1alpha1.RedirectSpec) graph.RedirectRequest {
-	req := graph.RedirectRequest{Timeout: defaultRedirectTimeout}
+	req := graph.RedirectRequest{Timeout: v1alpha1.DefaultRedirectTimeoutSeconds}
 	if r == nil {
 		return req
 	}
