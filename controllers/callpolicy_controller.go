@@ -36,10 +36,6 @@ const FieldOwner = "callguard-manager"
 // runs again.
 const conflictRequeue = 100 * time.Millisecond
 
-// maxPolicyConfigMapBytes keeps the resolved policy under the API server's
-// 1 MiB object limit with room for metadata.
-const maxPolicyConfigMapBytes = 1000 * 1024
-
 // CallPolicyReconciler reconciles CallPolicy objects.
 type CallPolicyReconciler struct {
 	client.Client
@@ -235,60 +231,6 @@ func (r *CallPolicyReconciler) configMapKey(ctx context.Context, cp *callsv1alph
 		return text, nil
 	}
 	return "", st.stall(stalled(ReasonConfigMapNotFound, "%s: ConfigMap %q has no key %q", field, name, key))
-}
-
-// reconcilePolicy compiles the policy and writes the resolved policy
-// ConfigMap. A policy that does not compile leaves the old ConfigMap alone, so
-// the receivers keep enforcing the last good one.
-func (r *CallPolicyReconciler) reconcilePolicy(ctx context.Context, cp *callsv1alpha1.CallPolicy, st *reconcileState) error {
-	src := &policy.Source{Namespace: cp.Namespace, Name: cp.Name, Spec: *cp.Spec.DeepCopy(), Lists: st.lists}
-	compiled, err := policy.Compile(src)
-	if err != nil {
-		var ce *policy.CompileError
-		if errors.As(err, &ce) {
-			return st.stall(&stalledError{reason: ReasonInvalidPolicy, problems: fieldProblems(ce.Errors)})
-		}
-		return fmt.Errorf("compile policy: %w", err)
-	}
-	data, binaryData, hash, err := policy.EncodeConfigMap(src)
-	if err != nil {
-		return fmt.Errorf("encode policy ConfigMap: %w", err)
-	}
-	size := 0
-	for _, v := range data {
-		size += len(v)
-	}
-	for _, v := range binaryData {
-		size += len(v)
-	}
-	if size > maxPolicyConfigMapBytes {
-		return st.stall(stalled(ReasonPolicyTooLarge, "the resolved policy is %d bytes compressed; a ConfigMap holds at most %d", size, maxPolicyConfigMapBytes))
-	}
-
-	// Only its hash annotation matters, and the cache holds ConfigMaps as
-	// metadata only.
-	previous := &metav1.PartialObjectMetadata{}
-	previous.SetGroupVersionKind(corev1.SchemeGroupVersion.WithKind("ConfigMap"))
-	err = r.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: policyConfigMapName(cp)}, previous)
-	if err != nil && !apierrors.IsNotFound(err) {
-		return fmt.Errorf("get policy ConfigMap: %w", err)
-	}
-	if err := r.apply(ctx, cp, buildPolicyConfigMap(cp, data, binaryData, hash)); err != nil {
-		return err
-	}
-	if previous.Annotations[policyHashAnnotation] != hash {
-		// Once per policy version, not once per reconcile.
-		r.Recorder.Eventf(cp, nil, corev1.EventTypeNormal, "PolicyApplied", "Apply",
-			"policy %s with %d rules applied to ConfigMap %s", shortHash(hash), compiled.Rules(), policyConfigMapName(cp))
-		// One event for all warnings: up to 512 rules could each have one.
-		if ws := compiled.Warnings(); len(ws) > 0 {
-			r.Recorder.Eventf(cp, nil, corev1.EventTypeWarning, "PolicyWarning", "Compile", "%s",
-				summarizeProblems(fieldProblems(ws), maxEventProblems, maxEventNote))
-		}
-	}
-	st.policyHash = hash
-	st.rules = compiled.Rules()
-	return nil
 }
 
 func (r *CallPolicyReconciler) reconcileRBAC(ctx context.Context, cp *callsv1alpha1.CallPolicy, _ *reconcileState) error {

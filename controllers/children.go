@@ -101,18 +101,6 @@ func hashData(data map[string][]byte) string {
 	return "sha256:" + hex.EncodeToString(h.Sum(nil))
 }
 
-// buildPolicyConfigMap returns the resolved policy ConfigMap.
-func buildPolicyConfigMap(cp *callsv1alpha1.CallPolicy, data map[string]string, binaryData map[string][]byte, hash string) *corev1.ConfigMap {
-	cm := &corev1.ConfigMap{
-		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
-		ObjectMeta: objectMeta(cp, policyConfigMapName(cp)),
-		Data:       data,
-		BinaryData: binaryData,
-	}
-	cm.Annotations = map[string]string{policyHashAnnotation: hash}
-	return cm
-}
-
 // buildServiceAccount returns the receivers' ServiceAccount.
 func buildServiceAccount(cp *callsv1alpha1.CallPolicy) *corev1.ServiceAccount {
 	sa := &corev1.ServiceAccount{
@@ -126,21 +114,6 @@ func buildServiceAccount(cp *callsv1alpha1.CallPolicy) *corev1.ServiceAccount {
 		}
 	}
 	return sa
-}
-
-// BuildRole lets the receivers read exactly one ConfigMap: their policy.
-// Exported for the receiver's tests, which run as this Role allows.
-func BuildRole(cp *callsv1alpha1.CallPolicy) *rbacv1.Role {
-	return &rbacv1.Role{
-		TypeMeta:   metav1.TypeMeta{APIVersion: "rbac.authorization.k8s.io/v1", Kind: "Role"},
-		ObjectMeta: objectMeta(cp, childName(cp)),
-		Rules: []rbacv1.PolicyRule{{
-			APIGroups:     []string{""},
-			Resources:     []string{"configmaps"},
-			ResourceNames: []string{policyConfigMapName(cp)},
-			Verbs:         []string{"get", "list", "watch"},
-		}},
-	}
 }
 
 // BuildRoleBinding binds the Role to the receivers' ServiceAccount.
