@@ -18,7 +18,9 @@ package v1alpha1
 
 import (
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
 
 // Mode says whether decisions are carried out on Graph.
@@ -396,7 +398,10 @@ type ReceiverSpec struct {
 	// +optional
 	Image string `json:"image,omitempty"`
 
-	// Resources default to requests 50m/64Mi, limits 500m/256Mi.
+	// Resources default to requests cpu 500m, memory 128Mi, ephemeral-storage
+	// 64Mi and limits memory 256Mi, ephemeral-storage 256Mi, with no CPU limit
+	// (DefaultReceiverResources): a CPU limit throttles the receivers below
+	// Graph's per-tenant ceiling.
 	// +optional
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
 
@@ -414,6 +419,121 @@ type ReceiverSpec struct {
 	// +kubebuilder:validation:Pattern=`^/[A-Za-z0-9/_.-]*$`
 	// +optional
 	CallbackPath string `json:"callbackPath,omitempty"`
+
+	// Expose makes the callback reachable from the internet through an
+	// Ingress or a Gateway API HTTPRoute owned by the policy;
+	// status.receiver.callbackURL then shows the URL to enter as the bot's
+	// calling webhook.
+	// +optional
+	Expose *ExposeSpec `json:"expose,omitempty"`
+
+	// Autoscaling runs a HorizontalPodAutoscaler on the receivers' CPU; while
+	// it is set, replicas is ignored and the Deployment's replicas are the
+	// autoscaler's.
+	// +optional
+	Autoscaling *AutoscalingSpec `json:"autoscaling,omitempty"`
+
+	// NetworkPolicy limits the receivers' traffic; on unless enabled is false.
+	// +optional
+	NetworkPolicy *NetworkPolicySpec `json:"networkPolicy,omitempty"`
+}
+
+// ExposeSpec is exactly one of an Ingress or an HTTPRoute.
+// +kubebuilder:validation:XValidation:rule="has(self.ingress) != has(self.httpRoute)",message="exactly one of ingress or httpRoute must be set"
+type ExposeSpec struct {
+	// Ingress makes a networking.k8s.io/v1 Ingress for host and the callback path.
+	// +optional
+	Ingress *IngressExpose `json:"ingress,omitempty"`
+
+	// HTTPRoute makes a Gateway API (gateway.networking.k8s.io/v1) HTTPRoute;
+	// the Gateway API CRDs must be installed.
+	// +optional
+	HTTPRoute *HTTPRouteExpose `json:"httpRoute,omitempty"`
+}
+
+// IngressExpose is an Ingress for the callback.
+type IngressExpose struct {
+	// ClassName is the Ingress' ingressClassName (default: the cluster's default class).
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	ClassName string `json:"className,omitempty"`
+
+	// Host is the public DNS name Graph calls, e.g. calls.example.com.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`
+	Host string `json:"host"`
+
+	// TLSSecretName names the Secret with the host's certificate (tls.crt,
+	// tls.key) in the policy's namespace, e.g. the one cert-manager issues
+	// through annotations.
+	// +kubebuilder:validation:MaxLength=253
+	// +optional
+	TLSSecretName string `json:"tlsSecretName,omitempty"`
+
+	// Annotations are put on the Ingress as they are (e.g.
+	// cert-manager.io/cluster-issuer, or the ingress controller's settings).
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
+// HTTPRouteExpose is a Gateway API HTTPRoute for the callback.
+// +kubebuilder:validation:XValidation:rule="self.hostnames.all(h, !h.startsWith('*'))",message="hostnames must be exact names, not wildcards: Graph calls one URL",fieldPath=".hostnames"
+type HTTPRouteExpose struct {
+	// ParentRefs are the Gateways (or their listeners) the route attaches to.
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=32
+	ParentRefs []gatewayv1.ParentReference `json:"parentRefs"`
+
+	// Hostnames the route answers; the first is the callback URL's host.
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=16
+	Hostnames []gatewayv1.Hostname `json:"hostnames"`
+}
+
+// AutoscalingSpec sizes the receivers by their CPU utilization.
+// +kubebuilder:validation:XValidation:rule="!has(self.minReplicas) || self.minReplicas <= self.maxReplicas",message="maxReplicas must be at least minReplicas",fieldPath=".maxReplicas"
+type AutoscalingSpec struct {
+	// MinReplicas is the fewest receivers (default 2; a PodDisruptionBudget
+	// keeps one up when it is more than 1).
+	// +kubebuilder:default=2
+	// +kubebuilder:validation:Minimum=1
+	// +optional
+	MinReplicas *int32 `json:"minReplicas,omitempty"`
+
+	// MaxReplicas is the most receivers.
+	// +kubebuilder:validation:Minimum=1
+	MaxReplicas int32 `json:"maxReplicas"`
+
+	// TargetCPUUtilizationPercentage is the average CPU use, in percent of
+	// the receivers' CPU request, that the autoscaler keeps them at.
+	// +kubebuilder:default=70
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	// +optional
+	TargetCPUUtilizationPercentage *int32 `json:"targetCPUUtilizationPercentage,omitempty"`
+}
+
+// NetworkPolicySpec is the receivers' NetworkPolicy.
+type NetworkPolicySpec struct {
+	// Enabled makes the NetworkPolicy (default true).
+	// +kubebuilder:default=true
+	// +optional
+	Enabled *bool `json:"enabled,omitempty"`
+
+	// CallbackFrom may reach the callback port; empty: from anywhere (Graph
+	// comes from the internet, usually through an ingress controller).
+	// +kubebuilder:validation:MaxItems=64
+	// +optional
+	CallbackFrom []networkingv1.NetworkPolicyPeer `json:"callbackFrom,omitempty"`
+
+	// MetricsFrom may reach the metrics port (metrics, health, recent
+	// decisions); empty: the namespaces the operator names with
+	// --metrics-scraper-namespaces. The API server (its pod proxy, which
+	// kubectl callpolicy decisions uses) may always reach it.
+	// +kubebuilder:validation:MaxItems=64
+	// +optional
+	MetricsFrom []networkingv1.NetworkPolicyPeer `json:"metricsFrom,omitempty"`
 }
 
 // CallPolicyStatus is the observed state of a CallPolicy.
@@ -449,6 +569,10 @@ type ReceiverStatus struct {
 	Service string `json:"service,omitempty"`
 	// +optional
 	CallbackPath string `json:"callbackPath,omitempty"`
+	// CallbackURL is the https URL to enter as the bot's calling webhook,
+	// when spec.receiver.expose is set and applied; empty otherwise.
+	// +optional
+	CallbackURL string `json:"callbackURL,omitempty"`
 }
 
 // CallPolicy declares how a Microsoft Graph calling bot treats incoming calls.
@@ -459,6 +583,7 @@ type ReceiverStatus struct {
 // +kubebuilder:printcolumn:name="Default",type=string,JSONPath=`.spec.defaultAction`
 // +kubebuilder:printcolumn:name="Rules",type=integer,JSONPath=`.status.rules`
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Callback URL",type=string,JSONPath=`.status.receiver.callbackURL`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type CallPolicy struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -38,6 +38,20 @@ const (
 	DefaultReceiverReplicas       = int32(2)
 	DefaultCallbackPath           = "/api/calls"
 
+	// DefaultAutoscalingMinReplicas and DefaultTargetCPUUtilizationPercentage
+	// apply when spec.receiver.autoscaling is given without them: two
+	// receivers at least (one may be drained while the other decides), and
+	// room above the target for the seconds a new receiver takes to start.
+	DefaultAutoscalingMinReplicas         = int32(2)
+	DefaultTargetCPUUtilizationPercentage = int32(70)
+	// DefaultNetworkPolicyEnabled: every receiver gets a NetworkPolicy
+	// unless spec.receiver.networkPolicy.enabled is false.
+	DefaultNetworkPolicyEnabled = true
+	// DefaultParentRefGroup and DefaultParentRefKind are the Gateway API's
+	// defaults of an HTTPRoute parentRef (its markers, which the CRD repeats).
+	DefaultParentRefGroup = "gateway.networking.k8s.io"
+	DefaultParentRefKind  = "Gateway"
+
 	// ReceiverPort and ReceiverMetricsPort are where the receiver listens for
 	// Graph's callbacks and serves /metrics, /healthz and /readyz.
 	ReceiverPort        = 8080
@@ -51,16 +65,26 @@ func DefaultIssuers() []string {
 }
 
 // DefaultReceiverResources returns the receiver container's resources when
-// spec.receiver.resources is not given: requests 50m/64Mi, limits 500m/256Mi.
+// spec.receiver.resources is not given: requests cpu 500m, memory 128Mi,
+// ephemeral-storage 64Mi; limits memory 256Mi, ephemeral-storage 256Mi, and
+// no CPU limit. A receiver needs about 190-230 µs of CPU per notification
+// (docs/benchmarks.md); a 500m CPU limit carried only 2,200-2,700
+// notifications/s, with CFS throttling stalls beyond, below Graph's
+// per-tenant ceiling of about 3,400/s. Without a CPU limit a receiver uses
+// idle CPU of its node in bursts, and the 500m request is what the scheduler
+// reserves and what a HorizontalPodAutoscaler's utilization is measured
+// against. Memory stays limited: the receiver sets its Go heap's soft limit
+// from it.
 func DefaultReceiverResources() corev1.ResourceRequirements {
 	return corev1.ResourceRequirements{
 		Requests: corev1.ResourceList{
-			corev1.ResourceCPU:    resource.MustParse("50m"),
-			corev1.ResourceMemory: resource.MustParse("64Mi"),
+			corev1.ResourceCPU:              resource.MustParse("500m"),
+			corev1.ResourceMemory:           resource.MustParse("128Mi"),
+			corev1.ResourceEphemeralStorage: resource.MustParse("64Mi"),
 		},
 		Limits: corev1.ResourceList{
-			corev1.ResourceCPU:    resource.MustParse("500m"),
-			corev1.ResourceMemory: resource.MustParse("256Mi"),
+			corev1.ResourceMemory:           resource.MustParse("256Mi"),
+			corev1.ResourceEphemeralStorage: resource.MustParse("256Mi"),
 		},
 	}
 }

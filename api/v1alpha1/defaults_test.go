@@ -7,7 +7,9 @@ import (
 	"sort"
 	"testing"
 
+	corev1 "k8s.io/api/core/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
 )
 
@@ -48,25 +50,70 @@ func TestCRDDefaultsAreTheConstants(t *testing.T) {
 	}
 	// JSON numbers decode as float64.
 	want := map[string]any{
-		".spec.graph":                           map[string]any{},
-		".spec.graph.endpoint":                  DefaultGraphEndpoint,
-		".spec.graph.apiVersion":                string(DefaultGraphAPIVersion),
-		".spec.graph.authorityHost":             DefaultAuthorityHost,
-		".spec.graph.openIDConfigURL":           DefaultOpenIDConfigURL,
-		".spec.graph.issuers":                   toAny(DefaultIssuers()),
-		".spec.mode":                            string(DefaultMode),
-		".spec.defaultAction":                   string(DefaultDefaultAction),
-		".spec.defaultRedirect.timeoutSeconds":  float64(DefaultRedirectTimeoutSeconds),
-		".spec.rules[].redirect.timeoutSeconds": float64(DefaultRedirectTimeoutSeconds),
-		".spec.rules[].match.schedule.timeZone": DefaultTimeZone,
-		".spec.receiver":                        map[string]any{},
-		".spec.receiver.replicas":               float64(DefaultReceiverReplicas),
-		".spec.receiver.callbackPath":           DefaultCallbackPath,
+		".spec.graph":                                               map[string]any{},
+		".spec.graph.endpoint":                                      DefaultGraphEndpoint,
+		".spec.graph.apiVersion":                                    string(DefaultGraphAPIVersion),
+		".spec.graph.authorityHost":                                 DefaultAuthorityHost,
+		".spec.graph.openIDConfigURL":                               DefaultOpenIDConfigURL,
+		".spec.graph.issuers":                                       toAny(DefaultIssuers()),
+		".spec.mode":                                                string(DefaultMode),
+		".spec.defaultAction":                                       string(DefaultDefaultAction),
+		".spec.defaultRedirect.timeoutSeconds":                      float64(DefaultRedirectTimeoutSeconds),
+		".spec.rules[].redirect.timeoutSeconds":                     float64(DefaultRedirectTimeoutSeconds),
+		".spec.rules[].match.schedule.timeZone":                     DefaultTimeZone,
+		".spec.receiver":                                            map[string]any{},
+		".spec.receiver.replicas":                                   float64(DefaultReceiverReplicas),
+		".spec.receiver.callbackPath":                               DefaultCallbackPath,
+		".spec.receiver.autoscaling.minReplicas":                    float64(DefaultAutoscalingMinReplicas),
+		".spec.receiver.autoscaling.targetCPUUtilizationPercentage": float64(DefaultTargetCPUUtilizationPercentage),
+		".spec.receiver.networkPolicy.enabled":                      DefaultNetworkPolicyEnabled,
+		".spec.receiver.expose.httpRoute.parentRefs[].group":        DefaultParentRefGroup,
+		".spec.receiver.expose.httpRoute.parentRefs[].kind":         DefaultParentRefKind,
 	}
 	for _, k := range sortedKeys(got, want) {
 		if !reflect.DeepEqual(got[k], want[k]) {
 			t.Errorf("%s: CRD default %#v, constant %#v", k, got[k], want[k])
 		}
+	}
+}
+
+// TestParentRefDefaultsAreTheGatewayAPIs: the HTTPRoute parentRef defaults
+// the CRD takes from the Gateway API's types are the Gateway API's own.
+func TestParentRefDefaultsAreTheGatewayAPIs(t *testing.T) {
+	if DefaultParentRefGroup != gatewayv1.GroupName {
+		t.Errorf("DefaultParentRefGroup = %q, the Gateway API's group is %q", DefaultParentRefGroup, gatewayv1.GroupName)
+	}
+	if DefaultParentRefKind != "Gateway" {
+		t.Errorf("DefaultParentRefKind = %q", DefaultParentRefKind)
+	}
+}
+
+// TestDefaultReceiverResources: the defaults that carry Graph's per-tenant
+// ceiling: a CPU request and no CPU limit (CFS throttling), memory and
+// ephemeral storage requested and limited.
+func TestDefaultReceiverResources(t *testing.T) {
+	r := DefaultReceiverResources()
+	if _, ok := r.Limits[corev1.ResourceCPU]; ok {
+		t.Errorf("a CPU limit throttles the receivers: %v", r.Limits)
+	}
+	want := map[string]string{
+		"requests.cpu": "500m", "requests.memory": "128Mi", "requests.ephemeral-storage": "64Mi",
+		"limits.memory": "256Mi", "limits.ephemeral-storage": "256Mi",
+	}
+	got := map[string]string{}
+	for k, v := range r.Requests {
+		got["requests."+string(k)] = v.String()
+	}
+	for k, v := range r.Limits {
+		got["limits."+string(k)] = v.String()
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("DefaultReceiverResources = %v, want %v", got, want)
+	}
+	// A new value each time: callers may change theirs.
+	r.Requests[corev1.ResourceCPU] = r.Limits[corev1.ResourceMemory]
+	if again := DefaultReceiverResources(); again.Requests.Cpu().String() != "500m" {
+		t.Error("DefaultReceiverResources shares its maps")
 	}
 }
 

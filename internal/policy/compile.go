@@ -171,6 +171,7 @@ var (
 	urlRE      = regexp.MustCompile(`^https?://`)
 	e164RE     = regexp.MustCompile(`^\+[1-9][0-9]{1,14}$`)
 	pathRE     = regexp.MustCompile(`^/[A-Za-z0-9/_.-]*$`)
+	hostRE     = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
 )
 
 func (c *compiler) validateSpec() {
@@ -221,6 +222,49 @@ func (c *compiler) validateSpec() {
 	}
 	if !pathRE.MatchString(s.Receiver.CallbackPath) {
 		c.errorf("spec.receiver.callbackPath", "must be a URL path such as /api/calls, got %q", s.Receiver.CallbackPath)
+	}
+	// The CRD's rules for expose and autoscaling, with its messages.
+	if e := s.Receiver.Expose; e != nil {
+		if (e.Ingress != nil) == (e.HTTPRoute != nil) {
+			c.errorf("spec.receiver.expose", "exactly one of ingress or httpRoute must be set")
+		}
+		if in := e.Ingress; in != nil {
+			c.length("spec.receiver.expose.ingress.host", in.Host, 1, 253)
+			if in.Host != "" && !hostRE.MatchString(in.Host) {
+				c.errorf("spec.receiver.expose.ingress.host", "must be a lower-case DNS name such as calls.example.com, got %q", in.Host)
+			}
+		}
+		if hr := e.HTTPRoute; hr != nil {
+			if len(hr.ParentRefs) == 0 {
+				c.errorf("spec.receiver.expose.httpRoute.parentRefs", "required: at least one Gateway")
+			}
+			if len(hr.Hostnames) == 0 {
+				c.errorf("spec.receiver.expose.httpRoute.hostnames", "required: at least one hostname")
+			}
+			for i, h := range hr.Hostnames {
+				if strings.HasPrefix(string(h), "*") {
+					c.errorf(fmt.Sprintf("spec.receiver.expose.httpRoute.hostnames[%d]", i), "hostnames must be exact names, not wildcards: Graph calls one URL")
+				}
+			}
+		}
+	}
+	if a := s.Receiver.Autoscaling; a != nil {
+		lo := v1alpha1.DefaultAutoscalingMinReplicas
+		if a.MinReplicas != nil {
+			lo = *a.MinReplicas
+			if lo < 1 {
+				c.errorf("spec.receiver.autoscaling.minReplicas", "must be 1 or more, got %d", lo)
+			}
+		}
+		if a.MaxReplicas < 1 {
+			c.errorf("spec.receiver.autoscaling.maxReplicas", "must be 1 or more, got %d", a.MaxReplicas)
+		}
+		if a.MaxReplicas < lo {
+			c.errorf("spec.receiver.autoscaling.maxReplicas", "maxReplicas must be at least minReplicas (%d), got %d", lo, a.MaxReplicas)
+		}
+		if t := a.TargetCPUUtilizationPercentage; t != nil && (*t < 1 || *t > 100) {
+			c.errorf("spec.receiver.autoscaling.targetCPUUtilizationPercentage", "must be 1 to 100, got %d", *t)
+		}
 	}
 }
 
