@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -50,6 +51,10 @@ type CallPolicyReconciler struct {
 	ReceiverImage string
 	// MaxConcurrentReconciles bounds how many policies reconcile at once.
 	MaxConcurrentReconciles int
+
+	publishedMu sync.Mutex
+	// published is the version last written for each policy (publish.go).
+	published map[types.NamespacedName]*published
 }
 
 // stalledError marks a spec that cannot be made to work until the user
@@ -100,12 +105,14 @@ func (r *CallPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	if err := r.Get(ctx, req.NamespacedName, cp); err != nil {
 		if apierrors.IsNotFound(err) {
 			forgetConditions(req.NamespacedName)
+			r.remember(req.NamespacedName, nil)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !cp.DeletionTimestamp.IsZero() {
 		// Children go with their owner through garbage collection.
 		forgetConditions(req.NamespacedName)
+		r.remember(req.NamespacedName, nil)
 		return ctrl.Result{}, nil
 	}
 
@@ -133,6 +140,7 @@ func (r *CallPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		r.reconcileSources,
 		r.reconcilePolicy,
 		r.reconcileRBAC,
+		r.reconcileStaleShards,
 		r.reconcileService,
 		r.reconcileDeployment,
 		r.reconcilePodDisruptionBudget,
@@ -160,9 +168,13 @@ type reconcileState struct {
 	credentialsHash string
 	caHash          string
 	lists           map[policy.ListRef]string
-	policyHash      string
-	rules           int
-	deployment      *appsv1.Deployment
+	// publishedKey identifies the inputs read; published is the version
+	// written, or, read before the lists, the last one if they are unchanged.
+	publishedKey string
+	published    *published
+	policyHash   string
+	rules        int
+	deployment   *appsv1.Deployment
 }
 
 // reconcileSources reads the credentials Secret and the number lists.
@@ -193,6 +205,12 @@ func (r *CallPolicyReconciler) reconcileSources(ctx context.Context, cp *callsv1
 		st.caHash = hashData(map[string][]byte{ref.Key: []byte(pem)})
 	}
 
+	if key, ok := r.publishedKey(ctx, cp); ok {
+		if st.published = r.lastPublished(client.ObjectKeyFromObject(cp), key); st.published != nil {
+			return nil
+		}
+		st.publishedKey = key
+	}
 	st.lists = map[policy.ListRef]string{}
 	for _, ref := range policy.ListRefs(&cp.Spec) {
 		text, err := r.configMapKey(ctx, cp, st, "numberLists", ref.Name, ref.Key, true)
@@ -233,8 +251,8 @@ func (r *CallPolicyReconciler) configMapKey(ctx context.Context, cp *callsv1alph
 	return "", st.stall(stalled(ReasonConfigMapNotFound, "%s: ConfigMap %q has no key %q", field, name, key))
 }
 
-func (r *CallPolicyReconciler) reconcileRBAC(ctx context.Context, cp *callsv1alpha1.CallPolicy, _ *reconcileState) error {
-	for _, obj := range []client.Object{buildServiceAccount(cp), BuildRole(cp), BuildRoleBinding(cp)} {
+func (r *CallPolicyReconciler) reconcileRBAC(ctx context.Context, cp *callsv1alpha1.CallPolicy, st *reconcileState) error {
+	for _, obj := range []client.Object{buildServiceAccount(cp), BuildRole(cp, st.published.shardNames()), BuildRoleBinding(cp)} {
 		if err := r.apply(ctx, cp, obj); err != nil {
 			return err
 		}

@@ -111,11 +111,18 @@ func key(ns, name string) types.NamespacedName {
 	return types.NamespacedName{Namespace: ns, Name: name}
 }
 
-// getPolicyConfigMap waits for the policy ConfigMap and decodes it.
+// decodedPolicy reads the policy manifest ConfigMap and its shards, as a
+// receiver does, and decodes them.
 func decodedPolicy(g Gomega, ctx context.Context, ns string) (*corev1.ConfigMap, *policy.Source) {
 	cm := &corev1.ConfigMap{}
 	g.Expect(k8s.Get(ctx, key(ns, "hotline-callguard-policy"), cm)).To(Succeed())
-	src, err := policy.DecodeConfigMap(cm.Data, cm.BinaryData)
+	src, err := policy.DecodeConfigMaps(cm.Data, func(name string) ([]byte, error) {
+		shard := &corev1.ConfigMap{}
+		if err := k8s.Get(ctx, key(ns, name), shard); err != nil {
+			return nil, err
+		}
+		return shard.BinaryData[policy.ShardKey], nil
+	})
 	g.Expect(err).NotTo(HaveOccurred())
 	return cm, src
 }

@@ -312,16 +312,16 @@ func FuzzCompileYAML(f *testing.F) {
 		for _, c := range calls {
 			_ = p.Decide(c, wed)
 		}
-		data, bin, hash, err := EncodeConfigMap(b.Source)
+		data, shards, hash, err := EncodeConfigMaps(b.Source, "p")
 		if err != nil {
-			t.Fatalf("EncodeConfigMap of a compiled policy: %v", err)
+			t.Fatalf("EncodeConfigMaps of a compiled policy: %v", err)
 		}
 		if hash != p.Hash() {
 			t.Fatalf("hash %s != %s", hash, p.Hash())
 		}
-		back, err := DecodeConfigMap(data, bin)
+		back, err := DecodeConfigMaps(data, storeOf(shards).get)
 		if err != nil {
-			t.Fatalf("DecodeConfigMap: %v", err)
+			t.Fatalf("DecodeConfigMaps: %v", err)
 		}
 		if rp, err := Compile(back); err != nil || rp.Hash() != hash {
 			t.Fatalf("recompiling the decoded policy: %v", err)

@@ -2,6 +2,7 @@ package receiver_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -47,7 +48,7 @@ func TestConfigMapSourceOnRealAPIServer(t *testing.T) {
 	})
 	// The Role and RoleBinding the operator gives the receivers of a policy.
 	owner := &v1alpha1.CallPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "hotline"}}
-	role, binding := controllers.BuildRole(owner), controllers.BuildRoleBinding(owner)
+	role, binding := controllers.BuildRole(owner, nil), controllers.BuildRoleBinding(owner)
 	cmName, sa := role.Rules[0].ResourceNames[0], binding.Subjects[0].Name
 	mustDo(t, func() error {
 		_, err := admin.RbacV1().Roles(ns).Create(ctx, role, metav1.CreateOptions{})
@@ -146,16 +147,16 @@ func policyConfigMap(t *testing.T, ns, name, prefix string) *corev1.ConfigMap {
 		Rules: []v1alpha1.Rule{{Name: "premium", Action: v1alpha1.ActionReject,
 			Match: v1alpha1.Match{Callers: &v1alpha1.CallerMatch{NumberPrefixes: []string{prefix}}}}},
 	}}
-	data, bin, _, err := policy.EncodeConfigMap(src)
-	if err != nil {
-		t.Fatal(err)
+	data, shards, _, err := policy.EncodeConfigMaps(src, name)
+	if err != nil || len(shards) > 0 {
+		t.Fatalf("encode: %v, %d shards (this policy has no number lists)", err, len(shards))
 	}
-	return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Data: data, BinaryData: bin}
+	return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Data: data}
 }
 
 func sourceHash(t *testing.T, cm *corev1.ConfigMap) string {
 	t.Helper()
-	src, err := policy.DecodeConfigMap(cm.Data, cm.BinaryData)
+	src, err := policy.DecodeConfigMaps(cm.Data, func(string) ([]byte, error) { return nil, errors.New("no shards here") })
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -200,11 +200,11 @@ func TestConfigMapSource(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		data, binary, _, err := policy.EncodeConfigMap(bundle.Source)
-		if err != nil {
-			t.Fatal(err)
+		data, shards, _, err := policy.EncodeConfigMaps(bundle.Source, "hotline-callguard-policy")
+		if err != nil || len(shards) > 0 {
+			t.Fatalf("encode: %v, %d shards (this policy has no number lists)", err, len(shards))
 		}
-		return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "telephony", Name: "hotline-callguard-policy"}, Data: data, BinaryData: binary}
+		return &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "telephony", Name: "hotline-callguard-policy"}, Data: data}
 	}
 	kube := fake.NewClientset(
 		configMap("busy"),

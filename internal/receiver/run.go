@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -137,9 +136,7 @@ func Run(ctx context.Context, o Options) error {
 		})
 	} else {
 		sources.Go(func() {
-			WatchConfigMap(srcCtx, kube, cmNamespace, cmName, log, func(cm *corev1.ConfigMap) {
-				_ = srv.LoadConfigMap(cm, o.CredentialsDir)
-			})
+			RunConfigMapSource(srcCtx, srv, kube, cmNamespace, cmName, o.CredentialsDir, log)
 		})
 	}
 

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -17,6 +18,7 @@ import (
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes"
+	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/callguard/callguard/internal/graph"
@@ -57,10 +59,12 @@ func (s *Server) LoadPolicyFile(path, credentialsDir string) error {
 	return s.Apply(p, secret)
 }
 
-// LoadConfigMap compiles the policy the operator wrote to a ConfigMap and
-// applies it with the credentials mounted at credentialsDir.
-func (s *Server) LoadConfigMap(cm *corev1.ConfigMap, credentialsDir string) error {
-	src, err := policy.DecodeConfigMap(cm.Data, cm.BinaryData)
+// LoadConfigMap compiles the policy the operator wrote to a manifest
+// ConfigMap and the shards it names, which shard returns by name, and applies
+// it with the credentials mounted at credentialsDir. A shard that is missing
+// or does not match keeps the live version.
+func (s *Server) LoadConfigMap(cm *corev1.ConfigMap, shard func(name string) ([]byte, error), credentialsDir string) error {
+	src, err := policy.DecodeConfigMaps(cm.Data, shard)
 	if err != nil {
 		err = fmt.Errorf("decode ConfigMap %s/%s: %w", cm.Namespace, cm.Name, err)
 		s.refuseSource(err)
@@ -81,6 +85,48 @@ func (s *Server) LoadConfigMap(cm *corev1.ConfigMap, credentialsDir string) erro
 	}
 	return s.Apply(p, secret)
 }
+
+// shardStore reads shard ConfigMaps by name (all the receiver's Role lets
+// it do) and keeps those of the live version: shards never change, so a new
+// version fetches only the shards it does not share with the live one.
+type shardStore struct {
+	cms  corev1client.ConfigMapInterface
+	have map[string][]byte
+	// fetched holds what the load in progress read; failed is set when a
+	// shard could not be read, which a retry may mend.
+	fetched map[string][]byte
+	failed  bool
+}
+
+func newShardStore(cms corev1client.ConfigMapInterface) *shardStore {
+	return &shardStore{cms: cms, have: map[string][]byte{}}
+}
+
+// getter returns the shard reader for one load.
+func (st *shardStore) getter(ctx context.Context) func(string) ([]byte, error) {
+	st.fetched, st.failed = map[string][]byte{}, false
+	return func(name string) ([]byte, error) {
+		if b, ok := st.have[name]; ok {
+			st.fetched[name] = b
+			return b, nil
+		}
+		cm, err := st.cms.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			st.failed = true
+			return nil, err
+		}
+		b, ok := cm.BinaryData[policy.ShardKey]
+		if !ok {
+			st.failed = true
+			return nil, fmt.Errorf("no binaryData key %s", policy.ShardKey)
+		}
+		st.fetched[name] = b
+		return b, nil
+	}
+}
+
+// keep makes the shards of the load that just went live the ones kept.
+func (st *shardStore) keep() { st.have, st.fetched = st.fetched, nil }
 
 // readCredentialsDir reads the bot credential Secret as mounted in a
 // directory: client-secret, or tls.crt and tls.key.
@@ -148,10 +194,63 @@ func WatchPolicyFile(ctx context.Context, path string, log *slog.Logger, reload 
 	}
 }
 
+// Retries of a version whose shards could not all be read: the operator
+// writes shards before the manifest, but its Role update may reach the API
+// server's authorizer a moment later.
+const (
+	shardRetryMin = 250 * time.Millisecond
+	shardRetryMax = 10 * time.Second
+)
+
+// RunConfigMapSource keeps srv on the newest version of the policy in the
+// manifest ConfigMap namespace/name and its shards until ctx ends. Loads run
+// one at a time on the newest manifest: versions that arrive while a big
+// policy compiles are skipped, not queued.
+func RunConfigMapSource(ctx context.Context, srv *Server, client kubernetes.Interface, namespace, name, credentialsDir string, log *slog.Logger) {
+	latest := make(chan *corev1.ConfigMap, 1)
+	var watching sync.WaitGroup
+	defer watching.Wait()
+	watching.Go(func() {
+		WatchConfigMap(ctx, client, namespace, name, log, func(cm *corev1.ConfigMap) {
+			// The only sender: drop an unread older version, then send.
+			select {
+			case <-latest:
+			default:
+			}
+			latest <- cm
+		})
+	})
+	store := newShardStore(client.CoreV1().ConfigMaps(namespace))
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	defer retry.Stop()
+	var cm *corev1.ConfigMap
+	backoff := shardRetryMin
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case cm = <-latest:
+			retry.Stop()
+			backoff = shardRetryMin
+		case <-retry.C:
+		}
+		err := srv.LoadConfigMap(cm, store.getter(ctx), credentialsDir)
+		switch {
+		case err == nil:
+			store.keep()
+		case store.failed && ctx.Err() == nil:
+			log.Info("policy shards not all readable yet; retrying", "after", backoff)
+			retry.Reset(backoff)
+			backoff = min(2*backoff, shardRetryMax)
+		}
+	}
+}
+
 // WatchConfigMap calls apply with the ConfigMap namespace/name each time it
 // is created or changed, until ctx ends. It lists and watches that one
-// object only (a field selector on its name), which is all the receiver's
-// ServiceAccount may read.
+// object only (a field selector on its name): the receiver's ServiceAccount
+// may read nothing else but the shards that object names.
 func WatchConfigMap(ctx context.Context, client kubernetes.Interface, namespace, name string, log *slog.Logger, apply func(*corev1.ConfigMap)) {
 	selector := fields.OneTermEqualSelector("metadata.name", name).String()
 	cms := client.CoreV1().ConfigMaps(namespace)
