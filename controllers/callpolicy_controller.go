@@ -51,6 +51,15 @@ type CallPolicyReconciler struct {
 	ReceiverImage string
 	// MaxConcurrentReconciles bounds how many policies reconcile at once.
 	MaxConcurrentReconciles int
+	// GatewayAPI says whether the cluster serves HTTPRoutes, decided once at
+	// start (GatewayAPIInstalled): HTTPRoutes are watched only then, and a
+	// policy asking for one without them is Stalled (expose.go).
+	GatewayAPI bool
+	// MetricsScraperNamespaces may reach the receivers' metrics port when a
+	// policy names no spec.receiver.networkPolicy.metricsFrom (networkpolicy.go).
+	MetricsScraperNamespaces []string
+	// apiServer keeps the API server's addresses for the NetworkPolicies.
+	apiServer apiServerCache
 
 	publishedMu sync.Mutex
 	// published is the version last written for each policy (publish.go).
@@ -142,8 +151,14 @@ func (r *CallPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		r.reconcileRBAC,
 		r.reconcileStaleShards,
 		r.reconcileService,
+		// Before the pods: they start with their traffic limited.
+		r.reconcileNetworkPolicy,
 		r.reconcileDeployment,
+		r.reconcileAutoscaling,
 		r.reconcilePodDisruptionBudget,
+		// Last: a policy whose HTTPRoute cannot be made still gets its
+		// receivers.
+		r.reconcileExpose,
 	}
 	for _, step := range steps {
 		if err := step(ctx, cp, st); err != nil {
@@ -175,6 +190,9 @@ type reconcileState struct {
 	policyHash   string
 	rules        int
 	deployment   *appsv1.Deployment
+	// exposed is status.receiver.callbackURL once reconcileExpose has run
+	// ("" when not exposed); nil keeps the status' value.
+	exposed *string
 }
 
 // reconcileSources reads the credentials Secret and the number lists.
@@ -269,6 +287,12 @@ func (r *CallPolicyReconciler) reconcileDeployment(ctx context.Context, cp *call
 		return st.stall(stalled(ReasonNoReceiverImage, "spec.receiver.image is empty and the operator has no --receiver-image"))
 	}
 	dep := buildDeployment(cp, r.ReceiverImage, st.credentialsHash, st.caHash)
+	if cp.Spec.Receiver.Autoscaling != nil {
+		// dep has no spec.replicas: the autoscaler's (autoscaling.go).
+		if err := r.handOverReplicas(ctx, cp, dep); err != nil {
+			return err
+		}
+	}
 	if err := r.apply(ctx, cp, dep); err != nil {
 		return err
 	}
@@ -287,25 +311,11 @@ func (r *CallPolicyReconciler) reconcileDeployment(ctx context.Context, cp *call
 }
 
 func (r *CallPolicyReconciler) reconcilePodDisruptionBudget(ctx context.Context, cp *callsv1alpha1.CallPolicy, _ *reconcileState) error {
-	if replicas(cp) > 1 {
+	if floorReplicas(cp) > 1 {
 		return r.apply(ctx, cp, buildPodDisruptionBudget(cp))
 	}
-	pdb := &policyv1.PodDisruptionBudget{}
-	err := r.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: childName(cp)}, pdb)
-	if apierrors.IsNotFound(err) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("get PodDisruptionBudget: %w", err)
-	}
-	if !metav1.IsControlledBy(pdb, cp) {
-		return nil
-	}
 	// One replica cannot satisfy minAvailable 1 during a drain.
-	if err := r.Delete(ctx, pdb); client.IgnoreNotFound(err) != nil {
-		return fmt.Errorf("delete PodDisruptionBudget: %w", err)
-	}
-	return nil
+	return r.deleteOwned(ctx, cp, &policyv1.PodDisruptionBudget{})
 }
 
 // apply server-side-applies a child built by a pure builder, owned by cp.
@@ -375,6 +385,9 @@ func (r *CallPolicyReconciler) summarize(cp *callsv1alpha1.CallPolicy, st *recon
 	cp.Status.ObservedGeneration = gen
 	cp.Status.Receiver.Service = childName(cp)
 	cp.Status.Receiver.CallbackPath = callbackPath(cp)
+	if st.exposed != nil {
+		cp.Status.Receiver.CallbackURL = *st.exposed
+	}
 	if st.policyHash != "" {
 		cp.Status.PolicyHash = st.policyHash
 		cp.Status.Rules = int32(st.rules)
@@ -384,6 +397,8 @@ func (r *CallPolicyReconciler) summarize(cp *callsv1alpha1.CallPolicy, st *recon
 		cp.Status.Receiver.ReadyReplicas = st.deployment.Status.ReadyReplicas
 	}
 
+	// While autoscaling, as many as the autoscaler last asked for.
+	want := wantReplicas(cp, st.deployment)
 	switch {
 	case st.stalled != nil:
 		msg := st.stalled.message(maxConditionProblems, maxConditionMessage)
@@ -402,15 +417,15 @@ func (r *CallPolicyReconciler) summarize(cp *callsv1alpha1.CallPolicy, st *recon
 		set(ConditionReconciling, metav1.ConditionTrue, ReasonReconcileError, msg)
 		set(ConditionReady, metav1.ConditionFalse, ReasonReconcileError, msg)
 		meta.RemoveStatusCondition(&cp.Status.Conditions, ConditionStalled)
-	case deploymentAvailable(st.deployment, replicas(cp)):
+	case deploymentAvailable(st.deployment, want):
 		set(ConditionReady, metav1.ConditionTrue, ReasonReceiversAvailable,
-			fmt.Sprintf("policy %s live on %d/%d receivers", shortHash(st.policyHash), st.deployment.Status.AvailableReplicas, replicas(cp)))
+			fmt.Sprintf("policy %s live on %d/%d receivers", shortHash(st.policyHash), st.deployment.Status.AvailableReplicas, want))
 		meta.RemoveStatusCondition(&cp.Status.Conditions, ConditionReconciling)
 		meta.RemoveStatusCondition(&cp.Status.Conditions, ConditionStalled)
 	default:
 		msg := "waiting for the receiver Deployment to roll out"
 		if st.deployment != nil {
-			msg = fmt.Sprintf("%d/%d receivers updated and available", min(st.deployment.Status.UpdatedReplicas, st.deployment.Status.AvailableReplicas), replicas(cp))
+			msg = fmt.Sprintf("%d/%d receivers updated and available", min(st.deployment.Status.UpdatedReplicas, st.deployment.Status.AvailableReplicas), want)
 		}
 		set(ConditionReconciling, metav1.ConditionTrue, ReasonProgressing, msg)
 		set(ConditionReady, metav1.ConditionFalse, ReasonProgressing, msg)

@@ -11,6 +11,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	eventsv1 "k8s.io/api/events/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -184,8 +185,10 @@ func TestChildrenAreCreatedWithOwnerReferences(t *testing.T) {
 	g.Expect(*c.SecurityContext.ReadOnlyRootFilesystem).To(BeTrue())
 	g.Expect(*c.SecurityContext.AllowPrivilegeEscalation).To(BeFalse())
 	g.Expect(c.SecurityContext.Capabilities.Drop).To(ConsistOf(corev1.Capability("ALL")))
-	g.Expect(c.Resources.Requests.Cpu().String()).To(Equal("50m"))
+	g.Expect(c.Resources.Requests.Cpu().String()).To(Equal("500m"))
+	g.Expect(c.Resources.Requests.StorageEphemeral().String()).To(Equal("64Mi"))
 	g.Expect(c.Resources.Limits.Memory().String()).To(Equal("256Mi"))
+	g.Expect(c.Resources.Limits).NotTo(HaveKey(corev1.ResourceCPU), "a CPU limit throttles the receivers")
 	g.Expect(c.Env).To(BeEmpty(), "credentials must never be env")
 	g.Expect(c.EnvFrom).To(BeEmpty())
 	g.Expect(c.VolumeMounts).To(ContainElement(And(
@@ -504,7 +507,7 @@ func TestIdleControllerWritesNothing(t *testing.T) {
 		for name, obj := range map[string]client.Object{
 			"callpolicy": &callsv1alpha1.CallPolicy{}, "deployment": &appsv1.Deployment{}, "service": &corev1.Service{},
 			"serviceaccount": &corev1.ServiceAccount{}, "role": &rbacv1.Role{}, "rolebinding": &rbacv1.RoleBinding{},
-			"pdb": &policyv1.PodDisruptionBudget{}, "configmap": policyCM,
+			"pdb": &policyv1.PodDisruptionBudget{}, "configmap": policyCM, "networkpolicy": &networkingv1.NetworkPolicy{},
 		} {
 			n := "hotline-callguard"
 			switch name {
@@ -531,6 +534,9 @@ func TestIdleControllerWritesNothing(t *testing.T) {
 		Scheme:        testMgr.GetScheme(),
 		Recorder:      testMgr.GetEventRecorder("callguard-manager"),
 		ReceiverImage: testReceiverImage,
+		// As the suite's manager is set up.
+		GatewayAPI:               true,
+		MetricsScraperNamespaces: []string{testScraperNamespace},
 	}
 	for range 3 {
 		res, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: key(ns, "hotline")})

@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -10,9 +11,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
 )
@@ -69,6 +73,15 @@ func commonLabels(cp *callsv1alpha1.CallPolicy) map[string]string {
 
 func objectMeta(cp *callsv1alpha1.CallPolicy, name string) metav1.ObjectMeta {
 	return metav1.ObjectMeta{Name: name, Namespace: cp.Namespace, Labels: commonLabels(cp)}
+}
+
+// deploymentReplicas is the Deployment's spec.replicas: none while
+// autoscaling, the autoscaler's field then.
+func deploymentReplicas(cp *callsv1alpha1.CallPolicy) *int32 {
+	if cp.Spec.Receiver.Autoscaling != nil {
+		return nil
+	}
+	return ptr.To(replicas(cp))
 }
 
 func replicas(cp *callsv1alpha1.CallPolicy) int32 {
@@ -223,7 +236,7 @@ func buildDeployment(cp *callsv1alpha1.CallPolicy, defaultImage, credentialsHash
 		TypeMeta:   metav1.TypeMeta{APIVersion: "apps/v1", Kind: "Deployment"},
 		ObjectMeta: objectMeta(cp, childName(cp)),
 		Spec: appsv1.DeploymentSpec{
-			Replicas: ptr.To(replicas(cp)),
+			Replicas: deploymentReplicas(cp),
 			Selector: &metav1.LabelSelector{MatchLabels: selectorLabels(cp)},
 			Strategy: appsv1.DeploymentStrategy{
 				Type: appsv1.RollingUpdateDeploymentStrategyType,
@@ -243,6 +256,16 @@ func buildDeployment(cp *callsv1alpha1.CallPolicy, defaultImage, credentialsHash
 					NodeSelector:                  cp.Spec.Receiver.NodeSelector,
 					Tolerations:                   cp.Spec.Receiver.Tolerations,
 					PriorityClassName:             cp.Spec.Receiver.PriorityClassName,
+					// One node down takes as few receivers as possible with
+					// it; ScheduleAnyway: a one-node cluster still runs them all.
+					TopologySpreadConstraints: []corev1.TopologySpreadConstraint{{
+						MaxSkew:           1,
+						TopologyKey:       corev1.LabelHostname,
+						WhenUnsatisfiable: corev1.ScheduleAnyway,
+						LabelSelector:     &metav1.LabelSelector{MatchLabels: selectorLabels(cp)},
+						// Spread each rollout's new pods too.
+						MatchLabelKeys: []string{appsv1.DefaultDeploymentUniqueLabelKey},
+					}},
 					SecurityContext: &corev1.PodSecurityContext{
 						RunAsNonRoot:   ptr.To(true),
 						RunAsUser:      ptr.To(nonRootUID),
@@ -277,4 +300,27 @@ func buildDeployment(cp *callsv1alpha1.CallPolicy, defaultImage, credentialsHash
 			},
 		},
 	}
+}
+
+// deleteOwned deletes the child named childName(cp) of obj's type, if there is
+// one and cp controls it: a child the spec no longer asks for.
+func (r *CallPolicyReconciler) deleteOwned(ctx context.Context, cp *callsv1alpha1.CallPolicy, obj client.Object) error {
+	kind := fmt.Sprintf("%T", obj)
+	if gvk, err := r.GroupVersionKindFor(obj); err == nil {
+		kind = gvk.Kind
+	}
+	err := r.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: childName(cp)}, obj)
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("get %s: %w", kind, err)
+	}
+	if !metav1.IsControlledBy(obj, cp) {
+		return nil
+	}
+	if err := r.Delete(ctx, obj); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("delete %s: %w", kind, err)
+	}
+	return nil
 }

@@ -52,7 +52,7 @@ func TestNamespacedManagerNeedsOnlyARoleBinding(t *testing.T) {
 	mgrCtx, cancel := context.WithCancel(ctx)
 	mgr, err := ctrl.NewManager(asManager, ctrl.Options{
 		Scheme:  scheme,
-		Cache:   CacheOptions([]string{ns}),
+		Cache:   CacheOptions([]string{ns}, true),
 		Metrics: metricsserver.Options{BindAddress: "0"},
 		// The suite's manager runs a controller of the same name. Should the
 		// cache not sync, the controller gives up in time for the test to
@@ -65,21 +65,10 @@ func TestNamespacedManagerNeedsOnlyARoleBinding(t *testing.T) {
 		Scheme:        mgr.GetScheme(),
 		Recorder:      mgr.GetEventRecorder("callguard-manager"),
 		ReceiverImage: testReceiverImage,
+		GatewayAPI:    true,
 	}
 	must(t, r.SetupWithManager(mgrCtx, mgr))
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(mgrCtx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("namespaced manager: %v", err)
-			}
-		case <-time.After(time.Minute):
-			t.Error("the namespaced manager did not stop within a minute")
-		}
-	})
+	startManager(t, mgrCtx, cancel, mgr, "the namespaced manager")
 
 	// A cache that cannot list what it watches never syncs; the reconcile
 	// would then time out reading the policy instead of returning.

@@ -6,7 +6,9 @@ import (
 	"fmt"
 
 	appsv1 "k8s.io/api/apps/v1"
+	autoscalingv2 "k8s.io/api/autoscaling/v2"
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -20,6 +22,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
 	"github.com/callguard/callguard/internal/policy"
@@ -66,7 +69,12 @@ func (r *CallPolicyReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Ma
 	if r.APIReader == nil {
 		r.APIReader = mgr.GetAPIReader()
 	}
-	return ctrl.NewControllerManagedBy(mgr).
+	// The children other controllers write status to (the autoscaler, ingress
+	// controllers, Gateways) wake the reconciler only when someone changes
+	// what it applies: their spec, labels or annotations.
+	applied := builder.WithPredicates(predicate.Or(predicate.GenerationChangedPredicate{},
+		predicate.LabelChangedPredicate{}, predicate.AnnotationChangedPredicate{}))
+	b := ctrl.NewControllerManagedBy(mgr).
 		For(&callsv1alpha1.CallPolicy{}, builder.WithPredicates(predicate.GenerationChangedPredicate{})).
 		Owns(&appsv1.Deployment{}).
 		Owns(&corev1.Service{}).
@@ -74,6 +82,9 @@ func (r *CallPolicyReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Ma
 		Owns(&rbacv1.Role{}).
 		Owns(&rbacv1.RoleBinding{}).
 		Owns(&policyv1.PodDisruptionBudget{}).
+		Owns(&networkingv1.NetworkPolicy{}, applied).
+		Owns(&autoscalingv2.HorizontalPodAutoscaler{}, applied).
+		Owns(&networkingv1.Ingress{}, applied).
 		// Secrets and ConfigMaps are watched as metadata only: a change
 		// bumps the resourceVersion, which is all a watch needs, and the
 		// reconciler reads the few it uses through APIReader. Their data,
@@ -81,25 +92,38 @@ func (r *CallPolicyReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Ma
 		Owns(&corev1.ConfigMap{}, builder.OnlyMetadata).
 		WatchesMetadata(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.policiesUsing(indexListConfigMaps))).
 		WatchesMetadata(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.policiesUsing(indexSecret))).
-		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrentReconciles, 1)}).
-		Complete(r)
+		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrentReconciles, 1)})
+	if r.GatewayAPI {
+		// Only where the CRD is: a watch on a kind the API server does not
+		// serve would keep the cache from ever syncing.
+		b = b.Owns(&gatewayv1.HTTPRoute{}, applied)
+	}
+	return b.Complete(r)
 }
 
 // CacheOptions is the manager's cache: the given namespaces (all when none),
 // children only by their managed-by label, and no managedFields, which
 // nothing here reads and which are often the larger part of the metadata.
-func CacheOptions(namespaces []string) cache.Options {
+// gatewayAPI (GatewayAPIInstalled) adds HTTPRoutes; the cache cannot be made
+// with a kind the API server does not serve.
+func CacheOptions(namespaces []string, gatewayAPI bool) cache.Options {
 	children := cache.ByObject{Label: labels.SelectorFromSet(labels.Set{managedByLabel: managedBy})}
 	opts := cache.Options{
 		DefaultTransform: cache.TransformStripManagedFields(),
 		ByObject: map[client.Object]cache.ByObject{
-			&appsv1.Deployment{}:            children,
-			&corev1.Service{}:               children,
-			&corev1.ServiceAccount{}:        children,
-			&rbacv1.Role{}:                  children,
-			&rbacv1.RoleBinding{}:           children,
-			&policyv1.PodDisruptionBudget{}: children,
+			&appsv1.Deployment{}:                     children,
+			&corev1.Service{}:                        children,
+			&corev1.ServiceAccount{}:                 children,
+			&rbacv1.Role{}:                           children,
+			&rbacv1.RoleBinding{}:                    children,
+			&policyv1.PodDisruptionBudget{}:          children,
+			&networkingv1.NetworkPolicy{}:            children,
+			&networkingv1.Ingress{}:                  children,
+			&autoscalingv2.HorizontalPodAutoscaler{}: children,
 		},
+	}
+	if gatewayAPI {
+		opts.ByObject[&gatewayv1.HTTPRoute{}] = children
 	}
 	if len(namespaces) > 0 {
 		opts.DefaultNamespaces = map[string]cache.Config{}

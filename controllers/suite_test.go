@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,11 +23,15 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
 )
 
 const testReceiverImage = "example.com/callguard:test"
+
+// testScraperNamespace is the suite manager's --metrics-scraper-namespaces.
+const testScraperNamespace = "monitoring"
 
 // One API server (envtest: a real kube-apiserver and etcd) and one manager
 // for the package; each test works in its own namespace.
@@ -48,16 +54,23 @@ func runSuite(m *testing.M) int {
 	}
 	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
 	utilruntime.Must(callsv1alpha1.AddToScheme(scheme))
+	utilruntime.Must(gatewayv1.Install(scheme))
 	ctrl.SetLogger(zap.New(zap.WriteTo(os.Stderr), zap.UseDevMode(true), zap.Level(zapLevel())))
 
+	// The suite's API server serves the Gateway API's HTTPRoutes (the CRD
+	// from the module go.mod pins); TestWithoutGatewayAPI runs one without.
+	httpRouteCRD, err := gatewayAPICRD("gateway.networking.k8s.io_httproutes.yaml")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	env := &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
+		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases"), httpRouteCRD},
 		ErrorIfCRDPathMissing: true,
 	}
 	// envtest's default /24 of Service IPs runs out after ~250 policies;
 	// the convergence benchmark creates 200 per iteration.
 	env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.0.0.0/16")
-	var err error
 	cfg, err = env.Start()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start envtest:", err)
@@ -74,17 +87,25 @@ func runSuite(m *testing.M) int {
 	defer cancel()
 	// The cache as cmd/manager configures it; metrics are tested on a
 	// manager of their own (TestMetricsNeedAnAuthorizedCaller).
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Cache: CacheOptions(nil), Metrics: metricsserver.Options{BindAddress: "0"}})
+	// As cmd/manager decides it.
+	gatewayAPI, err := GatewayAPIInstalled(cfg)
+	if err != nil || !gatewayAPI {
+		fmt.Fprintln(os.Stderr, "the suite's API server should serve HTTPRoutes:", gatewayAPI, err)
+		return 1
+	}
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{Scheme: scheme, Cache: CacheOptions(nil, gatewayAPI), Metrics: metricsserver.Options{BindAddress: "0"}})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "manager:", err)
 		return 1
 	}
 	r := &CallPolicyReconciler{
-		Client:                  mgr.GetClient(),
-		Scheme:                  mgr.GetScheme(),
-		Recorder:                mgr.GetEventRecorder("callguard-manager"),
-		ReceiverImage:           testReceiverImage,
-		MaxConcurrentReconciles: 4,
+		Client:                   mgr.GetClient(),
+		Scheme:                   mgr.GetScheme(),
+		Recorder:                 mgr.GetEventRecorder("callguard-manager"),
+		ReceiverImage:            testReceiverImage,
+		MaxConcurrentReconciles:  4,
+		GatewayAPI:               gatewayAPI,
+		MetricsScraperNamespaces: []string{testScraperNamespace},
 	}
 	if err := r.SetupWithManager(ctx, mgr); err != nil {
 		fmt.Fprintln(os.Stderr, "setup:", err)
@@ -117,4 +138,43 @@ func newNamespace(t testing.TB) string {
 		t.Fatalf("create namespace: %v", err)
 	}
 	return name
+}
+
+// gatewayAPICRD is the path of one of the Gateway API's standard CRDs in the
+// module go.mod requires (sigs.k8s.io/gateway-api), from the module cache.
+func gatewayAPICRD(name string) (string, error) {
+	cmd := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/gateway-api")
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return "", fmt.Errorf("find the gateway-api module: %w", err)
+	}
+	dir := strings.TrimSpace(string(out))
+	if dir == "" {
+		return "", fmt.Errorf("the gateway-api module is not downloaded (go mod download sigs.k8s.io/gateway-api)")
+	}
+	p := filepath.Join(dir, "config", "crd", "standard", name)
+	if _, err := os.Stat(p); err != nil {
+		return "", err
+	}
+	return p, nil
+}
+
+// startManager runs a test's own manager until the test ends (cancel stops
+// it), and fails the test if it stops with an error or not within a minute.
+func startManager(t *testing.T, ctx context.Context, cancel context.CancelFunc, mgr ctrl.Manager, what string) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- mgr.Start(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("%s: %v", what, err)
+			}
+		case <-time.After(time.Minute):
+			t.Errorf("%s did not stop within a minute", what)
+		}
+	})
 }

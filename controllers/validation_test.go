@@ -12,6 +12,7 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/utils/ptr"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
 
 	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
@@ -32,7 +33,8 @@ type invalidSpec struct {
 // uniqueness that way (listType=map would name the element, but would also
 // make server-side apply merge rules by name, losing their order).
 var admissionElsewhere = map[string]string{
-	"duplicate rule names": "spec.rules",
+	"duplicate rule names":        "spec.rules",
+	"httpRoute wildcard hostname": "spec.receiver.expose.httpRoute.hostnames",
 }
 
 // invalidSpecs is the one table of specs that the CRD (schema and CEL) and
@@ -44,6 +46,14 @@ func invalidSpecs() []invalidSpec {
 	toRedirect := func(s *callsv1alpha1.CallPolicySpec) {
 		s.Rules[0].Action, s.Rules[0].Reason = callsv1alpha1.ActionRedirect, ""
 	}
+	ingress := func() *callsv1alpha1.IngressExpose { return &callsv1alpha1.IngressExpose{Host: "calls.example.com"} }
+	route := func() *callsv1alpha1.HTTPRouteExpose {
+		return &callsv1alpha1.HTTPRouteExpose{
+			ParentRefs: []gatewayv1.ParentReference{{Name: "public"}},
+			Hostnames:  []gatewayv1.Hostname{"calls.example.com"},
+		}
+	}
+	expose := func(s *callsv1alpha1.CallPolicySpec, e callsv1alpha1.ExposeSpec) { s.Receiver.Expose = &e }
 	return []invalidSpec{
 		{"duplicate rule names", func(s *callsv1alpha1.CallPolicySpec) { s.Rules[1].Name = s.Rules[0].Name }, "spec.rules[1].name"},
 		{"rule name not a DNS label", func(s *callsv1alpha1.CallPolicySpec) { s.Rules[0].Name = "Premium Rate" }, "spec.rules[0].name"},
@@ -100,6 +110,46 @@ func invalidSpecs() []invalidSpec {
 		}, "spec.graph.openIDConfigURL"},
 		{"negative replicas", func(s *callsv1alpha1.CallPolicySpec) { s.Receiver.Replicas = ptr.To[int32](-1) }, "spec.receiver.replicas"},
 		{"callbackPath not a path", func(s *callsv1alpha1.CallPolicySpec) { s.Receiver.CallbackPath = "api/calls" }, "spec.receiver.callbackPath"},
+		{"expose with ingress and httpRoute", func(s *callsv1alpha1.CallPolicySpec) {
+			expose(s, callsv1alpha1.ExposeSpec{Ingress: ingress(), HTTPRoute: route()})
+		}, "spec.receiver.expose"},
+		{"expose with neither", func(s *callsv1alpha1.CallPolicySpec) { expose(s, callsv1alpha1.ExposeSpec{}) }, "spec.receiver.expose"},
+		{"ingress without host", func(s *callsv1alpha1.CallPolicySpec) {
+			expose(s, callsv1alpha1.ExposeSpec{Ingress: &callsv1alpha1.IngressExpose{ClassName: "nginx"}})
+		}, "spec.receiver.expose.ingress.host"},
+		{"ingress host not a DNS name", func(s *callsv1alpha1.CallPolicySpec) {
+			expose(s, callsv1alpha1.ExposeSpec{Ingress: &callsv1alpha1.IngressExpose{Host: "https://Calls.example.com/api"}})
+		}, "spec.receiver.expose.ingress.host"},
+		{"httpRoute without parentRefs", func(s *callsv1alpha1.CallPolicySpec) {
+			r := route()
+			r.ParentRefs = []gatewayv1.ParentReference{}
+			expose(s, callsv1alpha1.ExposeSpec{HTTPRoute: r})
+		}, "spec.receiver.expose.httpRoute.parentRefs"},
+		{"httpRoute without hostnames", func(s *callsv1alpha1.CallPolicySpec) {
+			r := route()
+			r.Hostnames = []gatewayv1.Hostname{}
+			expose(s, callsv1alpha1.ExposeSpec{HTTPRoute: r})
+		}, "spec.receiver.expose.httpRoute.hostnames"},
+		{"httpRoute wildcard hostname", func(s *callsv1alpha1.CallPolicySpec) {
+			r := route()
+			r.Hostnames = append(r.Hostnames, "*.example.com")
+			expose(s, callsv1alpha1.ExposeSpec{HTTPRoute: r})
+		}, "spec.receiver.expose.httpRoute.hostnames[1]"},
+		{"autoscaling maxReplicas below minReplicas", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Receiver.Autoscaling = &callsv1alpha1.AutoscalingSpec{MinReplicas: ptr.To[int32](4), MaxReplicas: 3}
+		}, "spec.receiver.autoscaling.maxReplicas"},
+		{"autoscaling maxReplicas below the default minReplicas", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Receiver.Autoscaling = &callsv1alpha1.AutoscalingSpec{MaxReplicas: 1}
+		}, "spec.receiver.autoscaling.maxReplicas"},
+		{"autoscaling without maxReplicas", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Receiver.Autoscaling = &callsv1alpha1.AutoscalingSpec{MinReplicas: ptr.To[int32](1)}
+		}, "spec.receiver.autoscaling.maxReplicas"},
+		{"autoscaling minReplicas 0", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Receiver.Autoscaling = &callsv1alpha1.AutoscalingSpec{MinReplicas: ptr.To[int32](0), MaxReplicas: 3}
+		}, "spec.receiver.autoscaling.minReplicas"},
+		{"autoscaling CPU target over 100%", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Receiver.Autoscaling = &callsv1alpha1.AutoscalingSpec{MaxReplicas: 3, TargetCPUUtilizationPercentage: ptr.To[int32](150)}
+		}, "spec.receiver.autoscaling.targetCPUUtilizationPercentage"},
 		{"identity type not in the API", func(s *callsv1alpha1.CallPolicySpec) {
 			s.Rules[0].Match.Callers = &callsv1alpha1.CallerMatch{IdentityTypes: []callsv1alpha1.IdentityType{"device"}}
 		}, "spec.rules[0].match.callers.identityTypes[0]"},
