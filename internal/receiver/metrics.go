@@ -33,6 +33,7 @@ type metrics struct {
 	withheld        prometheus.Counter
 	connsEvicted    prometheus.Counter
 	connsShed       prometheus.Counter
+	loadSeconds     prometheus.Histogram
 	reloads         *prometheus.CounterVec
 	policyInfo      *prometheus.GaugeVec
 
@@ -192,6 +193,11 @@ func newMetrics(queueDepth func() float64) *metrics {
 			Namespace: namespace, Name: "policy_reloads_total",
 			Help: "Policy loads, by result (success, error, unchanged).",
 		}, []string{"result"}),
+		loadSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "policy_load_seconds",
+			Help:    "Time to read, check and compile a policy version from its ConfigMaps, for the versions that went live.",
+			Buckets: []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10},
+		}),
 		policyInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "policy_info",
 			Help: "The live policy: 1 for its hash.",
@@ -208,7 +214,7 @@ func newMetrics(queueDepth func() float64) *metrics {
 	m.toGraphBy = map[string]prometheus.Observer{}
 	m.registry.MustRegister(
 		m.requests, m.notifications, m.duplicates, m.authFailures, m.decisions, m.celErrors,
-		m.graphRequests, m.actions, m.decisionToGraph, m.upstream, m.withheld, m.connsEvicted, m.connsShed, m.reloads, m.policyInfo,
+		m.graphRequests, m.actions, m.decisionToGraph, m.upstream, m.withheld, m.connsEvicted, m.connsShed, m.reloads, m.loadSeconds, m.policyInfo,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "queue_depth",
 			Help: "Notification batches waiting for a worker.",

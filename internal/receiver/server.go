@@ -163,7 +163,11 @@ func (s *Server) PolicyHash() string {
 // (client-secret, or tls.crt and tls.key); it is unused with workload
 // identity. On error the previous policy stays live. The result is counted.
 func (s *Server) Apply(p *policy.Policy, secret map[string][]byte) error {
-	err := s.apply(p, secret)
+	return s.applied(s.apply(p, secret))
+}
+
+// applied counts and logs the result of apply.
+func (s *Server) applied(err error) error {
 	switch {
 	case errors.Is(err, errUnchanged):
 		s.metrics.reloads.WithLabelValues("unchanged").Inc()

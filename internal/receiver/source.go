@@ -64,6 +64,7 @@ func (s *Server) LoadPolicyFile(path, credentialsDir string) error {
 // it with the credentials mounted at credentialsDir. A shard that is missing
 // or does not match keeps the live version.
 func (s *Server) LoadConfigMap(cm *corev1.ConfigMap, shard func(name string) ([]byte, error), credentialsDir string) error {
+	start := time.Now()
 	src, err := policy.DecodeConfigMaps(cm.Data, shard)
 	if err != nil {
 		err = fmt.Errorf("decode ConfigMap %s/%s: %w", cm.Namespace, cm.Name, err)
@@ -83,7 +84,11 @@ func (s *Server) LoadConfigMap(cm *corev1.ConfigMap, shard func(name string) ([]
 			return err
 		}
 	}
-	return s.Apply(p, secret)
+	if err := s.apply(p, secret); err != nil {
+		return s.applied(err)
+	}
+	s.metrics.loadSeconds.Observe(time.Since(start).Seconds())
+	return s.applied(nil)
 }
 
 // shardStore reads shard ConfigMaps by name (all the receiver's Role lets
