@@ -527,10 +527,13 @@ func (cg *memoryCgroup) oomKills() (int, error) {
 }
 
 // remove removes the cgroup once its processes have left it.
-func (cg *memoryCgroup) remove() error {
+func (cg *memoryCgroup) remove() error { return removeCgroup(cg.dir) }
+
+// removeCgroup removes a cgroup directory once its processes have left it.
+func removeCgroup(dir string) error {
 	var err error
 	for range 50 {
-		if err = os.Remove(cg.dir); err == nil || errors.Is(err, os.ErrNotExist) {
+		if err = os.Remove(dir); err == nil || errors.Is(err, os.ErrNotExist) {
 			return nil
 		}
 		time.Sleep(100 * time.Millisecond)

@@ -278,6 +278,12 @@ func startChild(kind, policyPath, caFile, graphURL string, cpu int) (*child, err
 	}
 	// An interrupted benchmark leaves no child serving.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return serveChild(kind, cmd)
+}
+
+// serveChild starts cmd, a receiver or baseline child, reads its log and
+// waits for it to be ready.
+func serveChild(kind string, cmd *exec.Cmd) (*child, error) {
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
@@ -496,42 +502,13 @@ func (s *benchEnv) get(b *testing.B) *benchEnv {
 }
 
 func (s *benchEnv) start() error {
-	dir, err := os.MkdirTemp("", "callguard-bench")
+	policyPath, caFile, err := s.prepare()
 	if err != nil {
 		return err
 	}
-	s.dir = dir
-	if s.stamps, err = holdTimestamping(); err != nil {
-		return err
-	}
-	s.emu, err = emulator.New(emulator.Config{Bots: []emulator.Bot{{AppID: appID, TenantID: tenantID, Secret: secret}}, MissedAfter: time.Hour})
+	handlerCPU, err := s.pinDriver()
 	if err != nil {
 		return err
-	}
-	if err := s.emu.Start(); err != nil {
-		return err
-	}
-	caFile := filepath.Join(dir, "ca.crt")
-	if err := os.WriteFile(caFile, s.emu.CACertPEM(), 0o600); err != nil {
-		return err
-	}
-	policyPath := filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(policyPath, benchPolicy(s.emu.URL()), 0o600); err != nil {
-		return err
-	}
-	// The emulator plays Graph, whose collections are not under test: at
-	// the default GOGC its pauses held Graph's answers back in bunches,
-	// which then reached the handler at once.
-	s.gcPercent = debug.SetGCPercent(400)
-	handlerCPU := -1
-	if os.Getenv(pinEnv) != "0" {
-		if cpu, driver, all, ok := splitCPUs(); ok {
-			if err := pinProcess(driver); err != nil {
-				return fmt.Errorf("pinning the benchmark: %w", err)
-			}
-			handlerCPU, s.unpinned = cpu, all
-			s.procs = runtime.GOMAXPROCS(driver.Count())
-		}
 	}
 	s.children = map[string]*child{}
 	for _, kind := range []string{"baseline", "receiver"} {
@@ -542,6 +519,58 @@ func (s *benchEnv) start() error {
 		s.children[kind] = c
 	}
 	return nil
+}
+
+// prepare starts the emulator and writes the children's policy and CA
+// files.
+func (s *benchEnv) prepare() (policyPath, caFile string, err error) {
+	dir, err := os.MkdirTemp("", "callguard-bench")
+	if err != nil {
+		return "", "", err
+	}
+	s.dir = dir
+	if s.stamps, err = holdTimestamping(); err != nil {
+		return "", "", err
+	}
+	s.emu, err = emulator.New(emulator.Config{Bots: []emulator.Bot{{AppID: appID, TenantID: tenantID, Secret: secret}}, MissedAfter: time.Hour})
+	if err != nil {
+		return "", "", err
+	}
+	if err := s.emu.Start(); err != nil {
+		return "", "", err
+	}
+	caFile = filepath.Join(dir, "ca.crt")
+	if err := os.WriteFile(caFile, s.emu.CACertPEM(), 0o600); err != nil {
+		return "", "", err
+	}
+	policyPath = filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(policyPath, benchPolicy(s.emu.URL()), 0o600); err != nil {
+		return "", "", err
+	}
+	// The emulator plays Graph, whose collections are not under test: at
+	// the default GOGC its pauses held Graph's answers back in bunches,
+	// which then reached the handler at once.
+	s.gcPercent = debug.SetGCPercent(400)
+	return policyPath, caFile, nil
+}
+
+// pinDriver pins this process (the emulator, and the load generators it
+// starts) to all CPUs but the last, and returns the last, the handler's,
+// or -1 when pinning is off or there are fewer than two CPUs.
+func (s *benchEnv) pinDriver() (int, error) {
+	if os.Getenv(pinEnv) == "0" {
+		return -1, nil
+	}
+	cpu, driver, all, ok := splitCPUs()
+	if !ok {
+		return -1, nil
+	}
+	if err := pinProcess(driver); err != nil {
+		return -1, fmt.Errorf("pinning the benchmark: %w", err)
+	}
+	s.unpinned = all
+	s.procs = runtime.GOMAXPROCS(driver.Count())
+	return cpu, nil
 }
 
 func (s *benchEnv) stop() {
@@ -735,7 +764,8 @@ func (s *benchEnv) compare(b *testing.B, rate float64) {
 // is called just before it sends, sent once it has every acknowledgement),
 // and checks that every one was acknowledged with 202 and rejected on
 // Graph. It returns the generator's report and the notification-to-action
-// latencies in ms.
+// latencies in ms; when some were not acknowledged, the report too with
+// the error.
 func (s *benchEnv) drive(c *child, kind string, n int, rate float64, started, sent func()) (*loadResult, []float64, error) {
 	run := s.runs.Add(1)
 	u, err := url.Parse(c.callback)
@@ -767,7 +797,7 @@ func (s *benchEnv) drive(c *child, kind string, n int, rate float64, started, se
 		return nil, nil, err
 	}
 	if res.Refused > 0 {
-		return nil, nil, fmt.Errorf("%d of %d notifications not acknowledged with 202; first: %s", res.Refused, n, res.Error)
+		return res, nil, fmt.Errorf("%d of %d notifications not acknowledged with 202; first: %s", res.Refused, n, res.Error)
 	}
 	actions, err := c.actionLatencies(plan.IDs, 60*time.Second)
 	if err != nil {
