@@ -121,6 +121,15 @@ var valueSets = []struct {
 		if !hasArg(container(t, objs), "--namespaces=telephony,support") {
 			t.Errorf("args %v lack --namespaces=telephony,support", container(t, objs)["args"])
 		}
+		// The API server's addresses are read in default whatever is watched.
+		if rb := find(objs, "RoleBinding", "callguard-manager-apiserver-rolebinding"); rb == nil || rb.GetNamespace() != "default" {
+			t.Errorf("the RoleBinding for the API server's EndpointSlice is missing or not in default: %v", rb)
+		}
+	}},
+	{"receivers' metrics scrapers", []string{"--set", "metrics.receivers.scraperNamespaces={monitoring,obs}"}, func(t *testing.T, objs []*unstructured.Unstructured) {
+		if !hasArg(container(t, objs), "--metrics-scraper-namespaces=monitoring,obs") {
+			t.Errorf("args %v lack --metrics-scraper-namespaces=monitoring,obs", container(t, objs)["args"])
+		}
 	}},
 	{"monitoring on", []string{"--set", "metrics.serviceMonitor.enabled=true,metrics.receivers.podMonitor.enabled=true,metrics.receivers.serviceMonitor.enabled=true,prometheusRule.enabled=true,dashboard.enabled=true,dashboard.namespace=monitoring",
 		"--set", "prometheusRule.additionalAlertLabels.team=telephony,metrics.serviceMonitor.interval=30s,metrics.receivers.podMonitor.interval=15s",
@@ -264,6 +273,7 @@ func TestChartRefusesWrongValues(t *testing.T) {
 		"image.pullPolicy=Sometimes",
 		"watchNamespace=telephony", // a typo of watchNamespaces
 		"watchNamespaces={Not_A_Namespace}",
+		"metrics.receivers.scraperNamespaces={Not_A_Namespace}",
 		"crds.install=maybe",
 		"extraArgs={-v}",
 		"replicas=2,leaderElection=false",
