@@ -3,8 +3,11 @@ package receiver_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -26,7 +29,7 @@ import (
 // get/list/watch the one policy ConfigMap. A new policy goes live on the
 // ConfigMap update (the time is logged: under -race, with two API servers on
 // two cores, it is no measure of the receiver); a broken one is refused and
-// the old one stays.
+// the old one stays, as it does while a shard is missing or mismatched.
 func TestConfigMapSourceOnRealAPIServer(t *testing.T) {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		t.Fatal("KUBEBUILDER_ASSETS is not set: run the tests with `make test` (it builds kube-apiserver and etcd)")
@@ -122,10 +125,94 @@ func TestConfigMapSourceOnRealAPIServer(t *testing.T) {
 	if got := srv.PolicyHash(); got != sourceHash(t, next) {
 		t.Fatalf("after a broken update the live policy is %q, want the last good %q", got, sourceHash(t, next))
 	}
+
+	// A version with a number list comes as a manifest and shards. Until
+	// every shard is there and matches, the live version stays; the
+	// receiver keeps trying, and switches once the last shard arrives.
+	listed := listPolicy(t, ns, cmName)
+	mustDo(t, func() error {
+		_, err := admin.RbacV1().Roles(ns).Update(ctx, controllers.BuildRole(owner, shardNames(listed.shards)), metav1.UpdateOptions{})
+		return err
+	})
+	missing := listed.shards[len(listed.shards)-1]
+	for _, s := range listed.shards[:len(listed.shards)-1] {
+		mustDo(t, func() error {
+			_, err := admin.CoreV1().ConfigMaps(ns).Create(ctx, s, metav1.CreateOptions{})
+			return err
+		})
+	}
+	// The missing shard's name holds the wrong bytes at first.
+	wrong := missing.DeepCopy()
+	wrong.BinaryData[policy.ShardKey] = []byte("not the bytes the manifest names")
+	mustDo(t, func() error {
+		_, err := admin.CoreV1().ConfigMaps(ns).Create(ctx, wrong, metav1.CreateOptions{})
+		return err
+	})
+	errorsBefore = reloadErrors()
+	mustDo(t, func() error {
+		_, err := admin.CoreV1().ConfigMaps(ns).Update(ctx, listed.manifest, metav1.UpdateOptions{})
+		return err
+	})
+	eventually(t, 10*time.Second, "a mismatched shard refused, more than once", func() bool { return reloadErrors() >= errorsBefore+2 })
+	if got := srv.PolicyHash(); got != sourceHash(t, next) {
+		t.Fatalf("with a mismatched shard the live policy is %q, want the last good %q", got, sourceHash(t, next))
+	}
+	mustDo(t, func() error { return admin.CoreV1().ConfigMaps(ns).Delete(ctx, missing.Name, metav1.DeleteOptions{}) })
+	mustDo(t, func() error {
+		_, err := admin.CoreV1().ConfigMaps(ns).Create(ctx, missing, metav1.CreateOptions{})
+		return err
+	})
+	waitHash(t, srv, listed.hash, 20*time.Second)
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatalf("Run: %v", err)
 	}
+}
+
+type published struct {
+	manifest *corev1.ConfigMap
+	shards   []*corev1.ConfigMap
+	hash     string
+}
+
+// listPolicy is the operator's manifest and shards for a policy that
+// rejects 300,000 listed numbers (several shards).
+func listPolicy(t *testing.T, ns, name string) published {
+	t.Helper()
+	var text strings.Builder
+	r := rand.New(rand.NewPCG(7, 7))
+	for range 300_000 {
+		fmt.Fprintf(&text, "+1%010d\n", r.Uint64N(1e10))
+	}
+	src := &policy.Source{Namespace: ns, Name: "hotline", Spec: v1alpha1.CallPolicySpec{
+		Bot: v1alpha1.BotSpec{AppID: "6d2a7b1e-0c1f-4a51-9a43-2f0f4c3b9e10", TenantID: "0b3f5c1d-8a2e-4a77-b0c4-7f3e2d1a9c55",
+			Credentials: v1alpha1.Credentials{SecretRef: &v1alpha1.SecretReference{Name: "bot"}}},
+		Graph: v1alpha1.GraphSpec{OpenIDConfigURL: "https://127.0.0.1:1/v1/.well-known/OpenIdConfiguration"},
+		Rules: []v1alpha1.Rule{{Name: "feed", Action: v1alpha1.ActionReject,
+			Match: v1alpha1.Match{Callers: &v1alpha1.CallerMatch{NumberLists: []v1alpha1.NumberList{
+				{ConfigMapKeyRef: v1alpha1.ConfigMapKeyReference{Name: "feed", Key: "numbers.txt"}}}}}}},
+	}, Lists: map[policy.ListRef]string{{Name: "feed", Key: "numbers.txt"}: text.String()}}
+	data, shards, hash, err := policy.EncodeConfigMaps(src, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(shards) < 2 {
+		t.Fatalf("%d shards; the test wants several", len(shards))
+	}
+	out := published{manifest: &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Data: data}, hash: hash}
+	for _, s := range shards {
+		out.shards = append(out.shards, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: s.Name},
+			BinaryData: map[string][]byte{policy.ShardKey: s.Data}})
+	}
+	return out
+}
+
+func shardNames(cms []*corev1.ConfigMap) []string {
+	var names []string
+	for _, cm := range cms {
+		names = append(names, cm.Name)
+	}
+	return names
 }
 
 func mustDo(t *testing.T, f func() error) {

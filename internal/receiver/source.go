@@ -67,7 +67,7 @@ func (s *Server) LoadConfigMap(cm *corev1.ConfigMap, shard func(name string) ([]
 	start := time.Now()
 	src, err := policy.DecodeConfigMaps(cm.Data, shard)
 	if err != nil {
-		err = fmt.Errorf("decode ConfigMap %s/%s: %w", cm.Namespace, cm.Name, err)
+		err = fmt.Errorf("%w %s/%s: %w", errDecode, cm.Namespace, cm.Name, err)
 		s.refuseSource(err)
 		return err
 	}
@@ -91,16 +91,19 @@ func (s *Server) LoadConfigMap(cm *corev1.ConfigMap, shard func(name string) ([]
 	return s.applied(nil)
 }
 
+// errDecode marks a version that could not be read whole: a shard missing,
+// not readable yet, or not matching the manifest. Unlike a policy that does
+// not compile, that may mend itself.
+var errDecode = errors.New("decode ConfigMap")
+
 // shardStore reads shard ConfigMaps by name (all the receiver's Role lets
 // it do) and keeps those of the live version: shards never change, so a new
 // version fetches only the shards it does not share with the live one.
 type shardStore struct {
 	cms  corev1client.ConfigMapInterface
 	have map[string][]byte
-	// fetched holds what the load in progress read; failed is set when a
-	// shard could not be read, which a retry may mend.
+	// fetched holds what the load in progress read.
 	fetched map[string][]byte
-	failed  bool
 }
 
 func newShardStore(cms corev1client.ConfigMapInterface) *shardStore {
@@ -109,7 +112,7 @@ func newShardStore(cms corev1client.ConfigMapInterface) *shardStore {
 
 // getter returns the shard reader for one load.
 func (st *shardStore) getter(ctx context.Context) func(string) ([]byte, error) {
-	st.fetched, st.failed = map[string][]byte{}, false
+	st.fetched = map[string][]byte{}
 	return func(name string) ([]byte, error) {
 		if b, ok := st.have[name]; ok {
 			st.fetched[name] = b
@@ -117,12 +120,10 @@ func (st *shardStore) getter(ctx context.Context) func(string) ([]byte, error) {
 		}
 		cm, err := st.cms.Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
-			st.failed = true
 			return nil, err
 		}
 		b, ok := cm.BinaryData[policy.ShardKey]
 		if !ok {
-			st.failed = true
 			return nil, fmt.Errorf("no binaryData key %s", policy.ShardKey)
 		}
 		st.fetched[name] = b
@@ -199,9 +200,10 @@ func WatchPolicyFile(ctx context.Context, path string, log *slog.Logger, reload 
 	}
 }
 
-// Retries of a version whose shards could not all be read: the operator
-// writes shards before the manifest, but its Role update may reach the API
-// server's authorizer a moment later.
+// Retries of a version that could not be read whole: the operator writes
+// shards before the manifest, but its Role update may reach the API server's
+// authorizer a moment later, and a shard's name may be taken by a foreign
+// object until someone deletes it.
 const (
 	shardRetryMin = 250 * time.Millisecond
 	shardRetryMax = 10 * time.Second
@@ -244,8 +246,8 @@ func RunConfigMapSource(ctx context.Context, srv *Server, client kubernetes.Inte
 		switch {
 		case err == nil:
 			store.keep()
-		case store.failed && ctx.Err() == nil:
-			log.Info("policy shards not all readable yet; retrying", "after", backoff)
+		case errors.Is(err, errDecode) && ctx.Err() == nil:
+			log.Info("policy version not complete yet; retrying", "after", backoff)
 			retry.Reset(backoff)
 			backoff = min(2*backoff, shardRetryMax)
 		}
