@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's run command and the end-to-end tests, on the local cluster.
 #
-#   hack/demo.sh demo    cluster up (if none), images, operator from dist/install.yaml, then the demo
+#   hack/demo.sh demo    cluster up (if none), images, add-ons (ingress controller, metrics-server),
+#                        operator from dist/install.yaml, then the demo
 #   hack/demo.sh e2e     the same, the operator installed with helm from dist/chart, then
 #                        go test -tags e2e ./test/e2e/... (which upgrades and uninstalls it)
 #   hack/demo.sh down    stop the emulator and tear the cluster down
@@ -24,6 +25,9 @@ setup() {
 	eval "$(hack/local-cluster/cluster.sh env)"
 	say "images ${img} and callguard-graph-emulator:dev, built without Docker"
 	hack/local-cluster/images.sh "${img}" callguard-graph-emulator:dev
+	say "add-ons: Traefik (ingress controller, TLS for *.callguard.test on 10.213.0.1:443) and metrics-server, built from their Go modules"
+	hack/local-cluster/addons.sh up
+	eval "$(hack/local-cluster/addons.sh env)"
 	make --no-print-directory build-installer IMG="${img}" >/dev/null
 	if [[ "${how}" == helm ]]; then
 		make --no-print-directory "${root}/bin/helm" >/dev/null

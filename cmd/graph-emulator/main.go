@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"strconv"
@@ -53,6 +54,24 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		hosts = append(hosts, v)
 		return nil
 	})
+	resolve := map[string]string{}
+	fs.Func("resolve", "deliver notifications for `HOST:PORT:ADDR` to the IP address ADDR, as curl's --resolve: a bot's public https callback where no DNS names its host (repeatable)", func(v string) error {
+		hostPort, addr, err := parseResolve(v)
+		if err != nil {
+			return err
+		}
+		resolve[hostPort] = addr
+		return nil
+	})
+	var callbackCAs []byte
+	fs.Func("callback-ca", "trust the PEM CA certificates in `FILE` for https callbacks, besides the system roots (repeatable)", func(v string) error {
+		pem, err := os.ReadFile(v)
+		if err != nil {
+			return err
+		}
+		callbackCAs = append(append(callbackCAs, pem...), '\n')
+		return nil
+	})
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -71,6 +90,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		Bots:        bots,
 		MissedAfter: *missedAfter,
 		Logger:      log,
+
+		CallbackResolve: resolve,
+		CallbackCAs:     callbackCAs,
 	})
 	if err != nil {
 		return err
@@ -128,4 +150,22 @@ func parseBot(spec string) (emulator.Bot, error) {
 		return b, errors.New("--bot: appId and tenantId are required")
 	}
 	return b, nil
+}
+
+// parseResolve parses a --resolve value HOST:PORT:ADDR (ADDR an IP address,
+// an IPv6 one in brackets or not) into "HOST:PORT" and ADDR.
+func parseResolve(v string) (hostPort, addr string, err error) {
+	host, rest, ok := strings.Cut(v, ":")
+	port, addr, ok2 := strings.Cut(rest, ":")
+	if !ok || !ok2 || host == "" {
+		return "", "", fmt.Errorf("--resolve %q: want HOST:PORT:ADDR", v)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "", "", fmt.Errorf("--resolve %q: %q is not a port", v, port)
+	}
+	addr = strings.TrimSuffix(strings.TrimPrefix(addr, "["), "]")
+	if net.ParseIP(addr) == nil {
+		return "", "", fmt.Errorf("--resolve %q: %q is not an IP address", v, addr)
+	}
+	return net.JoinHostPort(host, port), addr, nil
 }

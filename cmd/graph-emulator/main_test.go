@@ -67,6 +67,10 @@ func TestParseBot(t *testing.T) {
 
 func TestRunRejectsBadFlags(t *testing.T) {
 	dir := t.TempDir()
+	notPEM := filepath.Join(dir, "not-pem.crt")
+	if err := os.WriteFile(notPEM, []byte("not a certificate\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name    string
 		args    []string
@@ -78,6 +82,11 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{"unknown flag", []string{"--state-dir", dir, "--port", "1"}, "flag provided but not defined"},
 		{"extra argument", []string{"--state-dir", dir, "serve"}, "unexpected arguments"},
 		{"bad listen", []string{"--state-dir", dir, "--listen", "localhost"}, "listen address"},
+		{"resolve without address", []string{"--state-dir", dir, "--resolve", "hotline.callguard.test:443"}, "want HOST:PORT:ADDR"},
+		{"resolve to a name", []string{"--state-dir", dir, "--resolve", "hotline.callguard.test:443:localhost"}, "not an IP address"},
+		{"resolve bad port", []string{"--state-dir", dir, "--resolve", "hotline.callguard.test:https:10.213.0.1"}, "not a port"},
+		{"callback CA missing", []string{"--state-dir", dir, "--callback-ca", filepath.Join(dir, "none.crt")}, "no such file"},
+		{"callback CA not PEM", []string{"--state-dir", dir, "--callback-ca", notPEM}, "no PEM certificate"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -86,6 +95,19 @@ func TestRunRejectsBadFlags(t *testing.T) {
 				t.Errorf("run: %v, want an error containing %q", err, tt.wantErr)
 			}
 		})
+	}
+}
+
+func TestParseResolve(t *testing.T) {
+	for in, want := range map[string][2]string{
+		"hotline.callguard.test:443:10.213.0.1": {"hotline.callguard.test:443", "10.213.0.1"},
+		"bot.example.test:8443:[::1]":           {"bot.example.test:8443", "::1"},
+		"bot.example.test:8443:::1":             {"bot.example.test:8443", "::1"},
+	} {
+		hostPort, addr, err := parseResolve(in)
+		if err != nil || hostPort != want[0] || addr != want[1] {
+			t.Errorf("parseResolve(%q) = %q, %q, %v; want %q, %q", in, hostPort, addr, err, want[0], want[1])
+		}
 	}
 }
 

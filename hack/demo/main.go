@@ -1,7 +1,9 @@
 // Command demo shows callguard working on the local cluster: it runs the
-// Graph emulator, applies a CallPolicy, places scripted calls, changes the
-// policy with kubectl and measures how long the change takes to be enforced.
-// `make demo` runs it after bringing the cluster and the operator up.
+// Graph emulator, applies a CallPolicy exposed through the cluster's ingress
+// controller (spec.receiver.expose.ingress), places scripted calls to its
+// public https callback URL, changes the policy with kubectl and measures how
+// long the change takes to be enforced. `make demo` runs it after bringing
+// the cluster, its add-ons (hack/local-cluster/addons.sh) and the operator up.
 package main
 
 import (
@@ -9,12 +11,17 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
+	"github.com/callguard/callguard/test/e2e/ingress"
 	"github.com/callguard/callguard/test/harness"
 )
 
@@ -43,16 +50,39 @@ func run(ctx context.Context, kubeconfig, emulatorBin, listen, stateDir, ns stri
 	if err != nil {
 		return err
 	}
-	step("starting the Graph emulator on %s", listen)
-	emu, err := harness.StartEmulator(ctx, emulatorBin, listen, stateDir)
+	pub, err := ingress.FromEnv()
 	if err != nil {
 		return err
 	}
-	step("applying the hotline CallPolicy, its credentials Secret and blocklist ConfigMap in namespace %s", ns)
+	host := pub.Host("hotline")
+	// The emulator delivers to the public URL: host dialled at the ingress
+	// address (no DNS names it), the ingress CA trusted. Restarted so that
+	// one started without those flags is not reused.
+	emulatorCmd, err := pub.EmulatorCommand(emulatorBin, stateDir, host)
+	if err != nil {
+		return err
+	}
+	harness.StopEmulator(stateDir)
+	step("starting the Graph emulator on %s (it delivers to https://%s through the ingress at %s)", listen, host, pub.Address)
+	emu, err := harness.StartEmulator(ctx, emulatorCmd, listen, stateDir)
+	if err != nil {
+		return err
+	}
+	step("applying the hotline CallPolicy (exposed at https://%s by an Ingress), its credentials, blocklist and TLS Secret in namespace %s", host, ns)
 	if err := c.EnsureNamespace(ctx, ns); err != nil {
 		return err
 	}
-	if err := c.Apply(ctx, harness.DemoObjects(ns, emu, 2)...); err != nil {
+	tlsSecret, err := pub.TLSSecret(ns, "hotline-tls")
+	if err != nil {
+		return err
+	}
+	objs := harness.DemoObjects(ns, emu, 2)
+	for _, o := range objs {
+		if cp, ok := o.(*callsv1alpha1.CallPolicy); ok {
+			ingress.Expose(cp, host, tlsSecret.Name)
+		}
+	}
+	if err := c.Apply(ctx, append([]client.Object{tlsSecret}, objs...)...); err != nil {
 		return err
 	}
 	t0 := time.Now()
@@ -63,11 +93,12 @@ func run(ctx context.Context, kubeconfig, emulatorBin, listen, stateDir, ns stri
 	}
 	fmt.Printf("    Ready after %s: %d rules, policy %s, %d/%d receivers\n", time.Since(t0).Round(time.Millisecond),
 		cp.Status.Rules, short(cp.Status.PolicyHash), cp.Status.Receiver.ReadyReplicas, cp.Status.Receiver.Replicas)
-	callback, err := c.CallbackURL(ctx, ns, "hotline", cp.Status.Receiver.CallbackPath)
+	callback, err := ingress.WaitCallbackURL(ctx, c, ns, "hotline", time.Minute)
 	if err != nil {
 		return err
 	}
-	if err := harness.WaitCallbackReachable(ctx, callback, time.Minute); err != nil {
+	fmt.Printf("    public callback URL (status.receiver.callbackURL, the bot's calling webhook): %s\n", callback)
+	if err := pub.WaitReachable(ctx, callback, time.Minute); err != nil {
 		return err
 	}
 	step("placing %d calls through the emulator to %s", len(harness.Scenarios()), callback)
@@ -101,7 +132,10 @@ func run(ctx context.Context, kubeconfig, emulatorBin, listen, stateDir, ns stri
 	fmt.Println()
 	fmt.Println("The cluster is still running. To explore it:")
 	fmt.Printf("  export KUBECONFIG=%s\n", kubeconfig)
-	fmt.Printf("  kubectl get cpol -A\n")
+	fmt.Printf("  kubectl get cpol -A -o wide; kubectl get ingress -n %s\n", ns)
+	ip, port, _ := net.SplitHostPort(pub.Address)
+	fmt.Printf("  curl -X POST --cacert %s --resolve %s:%s:%s %s   # 401: the receivers want Graph's token\n",
+		pub.CAFile, host, port, ip, callback)
 	fmt.Println("Tear it all down with: make demo-down")
 	return nil
 }

@@ -702,6 +702,9 @@ do_up() {
 		--v "${LOG_V}"
 	wait_until 120 kube-apiserver "${LOGS}/kube-apiserver.log" healthy kube-apiserver
 
+	# HorizontalPodAutoscalers every 5 s (default 15 s) and scale-in after 30 s
+	# of lower recommendations (default 5 min), so that the e2e's autoscaling
+	# run sees receivers scale out and back in within minutes.
 	start kube-controller-manager \
 		--kubeconfig "${KCFG}/controller-manager.kubeconfig" \
 		--authentication-kubeconfig "${KCFG}/controller-manager.kubeconfig" \
@@ -715,6 +718,8 @@ do_up() {
 		--service-cluster-ip-range "${SERVICE_CIDR}" \
 		--cluster-name callguard-local \
 		--controllers '*' \
+		--horizontal-pod-autoscaler-sync-period 5s \
+		--horizontal-pod-autoscaler-downscale-stabilization 30s \
 		--profiling=false \
 		--v "${LOG_V}"
 	start kube-scheduler --config "${CONF}/kube-scheduler.yaml" \

@@ -72,6 +72,13 @@ type Config struct {
 	// CallbackClient sends notifications to bots (default: system roots and
 	// a 5 s timeout). Tests with TLS callbacks pass httptest's client.
 	CallbackClient *http.Client
+	// CallbackResolve pins callback hosts to IP addresses when CallbackClient
+	// is nil: "host:port" → IP, as curl's --resolve (a bot's public https
+	// URL where no DNS names its host). The TLS server name stays the host.
+	CallbackResolve map[string]string
+	// CallbackCAs are PEM certificates trusted for https callbacks besides
+	// the system roots, when CallbackClient is nil.
+	CallbackCAs []byte
 	// Logger receives structured logs (discarded when nil).
 	Logger *slog.Logger
 }
@@ -177,7 +184,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.callbackClient = cfg.CallbackClient
 	if s.callbackClient == nil {
-		s.callbackClient = &http.Client{Timeout: deliveryTimeout}
+		if s.callbackClient, err = newCallbackClient(cfg.CallbackResolve, cfg.CallbackCAs); err != nil {
+			return nil, err
+		}
 	}
 	if s.ca, err = loadOrCreateCA(cfg.StateDir); err != nil {
 		return nil, err

@@ -31,12 +31,14 @@ import (
 	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
 	"github.com/callguard/callguard/internal/graph"
 	"github.com/callguard/callguard/internal/policycli"
+	"github.com/callguard/callguard/test/e2e/ingress"
 	"github.com/callguard/callguard/test/harness"
 )
 
 var (
 	cluster *harness.Cluster
 	emu     *harness.Emulator
+	pub     *ingress.Env
 	ns      = "callguard-e2e"
 	// placed holds the ids of the calls place placed, in order.
 	placed   []string
@@ -59,8 +61,21 @@ func setup(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	emuBin, _ := filepath.Abs("../../bin/graph-emulator")
-	if emu, err = harness.StartEmulator(ctx, emuBin, envOr("E2E_EMULATOR_LISTEN", "10.213.0.1:8443"), filepath.Join(state, "emulator")); err != nil {
+	// The emulator delivers to the elastic policy's public URL through the
+	// cluster's ingress (hack/local-cluster/addons.sh), so it runs with
+	// --resolve and --callback-ca; one started without them is stopped.
+	if pub, err = ingress.FromEnv(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	emuDir := filepath.Join(state, "emulator")
+	emuBin, err := pub.EmulatorCommand("../../bin/graph-emulator", emuDir, pub.Host(elastic))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "emulator:", err)
+		return 1
+	}
+	harness.StopEmulator(emuDir)
+	if emu, err = harness.StartEmulator(ctx, emuBin, envOr("E2E_EMULATOR_LISTEN", "10.213.0.1:8443"), emuDir); err != nil {
 		fmt.Fprintln(os.Stderr, "emulator:", err)
 		return 1
 	}
@@ -142,6 +157,10 @@ func TestOnCluster(t *testing.T) {
 		{"SecretChangeRollsReceiversWithoutLosingCalls", testSecretChangeRollsReceiversWithoutLosingCalls},
 		{"ReceiverPodDeletionAndOperatorRestartLoseNoDecision", testReceiverPodDeletionAndOperatorRestartLoseNoDecision},
 		{"HelmUpgradeLosesNoDecision", testHelmUpgradeLosesNoDecision},
+		// Issue 14: a second policy, exposed through the ingress and autoscaled.
+		{"CallsThroughTheIngressWithTLSAreDecided", testCallsThroughTheIngressWithTLSAreDecided},
+		{"LoadScalesReceiversOutAndBackWithoutLosingCalls", testLoadScalesReceiversOutAndBackWithoutLosingCalls},
+		{"DeletingTheElasticPolicyCollectsIngressAndAutoscaler", testDeletingTheElasticPolicyCollectsIngressAndAutoscaler},
 		{"DeletingThePolicyCollectsEveryChild", testDeletingThePolicyCollectsEveryChild},
 		{"HelmUninstallRemovesTheOperatorAndKeepsTheCRD", testHelmUninstallRemovesTheOperatorAndKeepsTheCRD},
 	} {
