@@ -1,6 +1,7 @@
 package controllers
 
 import (
+	"context"
 	"fmt"
 	"testing"
 
@@ -9,8 +10,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apiserver/pkg/authentication/serviceaccount"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -200,4 +204,48 @@ func TestNetworkPolicyIsAppliedAndRemoved(t *testing.T) {
 	g.Eventually(func() bool {
 		return apierrors.IsNotFound(k8s.Get(ctx, key(ns, "hotline-callguard"), &networkingv1.NetworkPolicy{}))
 	}, eventually, poll).Should(BeTrue())
+}
+
+// TestManagerReadsOnlyTheAPIServersEndpointSlice: the Role controller-gen
+// writes into config/rbac/role.yaml beside the ClusterRole (bound in
+// namespace default, as config/ and the chart do) lets the manager read the
+// API server's addresses and no other EndpointSlice.
+func TestManagerReadsOnlyTheAPIServersEndpointSlice(t *testing.T) {
+	g := NewWithT(t)
+	ctx := context.Background()
+	role := &rbacv1.Role{}
+	readManifestKind(t, "role.yaml", "Role", role)
+	g.Expect(role.Namespace).To(Equal(metav1.NamespaceDefault))
+	const saNamespace, saName = "callguard-system", "endpoints-reader"
+	binding := &rbacv1.RoleBinding{
+		ObjectMeta: metav1.ObjectMeta{Namespace: role.Namespace, Name: saName},
+		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: role.Name},
+		Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Namespace: saNamespace, Name: saName}},
+	}
+	for _, obj := range []client.Object{role, binding} {
+		if err := k8s.Create(ctx, obj); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+	}
+	asManager := rest.CopyConfig(cfg)
+	asManager.Impersonate = rest.ImpersonationConfig{UserName: serviceaccount.MakeUsername(saNamespace, saName)}
+	direct, err := client.New(asManager, client.Options{Scheme: scheme})
+	must(t, err)
+
+	r := &CallPolicyReconciler{APIReader: direct}
+	g.Eventually(func(g Gomega) { // RBAC takes a moment to apply
+		g.Expect(direct.Get(ctx, apiServerSlice, &discoveryv1.EndpointSlice{})).To(Succeed())
+	}, eventually, poll).Should(Succeed())
+	api, err := r.apiServerEndpoints(ctx)
+	must(t, err)
+	g.Expect(api.addresses).NotTo(BeEmpty())
+	g.Expect(api.ports).NotTo(BeEmpty())
+
+	for what, err := range map[string]error{
+		"list EndpointSlices in default": direct.List(ctx, &discoveryv1.EndpointSliceList{}, client.InNamespace(metav1.NamespaceDefault)),
+		"get another EndpointSlice":      direct.Get(ctx, key(metav1.NamespaceDefault, "other"), &discoveryv1.EndpointSlice{}),
+		"get kubernetes elsewhere":       direct.Get(ctx, key("kube-system", "kubernetes"), &discoveryv1.EndpointSlice{}),
+	} {
+		g.Expect(apierrors.IsForbidden(err)).To(BeTrue(), "%s: %v", what, err)
+	}
 }

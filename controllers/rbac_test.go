@@ -88,6 +88,13 @@ func TestNamespacedManagerNeedsOnlyARoleBinding(t *testing.T) {
 // files start with an empty document).
 func readManifest(t *testing.T, name string, into client.Object) {
 	t.Helper()
+	readManifestKind(t, name, "", into)
+}
+
+// readManifestKind decodes the first object of the kind ("": any) in a file
+// in config/rbac.
+func readManifestKind(t *testing.T, name, kind string, into client.Object) {
+	t.Helper()
 	f, err := os.Open(filepath.Join("..", "config", "rbac", name))
 	must(t, err)
 	defer f.Close()
@@ -95,9 +102,13 @@ func readManifest(t *testing.T, name string, into client.Object) {
 	for into.GetName() == "" {
 		doc, err := docs.Read()
 		if err != nil {
-			t.Fatalf("%s: no object: %v", name, err)
+			t.Fatalf("%s: no %s: %v", name, kind, err)
 		}
-		must(t, yaml.Unmarshal(doc, into))
+		var tm metav1.TypeMeta
+		must(t, yaml.Unmarshal(doc, &tm))
+		if kind == "" || tm.Kind == kind {
+			must(t, yaml.Unmarshal(doc, into))
+		}
 	}
 }
 
