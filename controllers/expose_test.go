@@ -194,6 +194,14 @@ func TestIngressIsCreatedCorrectedAndDeleted(t *testing.T) {
 		g.Expect(ing.Spec.Rules[0].HTTP.Paths[0].Backend.Service.Name).To(Equal("hotline-callguard"))
 	}, eventually, poll).Should(Succeed())
 
+	// Deleted by hand: it comes back.
+	oldUID := ing.UID
+	must(t, k8s.Delete(ctx, ing))
+	g.Eventually(func(g Gomega) {
+		g.Expect(k8s.Get(ctx, key(ns, "hotline-callguard"), ing)).To(Succeed())
+		g.Expect(ing.UID).NotTo(Equal(oldUID))
+	}, eventually, poll).Should(Succeed())
+
 	// A changed host changes the URL.
 	update(t, cp, func() { cp.Spec.Receiver.Expose.Ingress.Host = "voice.example.com" })
 	g.Eventually(func(g Gomega) {
