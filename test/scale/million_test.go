@@ -258,7 +258,12 @@ func (w *world) startReceiver() *receiverProcess {
 	ca := filepath.Join(w.dir, "graph-ca.crt")
 	w.must(os.WriteFile(ca, w.emu.CACertPEM(), 0o600))
 	listen, metrics := freeAddr(w.tb), freeAddr(w.tb)
-	p := w.start(fmt.Sprintf("receiver-%d", len(w.recv)), []string{"KUBECONFIG=" + kcPath},
+	// The memory limit the Go runtime gets in a pod with the default
+	// resources (the receiver sets it from the container's limit, which
+	// this machine's cgroups do not give a process).
+	limits := callsv1alpha1.DefaultReceiverResources().Limits
+	memLimit := limits.Memory().Value() * 9 / 10
+	p := w.start(fmt.Sprintf("receiver-%d", len(w.recv)), []string{"KUBECONFIG=" + kcPath, fmt.Sprintf("GOMEMLIMIT=%d", memLimit)},
 		"--policy-configmap", w.ns+"/"+manifest, "--listen", listen, "--metrics-listen", metrics,
 		"--ca-file", ca, "--credentials-dir", creds)
 	r := &receiverProcess{process: p, callback: "http://" + listen + "/api/calls", ops: "http://" + metrics}
@@ -484,6 +489,90 @@ func eventually(t *testing.T, within time.Duration, what string, cond func() boo
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("not within %s: %s", within, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// BenchmarkMillionNumbers times the goals for a million numbers in
+// six source ConfigMaps, with the operator and three receivers as processes
+// on envtest's API server: the operator's compile and publish, each
+// receiver's first load, and feed updates to one list at a time until every
+// receiver decides by them (CALLGUARD_SCALE_UPDATES of them, default 20); and
+// the peak resident memory of the operator and of the receivers.
+func BenchmarkMillionNumbers(b *testing.B) {
+	updates := 20
+	if v, err := strconv.Atoi(os.Getenv("CALLGUARD_SCALE_UPDATES")); err == nil && v > 0 {
+		updates = v
+	}
+	for b.Loop() {
+		w := newWorld(b, 1_000_000)
+		w.startManager()
+		waitLog(b, w.manager, "Starting workers", time.Minute)
+
+		start := time.Now()
+		w.must(k8s.Create(w.ctx, w.policy()))
+		hash, shards := w.waitPublished("", 5*time.Minute)
+		publish := time.Since(start)
+
+		start = time.Now()
+		for range 3 {
+			w.startReceiver()
+		}
+		first := w.waitLive(hash, 5*time.Minute).Sub(start)
+		var loads []float64
+		for _, r := range w.recv {
+			loads = append(loads, r.metric("callguard_receiver_policy_load_seconds_sum"))
+		}
+
+		var published, enforced []time.Duration
+		for i := range updates {
+			start := time.Now()
+			w.replaceList(i % sourceLists)
+			next, _ := w.waitPublished(hash, 2*time.Minute)
+			published = append(published, time.Since(start))
+			enforced = append(enforced, w.waitLive(next, 2*time.Minute).Sub(start))
+			hash = next
+		}
+		var recvPeak float64
+		for _, r := range w.recv {
+			_, peak := r.memory()
+			recvPeak = max(recvPeak, peak)
+		}
+		_, managerPeak := w.manager.memory()
+
+		b.ReportMetric(publish.Seconds(), "publish-s")
+		b.ReportMetric(float64(len(shards)), "shards")
+		b.ReportMetric(first.Seconds(), "first-live-s")
+		b.ReportMetric(slices.Max(loads), "max-load-s")
+		b.ReportMetric(quantile(published, 0.5).Seconds(), "update-published-p50-s")
+		b.ReportMetric(quantile(enforced, 0.5).Seconds(), "update-enforced-p50-s")
+		b.ReportMetric(quantile(enforced, 0.99).Seconds(), "update-enforced-p99-s")
+		b.ReportMetric(slices.Max(enforced).Seconds(), "update-enforced-max-s")
+		b.ReportMetric(recvPeak, "receiver-peak-RSS-MiB")
+		b.ReportMetric(managerPeak, "operator-peak-RSS-MiB")
+		b.Logf("loads %v s; updates enforced by all 3 receivers after %v", loads, enforced)
+	}
+}
+
+// quantile is the nearest-rank quantile q of ds.
+func quantile(ds []time.Duration, q float64) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(q*float64(len(s))+0.999999) - 1
+	return s[min(max(i, 0), len(s)-1)]
+}
+
+// waitLog waits for a line of the process's log to contain s.
+func waitLog(tb testing.TB, p *process, s string, within time.Duration) {
+	tb.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		if b, _ := os.ReadFile(p.log); bytes.Contains(b, []byte(s)) {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s did not log %q within %s", p.name, s, within)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
