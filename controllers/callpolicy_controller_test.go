@@ -202,7 +202,11 @@ func TestChildrenAreCreatedWithOwnerReferences(t *testing.T) {
 		And(HaveField("Name", "metrics"), HaveField("Port", int32(8081)))))
 	role := children[3].(*rbacv1.Role)
 	g.Expect(role.Rules).To(HaveLen(1))
-	g.Expect(role.Rules[0].ResourceNames).To(Equal([]string{"hotline-callguard-policy"}))
+	// The manifest and its shards, nothing else: the policy has one small list.
+	manifest, _ := decodedPolicy(g, ctx, ns)
+	shards := strings.Split(manifest.Annotations[policyShardsAnnotation], ",")
+	g.Expect(shards).To(HaveLen(1))
+	g.Expect(role.Rules[0].ResourceNames).To(Equal(append([]string{"hotline-callguard-policy"}, shards...)))
 	g.Expect(role.Rules[0].Verbs).To(ConsistOf("get", "list", "watch"))
 	rb := children[4].(*rbacv1.RoleBinding)
 	g.Expect(rb.Subjects).To(ConsistOf(HaveField("Name", "hotline-callguard")))

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
 	"github.com/callguard/callguard/api/v1alpha1"
 )
 
@@ -253,9 +255,14 @@ func TestDefaultsApplied(t *testing.T) {
 	src := testSource(v1alpha1.Rule{Name: "s", Action: "Redirect",
 		Redirect: &v1alpha1.RedirectSpec{Targets: []v1alpha1.RedirectTarget{{User: "u"}}},
 		Match:    v1alpha1.Match{Schedule: &v1alpha1.Schedule{Windows: []v1alpha1.Window{{Days: []v1alpha1.Weekday{"Mon"}, Start: "00:00", End: "01:00"}}}}})
+	src.Spec.Receiver.Autoscaling = &v1alpha1.AutoscalingSpec{MaxReplicas: 4}
+	src.Spec.Receiver.NetworkPolicy = &v1alpha1.NetworkPolicySpec{}
+	src.Spec.Receiver.Expose = &v1alpha1.ExposeSpec{HTTPRoute: &v1alpha1.HTTPRouteExpose{
+		ParentRefs: []gatewayv1.ParentReference{{Name: "public"}}, Hostnames: []gatewayv1.Hostname{"calls.example.com"}}}
 	p := mustCompile(t, src)
 	s := p.Spec()
-	two := int32(2)
+	two, seventy, yes := int32(2), int32(70), true
+	group, kind := gatewayv1.Group("gateway.networking.k8s.io"), gatewayv1.Kind("Gateway")
 	checks := []struct {
 		name      string
 		got, want any
@@ -271,6 +278,11 @@ func TestDefaultsApplied(t *testing.T) {
 		{"schedule.timeZone", s.Rules[0].Match.Schedule.TimeZone, "UTC"},
 		{"receiver.callbackPath", s.Receiver.CallbackPath, "/api/calls"},
 		{"receiver.replicas", s.Receiver.Replicas, &two},
+		{"receiver.autoscaling.minReplicas", s.Receiver.Autoscaling.MinReplicas, &two},
+		{"receiver.autoscaling.targetCPUUtilizationPercentage", s.Receiver.Autoscaling.TargetCPUUtilizationPercentage, &seventy},
+		{"receiver.networkPolicy.enabled", s.Receiver.NetworkPolicy.Enabled, &yes},
+		{"receiver.expose.httpRoute.parentRefs[0].group", s.Receiver.Expose.HTTPRoute.ParentRefs[0].Group, &group},
+		{"receiver.expose.httpRoute.parentRefs[0].kind", s.Receiver.Expose.HTTPRoute.ParentRefs[0].Kind, &kind},
 		{"rules", p.Rules(), 1},
 	}
 	for _, c := range checks {
