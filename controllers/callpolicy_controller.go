@@ -64,6 +64,10 @@ type CallPolicyReconciler struct {
 	publishedMu sync.Mutex
 	// published is the version last written for each policy (publish.go).
 	published map[types.NamespacedName]*published
+	appliedMu sync.Mutex
+	// applied is what was last applied to each child of each policy
+	// (applied.go).
+	applied map[types.NamespacedName]map[childKey]appliedChild
 }
 
 // stalledError marks a spec that cannot be made to work until the user
@@ -115,6 +119,7 @@ func (r *CallPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		if apierrors.IsNotFound(err) {
 			forgetConditions(req.NamespacedName)
 			r.remember(req.NamespacedName, nil)
+			r.forgetApplied(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -122,6 +127,7 @@ func (r *CallPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		// Children go with their owner through garbage collection.
 		forgetConditions(req.NamespacedName)
 		r.remember(req.NamespacedName, nil)
+		r.forgetApplied(req.NamespacedName)
 		return ctrl.Result{}, nil
 	}
 
@@ -333,10 +339,20 @@ func (r *CallPolicyReconciler) apply(ctx context.Context, cp *callsv1alpha1.Call
 	delete(u, "status")
 	unstructured.RemoveNestedField(u, "metadata", "creationTimestamp")
 	unstructured.RemoveNestedField(u, "spec", "template", "metadata", "creationTimestamp")
-	ac := client.ApplyConfigurationFromUnstructured(&unstructured.Unstructured{Object: u})
-	if err := r.Client.Apply(ctx, ac, client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
+	sent, err := digest(u)
+	if err != nil {
+		return fmt.Errorf("digest %T %s: %w", obj, obj.GetName(), err)
+	}
+	out := &unstructured.Unstructured{Object: u}
+	owner := client.ObjectKeyFromObject(cp)
+	if r.unchanged(ctx, owner, out, sent) {
+		return nil
+	}
+	if err := r.Client.Apply(ctx, client.ApplyConfigurationFromUnstructured(out), client.FieldOwner(FieldOwner), client.ForceOwnership); err != nil {
 		return fmt.Errorf("apply %s %s: %w", obj.GetObjectKind().GroupVersionKind().Kind, obj.GetName(), err)
 	}
+	// out now holds what the API server answered.
+	r.rememberApplied(owner, out, sent)
 	return nil
 }
 
