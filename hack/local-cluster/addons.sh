@@ -217,7 +217,9 @@ make_certs() {
 
 import_image() {
 	local tag="$1" tar="$2"
-	if ! ctr --address "${CONTAINERD_ADDRESS}" -n k8s.io images ls -q | grep -qxF "${tag}"; then
+	local have
+	have="$(ctr --address "${CONTAINERD_ADDRESS}" -n k8s.io images ls -q)"
+	if ! grep -qxF "${tag}" <<<"${have}"; then
 		say "importing ${tag}"
 		ctr --address "${CONTAINERD_ADDRESS}" -n k8s.io images import "${tar}" >/dev/null
 	fi
@@ -482,6 +484,13 @@ do_up() {
 	local t0=${SECONDS}
 	"${here}/cluster.sh" status >/dev/null 2>&1 || die "the local cluster is not up (hack/local-cluster/cluster.sh up)"
 	eval "$("${here}/cluster.sh" env)"
+	# A cluster started by an older cluster.sh scales in only after 5 minutes.
+	local kcm
+	if kcm="$(cat "${state}/run/kube-controller-manager.pid" 2>/dev/null)" &&
+		! tr '\0' ' ' <"/proc/${kcm}/cmdline" 2>/dev/null | grep -q -- '--horizontal-pod-autoscaler-downscale-stabilization'; then
+		say "warning: kube-controller-manager runs without cluster.sh's HPA flags (scale-in after 30 s);"
+		say "         restart the cluster to get them: hack/local-cluster/cluster.sh down && hack/local-cluster/cluster.sh up"
+	fi
 	do_build
 	make_certs
 	import_image "${traefik_image}" "${cache}/images/traefik-${traefik_version}.tar"
