@@ -161,6 +161,8 @@ func TestOnCluster(t *testing.T) {
 		{"CallsThroughTheIngressWithTLSAreDecided", testCallsThroughTheIngressWithTLSAreDecided},
 		{"LoadScalesReceiversOutAndBackWithoutLosingCalls", testLoadScalesReceiversOutAndBackWithoutLosingCalls},
 		{"DeletingTheElasticPolicyCollectsIngressAndAutoscaler", testDeletingTheElasticPolicyCollectsIngressAndAutoscaler},
+		// Issue 12: its own namespace and policy, deleted at its end.
+		{"MillionNumberListIsPublishedAndEnforced", testMillionNumberListIsPublishedAndEnforced},
 		{"DeletingThePolicyCollectsEveryChild", testDeletingThePolicyCollectsEveryChild},
 		{"HelmUninstallRemovesTheOperatorAndKeepsTheCRD", testHelmUninstallRemovesTheOperatorAndKeepsTheCRD},
 	} {
