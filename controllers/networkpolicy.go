@@ -67,7 +67,10 @@ func (r *CallPolicyReconciler) apiServerEndpoints(ctx context.Context) (apiServe
 	err := r.APIReader.Get(ctx, apiServerSlice, slice)
 	switch {
 	case apierrors.IsNotFound(err) || apierrors.IsForbidden(err):
-		logf.FromContext(ctx).Error(err, "cannot read the API server's addresses; receivers' NetworkPolicies leave the API server out", "endpointSlice", apiServerSlice)
+		// Once a minute at most, and a known state of a namespaced
+		// install: a warning, without the stack trace of an error log.
+		logf.FromContext(ctx).Info("cannot read the API server's addresses; receivers' NetworkPolicies leave the API server out",
+			"endpointSlice", apiServerSlice, "error", err.Error())
 		c.last, c.read = apiServer{}, time.Now()
 		return c.last, nil
 	case err != nil:
