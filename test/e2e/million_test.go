@@ -17,6 +17,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -65,6 +66,13 @@ func testMillionNumberListIsPublishedAndEnforced(t *testing.T) {
 	cp.Spec.Rules = []callsv1alpha1.Rule{{Name: "feeds", Action: callsv1alpha1.ActionReject, Reason: callsv1alpha1.ReasonBusy,
 		Match: callsv1alpha1.Match{Callers: &callsv1alpha1.CallerMatch{NumberLists: refs}}}}
 	cp.Spec.Receiver.Replicas = ptr.To[int32](2)
+	// The default memory limit (the million numbers must fit it), but a
+	// tenth of the default CPU request: the demo's, the elastic policy's and
+	// these receivers share this 2-core node, and at 500m each the last
+	// would not be scheduled.
+	res := callsv1alpha1.DefaultReceiverResources()
+	res.Requests[corev1.ResourceCPU] = resource.MustParse("50m")
+	cp.Spec.Receiver.Resources = &res
 
 	start := time.Now()
 	if err := cluster.Apply(ctx, cp); err != nil {
