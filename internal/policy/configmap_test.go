@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -300,4 +301,34 @@ func TestConfigMapErrors(t *testing.T) {
 func sha256Hex(b []byte) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
+}
+
+// FuzzDecodeConfigMaps: a manifest and a shard as anyone who may write
+// ConfigMaps in the namespace could make them. Decoding never panics, and
+// what it returns is what the manifest's hashes vouch for.
+func FuzzDecodeConfigMaps(f *testing.F) {
+	data, shards, _, err := EncodeConfigMaps(listSource(), "p")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(data[ConfigMapKeyLists], shards[0].Data)
+	f.Add(`[{"name":"a","key":"b","sha256":"00","shards":[{"configMap":"p-x","sha256":"00"}]}]`, []byte{0x1f, 0x8b})
+	f.Add(`[]`, []byte(nil))
+	f.Fuzz(func(t *testing.T, lists string, shard []byte) {
+		in := map[string]string{ConfigMapKeyPolicy: data[ConfigMapKeyPolicy], ConfigMapKeyLists: lists}
+		src, err := DecodeConfigMaps(in, func(string) ([]byte, error) { return shard, nil })
+		if err != nil {
+			return
+		}
+		var stored []storedList
+		if err := json.Unmarshal([]byte(lists), &stored); err != nil {
+			t.Fatalf("decoded a manifest encoding/json refuses: %v", err)
+		}
+		for _, l := range stored {
+			text, ok := src.Lists[ListRef{Name: l.Name, Key: l.Key}]
+			if !ok || sha256Hex([]byte(text)) != l.SHA256 {
+				t.Fatalf("list %s/%s decoded without matching the manifest's hash", l.Name, l.Key)
+			}
+		}
+	})
 }
