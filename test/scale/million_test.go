@@ -337,6 +337,26 @@ func (w *world) waitPublished(old string, within time.Duration) (string, []strin
 	}
 }
 
+// waitReady waits until the receiver answers /readyz with 200: it has a
+// policy and the inbound-token keys of its OpenID configuration, which it
+// fetches only once a policy names it. Before that it answers Graph 503.
+func (r *receiverProcess) waitReady(tb testing.TB, within time.Duration) {
+	tb.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		if resp, err := http.Get(r.ops + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s not ready within %s", r.name, within)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // waitLive waits until every receiver decides by hash and returns when the
 // last one switched.
 func (w *world) waitLive(hash string, within time.Duration) time.Time {
@@ -451,6 +471,7 @@ func TestMillionNumbersThroughTheOperator(t *testing.T) {
 	r := w.startReceiver()
 	w.waitLive(hash, 2*time.Minute)
 	t.Logf("receiver loaded 1M numbers in %.2f s (policy_load_seconds), RSS %.0f MiB", r.metric("callguard_receiver_policy_load_seconds_sum"), func() float64 { v, _ := r.memory(); return v }())
+	r.waitReady(t, time.Minute)
 
 	listed := w.lists[3][12345]
 	if d, rec := w.call(r, listed); d.Action != "Reject" || d.Rule != "blocklist" || rec.Action != "reject" || rec.Reason != "busy" {
