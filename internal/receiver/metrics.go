@@ -195,7 +195,7 @@ func newMetrics(queueDepth func() float64) *metrics {
 		}, []string{"result"}),
 		loadSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "policy_load_seconds",
-			Help:    "Time to read, check and compile a policy version from its ConfigMaps, for the versions that went live.",
+			Help:    "Time to read, check and compile a policy version from its source (the ConfigMaps, or --policy-file), for the versions that went live.",
 			Buckets: []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10},
 		}),
 		policyInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{

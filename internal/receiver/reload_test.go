@@ -47,6 +47,10 @@ func TestPolicyFileChangeTakesEffect(t *testing.T) {
 	if got := e.metric("callguard_receiver_policy_info", map[string]string{"hash": oldHash}); got != 0 {
 		t.Fatalf("policy_info still reports the old hash")
 	}
+	// Both versions went live from the file, and each load was timed.
+	if got := e.metric("callguard_receiver_policy_load_seconds", nil); got != 2 {
+		t.Fatalf("policy_load_seconds counted %v loads, want 2", got)
+	}
 }
 
 func TestBrokenPolicyKeepsOldOneLive(t *testing.T) {

@@ -34,6 +34,7 @@ const fileDebounce = 100 * time.Millisecond
 // applies it with the Secret the policy names, or, when the file holds no
 // such Secret, the credentials mounted at credentialsDir.
 func (s *Server) LoadPolicyFile(path, credentialsDir string) error {
+	start := time.Now()
 	bundle, err := policy.LoadFiles(path)
 	if err != nil {
 		err = fmt.Errorf("load policy file: %w", err)
@@ -57,7 +58,20 @@ func (s *Server) LoadPolicyFile(path, credentialsDir string) error {
 			return err
 		}
 	}
-	return s.Apply(p, secret)
+	return s.goLive(p, secret, start)
+}
+
+// goLive applies a policy a source began to read at start. A version that
+// goes live has its load time observed, and the garbage of reading it (the
+// texts and the old index: tens of MiB for a million numbers) is given back
+// at once rather than kept at the reload's peak.
+func (s *Server) goLive(p *policy.Policy, secret map[string][]byte, start time.Time) error {
+	err := s.apply(p, secret)
+	if err == nil {
+		s.metrics.loadSeconds.Observe(time.Since(start).Seconds())
+		debug.FreeOSMemory()
+	}
+	return s.applied(err)
 }
 
 // LoadConfigMap compiles the policy the operator wrote to a manifest
@@ -85,11 +99,7 @@ func (s *Server) LoadConfigMap(cm *corev1.ConfigMap, shard func(name string) ([]
 			return err
 		}
 	}
-	if err := s.apply(p, secret); err != nil {
-		return s.applied(err)
-	}
-	s.metrics.loadSeconds.Observe(time.Since(start).Seconds())
-	return s.applied(nil)
+	return s.goLive(p, secret, start)
 }
 
 // errDecode marks a version that could not be read whole: a shard missing,
@@ -247,10 +257,6 @@ func RunConfigMapSource(ctx context.Context, srv *Server, client kubernetes.Inte
 		switch {
 		case err == nil:
 			store.keep()
-			// A version of a million numbers leaves tens of MiB of garbage
-			// (the texts, the old index); give it back now rather than keep
-			// the pod's resident memory at its reload peak.
-			debug.FreeOSMemory()
 		case errors.Is(err, errDecode) && ctx.Err() == nil:
 			log.Info("policy version not complete yet; retrying", "after", backoff)
 			retry.Reset(backoff)
