@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 
+	"k8s.io/utils/ptr"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/callguard/callguard/api/v1alpha1"
@@ -134,34 +135,25 @@ func applyDefaults(s *v1alpha1.CallPolicySpec) {
 	}
 	s.Receiver.CallbackPath = cmp.Or(s.Receiver.CallbackPath, v1alpha1.DefaultCallbackPath)
 	if s.Receiver.Replicas == nil {
-		n := v1alpha1.DefaultReceiverReplicas
-		s.Receiver.Replicas = &n
+		s.Receiver.Replicas = ptr.To(v1alpha1.DefaultReceiverReplicas)
 	}
 	// The API server's defaults inside optional objects, so that a policy
 	// read offline hashes as the one in the cluster.
 	if a := s.Receiver.Autoscaling; a != nil {
-		a.MinReplicas = cmp.Or(a.MinReplicas, ptrTo(v1alpha1.DefaultAutoscalingMinReplicas))
-		a.TargetCPUUtilizationPercentage = cmp.Or(a.TargetCPUUtilizationPercentage, ptrTo(v1alpha1.DefaultTargetCPUUtilizationPercentage))
+		a.MinReplicas = cmp.Or(a.MinReplicas, ptr.To(v1alpha1.DefaultAutoscalingMinReplicas))
+		a.TargetCPUUtilizationPercentage = cmp.Or(a.TargetCPUUtilizationPercentage, ptr.To(v1alpha1.DefaultTargetCPUUtilizationPercentage))
 	}
 	if np := s.Receiver.NetworkPolicy; np != nil && np.Enabled == nil {
-		np.Enabled = ptrTo(v1alpha1.DefaultNetworkPolicyEnabled)
+		np.Enabled = ptr.To(v1alpha1.DefaultNetworkPolicyEnabled)
 	}
 	if e := s.Receiver.Expose; e != nil && e.HTTPRoute != nil {
 		for i := range e.HTTPRoute.ParentRefs {
 			ref := &e.HTTPRoute.ParentRefs[i]
-			if ref.Group == nil {
-				g := gatewayv1.Group(v1alpha1.DefaultParentRefGroup)
-				ref.Group = &g
-			}
-			if ref.Kind == nil {
-				k := gatewayv1.Kind(v1alpha1.DefaultParentRefKind)
-				ref.Kind = &k
-			}
+			ref.Group = cmp.Or(ref.Group, ptr.To(gatewayv1.Group(v1alpha1.DefaultParentRefGroup)))
+			ref.Kind = cmp.Or(ref.Kind, ptr.To(gatewayv1.Kind(v1alpha1.DefaultParentRefKind)))
 		}
 	}
 }
-
-func ptrTo[T any](v T) *T { return &v }
 
 func defaultRedirect(r *v1alpha1.RedirectSpec) {
 	if r != nil && r.TimeoutSeconds == 0 {
