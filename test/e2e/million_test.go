@@ -3,16 +3,8 @@
 package e2e
 
 import (
-	"bytes"
-	"compress/gzip"
 	"context"
 	"fmt"
-	"io"
-	"math/rand/v2"
-	"os"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -52,10 +44,10 @@ func testMillionNumberListIsPublishedAndEnforced(t *testing.T) {
 	}
 	var refs []callsv1alpha1.NumberList
 	for i := range lists {
-		lists[i] = randomNumbers(1_000_000/millionLists, uint64(i+1))
-		objs = append(objs, listConfigMap(mns, i, lists[i]))
+		lists[i] = harness.RandomNumbers(1_000_000/millionLists, uint64(i+1))
+		objs = append(objs, harness.NumberListConfigMap(mns, fmt.Sprintf("feed-%d", i), lists[i]))
 		refs = append(refs, callsv1alpha1.NumberList{ConfigMapKeyRef: callsv1alpha1.ConfigMapKeyReference{
-			Name: fmt.Sprintf("feed-%d", i), Key: "numbers.txt.gz"}})
+			Name: fmt.Sprintf("feed-%d", i), Key: harness.NumberListKey}})
 	}
 	if err := cluster.Apply(ctx, objs...); err != nil {
 		t.Fatal(err)
@@ -115,10 +107,10 @@ func testMillionNumberListIsPublishedAndEnforced(t *testing.T) {
 	}
 
 	// A feed update: a tenth of one list replaced.
-	fresh := randomNumbers(len(lists[2])/10, 4242)
+	fresh := harness.RandomNumbers(len(lists[2])/10, 4242)
 	copy(lists[2], fresh)
 	start = time.Now()
-	if err := cluster.Apply(ctx, listConfigMap(mns, 2, lists[2])); err != nil {
+	if err := cluster.Apply(ctx, harness.NumberListConfigMap(mns, "feed-2", lists[2])); err != nil {
 		t.Fatal(err)
 	}
 	_, updPublished, updLive, err := cluster.WaitPolicyLive(ctx, mns, name, hash, start, 2*time.Minute)
@@ -147,59 +139,13 @@ func testMillionNumberListIsPublishedAndEnforced(t *testing.T) {
 	}
 }
 
-// randomNumbers returns n random North American E.164 numbers.
-func randomNumbers(n int, seed uint64) []string {
-	r := rand.New(rand.NewPCG(seed, 0xe2e))
-	out := make([]string, n)
-	for i := range out {
-		out[i] = fmt.Sprintf("+1%03d%07d", 201+r.IntN(799), r.IntN(1e7))
-	}
-	return out
-}
-
-// listConfigMap is list i as gzipped text in binaryData.
-func listConfigMap(ns string, i int, numbers []string) *corev1.ConfigMap {
-	var gz bytes.Buffer
-	zw := gzip.NewWriter(&gz)
-	for _, n := range numbers {
-		_, _ = io.WriteString(zw, n+"\n")
-	}
-	_ = zw.Close()
-	return &corev1.ConfigMap{
-		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "ConfigMap"},
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: fmt.Sprintf("feed-%d", i)},
-		BinaryData: map[string][]byte{"numbers.txt.gz": gz.Bytes()},
-	}
-}
-
 // peakRSS returns the peak resident memory in MiB of the processes whose
-// command line (NUL-separated) contains all of args, read from /proc: the
-// local cluster's containers are processes of this machine.
+// command line contains all of args.
 func peakRSS(args ...string) []float64 {
 	var out []float64
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, f := range procs {
-		b, err := os.ReadFile(f)
-		if err != nil {
-			continue
-		}
-		match := true
-		for _, a := range args {
-			match = match && bytes.Contains(b, []byte(a))
-		}
-		if !match {
-			continue
-		}
-		status, err := os.ReadFile(filepath.Join(filepath.Dir(f), "status"))
-		if err != nil {
-			continue
-		}
-		for _, line := range strings.Split(string(status), "\n") {
-			if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-				kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
-				out = append(out, float64(int(kb/1024)))
-			}
-		}
+	for _, pid := range harness.ProcessesWith(args...) {
+		_, peak := harness.ProcessMemory(pid)
+		out = append(out, float64(int(peak)))
 	}
 	return out
 }

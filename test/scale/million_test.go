@@ -5,12 +5,10 @@ package scale
 import (
 	"bufio"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -34,6 +32,7 @@ import (
 	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
 	"github.com/callguard/callguard/internal/emulator"
 	"github.com/callguard/callguard/internal/graph"
+	"github.com/callguard/callguard/test/harness"
 )
 
 const (
@@ -82,7 +81,7 @@ func newWorld(tb testing.TB, total int) *world {
 	w.must(k8s.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: w.ns, Name: "graph-ca"},
 		Data: map[string]string{"ca.crt": string(emu.CACertPEM())}}))
 	for i := range sourceLists {
-		w.lists[i] = randomNumbers(total/sourceLists, uint64(i+1))
+		w.lists[i] = harness.RandomNumbers(total/sourceLists, uint64(i+1))
 		w.must(k8s.Create(ctx, w.listConfigMap(i)))
 	}
 	return w
@@ -95,40 +94,16 @@ func (w *world) must(err error) {
 	}
 }
 
-// randomNumbers returns n random North American E.164 numbers.
-func randomNumbers(n int, seed uint64) []string {
-	r := rand.New(rand.NewPCG(seed, 0x5ca1e))
-	out := make([]string, n)
-	for i := range out {
-		out[i] = fmt.Sprintf("+1%03d%07d", 201+r.IntN(799), r.IntN(1e7))
-	}
-	return out
-}
-
-// listConfigMap is source list i as a user would keep it: gzipped text in
-// binaryData, about a megabyte for 170,000 numbers.
+// listConfigMap is source list i.
 func (w *world) listConfigMap(i int) *corev1.ConfigMap {
-	var text bytes.Buffer
-	fmt.Fprintf(&text, "# feed %d, version %d\n", i, w.version)
-	for _, n := range w.lists[i] {
-		text.WriteString(n)
-		text.WriteByte('\n')
-	}
-	var gz bytes.Buffer
-	zw := gzip.NewWriter(&gz)
-	_, _ = zw.Write(text.Bytes())
-	_ = zw.Close()
-	return &corev1.ConfigMap{
-		ObjectMeta: metav1.ObjectMeta{Namespace: w.ns, Name: fmt.Sprintf("blocklist-%d", i)},
-		BinaryData: map[string][]byte{"numbers.txt.gz": gz.Bytes()},
-	}
+	return harness.NumberListConfigMap(w.ns, fmt.Sprintf("blocklist-%d", i), w.lists[i])
 }
 
 // replaceList gives source list i a new version: a tenth of its numbers
 // replaced, as a feed's daily update does. It returns one new number.
 func (w *world) replaceList(i int) string {
 	w.version++
-	fresh := randomNumbers(len(w.lists[i])/10, uint64(1000+w.version))
+	fresh := harness.RandomNumbers(len(w.lists[i])/10, uint64(1000+w.version))
 	copy(w.lists[i], fresh)
 	cm := w.listConfigMap(i)
 	live := &corev1.ConfigMap{}
@@ -142,7 +117,7 @@ func (w *world) policy() *callsv1alpha1.CallPolicy {
 	var lists []callsv1alpha1.NumberList
 	for i := range sourceLists {
 		lists = append(lists, callsv1alpha1.NumberList{ConfigMapKeyRef: callsv1alpha1.ConfigMapKeyReference{
-			Name: fmt.Sprintf("blocklist-%d", i), Key: "numbers.txt.gz"}})
+			Name: fmt.Sprintf("blocklist-%d", i), Key: harness.NumberListKey}})
 	}
 	return &callsv1alpha1.CallPolicy{
 		ObjectMeta: metav1.ObjectMeta{Namespace: w.ns, Name: policyName},
@@ -202,22 +177,7 @@ func (w *world) start(name string, env []string, args ...string) *process {
 }
 
 // memory returns the process's resident set now and at its peak, in MiB.
-func (p *process) memory() (rss, peak float64) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
-	if err != nil {
-		return 0, 0
-	}
-	field := func(name string) float64 {
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, name+":"); ok {
-				kb, _ := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 64)
-				return kb / 1024
-			}
-		}
-		return 0
-	}
-	return field("VmRSS"), field("VmHWM")
-}
+func (p *process) memory() (rss, peak float64) { return harness.ProcessMemory(p.cmd.Process.Pid) }
 
 // startManager runs the operator with an administrator's kubeconfig.
 func (w *world) startManager() {
