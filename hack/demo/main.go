@@ -58,13 +58,9 @@ func run(ctx context.Context, kubeconfig, emulatorBin, listen, stateDir, ns stri
 	// The emulator delivers to the public URL: host dialled at the ingress
 	// address (no DNS names it), the ingress CA trusted. Restarted so that
 	// one started without those flags is not reused.
-	emulatorCmd, err := pub.EmulatorCommand(emulatorBin, stateDir, host)
-	if err != nil {
-		return err
-	}
 	harness.StopEmulator(stateDir)
 	step("starting the Graph emulator on %s (it delivers to https://%s through the ingress at %s)", listen, host, pub.Address)
-	emu, err := harness.StartEmulator(ctx, emulatorCmd, listen, stateDir)
+	emu, err := harness.StartEmulator(ctx, emulatorBin, listen, stateDir, pub.EmulatorArgs(host)...)
 	if err != nil {
 		return err
 	}

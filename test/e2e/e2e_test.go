@@ -69,13 +69,9 @@ func setup(m *testing.M) int {
 		return 1
 	}
 	emuDir := filepath.Join(state, "emulator")
-	emuBin, err := pub.EmulatorCommand("../../bin/graph-emulator", emuDir, pub.Host(elastic))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "emulator:", err)
-		return 1
-	}
 	harness.StopEmulator(emuDir)
-	if emu, err = harness.StartEmulator(ctx, emuBin, envOr("E2E_EMULATOR_LISTEN", "10.213.0.1:8443"), emuDir); err != nil {
+	if emu, err = harness.StartEmulator(ctx, "../../bin/graph-emulator", envOr("E2E_EMULATOR_LISTEN", "10.213.0.1:8443"), emuDir,
+		pub.EmulatorArgs(pub.Host(elastic))...); err != nil {
 		fmt.Fprintln(os.Stderr, "emulator:", err)
 		return 1
 	}

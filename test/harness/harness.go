@@ -94,9 +94,10 @@ type Emulator struct {
 }
 
 // StartEmulator starts the graph-emulator binary in the background (it
-// outlives this process, so the demo cluster keeps a Graph to talk to) or
-// reuses the one already running from stateDir.
-func StartEmulator(ctx context.Context, bin, listen, stateDir string) (*Emulator, error) {
+// outlives this process, so the demo cluster keeps a Graph to talk to), with
+// extra flags after the demo bot's, or reuses the one already running from
+// stateDir.
+func StartEmulator(ctx context.Context, bin, listen, stateDir string, extra ...string) (*Emulator, error) {
 	if err := os.MkdirAll(stateDir, 0o755); err != nil {
 		return nil, err
 	}
@@ -110,8 +111,9 @@ func StartEmulator(ctx context.Context, bin, listen, stateDir string) (*Emulator
 		return nil, err
 	}
 	defer logf.Close()
-	cmd := exec.Command(bin, "--listen", listen, "--state-dir", stateDir,
-		"--bot", fmt.Sprintf("appId=%s,tenantId=%s,secret=%s", BotAppID, BotTenantID, BotSecret))
+	args := append([]string{"--listen", listen, "--state-dir", stateDir,
+		"--bot", fmt.Sprintf("appId=%s,tenantId=%s,secret=%s", BotAppID, BotTenantID, BotSecret)}, extra...)
+	cmd := exec.Command(bin, args...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err

@@ -16,7 +16,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -60,31 +59,17 @@ func FromEnv() (*Env, error) {
 // Host is name's public DNS name under the ingress domain.
 func (e *Env) Host(name string) string { return name + "." + e.Domain }
 
-// EmulatorCommand writes an executable script to dir that runs the
-// graph-emulator binary bin with the flags that make it deliver to the
-// hosts' public https URLs: each host dialled at the ingress address, and
-// the ingress CA trusted. It returns the script's path, to start instead of
-// bin.
-func (e *Env) EmulatorCommand(bin, dir string, hosts ...string) (string, error) {
+// EmulatorArgs are the graph-emulator flags that make it deliver to the
+// hosts' public https URLs: each host dialled at the ingress address (no DNS
+// names it), and the ingress CA trusted.
+func (e *Env) EmulatorArgs(hosts ...string) []string {
 	ip, port, _ := net.SplitHostPort(e.Address)
-	abs, err := filepath.Abs(bin)
-	if err != nil {
-		return "", err
-	}
-	args := []string{shellQuote(abs), "--callback-ca", shellQuote(e.CAFile)}
+	args := []string{"--callback-ca", e.CAFile}
 	for _, h := range hosts {
-		args = append(args, "--resolve", shellQuote(h+":"+port+":"+ip))
+		args = append(args, "--resolve", h+":"+port+":"+ip)
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", err
-	}
-	script := filepath.Join(dir, "graph-emulator-public")
-	body := "#!/bin/sh\n# graph-emulator delivering to public https URLs through the local cluster's ingress.\nexec " +
-		strings.Join(args, " ") + " \"$@\"\n"
-	return script, os.WriteFile(script, []byte(body), 0o755)
+	return args
 }
-
-func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // TLSSecret is the ingress certificate as a kubernetes.io/tls Secret.
 func (e *Env) TLSSecret(ns, name string) (*corev1.Secret, error) {
