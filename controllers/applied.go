@@ -53,6 +53,37 @@ type childKey struct {
 	name      string
 }
 
+// written is what the reconciler last wrote for one policy: the policy
+// version it published (publish.go) and each child's last apply. It lives
+// as long as the policy does.
+type written struct {
+	published *published
+	children  map[childKey]appliedChild
+}
+
+// withWritten runs f on the record of owner, made if there is none, under
+// the reconciler's lock (policies reconcile concurrently).
+func (r *CallPolicyReconciler) withWritten(owner types.NamespacedName, f func(*written)) {
+	r.writtenMu.Lock()
+	defer r.writtenMu.Unlock()
+	if r.written == nil {
+		r.written = map[types.NamespacedName]*written{}
+	}
+	w := r.written[owner]
+	if w == nil {
+		w = &written{children: map[childKey]appliedChild{}}
+		r.written[owner] = w
+	}
+	f(w)
+}
+
+// forgetWritten drops the record of a policy that is gone.
+func (r *CallPolicyReconciler) forgetWritten(owner types.NamespacedName) {
+	r.writtenMu.Lock()
+	defer r.writtenMu.Unlock()
+	delete(r.written, owner)
+}
+
 // unchanged reports whether applying u to its child would change nothing.
 func (r *CallPolicyReconciler) unchanged(ctx context.Context, owner types.NamespacedName, u *unstructured.Unstructured, sent [sha256.Size]byte) bool {
 	gvk := u.GroupVersionKind()
@@ -60,9 +91,9 @@ func (r *CallPolicyReconciler) unchanged(ctx context.Context, owner types.Namesp
 	if !known {
 		return false
 	}
-	r.appliedMu.Lock()
-	last, ok := r.applied[owner][childKey{gvk.GroupKind(), u.GetNamespace(), u.GetName()}]
-	r.appliedMu.Unlock()
+	var last appliedChild
+	var ok bool
+	r.withWritten(owner, func(w *written) { last, ok = w.children[childKey{gvk.GroupKind(), u.GetNamespace(), u.GetName()}] })
 	if !ok || last.sent != sent {
 		return false
 	}
@@ -96,24 +127,11 @@ func (r *CallPolicyReconciler) unchanged(ctx context.Context, owner types.Namesp
 
 // rememberApplied records what an apply sent and what came back.
 func (r *CallPolicyReconciler) rememberApplied(owner types.NamespacedName, back *unstructured.Unstructured, sent [sha256.Size]byte) {
-	r.appliedMu.Lock()
-	defer r.appliedMu.Unlock()
-	if r.applied == nil {
-		r.applied = map[types.NamespacedName]map[childKey]appliedChild{}
-	}
-	if r.applied[owner] == nil {
-		r.applied[owner] = map[childKey]appliedChild{}
-	}
-	r.applied[owner][childKey{back.GroupVersionKind().GroupKind(), back.GetNamespace(), back.GetName()}] = appliedChild{
-		sent: sent, rv: back.GetResourceVersion(), generation: back.GetGeneration(),
-	}
-}
-
-// forgetApplied drops what is remembered of a policy's children.
-func (r *CallPolicyReconciler) forgetApplied(owner types.NamespacedName) {
-	r.appliedMu.Lock()
-	defer r.appliedMu.Unlock()
-	delete(r.applied, owner)
+	r.withWritten(owner, func(w *written) {
+		w.children[childKey{back.GroupVersionKind().GroupKind(), back.GetNamespace(), back.GetName()}] = appliedChild{
+			sent: sent, rv: back.GetResourceVersion(), generation: back.GetGeneration(),
+		}
+	})
 }
 
 func hasAll(live, want map[string]string) bool {

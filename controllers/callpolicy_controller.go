@@ -61,13 +61,9 @@ type CallPolicyReconciler struct {
 	// apiServer keeps the API server's addresses for the NetworkPolicies.
 	apiServer apiServerCache
 
-	publishedMu sync.Mutex
-	// published is the version last written for each policy (publish.go).
-	published map[types.NamespacedName]*published
-	appliedMu sync.Mutex
-	// applied is what was last applied to each child of each policy
-	// (applied.go).
-	applied map[types.NamespacedName]map[childKey]appliedChild
+	writtenMu sync.Mutex
+	// written is what was last written for each policy (applied.go).
+	written map[types.NamespacedName]*written
 }
 
 // stalledError marks a spec that cannot be made to work until the user
@@ -118,16 +114,14 @@ func (r *CallPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	if err := r.Get(ctx, req.NamespacedName, cp); err != nil {
 		if apierrors.IsNotFound(err) {
 			forgetConditions(req.NamespacedName)
-			r.remember(req.NamespacedName, nil)
-			r.forgetApplied(req.NamespacedName)
+			r.forgetWritten(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !cp.DeletionTimestamp.IsZero() {
 		// Children go with their owner through garbage collection.
 		forgetConditions(req.NamespacedName)
-		r.remember(req.NamespacedName, nil)
-		r.forgetApplied(req.NamespacedName)
+		r.forgetWritten(req.NamespacedName)
 		return ctrl.Result{}, nil
 	}
 

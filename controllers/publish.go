@@ -86,26 +86,13 @@ func configMapMetadata() *metav1.PartialObjectMetadata {
 
 // lastPublished returns the version last written for cp if its inputs are
 // still key.
-func (r *CallPolicyReconciler) lastPublished(cp types.NamespacedName, key string) *published {
-	r.publishedMu.Lock()
-	defer r.publishedMu.Unlock()
-	if p := r.published[cp]; p != nil && p.key == key {
-		return p
-	}
-	return nil
-}
-
-func (r *CallPolicyReconciler) remember(cp types.NamespacedName, p *published) {
-	r.publishedMu.Lock()
-	defer r.publishedMu.Unlock()
-	if r.published == nil {
-		r.published = map[types.NamespacedName]*published{}
-	}
-	if p == nil {
-		delete(r.published, cp)
-		return
-	}
-	r.published[cp] = p
+func (r *CallPolicyReconciler) lastPublished(cp types.NamespacedName, key string) (p *published) {
+	r.withWritten(cp, func(w *written) {
+		if w.published != nil && w.published.key == key {
+			p = w.published
+		}
+	})
+	return p
 }
 
 // reconcilePolicy compiles the policy and writes it for the receivers:
@@ -171,7 +158,7 @@ func (r *CallPolicyReconciler) reconcilePolicy(ctx context.Context, cp *callsv1a
 		}
 	}
 	if pub.key != "" {
-		r.remember(client.ObjectKeyFromObject(cp), pub)
+		r.withWritten(client.ObjectKeyFromObject(cp), func(w *written) { w.published = pub })
 	}
 	st.published = pub
 	st.policyHash = pub.hash
