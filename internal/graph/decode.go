@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/go-json-experiment/json/jsontext"
 )
@@ -41,12 +44,16 @@ func (e *SyntaxError) Unwrap() error { return e.Err }
 // decided and what is forwarded upstream come from one reading.
 //
 // Strict means: valid UTF-8 and JSON (jsontext, the basis of Go's
-// encoding/json/v2), member names matched case-sensitively, and a
-// duplicate member name, or a name that matches a field only when case is
-// ignored, refused anywhere in the body. Other readers (encoding/json, the
-// .NET SDK an upstream bot may run) take "Value" or a second "value" where
-// this one would not, so such a body could be decided one way and acted on
-// another; Graph never sends one.
+// encoding/json/v2), member names matched case-sensitively, and, in any
+// object anywhere in the body, a member name equal under Unicode simple
+// case folding to another member's name or to a name this reader knows
+// there (but not spelt as it) refused. Other readers (encoding/json, the
+// case-insensitive modes of .NET serializers an upstream bot may run)
+// take "Value", "ſtate" (U+017F) or a second "value" where this one would
+// not, so such a body could be decided one way and acted on another;
+// Graph never sends one. Folding is unicode.SimpleFold's orbits (as
+// strings.EqualFold and encoding/json's name matching), after escapes are
+// decoded.
 //
 // A body that is a JSON object without a "value" array (absent or null) is
 // ErrLegacyFormat. A notification's resourceData is a call only when it is
@@ -94,6 +101,21 @@ type decoder struct {
 	soft bool
 	// scratch holds an escaped member name, unquoted.
 	scratch []byte
+	// nameOff is the offset of the member name read last.
+	nameOff int64
+
+	// The folded names of the members read so far of every open object,
+	// innermost last, for the duplicate check: names[frames[i]:] are those
+	// of open object i, their bytes in folded.
+	folded []byte
+	names  []foldedName
+	frames []int
+}
+
+// foldedName is a member name, folded, in decoder.folded.
+type foldedName struct {
+	start, end int
+	off        int64
 }
 
 var decoders = sync.Pool{New: func() any { return new(decoder) }}
@@ -109,6 +131,11 @@ func getDecoder(body []byte) *decoder {
 
 func putDecoder(d *decoder) {
 	d.body, d.mismatch, d.soft = nil, nil, false
+	d.folded, d.names, d.frames = d.folded[:0], d.names[:0], d.frames[:0]
+	if cap(d.folded) > maxPooledNames {
+		// A body with a huge object need not keep its memory.
+		d.folded, d.names = nil, nil
+	}
 	d.buf = bytes.Buffer{}
 	d.dec.Reset(&d.buf)
 	decoders.Put(d)
@@ -144,8 +171,9 @@ func (d *decoder) notifications() (*Notifications, error) {
 	}
 	n := &Notifications{}
 	sawValue := false
+	d.open()
 	for d.dec.PeekKind() != '}' {
-		name, err := d.name()
+		name, folded, err := d.member()
 		if err != nil {
 			return nil, err
 		}
@@ -156,13 +184,13 @@ func (d *decoder) notifications() (*Notifications, error) {
 			sawValue = true
 			err = d.values(n)
 		default:
-			err = d.unknown(name, notificationsNames)
+			err = d.unknown(name, folded, notificationsNames)
 		}
 		if err != nil {
 			return nil, err
 		}
 	}
-	if _, err := d.dec.ReadToken(); err != nil {
+	if err := d.close(); err != nil {
 		return nil, err
 	}
 	switch _, err := d.dec.ReadToken(); {
@@ -231,8 +259,9 @@ func (d *decoder) notification(n *Notification) error {
 	if _, err := d.dec.ReadToken(); err != nil { // '{'
 		return err
 	}
+	d.open()
 	for d.dec.PeekKind() != '}' {
-		name, err := d.name()
+		name, folded, err := d.member()
 		if err != nil {
 			return err
 		}
@@ -248,14 +277,13 @@ func (d *decoder) notification(n *Notification) error {
 		case "resourceData":
 			n.ResourceData, err = d.resourceData()
 		default:
-			err = d.unknown(name, notificationNames)
+			err = d.unknown(name, folded, notificationNames)
 		}
 		if err != nil {
 			return err
 		}
 	}
-	_, err := d.dec.ReadToken()
-	return err
+	return d.close()
 }
 
 // resourceData reads a notification's resource: a call, or anything else.
@@ -265,13 +293,14 @@ func (d *decoder) resourceData() (*Call, error) {
 	} else if k != '{' {
 		// An array (participants), a string, null…: not a call. Still
 		// read strictly: a duplicate name anywhere is refused.
-		return nil, d.dec.SkipValue()
+		return nil, d.skip()
 	}
 	if _, err := d.dec.ReadToken(); err != nil {
 		return nil, err
 	}
 	c := &Call{}
 	d.soft, d.mismatch = true, nil
+	d.open()
 	err := d.object(callInfo, reflect.ValueOf(c).Elem())
 	d.soft = false
 	if err != nil {
@@ -295,6 +324,7 @@ func (d *decoder) name() ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	d.nameOff = d.dec.InputOffset() - int64(len(raw))
 	if bytes.IndexByte(raw, '\\') < 0 {
 		return raw[1 : len(raw)-1], nil
 	}
@@ -302,13 +332,175 @@ func (d *decoder) name() ([]byte, error) {
 	return d.scratch, err
 }
 
-// unknown skips the value of a member no field takes, refusing a name that
-// matches one only when case is ignored.
-func (d *decoder) unknown(name []byte, known []string) error {
-	for _, k := range known {
-		if len(k) == len(name) && bytes.EqualFold([]byte(k), name) {
-			return d.errorf("member %q differs from %q only in case", name, k)
+// Objects of up to linearNames members are checked for folded duplicates
+// name by name; a larger one (Graph sends none) is sorted when it closes,
+// so that a body of many members costs n log n, not n².
+const linearNames = 16
+
+// maxPooledNames bounds the folded names a pooled decoder keeps.
+const maxPooledNames = 64 << 10
+
+// open starts the duplicate check of an object whose '{' was read.
+func (d *decoder) open() { d.frames = append(d.frames, len(d.names)) }
+
+// member reads a member name of the innermost open object, refusing it
+// when it folds to the name of an earlier member. It returns the name and
+// its folded form, both valid until the next read.
+func (d *decoder) member() (name, folded []byte, err error) {
+	if name, err = d.name(); err != nil {
+		return nil, nil, err
+	}
+	start := len(d.folded)
+	d.folded = appendFolded(d.folded, name)
+	folded = d.folded[start:]
+	first := d.frames[len(d.frames)-1]
+	if len(d.names)-first < linearNames {
+		for _, m := range d.names[first:] {
+			if bytes.Equal(d.folded[m.start:m.end], folded) {
+				return nil, nil, d.duplicate(m.off, d.nameOff)
+			}
 		}
+	}
+	d.names = append(d.names, foldedName{start: start, end: len(d.folded), off: d.nameOff})
+	return name, folded, nil
+}
+
+// close reads the '}' of the innermost open object and ends its check.
+func (d *decoder) close() error {
+	first := d.frames[len(d.frames)-1]
+	names := d.names[first:]
+	if len(names) > linearNames {
+		slices.SortFunc(names, func(a, b foldedName) int {
+			return bytes.Compare(d.folded[a.start:a.end], d.folded[b.start:b.end])
+		})
+		for i := 1; i < len(names); i++ {
+			a, b := names[i-1], names[i]
+			if bytes.Equal(d.folded[a.start:a.end], d.folded[b.start:b.end]) {
+				return d.duplicate(min(a.off, b.off), max(a.off, b.off))
+			}
+		}
+	}
+	if _, err := d.dec.ReadToken(); err != nil {
+		return err
+	}
+	if len(names) > 0 {
+		// Sorted or not, the object's names are the end of folded.
+		lo := names[0].start
+		for _, m := range names[1:] {
+			lo = min(lo, m.start)
+		}
+		d.folded = d.folded[:lo]
+	}
+	d.names, d.frames = d.names[:first], d.frames[:len(d.frames)-1]
+	return nil
+}
+
+// duplicate reports the member at off, whose name folds to that of the one
+// at first.
+func (d *decoder) duplicate(first, off int64) *decodeError {
+	name, other := d.nameAt(off), d.nameAt(first)
+	err := fmt.Errorf("duplicate member name %q", name)
+	if name != other {
+		err = fmt.Errorf("member name %q duplicates %q under case folding", name, other)
+	}
+	return &decodeError{offset: off, pointer: string(d.dec.StackPointer()), err: err}
+}
+
+// nameAt returns the member name whose quoted form starts at off.
+func (d *decoder) nameAt(off int64) string {
+	raw, err := jsontext.AppendUnquote(nil, d.body[off:off+int64(quotedLen(d.body[off:]))])
+	if err != nil {
+		return ""
+	}
+	return string(raw)
+}
+
+// quotedLen is the length of the JSON string b starts with (valid: it was
+// read).
+func quotedLen(b []byte) int {
+	for i := 1; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+	return len(b)
+}
+
+// appendFolded appends name folded under Unicode simple case folding: each
+// rune replaced by the least rune of its unicode.SimpleFold orbit, as
+// encoding/json matches names ("ſtate" and "STATE" fold as "state" does).
+func appendFolded(dst, name []byte) []byte {
+	for i := 0; i < len(name); {
+		c := name[i]
+		if c < utf8.RuneSelf {
+			if 'a' <= c && c <= 'z' {
+				c -= 'a' - 'A'
+			}
+			dst = append(dst, c)
+			i++
+			continue
+		}
+		r, n := utf8.DecodeRune(name[i:])
+		dst = utf8.AppendRune(dst, foldRune(r))
+		i += n
+	}
+	return dst
+}
+
+// foldRune returns the least rune of r's case-folding orbit.
+func foldRune(r rune) rune {
+	least := r
+	for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+		least = min(least, f)
+	}
+	return least
+}
+
+// unknown skips the value of a member no field takes, refusing a name that
+// folds to one a field takes: another reader would take it for that field.
+func (d *decoder) unknown(name, folded []byte, known *nameSet) error {
+	if k, ok := known.byFolded[string(folded)]; ok {
+		return d.errorf("member %q differs from %q only in case", name, k)
+	}
+	return d.skip()
+}
+
+// skip reads a value no field takes, checking its objects' names as any
+// other's.
+func (d *decoder) skip() error {
+	k, err := d.peek()
+	if err != nil {
+		return err
+	}
+	switch k {
+	case '{':
+		if _, err := d.dec.ReadToken(); err != nil {
+			return err
+		}
+		d.open()
+		for d.dec.PeekKind() != '}' {
+			if _, _, err := d.member(); err != nil {
+				return err
+			}
+			if err := d.skip(); err != nil {
+				return err
+			}
+		}
+		return d.close()
+	case '[':
+		if _, err := d.dec.ReadToken(); err != nil {
+			return err
+		}
+		for d.dec.PeekKind() != ']' {
+			if err := d.skip(); err != nil {
+				return err
+			}
+		}
+		_, err := d.dec.ReadToken()
+		return err
 	}
 	return d.dec.SkipValue()
 }
@@ -324,7 +516,7 @@ func (d *decoder) wrongType(want string) error {
 	if d.mismatch == nil {
 		d.mismatch = e
 	}
-	return d.dec.SkipValue()
+	return d.skip()
 }
 
 func (d *decoder) string(dst *string) error {
@@ -351,7 +543,7 @@ func (d *decoder) string(dst *string) error {
 // settable struct described by s.
 func (d *decoder) object(s *structInfo, v reflect.Value) error {
 	for d.dec.PeekKind() != '}' {
-		name, err := d.name()
+		name, folded, err := d.member()
 		if err != nil {
 			return err
 		}
@@ -360,7 +552,7 @@ func (d *decoder) object(s *structInfo, v reflect.Value) error {
 			if s == identitySetInfo && d.dec.PeekKind() == '{' {
 				v.Addr().Interface().(*IdentitySet).OtherMembers++
 			}
-			if err := d.unknown(name, s.names); err != nil {
+			if err := d.unknown(name, folded, &s.known); err != nil {
 				return err
 			}
 			continue
@@ -369,8 +561,7 @@ func (d *decoder) object(s *structInfo, v reflect.Value) error {
 			return err
 		}
 	}
-	_, err := d.dec.ReadToken()
-	return err
+	return d.close()
 }
 
 // field reads one member's value into v. A null leaves v as it is.
@@ -402,6 +593,7 @@ func (d *decoder) field(f *fieldInfo, v reflect.Value) error {
 		if _, err := d.dec.ReadToken(); err != nil {
 			return err
 		}
+		d.open()
 		p := reflect.New(f.elem.typ)
 		if err := d.object(f.elem, p.Elem()); err != nil {
 			return err
@@ -459,6 +651,7 @@ func (d *decoder) structElem(s *structInfo, v reflect.Value) error {
 		if _, err := d.dec.ReadToken(); err != nil {
 			return err
 		}
+		d.open()
 		return d.object(s, v)
 	}
 	return d.wrongType("object")
@@ -484,9 +677,31 @@ func kindName(k jsontext.Kind) string {
 
 // The member names of the types read by hand, for the case check.
 var (
-	notificationsNames = []string{"@odata.type", "value"}
-	notificationNames  = []string{"@odata.type", "changeType", "resourceUrl", "resource", "resourceData"}
+	notificationsNames = newNameSet("@odata.type", "value")
+	notificationNames  = newNameSet("@odata.type", "changeType", "resourceUrl", "resource", "resourceData")
 )
+
+// nameSet is the member names an object's reader knows, by folded name.
+type nameSet struct {
+	byFolded map[string]string
+}
+
+func newNameSet(names ...string) *nameSet {
+	s := &nameSet{byFolded: map[string]string{}}
+	for _, n := range names {
+		s.add(n)
+	}
+	return s
+}
+
+func (s *nameSet) add(name string) {
+	f := string(appendFolded(nil, []byte(name)))
+	if other, dup := s.byFolded[f]; dup {
+		// A build-time mistake in this package, caught by every test.
+		panic(fmt.Sprintf("graph: member names %q and %q fold alike", other, name))
+	}
+	s.byFolded[f] = name
+}
 
 // The call and what it holds are read through tables built from their json
 // tags, so a field added to the types is read without changes here.
@@ -510,7 +725,7 @@ type fieldInfo struct {
 type structInfo struct {
 	typ    reflect.Type
 	byName map[string]*fieldInfo
-	names  []string
+	known  nameSet
 }
 
 var (
@@ -523,7 +738,7 @@ func mustStructInfo(t reflect.Type, seen map[reflect.Type]*structInfo) *structIn
 	if s, ok := seen[t]; ok {
 		return s
 	}
-	s := &structInfo{typ: t, byName: map[string]*fieldInfo{}}
+	s := &structInfo{typ: t, byName: map[string]*fieldInfo{}, known: nameSet{byFolded: map[string]string{}}}
 	seen[t] = s
 	for i := range t.NumField() {
 		f := t.Field(i)
@@ -555,7 +770,7 @@ func mustStructInfo(t reflect.Type, seen map[reflect.Type]*structInfo) *structIn
 			panic(fmt.Sprintf("graph: %s: two fields named %q", t.Name(), name))
 		}
 		s.byName[name] = fi
-		s.names = append(s.names, name)
+		s.known.add(name)
 	}
 	return s
 }

@@ -225,13 +225,15 @@ func fill(v reflect.Value, depth int) {
 }
 
 // FuzzDecodeNotifications checks the one reading: whatever body it takes,
-// encoding/json (case-insensitive, last duplicate wins: how an upstream
-// bot may read the forwarded body) reads the same notifications, each Raw
-// reads back alone as the same notification, and the value span holds
-// exactly the notifications.
+// encoding/json (case-insensitive under Unicode folding, last duplicate
+// wins: how an upstream bot may read the forwarded body) reads the same
+// notifications, each Raw reads back alone as the same notification, and
+// the value span holds exactly the notifications.
 func FuzzDecodeNotifications(f *testing.F) {
 	for _, s := range []string{seedIncoming, benchBody, participantsBody, `{"value":[]}`, `[]`,
-		`{"value":null}`, `{"Value":[{"changeType":"created"}]}`, `{"value":[{"changeType":"x","changeType":"y"}]}`} {
+		`{"value":null}`, `{"Value":[{"changeType":"created"}]}`, `{"value":[{"changeType":"x","changeType":"y"}]}`,
+		foldedStateBody, foldedSourceBody,
+		`{"value":[{"changeType":"created","resourceUrl":"/communications/calls/k","resourceData":{"callbacKUri":"x","state":"incoming"}}]}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
