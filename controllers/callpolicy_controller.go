@@ -358,13 +358,6 @@ func (st *reconcileState) stall(err error) error {
 	return err
 }
 
-func shortHash(h string) string {
-	h = strings.TrimPrefix(h, "sha256:")
-	if len(h) > 12 {
-		h = h[:12]
-	}
-	return h
-}
 
 // Condition types and reasons (kstatus-compatible: Reconciling and Stalled are
 // present only while true).
@@ -429,7 +422,7 @@ func (r *CallPolicyReconciler) summarize(cp *callsv1alpha1.CallPolicy, st *recon
 		meta.RemoveStatusCondition(&cp.Status.Conditions, ConditionStalled)
 	case deploymentAvailable(st.deployment, want):
 		set(ConditionReady, metav1.ConditionTrue, ReasonReceiversAvailable,
-			fmt.Sprintf("policy %s live on %d/%d receivers", shortHash(st.policyHash), st.deployment.Status.AvailableReplicas, want))
+			fmt.Sprintf("policy %s live on %d/%d receivers", policy.ShortHash(st.policyHash), st.deployment.Status.AvailableReplicas, want))
 		meta.RemoveStatusCondition(&cp.Status.Conditions, ConditionReconciling)
 		meta.RemoveStatusCondition(&cp.Status.Conditions, ConditionStalled)
 	default:

@@ -204,7 +204,7 @@ func TestChildrenAreCreatedWithOwnerReferences(t *testing.T) {
 	g.Expect(role.Rules).To(HaveLen(1))
 	// The manifest and its shards, nothing else: the policy has one small list.
 	manifest, _ := decodedPolicy(g, ctx, ns)
-	shards := strings.Split(manifest.Annotations[policyShardsAnnotation], ",")
+	shards := strings.Split(manifest.Annotations[callsv1alpha1.PolicyShardsAnnotation], ",")
 	g.Expect(shards).To(HaveLen(1))
 	g.Expect(role.Rules[0].ResourceNames).To(Equal(append([]string{"hotline-callguard-policy"}, shards...)))
 	g.Expect(role.Rules[0].Verbs).To(ConsistOf("get", "list", "watch"))
@@ -272,7 +272,7 @@ func TestRulesChangeUpdatesConfigMapWithoutRollingPods(t *testing.T) {
 	g.Eventually(func(g Gomega) {
 		g.Expect(k8s.Get(ctx, key(ns, "hotline-callguard"), &before)).To(Succeed())
 		cm, _ := decodedPolicy(g, ctx, ns)
-		beforeHash = cm.Annotations[policyHashAnnotation]
+		beforeHash = cm.Annotations[callsv1alpha1.PolicyHashAnnotation]
 	}, eventually, poll).Should(Succeed())
 
 	update(t, cp, func() {
@@ -283,7 +283,7 @@ func TestRulesChangeUpdatesConfigMapWithoutRollingPods(t *testing.T) {
 	g.Eventually(func(g Gomega) {
 		cm, src := decodedPolicy(g, ctx, ns)
 		g.Expect(src.Spec.Rules).To(HaveLen(3))
-		g.Expect(cm.Annotations[policyHashAnnotation]).NotTo(Equal(beforeHash))
+		g.Expect(cm.Annotations[callsv1alpha1.PolicyHashAnnotation]).NotTo(Equal(beforeHash))
 	}, eventually, poll).Should(Succeed())
 	var after appsv1.Deployment
 	must(t, k8s.Get(ctx, key(ns, "hotline-callguard"), &after))

@@ -39,7 +39,6 @@ const (
 	// receivers reload the policy ConfigMap live.
 	credentialsHashAnnotation = "callguard.dev/credentials-hash"
 	caHashAnnotation          = "callguard.dev/ca-bundle-hash"
-	policyHashAnnotation      = "callguard.dev/policy-hash"
 
 	// managedByLabel marks every child; the manager caches only objects
 	// carrying it, not every Deployment or Service in the cluster.
@@ -51,17 +50,16 @@ const (
 	workloadIdentityTenantIDAnnot = "azure.workload.identity/tenant-id"
 )
 
-// childName is the name of every child but the policy ConfigMap.
-func childName(cp *callsv1alpha1.CallPolicy) string { return cp.Name + "-callguard" }
+// childName is the name of every child but the policy ConfigMaps.
+func childName(cp *callsv1alpha1.CallPolicy) string { return callsv1alpha1.ReceiverName(cp.Name) }
 
-// policyConfigMapName is the name of the resolved policy ConfigMap.
-func policyConfigMapName(cp *callsv1alpha1.CallPolicy) string { return cp.Name + "-callguard-policy" }
+// policyConfigMapName is the name of the resolved policy's manifest.
+func policyConfigMapName(cp *callsv1alpha1.CallPolicy) string {
+	return callsv1alpha1.PolicyConfigMapName(cp.Name)
+}
 
 func selectorLabels(cp *callsv1alpha1.CallPolicy) map[string]string {
-	return map[string]string{
-		"app.kubernetes.io/name":     "callguard-receiver",
-		"app.kubernetes.io/instance": cp.Name,
-	}
+	return callsv1alpha1.ReceiverSelector(cp.Name)
 }
 
 func commonLabels(cp *callsv1alpha1.CallPolicy) map[string]string {

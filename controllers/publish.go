@@ -28,11 +28,6 @@ import (
 // server's 1 MiB object limit with room for metadata.
 const maxPolicyConfigMapBytes = 1000 * 1024
 
-// policyShardsAnnotation on the manifest names its shards, so that the next
-// version knows from the metadata cache which shards the receivers may still
-// be reading.
-const policyShardsAnnotation = "callguard.dev/policy-shards"
-
 // ReasonShardConflict: a ConfigMap with a shard's name is someone else's.
 const ReasonShardConflict = "PolicyShardConflict"
 
@@ -137,7 +132,7 @@ func (r *CallPolicyReconciler) reconcilePolicy(ctx context.Context, cp *callsv1a
 		}
 	}
 	names := pub.shardNames()
-	if prev := splitNames(previous.Annotations[policyShardsAnnotation]); !slices.Equal(prev, names) {
+	if prev := splitNames(previous.Annotations[callsv1alpha1.PolicyShardsAnnotation]); !slices.Equal(prev, names) {
 		// Receivers still loading the previous version may read its shards
 		// until the manifest names the new ones.
 		if err := r.apply(ctx, cp, BuildRole(cp, union(prev, names))); err != nil {
@@ -147,10 +142,10 @@ func (r *CallPolicyReconciler) reconcilePolicy(ctx context.Context, cp *callsv1a
 	if err := r.apply(ctx, cp, buildPolicyConfigMap(cp, pub.data, pub.hash, names)); err != nil {
 		return err
 	}
-	if previous.Annotations[policyHashAnnotation] != pub.hash {
+	if previous.Annotations[callsv1alpha1.PolicyHashAnnotation] != pub.hash {
 		// Once per policy version, not once per reconcile.
 		r.Recorder.Eventf(cp, nil, corev1.EventTypeNormal, "PolicyApplied", "Apply",
-			"policy %s with %d rules applied to ConfigMap %s (%d shards)", shortHash(pub.hash), pub.rules, policyConfigMapName(cp), len(names))
+			"policy %s with %d rules applied to ConfigMap %s (%d shards)", policy.ShortHash(pub.hash), pub.rules, policyConfigMapName(cp), len(names))
 		// One event for all warnings: up to 512 rules could each have one.
 		if len(pub.warnings) > 0 {
 			r.Recorder.Eventf(cp, nil, corev1.EventTypeWarning, "PolicyWarning", "Compile", "%s",
@@ -246,9 +241,9 @@ func buildPolicyConfigMap(cp *callsv1alpha1.CallPolicy, data map[string]string, 
 		ObjectMeta: objectMeta(cp, policyConfigMapName(cp)),
 		Data:       data,
 	}
-	cm.Annotations = map[string]string{policyHashAnnotation: hash}
+	cm.Annotations = map[string]string{callsv1alpha1.PolicyHashAnnotation: hash}
 	if len(shards) > 0 {
-		cm.Annotations[policyShardsAnnotation] = strings.Join(shards, ",")
+		cm.Annotations[callsv1alpha1.PolicyShardsAnnotation] = strings.Join(shards, ",")
 	}
 	return cm
 }

@@ -129,6 +129,16 @@ func (p *Policy) Rules() int { return len(p.rules) }
 // the policy was compiled from.
 func (p *Policy) Hash() string { return p.hash }
 
+// ShortHash is a policy hash as events, logs and the plugin show it: the
+// first 12 hex digits, without "sha256:".
+func ShortHash(h string) string {
+	h = strings.TrimPrefix(h, "sha256:")
+	if len(h) > 12 {
+		h = h[:12]
+	}
+	return h
+}
+
 // CELErrors counts CEL evaluations that failed (and so did not match) since
 // the policy was compiled, across its WithCELErrorHandler copies.
 func (p *Policy) CELErrors() uint64 { return p.celErrors.Load() }

@@ -196,7 +196,7 @@ func servePod(t *testing.T, ip string, decisions func(since string) string, metr
 // policy, without pods (envtest runs no controllers).
 func receiverDeployment(t *testing.T, ns, policyName string) {
 	t.Helper()
-	labels := map[string]string{"app.kubernetes.io/instance": policyName, "app.kubernetes.io/name": "callguard-receiver"}
+	labels := v1alpha1.ReceiverSelector(policyName)
 	create(t, &appsv1.Deployment{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: deploymentName(policyName)},
 		Spec: appsv1.DeploymentSpec{
@@ -221,7 +221,7 @@ func receiverPod(t *testing.T, ns, policyName, name string, phase corev1.PodPhas
 	}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name,
-			Labels: map[string]string{"app.kubernetes.io/instance": policyName, "app.kubernetes.io/name": "callguard-receiver"}},
+			Labels: v1alpha1.ReceiverSelector(policyName)},
 		Spec: corev1.PodSpec{Containers: []corev1.Container{c}},
 	}
 	create(t, pod)
@@ -253,7 +253,7 @@ func callPolicy(t *testing.T, ns, name string, spec v1alpha1.CallPolicySpec, has
 		ObservedGeneration: cp.Generation,
 		Rules:              int32(len(spec.Rules)),
 		PolicyHash:         hash,
-		Receiver:           v1alpha1.ReceiverStatus{Replicas: 2, ReadyReplicas: 2, Service: name + "-callguard", CallbackPath: "/api/calls"},
+		Receiver:           v1alpha1.ReceiverStatus{Replicas: 2, ReadyReplicas: 2, Service: v1alpha1.ReceiverName(name), CallbackPath: "/api/calls"},
 		Conditions: []metav1.Condition{
 			{Type: "Ready", Status: ready, Reason: reason, Message: msg, ObservedGeneration: cp.Generation, LastTransitionTime: metav1.Now()},
 			{Type: "Stalled", Status: metav1.ConditionFalse, Reason: "Converged", ObservedGeneration: cp.Generation, LastTransitionTime: metav1.Now()},

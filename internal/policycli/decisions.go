@@ -15,6 +15,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
+
+	"github.com/callguard/callguard/internal/telemetry"
 )
 
 const decisionsSynopsis = `Print the receivers' recent decisions, merged by time.
@@ -47,19 +49,10 @@ var pollInterval = 2 * time.Second
 // are skipped.
 const followOverlap = 30 * time.Second
 
-// decision is one line of a receiver's /decisions.
+// decision is one line of a receiver's /decisions, from the pod it came
+// from.
 type decision struct {
-	Time         time.Time `json:"time"`
-	CallID       string    `json:"callId"`
-	CallerType   string    `json:"callerType"`
-	CallerNumber string    `json:"callerNumber"`
-	Rule         string    `json:"rule"`
-	Action       string    `json:"action"`
-	Reason       string    `json:"reason"`
-	Mode         string    `json:"mode"`
-	Result       string    `json:"result"`
-	Error        string    `json:"error"`
-	LatencyMs    float64   `json:"latencyMs"`
+	telemetry.Decision
 
 	pod string
 	raw []byte // the line as the receiver wrote it

@@ -143,7 +143,7 @@ func (k *kube) compilePolicy(s streams, name string) (*policy.Policy, bool) {
 }
 
 // deploymentName is the receiver Deployment the operator makes for a policy.
-func deploymentName(policyName string) string { return policyName + "-callguard" }
+func deploymentName(policyName string) string { return v1alpha1.ReceiverName(policyName) }
 
 // receiverPods lists the pods of a policy's receiver Deployment, by name.
 // A missing Deployment is no error: it has no pods.

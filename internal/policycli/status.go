@@ -20,6 +20,8 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/callguard/callguard/api/v1alpha1"
+	"github.com/callguard/callguard/internal/policy"
+	"github.com/callguard/callguard/internal/telemetry"
 )
 
 const statusSynopsis = `Show a CallPolicy's health and what its receivers did.
@@ -38,15 +40,6 @@ each started.
 Exit status: 0 when the policy is Ready (for its current generation), 1 when
 it is not, 2 when it does not exist or the cluster cannot be reached.
 `
-
-// Receiver metrics read by status.
-const (
-	metricPolicyInfo   = "callguard_receiver_policy_info"
-	metricDecisions    = "callguard_receiver_decisions_total"
-	metricGraphActions = "callguard_receiver_graph_actions_total"
-	metricAuthFailures = "callguard_receiver_auth_failures_total"
-	metricReloads      = "callguard_receiver_policy_reloads_total"
-)
 
 // statusReport is what status prints; -o json and yaml print it as is.
 type statusReport struct {
@@ -287,14 +280,14 @@ func (r *statusReport) addPods(s streams, k *kube, pods []corev1.Pod) {
 			continue
 		}
 		r.MetricsFrom++
-		sum(m.fams[metricDecisions], func(l map[string]string, v int64) {
+		sum(m.fams[telemetry.MetricDecisions], func(l map[string]string, v int64) {
 			decisions[decisionCount{Rule: l["rule"], Action: l["action"], Mode: l["mode"]}] += v
 		})
-		sum(m.fams[metricGraphActions], func(l map[string]string, v int64) {
+		sum(m.fams[telemetry.MetricGraphActions], func(l map[string]string, v int64) {
 			graph[graphCount{Operation: l["operation"], Result: l["result"]}] += v
 		})
-		sum(m.fams[metricAuthFailures], func(l map[string]string, v int64) { auth[l["reason"]] += v })
-		sum(m.fams[metricReloads], func(l map[string]string, v int64) { reloads[l["result"]] += v })
+		sum(m.fams[telemetry.MetricAuthFailures], func(l map[string]string, v int64) { auth[l["reason"]] += v })
+		sum(m.fams[telemetry.MetricPolicyReloads], func(l map[string]string, v int64) { reloads[l["result"]] += v })
 	}
 
 	for k, v := range decisions {
@@ -334,7 +327,7 @@ func (r *statusReport) ruleIndex(rule string) int {
 
 // policyHashOf is the hash label of the policy_info gauge that is 1.
 func policyHashOf(fams map[string]*dto.MetricFamily) string {
-	f := fams[metricPolicyInfo]
+	f := fams[telemetry.MetricPolicyInfo]
 	if f == nil {
 		return ""
 	}
@@ -361,14 +354,6 @@ func sum(f *dto.MetricFamily, add func(labels map[string]string, v int64)) {
 	}
 }
 
-// shortHash is a policy hash as the operator's events show it.
-func shortHash(h string) string {
-	h = strings.TrimPrefix(h, "sha256:")
-	if len(h) > 12 {
-		h = h[:12]
-	}
-	return h
-}
 
 // writeText prints the report for people.
 func (r *statusReport) writeText(w *bytes.Buffer) {
@@ -381,7 +366,7 @@ func (r *statusReport) writeText(w *bytes.Buffer) {
 	fmt.Fprintf(w, "CallPolicy %s/%s: %s\n", r.Namespace, r.Name, ready)
 	hash := "none applied yet"
 	if r.PolicyHash != "" {
-		hash = shortHash(r.PolicyHash)
+		hash = policy.ShortHash(r.PolicyHash)
 	}
 	fmt.Fprintf(w, "  generation %d (observed %d), mode %s, %s, policy %s\n", r.Generation, r.ObservedGeneration, r.Mode, plural(int(r.Rules), "rule"), hash)
 
@@ -408,16 +393,16 @@ func (r *statusReport) writeText(w *bytes.Buffer) {
 	w.WriteString("\nPods:\n")
 	rows = [][]string{{"NAME", "PHASE", "READY", "POLICY"}}
 	for _, p := range r.Pods {
-		policy := "-"
+		running := "-"
 		switch {
 		case p.Current:
-			policy = shortHash(p.PolicyHash) + " (current)"
+			running = policy.ShortHash(p.PolicyHash) + " (current)"
 		case p.PolicyHash != "":
-			policy = shortHash(p.PolicyHash) + " (DIFFERS from status.policyHash)"
+			running = policy.ShortHash(p.PolicyHash) + " (DIFFERS from status.policyHash)"
 		case p.Error != "":
-			policy = "unknown: " + oneLine(p.Error)
+			running = "unknown: " + oneLine(p.Error)
 		}
-		rows = append(rows, []string{p.Name, p.Phase, fmt.Sprint(p.Ready), policy})
+		rows = append(rows, []string{p.Name, p.Phase, fmt.Sprint(p.Ready), running})
 	}
 	indentTable(w, rows, "(no receiver pods)")
 	running := 0
@@ -428,7 +413,7 @@ func (r *statusReport) writeText(w *bytes.Buffer) {
 	}
 	switch {
 	case len(r.PodsDisagreeing) > 0:
-		fmt.Fprintf(w, "  %d of %d running pods do not run status.policyHash %s: %s\n", len(r.PodsDisagreeing), running, shortHash(r.PolicyHash), strings.Join(r.PodsDisagreeing, ", "))
+		fmt.Fprintf(w, "  %d of %d running pods do not run status.policyHash %s: %s\n", len(r.PodsDisagreeing), running, policy.ShortHash(r.PolicyHash), strings.Join(r.PodsDisagreeing, ", "))
 	case running == 1:
 		w.WriteString("  the running pod runs status.policyHash\n")
 	case running > 1:

@@ -2,144 +2,92 @@ package receiver
 
 import (
 	"context"
+	"encoding/json"
 	"io"
 	"log/slog"
-	"math"
 	"net/http"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/go-json-experiment/json/jsontext"
-
 	"github.com/callguard/callguard/api/v1alpha1"
 	"github.com/callguard/callguard/internal/policy"
+	"github.com/callguard/callguard/internal/telemetry"
 )
 
 // recentDecisions is how many decisions /decisions serves.
 const recentDecisions = 1000
 
-// logDecision writes the decision's log line and keeps it for /decisions.
+// logDecision writes the decision's log line and keeps it for /decisions:
+// one record, one encoding (telemetry.Decision).
 func (s *Server) logDecision(c *decided, j *job, out outcome) {
 	caller := policy.CallerOf(c.n.ResourceData)
-	number := caller.Number
-	if !s.cfg.LogCallerNumbers {
-		number = maskNumber(number)
+	rec := telemetry.Decision{
+		Time:         j.arrival,
+		CallID:       c.n.CallID(),
+		CallChainID:  c.n.ResourceData.CallChainID,
+		CallerType:   string(caller.Type),
+		CallerNumber: caller.Number,
+		Rule:         c.d.Rule,
+		Action:       string(c.d.Action),
+		Mode:         string(c.d.Mode),
+		Result:       out.result,
+		Policy:       j.rt.hash,
+		LatencyMs:    float64(time.Since(j.arrival).Microseconds()) / 1000,
 	}
-	d := c.d
-	latency := float64(time.Since(j.arrival).Microseconds()) / 1000
-	// Room for every attribute, so that the slice stays on the stack.
-	attrs := make([]slog.Attr, 0, 12)
-	attrs = append(attrs,
-		slog.String("callId", c.n.CallID()),
-		slog.String("callChainId", c.n.ResourceData.CallChainID),
-		slog.String("callerType", string(caller.Type)),
-		slog.String("callerNumber", number),
-		slog.String("rule", d.Rule),
-		slog.String("action", string(d.Action)),
-		slog.String("mode", string(d.Mode)),
-		slog.String("result", out.result),
-		slog.String("policy", j.rt.hash),
-		slog.Float64("latencyMs", latency),
-	)
-	if d.Action == v1alpha1.ActionReject {
-		attrs = append(attrs, slog.String("reason", string(d.Reason)))
+	if !s.cfg.LogCallerNumbers {
+		rec.CallerNumber = telemetry.MaskNumber(rec.CallerNumber)
+	}
+	if c.d.Action == v1alpha1.ActionReject {
+		rec.Reason = string(c.d.Reason)
 	}
 	level := slog.LevelInfo
 	if out.err != nil {
 		level = slog.LevelWarn
-		attrs = append(attrs, slog.String("error", out.err.Error()))
+		rec.Error = out.err.Error()
 	}
-	s.log.LogAttrs(context.Background(), level, "decision", attrs...)
-
-	s.recent.add(j.arrival, func(b []byte) []byte {
-		b = append(b, `{"time":"`...)
-		b = j.arrival.UTC().AppendFormat(b, time.RFC3339Nano)
-		b = append(b, '"')
-		b = appendField(b, "callId", c.n.CallID())
-		b = appendField(b, "callChainId", c.n.ResourceData.CallChainID)
-		b = appendField(b, "callerType", string(caller.Type))
-		b = appendField(b, "callerNumber", number)
-		b = appendField(b, "rule", d.Rule)
-		b = appendField(b, "action", string(d.Action))
-		if d.Action == v1alpha1.ActionReject {
-			b = appendField(b, "reason", string(d.Reason))
-		}
-		b = appendField(b, "mode", string(d.Mode))
-		b = appendField(b, "result", out.result)
-		if out.err != nil {
-			b = appendField(b, "error", out.err.Error())
-		}
-		b = appendField(b, "policy", j.rt.hash)
-		b = append(b, `,"latencyMs":`...)
-		b = strconv.AppendFloat(b, latency, 'f', -1, 64)
-		return append(b, "}\n"...)
-	})
-}
-
-func appendField(b []byte, name, value string) []byte {
-	b = append(b, ',', '"')
-	b = append(b, name...)
-	b = append(b, '"', ':')
-	// Names and ids come from the network: quote them as JSON does.
-	b, _ = jsontext.AppendQuote(b, value)
-	return b
+	line := s.recent.add(j.arrival, rec.AppendJSON)
+	s.log.LogAttrs(context.Background(), level, "decision", slog.Any("decision", json.RawMessage(line)))
 }
 
 // decisionRing keeps the last recentDecisions decisions as JSON lines,
 // each in a buffer reused when the ring comes round, with its time.
 type decisionRing struct {
 	mu   sync.Mutex
-	at   [recentDecisions]int64 // unix nanoseconds
+	at   [recentDecisions]time.Time
 	line [recentDecisions][]byte
 	next int
 	n    int
 }
 
-// add keeps the line encode appends to a buffer, at t.
-func (r *decisionRing) add(t time.Time, encode func([]byte) []byte) {
+// add keeps the line encode appends to a buffer, at t, and returns a copy
+// of it.
+func (r *decisionRing) add(t time.Time, encode func([]byte) []byte) []byte {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.line[r.next] = encode(r.line[r.next][:0])
-	r.at[r.next] = t.UnixNano()
+	line := encode(r.line[r.next][:0])
+	r.line[r.next] = line
+	r.at[r.next] = t
 	r.next = (r.next + 1) % recentDecisions
 	r.n = min(r.n+1, recentDecisions)
+	return append([]byte(nil), line...)
 }
 
-// writeSince writes the lines of decisions after since, oldest first.
+// writeSince writes the lines of decisions after since (all with a zero
+// since), oldest first, each ending in a newline. Times are compared as
+// times: nanoseconds since 1970 overflow an int64 outside 1678..2262.
 func (r *decisionRing) writeSince(w io.Writer, since time.Time) error {
-	cut := int64(math.MinInt64)
-	if !since.IsZero() {
-		cut = since.UnixNano()
-	}
 	r.mu.Lock()
 	var out []byte
 	for i := range r.n {
 		k := (r.next - r.n + i + recentDecisions) % recentDecisions
-		if r.at[k] > cut {
+		if since.IsZero() || r.at[k].After(since) {
 			out = append(out, r.line[k]...)
+			out = append(out, '\n')
 		}
 	}
 	r.mu.Unlock()
 	_, err := w.Write(out)
 	return err
-}
-
-// maskNumber keeps only a number's last four digits.
-func maskNumber(n string) string {
-	if n == "" {
-		return ""
-	}
-	digits := 0
-	cut := len(n)
-	for i := len(n) - 1; i >= 0 && digits < 4; i-- {
-		if n[i] >= '0' && n[i] <= '9' {
-			digits++
-			cut = i
-		}
-	}
-	return "****" + strings.TrimLeft(n[cut:], "+")
 }
 
 // serveDecisions serves the recent decisions as JSON lines, those after

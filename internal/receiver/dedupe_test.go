@@ -48,18 +48,6 @@ func TestCallLogIsBounded(t *testing.T) {
 	}
 }
 
-func TestMaskNumber(t *testing.T) {
-	for in, want := range map[string]string{
-		"+14255550100": "****0100",
-		"+12":          "****12",
-		"":             "",
-	} {
-		if got := maskNumber(in); got != want {
-			t.Errorf("maskNumber(%q) = %q, want %q", in, got, want)
-		}
-	}
-}
-
 func TestRedirectRequestTargets(t *testing.T) {
 	req := redirectRequest(&v1alpha1.RedirectSpec{Targets: []v1alpha1.RedirectTarget{
 		{Phone: "+14255550199"}, {User: "u1"}, {ApplicationInstance: "ai1"},

@@ -136,6 +136,8 @@ type envOptions struct {
 	grace      time.Duration
 	// maxConnections caps the callback connections (0: the default).
 	maxConnections int
+	// requestBudget replaces receiver.DefaultRequestBudget.
+	requestBudget time.Duration
 }
 
 func startEnv(t *testing.T, o envOptions) *env {
@@ -206,6 +208,7 @@ func startEnv(t *testing.T, o envOptions) *env {
 			MetricsListener: mln,
 			ShutdownGrace:   grace,
 			MaxConnections:  o.maxConnections,
+			RequestBudget:   o.requestBudget,
 			Server:          receiver.Config{Deadline: o.deadline, GraphBackoff: 20 * time.Millisecond},
 			OnServer:        func(s *receiver.Server) { srvCh <- s },
 		})
@@ -510,7 +513,7 @@ func (l *logSink) Write(p []byte) (int, error) {
 	return l.buf.Write(p)
 }
 
-// decisions returns the decision log lines.
+// decisions returns the records of the decision log lines.
 func (l *logSink) decisions(t *testing.T) []map[string]any {
 	t.Helper()
 	l.mu.Lock()
@@ -525,7 +528,13 @@ func (l *logSink) decisions(t *testing.T) []map[string]any {
 			t.Fatalf("log line is not JSON: %s", line)
 		}
 		if m["msg"] == "decision" {
-			out = append(out, m)
+			// The record (telemetry.Decision), with the line's level.
+			d, ok := m["decision"].(map[string]any)
+			if !ok {
+				t.Fatalf("decision log line without its record: %s", line)
+			}
+			d["level"] = m["level"]
+			out = append(out, d)
 		}
 	}
 	return out

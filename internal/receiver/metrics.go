@@ -11,9 +11,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/callguard/callguard/internal/graph"
+	"github.com/callguard/callguard/internal/telemetry"
 )
 
-const namespace = "callguard_receiver"
+const namespace = telemetry.Namespace
 
 // metrics are the receiver's Prometheus series, on a registry of their own
 // so that several receivers can live in one test process.
@@ -149,11 +150,11 @@ func newMetrics(queueDepth func() float64) *metrics {
 			Help: "Incoming-call notifications of calls already decided within the deduplication window.",
 		}),
 		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "auth_failures_total",
+			Name: telemetry.MetricAuthFailures,
 			Help: "Callback requests refused for their bearer token, by reason.",
 		}, []string{"reason"}),
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "decisions_total",
+			Name: telemetry.MetricDecisions,
 			Help: "Calls decided, by rule (empty for the default), action and mode.",
 		}, []string{"rule", "action", "mode"}),
 		celErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -165,7 +166,7 @@ func newMetrics(queueDepth func() float64) *metrics {
 			Help: "Requests sent to Graph, by operation and HTTP status (or error).",
 		}, []string{"operation", "status"}),
 		actions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "graph_actions_total",
+			Name: telemetry.MetricGraphActions,
 			Help: "Reject and redirect actions, by operation and final result (success, already_done, failed, deadline).",
 		}, []string{"operation", "result"}),
 		decisionToGraph: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -190,16 +191,16 @@ func newMetrics(queueDepth func() float64) *metrics {
 			Help: "Callback connections closed on arrival: the cap was reached and every open one was busy.",
 		}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "policy_reloads_total",
+			Name: telemetry.MetricPolicyReloads,
 			Help: "Policy loads, by result (success, error, unchanged).",
 		}, []string{"result"}),
 		loadSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Namespace: namespace, Name: "policy_load_seconds",
+			Name:    telemetry.MetricPolicyLoadSeconds,
 			Help:    "Time to read, check and compile a policy version from its source (the ConfigMaps, or --policy-file), for the versions that went live.",
 			Buckets: []float64{0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10},
 		}),
 		policyInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Namespace: namespace, Name: "policy_info",
+			Name: telemetry.MetricPolicyInfo,
 			Help: "The live policy: 1 for its hash.",
 		}, []string{"hash"}),
 	}

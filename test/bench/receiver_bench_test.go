@@ -39,6 +39,7 @@ import (
 	"github.com/callguard/callguard/internal/emulator"
 	"github.com/callguard/callguard/internal/graph"
 	"github.com/callguard/callguard/internal/receiver"
+	"github.com/callguard/callguard/internal/telemetry"
 )
 
 // The benchmark runs the receiver, and a baseline handler, each in a child
@@ -223,11 +224,11 @@ func runBaselineChild() int {
 				inFlight <- struct{}{}
 				err := client.Reject(ctx, n.CallID(), "busy")
 				<-inFlight
-				attrs := []any{"callId", n.CallID(), "latencyMs", float64(time.Since(arrival).Microseconds()) / 1000}
+				rec := telemetry.Decision{Time: arrival, CallID: n.CallID(), LatencyMs: float64(time.Since(arrival).Microseconds()) / 1000}
 				if err != nil {
-					attrs = append(attrs, "error", err.Error())
+					rec.Error = err.Error()
 				}
-				log.Info("decision", attrs...)
+				log.Info("decision", "decision", json.RawMessage(rec.AppendJSON(nil)))
 			}()
 		}
 		w.WriteHeader(http.StatusAccepted)
@@ -303,12 +304,10 @@ func serveChild(kind string, cmd *exec.Cmd) (*child, error) {
 				continue
 			}
 			var line struct {
-				Msg       string  `json:"msg"`
-				Listen    string  `json:"listen"`
-				Metrics   string  `json:"metricsListen"`
-				CallID    string  `json:"callId"`
-				LatencyMs float64 `json:"latencyMs"`
-				Error     string  `json:"error"`
+				Msg      string             `json:"msg"`
+				Listen   string             `json:"listen"`
+				Metrics  string             `json:"metricsListen"`
+				Decision telemetry.Decision `json:"decision"`
 			}
 			if json.Unmarshal(sc.Bytes(), &line) != nil {
 				continue
@@ -317,7 +316,7 @@ func serveChild(kind string, cmd *exec.Cmd) (*child, error) {
 			case "receiver listening":
 				addrs <- [2]string{line.Listen, line.Metrics}
 			case "decision":
-				c.decided(line.CallID, line.LatencyMs, line.Error)
+				c.decided(line.Decision.CallID, line.Decision.LatencyMs, line.Decision.Error)
 			}
 		}
 		_ = cmd.Wait()

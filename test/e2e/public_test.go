@@ -95,7 +95,7 @@ func testCallsThroughTheIngressWithTLSAreDecided(t *testing.T) {
 
 	ing := &networkingv1.Ingress{}
 	waitFor(t, time.Minute, "the Ingress to be admitted by Traefik (status address "+strings.Split(pub.Address, ":")[0]+")", func() bool {
-		if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: elastic + "-callguard"}, ing); err != nil {
+		if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: callsv1alpha1.ReceiverName(elastic)}, ing); err != nil {
 			return false
 		}
 		lb := ing.Status.LoadBalancer.Ingress
@@ -169,12 +169,12 @@ func (s sample) String() string {
 func scaleNow(ctx context.Context, start time.Time) (sample, error) {
 	s := sample{at: time.Since(start), cpu: -1}
 	dep := &appsv1.Deployment{}
-	if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: elastic + "-callguard"}, dep); err != nil {
+	if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: callsv1alpha1.ReceiverName(elastic)}, dep); err != nil {
 		return s, err
 	}
 	s.spec, s.ready = ptr.Deref(dep.Spec.Replicas, 0), dep.Status.ReadyReplicas
 	hpa := &autoscalingv2.HorizontalPodAutoscaler{}
-	if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: elastic + "-callguard"}, hpa); err != nil {
+	if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: callsv1alpha1.ReceiverName(elastic)}, hpa); err != nil {
 		return s, err
 	}
 	s.desired = hpa.Status.DesiredReplicas
@@ -198,7 +198,7 @@ func testLoadScalesReceiversOutAndBackWithoutLosingCalls(t *testing.T) {
 		t.Fatal("the elastic policy is not exposed (the ingress subtest failed)")
 	}
 	hpa := &autoscalingv2.HorizontalPodAutoscaler{}
-	if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: elastic + "-callguard"}, hpa); err != nil {
+	if err := cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: callsv1alpha1.ReceiverName(elastic)}, hpa); err != nil {
 		t.Fatalf("the elastic policy's HorizontalPodAutoscaler: %v", err)
 	}
 	if hpa.Spec.MinReplicas == nil || *hpa.Spec.MinReplicas != elasticMin || hpa.Spec.MaxReplicas != elasticMax {
@@ -422,7 +422,7 @@ func testDeletingTheElasticPolicyCollectsIngressAndAutoscaler(t *testing.T) {
 	}
 	for _, o := range []client.Object{&networkingv1.Ingress{}, &autoscalingv2.HorizontalPodAutoscaler{}, &appsv1.Deployment{}} {
 		waitFor(t, 2*time.Minute, fmt.Sprintf("%T %s-callguard to be garbage-collected", o, elastic), func() bool {
-			return apierrors.IsNotFound(cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: elastic + "-callguard"}, o))
+			return apierrors.IsNotFound(cluster.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: callsv1alpha1.ReceiverName(elastic)}, o))
 		})
 	}
 }

@@ -26,6 +26,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	"k8s.io/client-go/kubernetes"
@@ -37,6 +38,7 @@ import (
 	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
 	"github.com/callguard/callguard/internal/emulator"
 	"github.com/callguard/callguard/internal/graph"
+	"github.com/callguard/callguard/internal/telemetry"
 )
 
 // The demo bot. The secret is not a secret: it only opens the local emulator.
@@ -411,7 +413,7 @@ func (c *Cluster) WaitReady(ctx context.Context, ns, name string, timeout time.D
 // (this machine reaches ClusterIPs through kube-proxy; there is no cluster DNS).
 func (c *Cluster) CallbackURL(ctx context.Context, ns, policy, path string) (string, error) {
 	svc := &corev1.Service{}
-	if err := c.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: policy + "-callguard"}, svc); err != nil {
+	if err := c.Client.Get(ctx, client.ObjectKey{Namespace: ns, Name: callsv1alpha1.ReceiverName(policy)}, svc); err != nil {
 		return "", err
 	}
 	return "http://" + svc.Spec.ClusterIP + path, nil
@@ -443,22 +445,17 @@ func WaitCallbackReachable(ctx context.Context, url string, timeout time.Duratio
 	}
 }
 
-// Decision is a receiver's log line for one decided call.
+// Decision is a receiver's record of one decided call, with the pod that
+// logged it.
 type Decision struct {
-	CallID    string  `json:"callId"`
-	Rule      string  `json:"rule"`
-	Action    string  `json:"action"`
-	Reason    string  `json:"reason"`
-	Mode      string  `json:"mode"`
-	Policy    string  `json:"policy"`
-	LatencyMs float64 `json:"latencyMs"`
-	Pod       string  `json:"-"`
+	telemetry.Decision
+	Pod string
 }
 
 // Decisions reads the decision log lines of every receiver pod of a policy.
 func (c *Cluster) Decisions(ctx context.Context, ns, policy string) (map[string]Decision, error) {
 	pods, err := c.Clientset.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{
-		LabelSelector: "app.kubernetes.io/name=callguard-receiver,app.kubernetes.io/instance=" + policy})
+		LabelSelector: labels.SelectorFromSet(callsv1alpha1.ReceiverSelector(policy)).String()})
 	if err != nil {
 		return nil, err
 	}
@@ -472,12 +469,11 @@ func (c *Cluster) Decisions(ctx context.Context, ns, policy string) (map[string]
 		sc.Buffer(make([]byte, 64*1024), 1024*1024)
 		for sc.Scan() {
 			var line struct {
-				Msg string `json:"msg"`
-				Decision
+				Msg      string             `json:"msg"`
+				Decision telemetry.Decision `json:"decision"`
 			}
-			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "decision" && line.CallID != "" {
-				line.Decision.Pod = p.Name
-				out[line.CallID] = line.Decision
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "decision" && line.Decision.CallID != "" {
+				out[line.Decision.CallID] = Decision{Decision: line.Decision, Pod: p.Name}
 			}
 		}
 	}
@@ -488,7 +484,7 @@ func (c *Cluster) Decisions(ctx context.Context, ns, policy string) (map[string]
 // its metrics endpoint (pod IPs are reachable from the node).
 func (c *Cluster) LivePolicyHashes(ctx context.Context, ns, policy string) (map[string]string, error) {
 	pods, err := c.Clientset.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{
-		LabelSelector: "app.kubernetes.io/name=callguard-receiver,app.kubernetes.io/instance=" + policy})
+		LabelSelector: labels.SelectorFromSet(callsv1alpha1.ReceiverSelector(policy)).String()})
 	if err != nil {
 		return nil, err
 	}

@@ -41,11 +41,9 @@ const (
 	secret   = "scale-secret"
 
 	policyName = "hotline"
-	manifest   = policyName + "-callguard-policy"
-	// The annotations the operator puts on the manifest (controllers).
-	hashAnnotation   = "callguard.dev/policy-hash"
-	shardsAnnotation = "callguard.dev/policy-shards"
 )
+
+var manifest = callsv1alpha1.PolicyConfigMapName(policyName)
 
 // sourceLists is how many source ConfigMaps the million numbers are spread
 // over (the issue asks for six or more).
@@ -208,7 +206,7 @@ func (w *world) startReceiver() *receiverProcess {
 	kc, err := clientcmd.Load(adminKubeconfig)
 	w.must(err)
 	for _, ai := range kc.AuthInfos {
-		ai.Impersonate = "system:serviceaccount:" + w.ns + ":" + policyName + "-callguard"
+		ai.Impersonate = "system:serviceaccount:" + w.ns + ":" + callsv1alpha1.ReceiverName(policyName)
 	}
 	kcPath := filepath.Join(w.dir, "receiver.kubeconfig")
 	w.must(clientcmd.WriteToFile(*kc, kcPath))
@@ -276,10 +274,10 @@ func (w *world) published() (hash string, shards []string) {
 	if err := k8s.Get(w.ctx, types.NamespacedName{Namespace: w.ns, Name: manifest}, cm); err != nil {
 		return "", nil
 	}
-	if s := cm.Annotations[shardsAnnotation]; s != "" {
+	if s := cm.Annotations[callsv1alpha1.PolicyShardsAnnotation]; s != "" {
 		shards = strings.Split(s, ",")
 	}
-	return cm.Annotations[hashAnnotation], shards
+	return cm.Annotations[callsv1alpha1.PolicyHashAnnotation], shards
 }
 
 // waitPublished waits for a published hash other than old.
@@ -389,7 +387,7 @@ func (r *receiverProcess) decision(callID string) (decision, bool) {
 // roleNames returns the ConfigMaps the receivers' Role lets them read.
 func (w *world) roleNames() []string {
 	role := &rbacv1.Role{}
-	w.must(k8s.Get(w.ctx, types.NamespacedName{Namespace: w.ns, Name: policyName + "-callguard"}, role))
+	w.must(k8s.Get(w.ctx, types.NamespacedName{Namespace: w.ns, Name: callsv1alpha1.ReceiverName(policyName)}, role))
 	var names []string
 	for _, rule := range role.Rules {
 		names = append(names, rule.ResourceNames...)
