@@ -233,6 +233,7 @@ func FuzzDecodeNotifications(f *testing.F) {
 	for _, s := range []string{seedIncoming, benchBody, participantsBody, `{"value":[]}`, `[]`,
 		`{"value":null}`, `{"Value":[{"changeType":"created"}]}`, `{"value":[{"changeType":"x","changeType":"y"}]}`,
 		foldedStateBody, foldedSourceBody,
+		`{"value":[{"changeType":"Created","resource":"/app/calls/B2","resourceData":{"callState":"Incoming"}}]}`,
 		`{"value":[{"changeType":"created","resourceUrl":"/communications/calls/k","resourceData":{"callbacKUri":"x","state":"incoming"}}]}`} {
 		f.Add([]byte(s))
 	}

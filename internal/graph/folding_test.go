@@ -95,3 +95,76 @@ func TestFoldedNamesAreReadByOthers(t *testing.T) {
 		t.Fatalf("encoding/json reads the caller as %s: the body is not ambiguous", got)
 	}
 }
+
+// TestGraphSpellingOfValues: enum values in any case; resource without
+// resourceUrl names the call; keys stay case-sensitive.
+func TestGraphSpellingOfValues(t *testing.T) {
+	tests := []struct {
+		name, body string
+		id         string
+		incoming   bool
+	}{
+		{"PascalCase changeType and state", `{"value":[{"changeType":"Created","resourceUrl":"/communications/calls/a1","resourceData":{"@odata.type":"#microsoft.graph.call","state":"Incoming","direction":"Incoming","requestedModalities":["Audio"]}}]}`, "a1", true},
+		{"capitals", `{"value":[{"changeType":"CREATED","resourceUrl":"/communications/calls/a1","resourceData":{"state":"INCOMING"}}]}`, "a1", true},
+		{"older callState, PascalCase", `{"value":[{"changeType":"Created","resource":"/app/calls/B2","resourceData":{"@odata.type":"#microsoft.graph.call","callState":"Incoming"}}]}`, "B2", true},
+		{"Updated is not created", `{"value":[{"changeType":"Updated","resourceUrl":"/communications/calls/a1","resourceData":{"state":"Incoming"}}]}`, "a1", false},
+		{"Established is not incoming", `{"value":[{"changeType":"Created","resourceUrl":"/communications/calls/a1","resourceData":{"state":"Established"}}]}`, "a1", false},
+		// resource alone (older payloads) names the call, before a
+		// resourceData.id that names another (as a Graph documentation
+		// example does): the upstream bot routes by the URL.
+		{"resource only", `{"value":[{"changeType":"created","resource":"/app/calls/C3","resourceData":{"@odata.type":"#microsoft.graph.call","id":"C3","callState":"incoming"}}]}`, "C3", true},
+		{"resource before resourceData.id", `{"value":[{"changeType":"created","resource":"/app/calls/C3","resourceData":{"@odata.type":"#microsoft.graph.call","id":"other","callState":"incoming"}}]}`, "C3", true},
+		{"resourceUrl before resourceData.id", `{"value":[{"changeType":"deleted","resourceUrl":"/communications/calls/491f0b00","resourceData":{"@odata.type":"#microsoft.graph.call","id":"481f0b00","state":"terminated"}}]}`, "491f0b00", false},
+		{"resourceUrl before resource", `{"value":[{"changeType":"created","resourceUrl":"/communications/calls/D4","resource":"/app/calls/other","resourceData":{"state":"incoming"}}]}`, "D4", true},
+		{"resource of a participant list", `{"value":[{"changeType":"updated","resource":"/app/calls/E5/participants","resourceData":[]}]}`, "E5", false},
+		{"no URL: resourceData.id", `{"value":[{"changeType":"created","resourceData":{"id":"F6","state":"incoming"}}]}`, "F6", true},
+		{"no URL: @odata.id", `{"value":[{"changeType":"created","resourceData":{"@odata.id":"/app/calls/G7","state":"incoming"}}]}`, "G7", true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			n, err := DecodeNotifications([]byte(tt.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			v := &n.Value[0]
+			if v.CallID() != tt.id || v.IsIncomingCall() != tt.incoming {
+				t.Fatalf("call id %q, incoming %v; want %q, %v", v.CallID(), v.IsIncomingCall(), tt.id, tt.incoming)
+			}
+		})
+	}
+	// Values are Graph's to spell; keys are not.
+	for name, body := range map[string]string{
+		"ChangeType":   `{"value":[{"ChangeType":"created","resourceUrl":"/communications/calls/a1","resourceData":{"state":"incoming"}}]}`,
+		"ResourceUrl":  `{"value":[{"changeType":"created","ResourceUrl":"/communications/calls/a1","resourceData":{"state":"incoming"}}]}`,
+		"Resource":     `{"value":[{"changeType":"created","Resource":"/app/calls/a1","resourceData":{"callState":"incoming"}}]}`,
+		"State":        `{"value":[{"changeType":"created","resourceUrl":"/communications/calls/a1","resourceData":{"State":"incoming"}}]}`,
+		"CallState":    `{"value":[{"changeType":"created","resourceUrl":"/communications/calls/a1","resourceData":{"CallState":"incoming"}}]}`,
+		"EndpointType": `{"value":[{"changeType":"created","resourceUrl":"/communications/calls/a1","resourceData":{"state":"incoming","source":{"EndpointType":"default"}}}]}`,
+	} {
+		t.Run("key "+name, func(t *testing.T) {
+			n, err := DecodeNotifications([]byte(body))
+			var se *SyntaxError
+			if !errors.As(err, &se) {
+				t.Fatalf("read as %+v, %v; want a SyntaxError", n, err)
+			}
+		})
+	}
+}
+
+func TestEnumEqual(t *testing.T) {
+	for _, tt := range []struct {
+		value, want string
+		equal       bool
+	}{
+		{"Created", ChangeCreated, true},
+		{"INCOMING", StateIncoming, true},
+		{"videoBasedScreenSharing", "VideoBasedScreenSharing", true},
+		{"eſtabliſhed", StateEstablished, true}, // as .NET's OrdinalIgnoreCase reads it
+		{"incoming ", StateIncoming, false},
+		{"", StateIncoming, false},
+	} {
+		if got := EnumEqual(tt.value, tt.want); got != tt.equal {
+			t.Errorf("EnumEqual(%q, %q) = %v", tt.value, tt.want, got)
+		}
+	}
+}

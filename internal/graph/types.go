@@ -1,7 +1,9 @@
 // Package graph holds the Microsoft Graph wire types callguard reads and
 // writes (notifications, calls, identities, reject and redirect bodies, error
-// bodies) and the Graph client the receiver uses. Decoding is tolerant: unknown
-// fields are ignored and the older field names Graph still sends are accepted.
+// bodies) and the Graph client the receiver uses. Decoding is tolerant of what
+// Graph sends (unknown fields are ignored, the older field names accepted, enum
+// values compared without regard to case: EnumEqual) and strict about names
+// (DecodeNotifications).
 package graph
 
 import "strings"
@@ -68,25 +70,39 @@ func (n *Notification) URL() string {
 	return n.Resource
 }
 
-// CallID returns the id of the call the notification is about: the call's
-// id, else the segment after "calls/" in its @odata.id or resource URL
-// (".../calls/{id}/participants" is about call {id}).
+// CallID returns the id of the call the notification is about: the segment
+// after "calls/" of its resourceUrl, or of resource when resourceUrl is
+// absent (the older payloads carry only resource: /app/calls/{id}), else
+// the call's id or its @odata.id's segment. The URL comes first because
+// Graph's SDK routes a notification to a call by it: where a payload's
+// resourceData.id names another call, the upstream bot acts on the URL's.
+// ".../calls/{id}/participants" is about call {id}.
 func (n *Notification) CallID() string {
+	if u := n.URL(); u != "" {
+		return callSegment(u)
+	}
 	if n.ResourceData != nil && n.ResourceData.ID != "" {
 		return n.ResourceData.ID
 	}
 	if n.ResourceData != nil && n.ResourceData.ODataID != "" {
 		return callSegment(n.ResourceData.ODataID)
 	}
-	return callSegment(n.URL())
+	return ""
 }
 
 // IsIncomingCall reports whether the notification announces a new incoming
 // call: the only kind callguard decides.
 func (n *Notification) IsIncomingCall() bool {
-	return n.ChangeType == ChangeCreated && n.ResourceData != nil &&
-		strings.EqualFold(n.ResourceData.EffectiveState(), StateIncoming)
+	return EnumEqual(n.ChangeType, ChangeCreated) && n.ResourceData != nil && n.ResourceData.IsIncoming()
 }
+
+// EnumEqual reports whether value, an enum value as Graph sent it
+// (changeType, state, direction, modalities, endpointType), is want. Graph
+// spells its enum values in either case (its SDKs log "Created" and
+// "Incoming"), so they are compared under Unicode simple case folding, the
+// folding member names are checked under: no reader that ignores case
+// finds a value here that this one does not.
+func EnumEqual(value, want string) bool { return strings.EqualFold(value, want) }
 
 // callSegment returns the segment after the last "calls/" segment of a
 // resource path, else its last segment.
@@ -129,6 +145,9 @@ func (c *Call) EffectiveState() string {
 	}
 	return c.CallState
 }
+
+// IsIncoming reports whether the call's state is incoming.
+func (c *Call) IsIncoming() bool { return EnumEqual(c.EffectiveState(), StateIncoming) }
 
 // ParticipantInfo describes a participant (the call's source).
 type ParticipantInfo struct {
