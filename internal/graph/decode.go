@@ -56,10 +56,12 @@ func (e *SyntaxError) Unwrap() error { return e.Err }
 // decoded.
 //
 // A body that is a JSON object without a "value" array (absent or null) is
-// ErrLegacyFormat. A notification's resourceData is a call only when it is
-// an object of type #microsoft.graph.call (or of no stated type); any other
-// shape (Graph sends participant lists as arrays) leaves ResourceData nil
-// and is no error.
+// ErrLegacyFormat. A notification's resourceData is a call when it is an
+// object of type #microsoft.graph.call, of no stated type, or of any type
+// but carrying an incoming call's state (a reader that ignores the type
+// would answer it); any other shape (Graph sends participant lists as
+// arrays) leaves ResourceData nil and is no error. A call whose state and
+// callState disagree is refused.
 //
 // Raw, ValueStart and ValueEnd refer to body, which must not change while
 // they are used; the decoded strings share no memory with it.
@@ -295,6 +297,7 @@ func (d *decoder) resourceData() (*Call, error) {
 		// read strictly: a duplicate name anywhere is refused.
 		return nil, d.skip()
 	}
+	start := int64(d.offsetOfNext())
 	if _, err := d.dec.ReadToken(); err != nil {
 		return nil, err
 	}
@@ -306,13 +309,22 @@ func (d *decoder) resourceData() (*Call, error) {
 	if err != nil {
 		return nil, err
 	}
-	if c.ODataType != "" && !strings.EqualFold(c.ODataType, ODataCall) {
+	// Whatever its @odata.type says, an object carrying an incoming call's
+	// state is that call to a reader that goes by the members (the .NET
+	// SDK reads an unknown type as the type it expects): decided as one.
+	carriesIncoming := EnumEqual(c.State, StateIncoming) || EnumEqual(c.CallState, StateIncoming)
+	if c.ODataType != "" && !strings.EqualFold(c.ODataType, ODataCall) && !carriesIncoming {
 		// Another resource (an operation, a session): not decided, and
 		// its members need not be shaped like a call's.
 		return nil, nil
 	}
 	if d.mismatch != nil {
 		return nil, d.mismatch
+	}
+	if c.State != "" && c.CallState != "" && !EnumEqual(c.State, c.CallState) {
+		// A reader of the older name would see another call state.
+		return nil, &decodeError{offset: start, pointer: string(d.dec.StackPointer()),
+			err: fmt.Errorf("state %q and callState %q disagree", c.State, c.CallState)}
 	}
 	return c, nil
 }

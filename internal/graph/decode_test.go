@@ -227,12 +227,14 @@ func fill(v reflect.Value, depth int) {
 // FuzzDecodeNotifications checks the one reading: whatever body it takes,
 // encoding/json (case-insensitive under Unicode folding, last duplicate
 // wins: how an upstream bot may read the forwarded body) reads the same
-// notifications, each Raw reads back alone as the same notification, and
-// the value span holds exactly the notifications.
+// notifications, an upstream that reads resourceData as a call whatever
+// its @odata.type finds an incoming call exactly where this reader does,
+// each Raw reads back alone as the same notification, and the value span
+// holds exactly the notifications.
 func FuzzDecodeNotifications(f *testing.F) {
 	for _, s := range []string{seedIncoming, benchBody, participantsBody, `{"value":[]}`, `[]`,
 		`{"value":null}`, `{"Value":[{"changeType":"created"}]}`, `{"value":[{"changeType":"x","changeType":"y"}]}`,
-		foldedStateBody, foldedSourceBody,
+		foldedStateBody, foldedSourceBody, participantCarryingCall,
 		`{"value":[{"changeType":"Created","resource":"/app/calls/B2","resourceData":{"callState":"Incoming"}}]}`,
 		`{"value":[{"changeType":"created","resourceUrl":"/communications/calls/k","resourceData":{"callbacKUri":"x","state":"incoming"}}]}`} {
 		f.Add([]byte(s))
@@ -276,6 +278,20 @@ func FuzzDecodeNotifications(f *testing.F) {
 				if err != nil || string(mine) != string(theirs) {
 					t.Fatalf("%q: value[%d] call read as %s, encoding/json reads %s (%v)", body, i, mine, theirs, err)
 				}
+			}
+			// An upstream that goes by the members, not @odata.type: a
+			// member of another type leaves the rest read.
+			up := Notification{ChangeType: o.ChangeType, ResourceURL: o.ResourceURL, Resource: o.Resource}
+			var c Call
+			if len(o.ResourceData) > 0 && o.ResourceData[0] == '{' {
+				_ = json.Unmarshal(o.ResourceData, &c)
+				up.ResourceData = &c
+			}
+			if up.IsIncomingCall() != v.IsIncomingCall() {
+				t.Fatalf("%q: value[%d] incoming %v, an upstream reading the members finds %v", body, i, v.IsIncomingCall(), up.IsIncomingCall())
+			}
+			if v.IsIncomingCall() && up.CallID() != v.CallID() {
+				t.Fatalf("%q: value[%d] call %q, an upstream reading the members finds %q", body, i, v.CallID(), up.CallID())
 			}
 			alone, err := DecodeNotifications([]byte(`{"value":[` + string(v.Raw) + `]}`))
 			if err != nil {

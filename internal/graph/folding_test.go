@@ -96,6 +96,62 @@ func TestFoldedNamesAreReadByOthers(t *testing.T) {
 	}
 }
 
+// participantCarryingCall is a resourceData whose @odata.type (written
+// with an escape, as a reader matching raw bytes would miss it) names a
+// participant but which carries an incoming call's members.
+const participantCarryingCall = `{"value":[{"changeType":"created","resourceUrl":"/communications/calls/p1","resourceData":{"@odata.typ\u0065":"#microsoft.graph.participant","id":"p1","state":"incoming","source":{"identity":{"phone":{"id":"+15550009999"}}}}}]}`
+
+// TestTypedResourceCarryingACall: an object of another @odata.type that
+// carries an incoming call's state is decided as that call (a reader going
+// by members answers it), or refused when it cannot be read as one.
+func TestTypedResourceCarryingACall(t *testing.T) {
+	decided := map[string]string{
+		"escaped type, participant":   participantCarryingCall,
+		"plain type, operation":       `{"value":[{"changeType":"created","resourceUrl":"/communications/calls/p1","resourceData":{"@odata.type":"#microsoft.graph.inviteParticipantsOperation","state":"incoming","source":{"identity":{"phone":{"id":"+15550009999"}}}}}]}`,
+		"older callState, Pascal":     `{"value":[{"changeType":"Created","resource":"/app/calls/p1","resourceData":{"@odata.type":"#microsoft.graph.participant","callState":"Incoming","source":{"identity":{"phone":{"id":"+15550009999"}}}}}]}`,
+		"a type in another case":      `{"value":[{"changeType":"created","resourceUrl":"/communications/calls/p1","resourceData":{"@odata.type":"#Microsoft.Graph.Call","state":"incoming","source":{"identity":{"phone":{"id":"+15550009999"}}}}}]}`,
+		"state and callState, agreed": `{"value":[{"changeType":"created","resourceUrl":"/communications/calls/p1","resourceData":{"state":"incoming","callState":"INCOMING","source":{"identity":{"phone":{"id":"+15550009999"}}}}}]}`,
+	}
+	for name, body := range decided {
+		t.Run(name, func(t *testing.T) {
+			n, err := DecodeNotifications([]byte(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			v := &n.Value[0]
+			if !v.IsIncomingCall() || v.CallID() != "p1" {
+				t.Fatalf("incoming %v, call id %q; want an incoming call p1", v.IsIncomingCall(), v.CallID())
+			}
+			if got := v.ResourceData.Source.Identity.Phone.ID; got != "+15550009999" {
+				t.Fatalf("caller %s", got)
+			}
+		})
+	}
+	refused := map[string]string{
+		"participant type, call member of another type": `{"value":[{"changeType":"created","resourceUrl":"/communications/calls/p1","resourceData":{"@odata.type":"#microsoft.graph.participant","state":"incoming","source":"+15550009999"}}]}`,
+		"state and callState disagree":                  `{"value":[{"changeType":"created","resourceUrl":"/communications/calls/p1","resourceData":{"@odata.type":"#microsoft.graph.call","state":"established","callState":"incoming"}}]}`,
+		"disagreeing, in a participant":                 `{"value":[{"changeType":"created","resourceUrl":"/communications/calls/p1","resourceData":{"@odata.type":"#microsoft.graph.participant","state":"terminated","callState":"incoming"}}]}`,
+	}
+	for name, body := range refused {
+		t.Run(name, func(t *testing.T) {
+			n, err := DecodeNotifications([]byte(body))
+			var se *SyntaxError
+			if !errors.As(err, &se) {
+				t.Fatalf("read as %+v, %v; want a SyntaxError", n, err)
+			}
+		})
+	}
+	// Other resources not carrying an incoming call stay undecided and are
+	// no error, whatever their members.
+	n, err := DecodeNotifications([]byte(`{"value":[{"changeType":"updated","resourceUrl":"/communications/calls/p1/participants/q","resourceData":{"@odata.type":"#microsoft.graph.participant","state":"established","source":5}}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n.Value[0].ResourceData != nil || n.Value[0].IsIncomingCall() {
+		t.Fatalf("a participant read as a call: %+v", n.Value[0].ResourceData)
+	}
+}
+
 // TestGraphSpellingOfValues: enum values in any case; resource without
 // resourceUrl names the call; keys stay case-sensitive.
 func TestGraphSpellingOfValues(t *testing.T) {
