@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"sync"
 	"time"
 
@@ -50,8 +51,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("WWW-Authenticate", `Bearer error="invalid_token"`)
 		}
 		code := "Unauthorized"
-		if ae.Status == http.StatusForbidden {
+		switch ae.Status {
+		case http.StatusForbidden:
 			code = "Forbidden"
+		case http.StatusServiceUnavailable:
+			// Too many unknown kids wait for keys already: Graph redelivers,
+			// by when a new key of Graph's has been fetched.
+			code = "ServiceUnavailable"
+			w.Header().Set("Retry-After", "1")
 		}
 		s.refuse(w, ae.Status, code, ae.Error())
 		return
@@ -60,18 +67,26 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", fmt.Sprintf("body over %d bytes", MaxBody))
 		return
 	}
+	// Graph sends its body with its headers; a body that trickles in holds
+	// a connection, so it gets a short budget (not the ReadTimeout).
+	budget := requestBudget(r.Context())
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(budget))
 	buf := getBodyBuffer()
 	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, MaxBody))
 	if err != nil {
 		putBodyBuffer(buf)
 		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
+		switch {
+		case errors.As(err, &mbe):
 			s.refuse(w, http.StatusRequestEntityTooLarge, "RequestEntityTooLarge", fmt.Sprintf("body over %d bytes", MaxBody))
-			return
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			s.refuse(w, http.StatusRequestTimeout, "RequestTimeout", fmt.Sprintf("body not received within %s", budget))
+		default:
+			s.refuse(w, http.StatusBadRequest, "BadRequest", "reading body: "+err.Error())
 		}
-		s.refuse(w, http.StatusBadRequest, "BadRequest", "reading body: "+err.Error())
 		return
 	}
+	requestWhole(r.Context())
 	body := buf.Bytes()
 	batch, err := graph.DecodeNotifications(body)
 	if err == nil {
@@ -150,8 +165,15 @@ func validateBatch(b *graph.Notifications) error {
 	return nil
 }
 
+// refuse answers with an error and closes the connection: net/http would
+// otherwise wait, up to the read timeout, for the rest of a body it was
+// promised before reusing the connection, and an unauthenticated client
+// could hold connections that way without sending anything.
 func (s *Server) refuse(w http.ResponseWriter, status int, code, msg string) {
 	s.metrics.requests.WithLabelValues(statusText(status)).Inc()
+	w.Header().Set("Connection", "close")
+	// What is left of the body is not read: reading it fails at once.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now())
 	writeError(w, status, code, msg)
 }
 

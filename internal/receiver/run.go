@@ -50,6 +50,9 @@ type Options struct {
 	// MaxConnections caps the open callback connections; 0 sizes the cap
 	// from the container's memory limit (ConnectionLimit).
 	MaxConnections int
+	// RequestBudget is how long a request's body may take once its
+	// headers are in (0: DefaultRequestBudget; tests lengthen it).
+	RequestBudget time.Duration
 
 	Logger *slog.Logger
 	// Listener and MetricsListener, if set, replace Listen and MetricsListen.
@@ -140,10 +143,11 @@ func Run(ctx context.Context, o Options) error {
 		})
 	}
 
-	limited := srv.limitConnections(ln, o.MaxConnections)
+	limited := srv.limitConnections(ln, o.MaxConnections, o.RequestBudget)
 	api := &http.Server{
 		Handler:           srv,
 		ConnState:         limited.connState,
+		ConnContext:       limited.connContext,
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       readTimeout,
 		WriteTimeout:      writeTimeout,
