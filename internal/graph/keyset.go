@@ -7,9 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,7 +47,15 @@ const (
 	DefaultFetchBackoffMax = 5 * time.Second
 	// DefaultKeyFetchTimeout bounds one fetch (configuration and JWKS).
 	DefaultKeyFetchTimeout = 10 * time.Second
+	// DefaultUnknownKIDWaiters bounds the tokens with unknown kids waiting
+	// for a fetch at once. Each holds a connection while it waits, so a
+	// flood of forged kids could otherwise fill the receiver's connection
+	// cap (256 at the least); past the bound they are refused at once.
+	DefaultUnknownKIDWaiters = 32
 )
+
+// minRSABits is the smallest RSA signing key trusted.
+const minRSABits = 2048
 
 const maxDiscoveryBody = 1 << 20
 
@@ -58,6 +68,10 @@ type KeySetOptions struct {
 	BackoffMin         time.Duration
 	BackoffMax         time.Duration
 	FetchTimeout       time.Duration
+	// UnknownKIDWaiters replaces DefaultUnknownKIDWaiters.
+	UnknownKIDWaiters int
+	// Logger is told of keys skipped in a fetched set (nil: not logged).
+	Logger *slog.Logger
 	// Now and After are the clock (time.Now and time.After when nil), so
 	// tests can step over hours without waiting for them.
 	Now   func() time.Time
@@ -77,6 +91,12 @@ func (o KeySetOptions) withDefaults() KeySetOptions {
 	set(&o.BackoffMin, DefaultFetchBackoffMin)
 	set(&o.BackoffMax, DefaultFetchBackoffMax)
 	set(&o.FetchTimeout, DefaultKeyFetchTimeout)
+	if o.UnknownKIDWaiters <= 0 {
+		o.UnknownKIDWaiters = DefaultUnknownKIDWaiters
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -95,6 +115,8 @@ type KeySet struct {
 	opt       KeySetOptions
 
 	keys atomic.Pointer[keySnapshot]
+	// waiters counts the tokens with unknown kids waiting for a fetch.
+	waiters atomic.Int64
 
 	// mu guards the fetch bookkeeping: one fetch runs at a time.
 	mu sync.Mutex
@@ -103,6 +125,9 @@ type KeySet struct {
 	// inflight is the fetch running now; pending is the fetch that tokens
 	// with unknown kids wait for, started once the interval allows.
 	inflight, pending *fetchRound
+	// skipped describes the keys the last fetch skipped, so that the same
+	// ones are logged once, not on every fetch.
+	skipped string
 }
 
 type keySnapshot struct {
@@ -248,7 +273,9 @@ func (k *KeySet) holds(kid string) bool {
 // lookup returns the key for kid. An unknown kid waits, at most
 // UnknownKIDWait, for a fetch that starts after it arrived: so a forged kid
 // that spent the previous fetch cannot make a genuine new key wait longer
-// than one interval.
+// than one interval. When UnknownKIDWaiters wait already it does not wait
+// (errKeyWaitersFull), but still has that fetch made, so that the key is
+// there when Graph redelivers.
 func (k *KeySet) lookup(ctx context.Context, kid string) (*rsa.PublicKey, error) {
 	snap, err := k.current()
 	if err != nil {
@@ -270,6 +297,11 @@ func (k *KeySet) lookup(ctx context.Context, kid string) (*rsa.PublicKey, error)
 		go k.startWhenAllowed(r)
 	}
 	k.mu.Unlock()
+	if k.waiters.Add(1) > int64(k.opt.UnknownKIDWaiters) {
+		k.waiters.Add(-1)
+		return nil, fmt.Errorf("%w: %d tokens with unknown kids wait for keys already", errKeyWaitersFull, k.opt.UnknownKIDWaiters)
+	}
+	defer k.waiters.Add(-1)
 	select {
 	case <-r.done:
 	case <-k.opt.After(k.opt.UnknownKIDWait):
@@ -316,7 +348,10 @@ func (k *KeySet) startWhenAllowed(r *fetchRound) {
 	}
 }
 
-var errUnknownKID = errors.New("unknown signing key id")
+var (
+	errUnknownKID     = errors.New("unknown signing key id")
+	errKeyWaitersFull = errors.New("unknown signing key id, not waited for")
+)
 
 func (k *KeySet) fetch(ctx context.Context) (map[string]*rsa.PublicKey, error) {
 	if err := requireHTTPS("openid configuration URL", k.configURL); err != nil {
@@ -334,22 +369,86 @@ func (k *KeySet) fetch(ctx context.Context) (map[string]*rsa.PublicKey, error) {
 	if err := requireHTTPS("jwks_uri of "+k.configURL, cfg.JWKSURI); err != nil {
 		return nil, err
 	}
-	var set jose.JSONWebKeySet
+	var set struct {
+		Keys []json.RawMessage `json:"keys"`
+	}
 	if err := k.getJSON(ctx, cfg.JWKSURI, &set); err != nil {
 		return nil, fmt.Errorf("jwks: %w", err)
 	}
-	keys := make(map[string]*rsa.PublicKey, len(set.Keys))
-	for _, jwk := range set.Keys {
-		pub, ok := jwk.Key.(*rsa.PublicKey)
-		if !ok || jwk.KeyID == "" || (jwk.Use != "" && jwk.Use != "sig") {
-			continue
-		}
-		keys[jwk.KeyID] = pub
+	keys, skipped, err := signingKeys(set.Keys)
+	if err != nil {
+		return nil, fmt.Errorf("jwks %s: %w", cfg.JWKSURI, err)
 	}
+	k.logSkipped(cfg.JWKSURI, skipped)
 	if len(keys) == 0 {
 		return nil, fmt.Errorf("jwks %s holds no RSA signing key with a kid", cfg.JWKSURI)
 	}
 	return keys, nil
+}
+
+// signingKeys picks the RS256 signing keys of a JWKS's entries by kid, and
+// says why it skipped the others. A key that does not parse, is labelled
+// for another algorithm or is too short is skipped, not fatal: Graph may
+// publish keys for others, and one odd key must not stop the rest from
+// being trusted. Two entries with one kid make the set ambiguous: refused.
+func signingKeys(entries []json.RawMessage) (map[string]*rsa.PublicKey, []string, error) {
+	keys := make(map[string]*rsa.PublicKey, len(entries))
+	seen := make(map[string]bool, len(entries))
+	var skipped []string
+	for i, raw := range entries {
+		var head struct {
+			KID string `json:"kid"`
+			Alg string `json:"alg"`
+			Use string `json:"use"`
+		}
+		if err := json.Unmarshal(raw, &head); err != nil {
+			skipped = append(skipped, fmt.Sprintf("key %d: %v", i, err))
+			continue
+		}
+		if head.KID != "" && seen[head.KID] {
+			return nil, nil, fmt.Errorf("kid %q is listed twice: the set is ambiguous, refused", head.KID)
+		}
+		seen[head.KID] = true
+		switch {
+		case head.KID == "":
+			skipped = append(skipped, fmt.Sprintf("key %d: no kid", i))
+			continue
+		case head.Use != "" && head.Use != "sig":
+			// An encryption key: not for us, not worth a log line.
+			continue
+		case head.Alg != "" && head.Alg != string(jose.RS256):
+			skipped = append(skipped, fmt.Sprintf("kid %q: alg %s, not RS256", head.KID, head.Alg))
+			continue
+		}
+		var jwk jose.JSONWebKey
+		if err := jwk.UnmarshalJSON(raw); err != nil {
+			skipped = append(skipped, fmt.Sprintf("kid %q: %v", head.KID, err))
+			continue
+		}
+		pub, ok := jwk.Key.(*rsa.PublicKey)
+		switch {
+		case !ok:
+			skipped = append(skipped, fmt.Sprintf("kid %q: not an RSA public key", head.KID))
+		case pub.N.BitLen() < minRSABits:
+			skipped = append(skipped, fmt.Sprintf("kid %q: RSA key of %d bits, under %d", head.KID, pub.N.BitLen(), minRSABits))
+		default:
+			keys[head.KID] = pub
+		}
+	}
+	return keys, skipped, nil
+}
+
+// logSkipped logs the keys a fetch skipped, when they differ from the last
+// fetch's.
+func (k *KeySet) logSkipped(jwksURI string, skipped []string) {
+	desc := strings.Join(skipped, "; ")
+	k.mu.Lock()
+	changed := desc != k.skipped
+	k.skipped = desc
+	k.mu.Unlock()
+	if changed && desc != "" {
+		k.opt.Logger.Warn("signing keys skipped; the others are used", "jwksURI", jwksURI, "skipped", skipped)
+	}
 }
 
 // requireHTTPS refuses a key URL that is not https: whoever can serve the

@@ -17,9 +17,10 @@ import (
 // DefaultSkew is the clock skew allowed on exp and nbf.
 const DefaultSkew = 5 * time.Minute
 
-// AuthError is a refused inbound request: Status is 401 (no usable token)
-// or 403 (a genuine token not meant for this bot); Reason is a short label
-// for metrics.
+// AuthError is a refused inbound request: Status is 401 (no usable token),
+// 403 (a genuine token not meant for this bot) or 503 (a token with an
+// unknown kid while too many wait for keys: to be sent again); Reason is a
+// short label for metrics.
 type AuthError struct {
 	Status int
 	Reason string
@@ -35,6 +36,7 @@ const (
 	AuthScheme      = "scheme"
 	AuthMalformed   = "malformed"
 	AuthUnknownKey  = "unknown_key"
+	AuthKeysBusy    = "unknown_key_busy"
 	AuthKeys        = "keys_unavailable"
 	AuthSignature   = "signature"
 	AuthExpired     = "expired"
@@ -134,6 +136,9 @@ func (v *Verifier) Verify(ctx context.Context, authorization string) error {
 	}
 	kid := tok.Headers[0].KeyID
 	key, err := v.Keys.lookup(ctx, kid)
+	if errors.Is(err, errKeyWaitersFull) {
+		return &AuthError{Status: http.StatusServiceUnavailable, Reason: AuthKeysBusy, Err: fmt.Errorf("kid %q: %w", kid, err)}
+	}
 	if errors.Is(err, errUnknownKID) {
 		return unauthorized(AuthUnknownKey, fmt.Errorf("kid %q: %w", kid, err))
 	}

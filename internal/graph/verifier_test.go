@@ -4,9 +4,11 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
 	"net/http"
 	"net/http/httptest"
@@ -233,12 +235,13 @@ func TestForgedKidBeforeRotationDoesNotLockOutTheNewKey(t *testing.T) {
 func TestForgedKidFloodCostsOneFetchPerInterval(t *testing.T) {
 	f := newFixture(t)
 	clk := newClock()
-	keys, counter := f.filledKeySet(t, graph.KeySetOptions{UnknownKIDInterval: time.Hour, UnknownKIDWait: 300 * time.Millisecond, Now: clk.Now})
+	const waves, perWave = 2, 50
+	keys, counter := f.filledKeySet(t, graph.KeySetOptions{UnknownKIDInterval: time.Hour, UnknownKIDWait: 300 * time.Millisecond,
+		UnknownKIDWaiters: perWave, Now: clk.Now})
 	v := verifierFor(keys)
 	clk.Add(2 * time.Hour) // the fetch that filled the set is an interval ago
 	before := counter.of(jwksPath)
 
-	const waves, perWave = 2, 50
 	var mu sync.Mutex
 	reasons := map[string]int{}
 	for w := range waves {
@@ -478,4 +481,220 @@ func TestKeySetRefusesKeysNotOverHTTPS(t *testing.T) {
 			}
 		})
 	}
+}
+
+// gate is a RoundTripper that holds requests for the JWKS while closed.
+type gate struct {
+	base http.RoundTripper
+	mu   sync.Mutex
+	shut chan struct{}
+}
+
+func (g *gate) close() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.shut = make(chan struct{})
+}
+
+func (g *gate) open() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.shut != nil {
+		close(g.shut)
+		g.shut = nil
+	}
+}
+
+func (g *gate) RoundTrip(r *http.Request) (*http.Response, error) {
+	g.mu.Lock()
+	shut := g.shut
+	g.mu.Unlock()
+	if shut != nil && r.URL.Path == jwksPath {
+		select {
+		case <-shut:
+		case <-r.Context().Done():
+			return nil, r.Context().Err()
+		}
+	}
+	return g.base.RoundTrip(r)
+}
+
+// Tokens with unknown kids that wait for a key fetch are bounded: past
+// UnknownKIDWaiters, one is answered 503 (keys busy: Graph sends it again)
+// at once instead of holding its connection too. Its arrival still has the
+// keys fetched, so Graph's first token of a new key, refused so while
+// forgeries fill the waiters, is accepted when it comes again.
+func TestUnknownKIDWaitersAreBounded(t *testing.T) {
+	f := newFixture(t)
+	g := &gate{base: f.http.Transport}
+	const waiters = 4
+	keys := graph.NewKeySetWithOptions(f.emu.URL()+configPath, &http.Client{Transport: g}, graph.KeySetOptions{
+		UnknownKIDInterval: time.Millisecond, UnknownKIDWait: time.Minute, UnknownKIDWaiters: waiters,
+	})
+	if err := keys.Refresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	v := verifierFor(keys)
+	g.close()
+	defer g.open()
+
+	// Twice as many forgeries as may wait: as many are refused at once.
+	forgeries := make(chan error, 2*waiters)
+	for i := range 2 * waiters {
+		go func() { forgeries <- v.Verify(context.Background(), forged(t, fmt.Sprint("forged-", i))) }()
+	}
+	for range waiters {
+		select {
+		case err := <-forgeries:
+			if authStatus(err) != http.StatusServiceUnavailable || authReason(err) != graph.AuthKeysBusy {
+				t.Fatalf("forged token past the bound: %v, want 503 %s", err, graph.AuthKeysBusy)
+			}
+		case <-time.After(20 * time.Second): // liveness, not a measurement
+			t.Fatalf("no forged token was refused at once while %d waited for keys", waiters)
+		}
+	}
+
+	if err := f.emu.RotateKeys(); err != nil {
+		t.Fatal(err)
+	}
+	genuine := f.bearer(t, emulator.InboundClaims(botAppID, botTenantID))
+	if err := v.Verify(context.Background(), genuine); authStatus(err) != http.StatusServiceUnavailable {
+		t.Fatalf("Graph's first token of a new key while forgeries fill the waiters: %v, want 503", err)
+	}
+	g.open()
+	for range waiters {
+		if err := <-forgeries; authStatus(err) != http.StatusUnauthorized || authReason(err) != graph.AuthUnknownKey {
+			t.Fatalf("forged token: %v, want 401 %s", err, graph.AuthUnknownKey)
+		}
+	}
+	waitFor(t, "the new key fetched", func() bool {
+		return v.Verify(context.Background(), genuine) == nil
+	})
+}
+
+// jwksServer serves an OpenID configuration whose JWKS is keys, over TLS.
+func jwksServer(t *testing.T, keys ...any) *httptest.Server {
+	t.Helper()
+	var srv *httptest.Server
+	mux := http.NewServeMux()
+	mux.HandleFunc("/config", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, `{"jwks_uri": %q}`, srv.URL+"/keys")
+	})
+	mux.HandleFunc("/keys", func(w http.ResponseWriter, r *http.Request) {
+		_ = json.NewEncoder(w).Encode(map[string]any{"keys": keys})
+	})
+	srv = httptest.NewTLSServer(mux)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// publicJWK is key's public half as a JWKS entry under kid, labelled alg
+// ("" for none).
+func publicJWK(t *testing.T, key *rsa.PrivateKey, kid, alg string) map[string]any {
+	t.Helper()
+	raw, err := json.Marshal(jose.JSONWebKey{Key: &key.PublicKey, KeyID: kid, Algorithm: alg, Use: "sig"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// signedBy is a bearer token for the bot signed RS256 by key under kid.
+func signedBy(t *testing.T, key *rsa.PrivateKey, kid string) string {
+	t.Helper()
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.RS256, Key: jose.JSONWebKey{Key: key, KeyID: kid}},
+		(&jose.SignerOptions{}).WithType("JWT"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := jwt.Signed(signer).Claims(emulator.InboundClaims(botAppID, botTenantID)).Serialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return "Bearer " + tok
+}
+
+// A key that does not parse (e=1), one labelled for another algorithm and
+// one under 2048 bits are skipped and logged; the others are trusted, and
+// tokens of the skipped ones are refused. Before, the first failed the
+// whole fetch (the receiver stayed unready) and the second verified RS256
+// tokens.
+func TestKeySetSkipsUnusableKeys(t *testing.T) {
+	good := forgeryKey() // any 2048-bit key stands for Graph's here
+	hs, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, err := rsa.GenerateKey(rand.Reader, 1024)
+	if err != nil {
+		t.Fatal(err)
+	}
+	badE := publicJWK(t, good, "bad-e", "RS256")
+	badE["e"] = "AQ" // e = 1
+	srv := jwksServer(t,
+		badE,
+		publicJWK(t, good, "good", "RS256"),
+		publicJWK(t, hs, "hs256-labelled", "HS256"),
+		publicJWK(t, short, "short", ""),
+	)
+	var logs strings.Builder
+	var logMu sync.Mutex
+	keys := graph.NewKeySetWithOptions(srv.URL+"/config", srv.Client(), graph.KeySetOptions{
+		UnknownKIDInterval: time.Millisecond, UnknownKIDWait: time.Second,
+		Logger: slog.New(slog.NewJSONHandler(lockedWriter{&logMu, &logs}, nil)),
+	})
+	if err := keys.Refresh(context.Background()); err != nil || !keys.Ready() {
+		t.Fatalf("Refresh = %v, Ready = %v; want the usable key trusted", err, keys.Ready())
+	}
+	v := verifierFor(keys)
+	if err := v.Verify(context.Background(), signedBy(t, good, "good")); err != nil {
+		t.Fatalf("token of the usable key: %v", err)
+	}
+	for kid, key := range map[string]*rsa.PrivateKey{"hs256-labelled": hs, "short": short, "bad-e": good} {
+		if err := v.Verify(context.Background(), signedBy(t, key, kid)); authReason(err) != graph.AuthUnknownKey {
+			t.Errorf("token of skipped key %s: %v, want 401 %s", kid, err, graph.AuthUnknownKey)
+		}
+	}
+	logMu.Lock()
+	logged := logs.String()
+	logMu.Unlock()
+	for _, want := range []string{`kid \"bad-e\"`, `kid \"hs256-labelled\": alg HS256`, `kid \"short\": RSA key of 1024 bits`} {
+		if !strings.Contains(logged, want) {
+			t.Errorf("the log does not name %s: %s", want, logged)
+		}
+	}
+	if n := strings.Count(logged, "signing keys skipped"); n != 1 {
+		t.Errorf("skipped keys logged %d times after several fetches, want once: %s", n, logged)
+	}
+}
+
+// Two keys under one kid make the set ambiguous: the fetch fails and the
+// keys trusted before stay (before, the last one silently won).
+func TestKeySetRefusesDuplicateKIDs(t *testing.T) {
+	first := forgeryKey()
+	second, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := jwksServer(t, publicJWK(t, first, "twice", "RS256"), publicJWK(t, second, "twice", "RS256"))
+	keys := graph.NewKeySet(srv.URL+"/config", srv.Client())
+	err = keys.Refresh(context.Background())
+	if err == nil || !strings.Contains(err.Error(), `kid "twice" is listed twice`) || keys.Ready() {
+		t.Fatalf("Refresh = %v, Ready = %v; want the set refused", err, keys.Ready())
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -254,7 +254,7 @@ func (s *Server) apply(p *policy.Policy, secret map[string][]byte) error {
 	rt.graph = client
 	newKeys := keys == nil
 	if newKeys {
-		keys = graph.NewKeySet(spec.Graph.OpenIDConfigURL, s.http)
+		keys = graph.NewKeySetWithOptions(spec.Graph.OpenIDConfigURL, s.http, graph.KeySetOptions{Logger: s.log})
 	}
 	rt.verifier = &graph.Verifier{
 		Keys:     keys,
