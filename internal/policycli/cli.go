@@ -19,13 +19,14 @@ import (
 // Exit codes.
 const (
 	exitOK = 0
-	// exitFailed is for output that could not be written, and for a
-	// policy that is not Ready (status).
-	exitFailed = 1
-	// exitBad is for a policy or call that cannot be read or compiled, a
-	// policy that does not exist, a cluster that cannot be reached, and
-	// usage errors.
-	exitBad = 2
+	// exitError is kubectl's status for every error: a usage error, a
+	// policy that does not exist, a cluster that cannot be reached, output
+	// that cannot be written; and for status, a policy that is not Ready.
+	exitError = 1
+	// exitInvalid is for test and lint only: the policy or the call cannot
+	// be read or compiled, so that a script tells a bad policy from a
+	// failing cluster.
+	exitInvalid = 2
 )
 
 const usage = `kubectl callpolicy: test, lint and watch callguard CallPolicies.
@@ -49,7 +50,8 @@ runs, and the receivers' counters; it exits 0 when the policy is Ready.
 decisions prints the receivers' recent decisions, merged by time.
 
 -f takes files holding one CallPolicy and the ConfigMaps its numberLists name;
-"-" reads stdin. Exit status 2 means the policy or the call could not be read.
+"-" reads stdin. Exit status: 0 on success; 1 on an error, as kubectl; 2 from
+test and lint when the policy or the call could not be read or compiled.
 Run "kubectl callpolicy VERB --help" for a verb's flags, including kubectl's
 own (-n, --context, --kubeconfig, ...) on the verbs that reach a cluster.
 `
@@ -65,7 +67,7 @@ func Run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 func RunContext(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
-		return exitBad
+		return exitError
 	}
 	io := streams{ctx: ctx, stdin: stdin, stdout: stdout, stderr: stderr}
 	switch args[0] {
@@ -89,7 +91,7 @@ func RunContext(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		return exitOK
 	}
 	fmt.Fprintf(stderr, "error: unknown command %q\n\n%s", args[0], usage)
-	return exitBad
+	return exitError
 }
 
 // verbs are the commands that take flags, for "help VERB".
@@ -142,7 +144,7 @@ func (c *command) parse(args []string) ([]string, int, bool) {
 	}
 	if err != nil {
 		c.usageError("%s", flagError(err))
-		return nil, exitBad, false
+		return nil, exitError, false
 	}
 	return c.flags.Args(), exitOK, true
 }
@@ -168,7 +170,7 @@ func (c *command) parseNoArgs(args []string) (int, bool) {
 	}
 	if len(rest) > 0 {
 		fmt.Fprintf(c.stderr, "error: unexpected argument %q\n", rest[0])
-		return exitBad, false
+		return exitError, false
 	}
 	return exitOK, true
 }

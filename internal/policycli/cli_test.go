@@ -73,9 +73,9 @@ func TestRun(t *testing.T) {
 			name:  "policy from stdin, table",
 			args:  []string{"test", "-f", "-", "--notification", "testdata/two-calls.json", "--at", "2026-03-04T12:00:00Z", "-o", "table"},
 			stdin: string(sampleYAML),
-			stdout: "CALL ID  ACTION  REASON     RULE              MODE\n" +
-				"1a2b     Reject  busy       robocallers       Enforce\n" +
-				"5e6f     Reject  forbidden  anonymous-guests  Enforce\n",
+			stdout: "CALL ID   ACTION   REASON      RULE               MODE\n" +
+				"1a2b      Reject   busy        robocallers        Enforce\n" +
+				"5e6f      Reject   forbidden   anonymous-guests   Enforce\n",
 		},
 		{
 			name:   "mixed number fields: numbers",
@@ -132,7 +132,7 @@ func TestRun(t *testing.T) {
 		{
 			name:   "table shows the default",
 			args:   []string{"test", "-f", sample, "--number", "+14255550111", "-o", "table"},
-			stdout: "CALL ID          ACTION  REASON  RULE       MODE\ncallpolicy-test  Allow   -       (default)  Enforce\n",
+			stdout: "CALL ID           ACTION   REASON   RULE        MODE\ncallpolicy-test   Allow    -        (default)   Enforce\n",
 		},
 		{
 			name: "bad policy names file, line and field path",
@@ -183,19 +183,19 @@ func TestRun(t *testing.T) {
 			code:      2,
 			stderrHas: []string{"error: <stdin>:18: document 1 (CallPolicy hotline): spec.defaultActon: unknown field"},
 		},
-		{name: "no input", args: []string{"test", "-f", sample}, code: 2, stderrHas: []string{"exactly one of --notification, --number or --call"}},
-		{name: "two inputs", args: []string{"test", "-f", sample, "--number", "+1", "--call", "x"}, code: 2, stderrHas: []string{"exactly one of"}},
-		{name: "no file", args: []string{"test", "--number", "+1"}, code: 2, stderrHas: []string{"-f is required"}},
+		{name: "no input", args: []string{"test", "-f", sample}, code: 1, stderrHas: []string{"exactly one of --notification, --number or --call"}},
+		{name: "two inputs", args: []string{"test", "-f", sample, "--number", "+1", "--call", "x"}, code: 1, stderrHas: []string{"exactly one of"}},
+		{name: "no file", args: []string{"test", "--number", "+1"}, code: 1, stderrHas: []string{"-f is required"}},
 		{name: "bad number", args: []string{"test", "-f", sample, "--number", "call me"}, code: 2, stderrHas: []string{`--number "call me" is not a phone number`}},
-		{name: "bad time", args: []string{"test", "-f", sample, "--number", "+1", "--at", "tomorrow"}, code: 2, stderrHas: []string{"--at must be an RFC 3339 time"}},
-		{name: "bad output", args: []string{"test", "-f", sample, "--number", "+1", "-o", "xml"}, code: 2, stderrHas: []string{"-o must be json, table or yaml"}},
+		{name: "bad time", args: []string{"test", "-f", sample, "--number", "+1", "--at", "tomorrow"}, code: 1, stderrHas: []string{"--at must be an RFC 3339 time"}},
+		{name: "bad output", args: []string{"test", "-f", sample, "--number", "+1", "-o", "xml"}, code: 1, stderrHas: []string{"-o must be json, table or yaml"}},
 		{name: "yaml output", args: []string{"test", "-f", sample, "--number", "+1 (900) 555-0100", "-o", "yaml"},
 			stdout: "- action: Reject\n  callId: callpolicy-test\n  mode: Enforce\n  reason: forbidden\n  rule: premium-rate\n", stderrNone: true},
-		{name: "stdin twice", args: []string{"test", "-f", "-", "--call", "-"}, code: 2, stderrHas: []string{"stdin (-) can be read only once"}},
-		{name: "unknown flag", args: []string{"test", "--policy", sample}, code: 2, stderrHas: []string{"flag provided but not defined: -policy"}},
-		{name: "stray argument", args: []string{"test", "-f", sample, "extra"}, code: 2, stderrHas: []string{`unexpected argument "extra"`}},
-		{name: "unknown command", args: []string{"simulate"}, code: 2, stderrHas: []string{`unknown command "simulate"`}},
-		{name: "no command", args: nil, code: 2, stderrHas: []string{"Usage:"}},
+		{name: "stdin twice", args: []string{"test", "-f", "-", "--call", "-"}, code: 1, stderrHas: []string{"stdin (-) can be read only once"}},
+		{name: "unknown flag", args: []string{"test", "--policy", sample}, code: 1, stderrHas: []string{"flag provided but not defined: -policy"}},
+		{name: "stray argument", args: []string{"test", "-f", sample, "extra"}, code: 1, stderrHas: []string{`unexpected argument "extra"`}},
+		{name: "unknown command", args: []string{"simulate"}, code: 1, stderrHas: []string{`unknown command "simulate"`}},
+		{name: "no command", args: nil, code: 1, stderrHas: []string{"Usage:"}},
 
 		{name: "lint clean", args: []string{"lint", "-f", sample}, stdout: "telephony/hotline: 6 rules, 0 warnings\n", stderrNone: true},
 		{
@@ -286,7 +286,7 @@ func TestVersion(t *testing.T) {
 	if code := Run([]string{"version"}, nil, &stdout, &stderr); code != 0 || !strings.HasPrefix(stdout.String(), "kubectl-callpolicy v0.1.0 go1.") {
 		t.Errorf("with -X version: exit %d, stdout %q", code, stdout.String())
 	}
-	if code := Run([]string{"version", "extra"}, nil, &stdout, &stderr); code != 2 {
+	if code := Run([]string{"version", "extra"}, nil, &stdout, &stderr); code != 1 {
 		t.Errorf("version extra: exit %d", code)
 	}
 }

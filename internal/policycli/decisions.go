@@ -35,8 +35,8 @@ reported on stderr and the others are still shown.
 RESULT (what Graph or the upstream bot answered) and LATENCY (notification to
 outcome); -o json prints the receivers' JSON lines with a "pod" field added.
 
-Exit status: 0, or 1 when no pod could be read, 2 when the CallPolicy does not
-exist or the cluster cannot be reached.
+Exit status: 0, or 1 (as kubectl) when no pod could be read, the CallPolicy
+does not exist or the cluster cannot be reached.
 `
 
 // pollInterval is how often --follow asks the pods again.
@@ -85,12 +85,12 @@ func runDecisions(s streams, args []string) int {
 			since = t
 		} else {
 			c.usageError("--since must be a positive duration such as 10m or an RFC 3339 time, got %q", sinceFlag)
-			return exitBad
+			return exitError
 		}
 	}
 	if _, _, err := k.callPolicy(s.ctx, name); err != nil {
 		fmt.Fprintf(s.stderr, "error: %v\n", err)
-		return exitBad
+		return exitError
 	}
 
 	f := &fetcher{k: k, s: s, policy: name, since: since, newest: map[string]time.Time{}, seen: map[decisionKey]struct{}{}, warned: map[string]string{}}
@@ -103,17 +103,17 @@ func runDecisions(s streams, args []string) int {
 		if err != nil {
 			if !follow {
 				fmt.Fprintf(s.stderr, "error: %v\n", err)
-				return exitBad
+				return exitError
 			}
 			f.warn("", err.Error())
 		}
 		if err := p.print(ds); err != nil {
 			fmt.Fprintf(s.stderr, "error: write decisions: %v\n", err)
-			return exitFailed
+			return exitError
 		}
 		if !follow {
 			if tried > 0 && read == 0 {
-				return exitFailed
+				return exitError
 			}
 			if len(ds) == 0 && tried > 0 {
 				fmt.Fprintln(s.stderr, "No decisions found.")
@@ -137,19 +137,19 @@ func (c *command) policyVerb(args []string, out *output) (string, *kube, int, bo
 	}
 	if len(rest) == 0 {
 		c.usageError("the NAME of a CallPolicy is required")
-		return "", nil, exitBad, false
+		return "", nil, exitError, false
 	}
 	if len(rest) > 1 {
 		fmt.Fprintf(c.stderr, "error: unexpected argument %q\n", rest[1])
-		return "", nil, exitBad, false
+		return "", nil, exitError, false
 	}
 	if !out.check(c) {
-		return "", nil, exitBad, false
+		return "", nil, exitError, false
 	}
 	k, err := c.clients()
 	if err != nil {
 		fmt.Fprintf(c.stderr, "error: %v\n", err)
-		return "", nil, exitBad, false
+		return "", nil, exitError, false
 	}
 	return rest[0], k, exitOK, true
 }
@@ -323,7 +323,7 @@ func (d *decision) withPod() []byte {
 type decisionPrinter struct {
 	w      io.Writer
 	format string
-	table  columns
+	table  *table
 }
 
 var decisionHeader = []string{"TIME", "POD", "CALLER", "RULE", "ACTION", "REASON", "RESULT", "LATENCY"}
@@ -346,13 +346,10 @@ func (p *decisionPrinter) print(ds []decision) error {
 			buf.Write(y)
 		}
 	default:
-		if len(ds) == 0 {
-			return nil
+		if p.table == nil {
+			p.table = newTable(p.w, decisionHeader...)
 		}
-		rows := make([][]string, 0, len(ds)+1)
-		if p.table.widths == nil {
-			rows = append(rows, decisionHeader)
-		}
+		rows := make([][]string, 0, len(ds))
 		for _, d := range ds {
 			rows = append(rows, []string{
 				d.Time.UTC().Format("2006-01-02T15:04:05.000Z"),
@@ -365,7 +362,7 @@ func (p *decisionPrinter) print(ds []decision) error {
 				strconv.FormatFloat(d.LatencyMs, 'f', 2, 64) + "ms",
 			})
 		}
-		p.table.write(&buf, rows)
+		return p.table.print(rows)
 	}
 	_, err := p.w.Write(buf.Bytes())
 	return err
@@ -377,32 +374,4 @@ func caller(d *decision) string {
 		return d.CallerNumber
 	}
 	return orDash(d.CallerType)
-}
-
-// columns aligns rows as tabwriter does (two spaces between columns),
-// keeping the widths of the rows written before, so that rows printed later
-// line up with them unless wider.
-type columns struct{ widths []int }
-
-func (c *columns) write(w *bytes.Buffer, rows [][]string) {
-	for _, r := range rows {
-		for i, cell := range r {
-			if i >= len(c.widths) {
-				c.widths = append(c.widths, 0)
-			}
-			c.widths[i] = max(c.widths[i], len(cell))
-		}
-	}
-	var line strings.Builder
-	for _, r := range rows {
-		line.Reset()
-		for i, cell := range r {
-			line.WriteString(cell)
-			if i < len(r)-1 {
-				line.WriteString(strings.Repeat(" ", c.widths[i]-len(cell)+2))
-			}
-		}
-		w.WriteString(strings.TrimRight(line.String(), " "))
-		w.WriteByte('\n')
-	}
 }

@@ -94,11 +94,11 @@ func TestDecisions(t *testing.T) {
 			name: "table, merged by time",
 			args: []string{"decisions", "hotline", "-n", ns},
 			stdout: "" +
-				"TIME                      POD                  CALLER     RULE               ACTION    REASON     RESULT   LATENCY\n" +
-				"2026-03-04T20:41:07.123Z  hotline-callguard-a  ****0123   robocallers        Reject    busy       success  1.42ms\n" +
-				"2026-03-04T20:41:08.500Z  hotline-callguard-b  user       (default)          Allow     -          none     0.31ms\n" +
-				"2026-03-04T20:41:09.000Z  hotline-callguard-a  ****0199   after-hours-video  Redirect  -          failed   15.50ms\n" +
-				"2026-03-04T20:41:10.250Z  hotline-callguard-b  anonymous  anonymous-guests   Reject    forbidden  dry_run  0.90ms\n",
+				"TIME                       POD                   CALLER      RULE                ACTION     REASON      RESULT    LATENCY\n" +
+				"2026-03-04T20:41:07.123Z   hotline-callguard-a   ****0123    robocallers         Reject     busy        success   1.42ms\n" +
+				"2026-03-04T20:41:08.500Z   hotline-callguard-b   user        (default)           Allow      -           none      0.31ms\n" +
+				"2026-03-04T20:41:09.000Z   hotline-callguard-a   ****0199    after-hours-video   Redirect   -           failed    15.50ms\n" +
+				"2026-03-04T20:41:10.250Z   hotline-callguard-b   anonymous   anonymous-guests    Reject     forbidden   dry_run   0.90ms\n",
 			stderrHas: warnings,
 			queries:   []string{""},
 		},
@@ -123,11 +123,11 @@ func TestDecisions(t *testing.T) {
 		},
 		{name: "no pod answers", args: []string{"decisions", "dark", "-n", ns}, code: 1, stderrHas: []string{"warning: pod dark-callguard-a: cannot read its decisions:"}},
 		{name: "no receivers", args: []string{"decisions", "lonely", "-n", ns}, stderrHas: []string{`warning: CallPolicy "lonely" has no receiver pods (Deployment "lonely-callguard"`}},
-		{name: "no such policy", args: []string{"decisions", "nope", "-n", ns}, code: 2, stderrHas: []string{`error: CallPolicy "nope" not found in namespace "` + ns + `"`}},
-		{name: "namespace from the kubeconfig context", args: []string{"decisions", "hotline"}, code: 2, stderrHas: []string{`error: CallPolicy "hotline" not found in namespace "default"`}},
-		{name: "no name", args: []string{"decisions", "-n", ns}, code: 2, stderrHas: []string{"the NAME of a CallPolicy is required"}},
-		{name: "bad since", args: []string{"decisions", "hotline", "--since", "yesterday"}, code: 2, stderrHas: []string{"--since must be a positive duration"}},
-		{name: "bad output", args: []string{"decisions", "hotline", "-o", "wide"}, code: 2, stderrHas: []string{`-o must be table, json or yaml, got "wide"`}},
+		{name: "no such policy", args: []string{"decisions", "nope", "-n", ns}, code: 1, stderrHas: []string{`error: CallPolicy "nope" not found in namespace "` + ns + `"`}},
+		{name: "namespace from the kubeconfig context", args: []string{"decisions", "hotline"}, code: 1, stderrHas: []string{`error: CallPolicy "hotline" not found in namespace "default"`}},
+		{name: "no name", args: []string{"decisions", "-n", ns}, code: 1, stderrHas: []string{"the NAME of a CallPolicy is required"}},
+		{name: "bad since", args: []string{"decisions", "hotline", "--since", "yesterday"}, code: 1, stderrHas: []string{"--since must be a positive duration"}},
+		{name: "bad output", args: []string{"decisions", "hotline", "-o", "wide"}, code: 1, stderrHas: []string{`-o must be table, json or yaml, got "wide"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -98,12 +98,14 @@ func (k *kube) callPolicy(ctx context.Context, name string) (*v1alpha1.CallPolic
 
 // compilePolicy reads a CallPolicy and the ConfigMaps its numberLists name
 // from the cluster and compiles it as the operator does, reporting problems
-// on stderr.
-func (k *kube) compilePolicy(s streams, name string) (*policy.Policy, bool) {
+// on stderr. On failure it returns the exit status: exitInvalid when the
+// policy or a list does not compile, exitError when the cluster could not
+// be read.
+func (k *kube) compilePolicy(s streams, name string) (*policy.Policy, int) {
 	cp, _, err := k.callPolicy(s.ctx, name)
 	if err != nil {
 		fmt.Fprintf(s.stderr, "error: %v\n", err)
-		return nil, false
+		return nil, exitError
 	}
 	src := &policy.Source{Namespace: cp.Namespace, Name: cp.Name, Spec: cp.Spec, Lists: map[policy.ListRef]string{}}
 	configMaps := map[string]*corev1.ConfigMap{}
@@ -116,7 +118,7 @@ func (k *kube) compilePolicy(s streams, name string) (*policy.Policy, bool) {
 				cm = nil // the compiler reports the list as not found
 			case err != nil:
 				fmt.Fprintf(s.stderr, "error: get ConfigMap %q in namespace %q: %v\n", ref.Name, cp.Namespace, err)
-				return nil, false
+				return nil, exitError
 			}
 			configMaps[ref.Name] = cm
 		}
@@ -126,7 +128,7 @@ func (k *kube) compilePolicy(s streams, name string) (*policy.Policy, bool) {
 		text, found, err := policy.ListText(ref.Name, ref.Key, cm.Data, cm.BinaryData)
 		if err != nil {
 			fmt.Fprintf(s.stderr, "error: namespace %q: %v\n", cp.Namespace, err)
-			return nil, false
+			return nil, exitInvalid
 		}
 		if found {
 			src.Lists[ref] = text
@@ -136,10 +138,10 @@ func (k *kube) compilePolicy(s streams, name string) (*policy.Policy, bool) {
 	locate := func(policy.FieldError) string { return where }
 	p, ok := compile(src, locate, s.stderr)
 	if !ok {
-		return nil, false
+		return nil, exitInvalid
 	}
 	printProblems(s.stderr, "warning", locate, p.Warnings())
-	return p, true
+	return p, exitOK
 }
 
 // deploymentName is the receiver Deployment the operator makes for a policy.

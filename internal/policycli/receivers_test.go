@@ -199,14 +199,14 @@ func TestReceiversBehindPodProxy(t *testing.T) {
 	code, out, stderr = kubectl(t, context.Background(), "status", "hotline", "-n", ns)
 	t.Logf("kubectl callpolicy status hotline:\n%s", out)
 	for _, want := range []string{
-		"hotline-callguard-a  Running  true   " + policy.ShortHash(p.Hash()) + " (current)",
+		"hotline-callguard-a   Running   true    " + policy.ShortHash(p.Hash()) + " (current)",
 		"all 2 running pods run status.policyHash",
-		"robocallers  Reject    Enforce  1",
-		"after-hours  Redirect  Enforce  1",
-		"(default)    Allow     Enforce  1",
-		"redirect   success  1",
-		"reject     success  1",
-		"success  2",
+		"robocallers   Reject     Enforce   1",
+		"after-hours   Redirect   Enforce   1",
+		"(default)     Allow      Enforce   1",
+		"redirect    success   1",
+		"reject      success   1",
+		"success   2",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status does not contain %q", want)

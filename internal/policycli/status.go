@@ -37,8 +37,9 @@ pods/proxy), the calls decided per rule and action, the Graph actions' results,
 the inbound-token failures and the policy reloads, summed over the pods since
 each started.
 
-Exit status: 0 when the policy is Ready (for its current generation), 1 when
-it is not, 2 when it does not exist or the cluster cannot be reached.
+Exit status: 0 when the policy is Ready (for its current generation); 1 when
+it is not, or on an error (it does not exist, the cluster cannot be reached),
+as kubectl. The output format (-o) does not change the exit status.
 `
 
 // statusReport is what status prints; -o json and yaml print it as is.
@@ -129,7 +130,7 @@ func runStatus(s streams, args []string) int {
 	cp, u, err := k.callPolicy(s.ctx, name)
 	if err != nil {
 		fmt.Fprintf(s.stderr, "error: %v\n", err)
-		return exitBad
+		return exitError
 	}
 	r := newStatusReport(cp, u)
 	dep, err := k.core.AppsV1().Deployments(k.namespace).Get(s.ctx, r.Receiver.Deployment, metav1.GetOptions{})
@@ -139,11 +140,11 @@ func runStatus(s streams, args []string) int {
 		fmt.Fprintf(s.stderr, "warning: receiver Deployment %q not found\n", r.Receiver.Deployment)
 	case err != nil:
 		fmt.Fprintf(s.stderr, "error: get Deployment %q: %v\n", r.Receiver.Deployment, err)
-		return exitBad
+		return exitError
 	default:
 		if pods, err = k.podsOf(s.ctx, dep); err != nil {
 			fmt.Fprintf(s.stderr, "error: %v\n", err)
-			return exitBad
+			return exitError
 		}
 	}
 	r.addPods(s, k, pods)
@@ -154,7 +155,7 @@ func runStatus(s streams, args []string) int {
 		b, err := json.MarshalIndent(r, "", "  ")
 		if err != nil {
 			fmt.Fprintf(s.stderr, "error: %v\n", err)
-			return exitFailed
+			return exitError
 		}
 		buf.Write(b)
 		buf.WriteByte('\n')
@@ -162,7 +163,7 @@ func runStatus(s streams, args []string) int {
 		b, err := yaml.Marshal(r)
 		if err != nil {
 			fmt.Fprintf(s.stderr, "error: %v\n", err)
-			return exitFailed
+			return exitError
 		}
 		buf.Write(b)
 	default:
@@ -170,10 +171,10 @@ func runStatus(s streams, args []string) int {
 	}
 	if _, err := s.stdout.Write(buf.Bytes()); err != nil {
 		fmt.Fprintf(s.stderr, "error: write status: %v\n", err)
-		return exitFailed
+		return exitError
 	}
 	if !r.Ready {
-		return exitFailed
+		return exitError
 	}
 	return exitOK
 }
@@ -354,7 +355,6 @@ func sum(f *dto.MetricFamily, add func(labels map[string]string, v int64)) {
 	}
 }
 
-
 // writeText prints the report for people.
 func (r *statusReport) writeText(w *bytes.Buffer) {
 	ready := "Not ready"
@@ -465,13 +465,12 @@ func indentTable(w *bytes.Buffer, rows [][]string, empty string) {
 		fmt.Fprintf(w, "  %s\n", empty)
 		return
 	}
-	var c columns
 	var b bytes.Buffer
-	c.write(&b, rows)
-	for _, line := range strings.SplitAfter(b.String(), "\n") {
-		if line != "" {
-			w.WriteString("  " + line)
-		}
+	// Written to a buffer first: a placeholder or the rows are all there is.
+	_ = newTable(&b, rows[0]...).print(rows[1:])
+	for _, line := range strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n") {
+		// An empty last cell (a condition without a message) leaves padding.
+		w.WriteString("  " + strings.TrimRight(line, " ") + "\n")
 	}
 }
 

@@ -92,44 +92,44 @@ callguard_receiver_policy_reloads_total{result="error"} 1
   generation 1 (observed 1), mode Enforce, 6 rules, policy aaaaaaaaaaaa
 
 Conditions:
-  TYPE     STATUS  REASON              MESSAGE
-  Ready    True    ReceiversAvailable  2 of 2 receivers available
-  Stalled  False   Converged
+  TYPE      STATUS   REASON               MESSAGE
+  Ready     True     ReceiversAvailable   2 of 2 receivers available
+  Stalled   False    Converged
 
 Receiver:
   Deployment hotline-callguard: 2/2 ready, Service hotline-callguard, callback path /api/calls
 
 Pods:
-  NAME                 PHASE    READY  POLICY
-  hotline-callguard-a  Running  true   aaaaaaaaaaaa (current)
-  hotline-callguard-b  Running  true   aaaaaaaaaaaa (current)
+  NAME                  PHASE     READY   POLICY
+  hotline-callguard-a   Running   true    aaaaaaaaaaaa (current)
+  hotline-callguard-b   Running   true    aaaaaaaaaaaa (current)
   all 2 running pods run status.policyHash
 
 Decisions (since each pod started, summed over 2 pods):
-  RULE         ACTION  MODE     CALLS
-  vip-always   Allow   Enforce  2
-  robocallers  Reject  Enforce  6
-  (default)    Allow   Enforce  4
+  RULE          ACTION   MODE      CALLS
+  vip-always    Allow    Enforce   2
+  robocallers   Reject   Enforce   6
+  (default)     Allow    Enforce   4
 
 Graph actions:
-  OPERATION  RESULT   COUNT
-  redirect   failed   2
-  reject     success  6
+  OPERATION   RESULT    COUNT
+  redirect    failed    2
+  reject      success   6
 
 Auth failures:
-  REASON         COUNT
-  bad_signature  2
+  REASON          COUNT
+  bad_signature   2
 
 Policy reloads:
-  RESULT   COUNT
-  error    1
-  success  2
+  RESULT    COUNT
+  error     1
+  success   2
 `,
 		},
 		{
 			name:      "a pod on another policy",
 			args:      []string{"status", "split", "-n", ns},
-			stdoutHas: []string{"split-callguard-b  Running  true   bbbbbbbbbbbb (DIFFERS from status.policyHash)", "split-callguard-c  Pending  false  unknown: not running", "1 of 2 running pods do not run status.policyHash aaaaaaaaaaaa: split-callguard-b"},
+			stdoutHas: []string{"split-callguard-b   Running   true    bbbbbbbbbbbb (DIFFERS from status.policyHash)", "split-callguard-c   Pending   false   unknown: not running", "1 of 2 running pods do not run status.policyHash aaaaaaaaaaaa: split-callguard-b"},
 		},
 		{
 			name: "json",
@@ -149,10 +149,13 @@ Policy reloads:
 			name:      "not ready",
 			args:      []string{"status", "broken", "-n", ns},
 			code:      1,
-			stdoutHas: []string{"CallPolicy " + ns + "/broken: Not ready\n", "Ready    False   PolicyInvalid  spec.rules[1].match.callers.numberPatterns[0]: error parsing regexp: missing closing )"},
+			stdoutHas: []string{"CallPolicy " + ns + "/broken: Not ready\n", "Ready     False    PolicyInvalid   spec.rules[1].match.callers.numberPatterns[0]: error parsing regexp: missing closing )"},
 		},
+		// The output format never changes the exit status.
+		{name: "not ready, json", args: []string{"status", "broken", "-n", ns, "-o", "json"}, code: 1, stdoutHas: []string{`"ready": false`}},
+		{name: "not ready, yaml", args: []string{"status", "broken", "-n", ns, "-o", "yaml"}, code: 1, stdoutHas: []string{"ready: false"}},
 		{name: "ready for an older generation", args: []string{"status", "changed", "-n", ns}, code: 1, stdoutHas: []string{"Not ready (Ready=True is for generation 1; the policy is at generation 2)", "(no receiver pods)"}, stderrHas: []string{`warning: receiver Deployment "changed-callguard" not found`}},
-		{name: "no such policy", args: []string{"status", "nope", "-n", ns}, code: 2, stderrHas: []string{`error: CallPolicy "nope" not found in namespace "` + ns + `"`}},
+		{name: "no such policy", args: []string{"status", "nope", "-n", ns}, code: 1, stderrHas: []string{`error: CallPolicy "nope" not found in namespace "` + ns + `"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"sigs.k8s.io/yaml"
@@ -32,8 +31,9 @@ is compiled and evaluated by the same code as the receiver's, and one decision
 is printed per call: every created, incoming call of a Graph notification, one
 Graph call resource, or a PSTN audio call from --number.
 
-Exit status: 0 when it decided, 2 when the policy or the call cannot be read
-or compiled (the reason on stderr, with the file and field path).
+Exit status: 0 when it decided; 2 when the policy or the call cannot be read
+or compiled (the reason on stderr, with the file and field path); 1 on other
+errors (usage, a cluster that cannot be reached), as kubectl.
 `
 
 const lintSynopsis = `Compile a CallPolicy and print its errors and warnings.
@@ -65,15 +65,15 @@ func runTest(s streams, args []string) int {
 	switch {
 	case len(fs) > 0 && len(rest) > 0:
 		fmt.Fprintf(s.stderr, "error: unexpected argument %q\n", rest[0])
-		return exitBad
+		return exitError
 	case len(rest) > 1:
 		fmt.Fprintf(s.stderr, "error: unexpected argument %q\n", rest[1])
-		return exitBad
+		return exitError
 	case len(rest) == 1:
 		name = rest[0]
 	case len(fs) == 0:
 		c.usageError("-f is required, or the NAME of a CallPolicy in the cluster")
-		return exitBad
+		return exitError
 	}
 	given := 0
 	for _, v := range []string{notification, callF, number} {
@@ -83,23 +83,23 @@ func runTest(s streams, args []string) int {
 	}
 	if given != 1 {
 		fmt.Fprintln(s.stderr, "error: give exactly one of --notification, --number or --call")
-		return exitBad
+		return exitError
 	}
 	if !out.check(c) {
-		return exitBad
+		return exitError
 	}
 	when := time.Now()
 	if at != "" {
 		t, err := time.Parse(time.RFC3339Nano, at)
 		if err != nil {
 			fmt.Fprintf(s.stderr, "error: --at must be an RFC 3339 time such as 2026-03-04T19:00:00-08:00: %v\n", err)
-			return exitBad
+			return exitError
 		}
 		when = t
 	}
 	if stdinUses(fs) > 1 || stdinUses(fs) == 1 && (notification == "-" || callF == "-") {
 		fmt.Fprintln(s.stderr, "error: stdin (-) can be read only once")
-		return exitBad
+		return exitError
 	}
 
 	var p *policy.Policy
@@ -107,22 +107,22 @@ func runTest(s streams, args []string) int {
 		k, err := c.clients()
 		if err != nil {
 			fmt.Fprintf(s.stderr, "error: %v\n", err)
-			return exitBad
+			return exitError
 		}
-		if p, ok = k.compilePolicy(s, name); !ok {
-			return exitBad
+		if p, code = k.compilePolicy(s, name); p == nil {
+			return code
 		}
 	} else {
 		var b *policy.Bundle
 		if b, p, ok = load(fs, s.stdin, s.stderr); !ok {
-			return exitBad
+			return exitInvalid
 		}
 		printProblems(s.stderr, "warning", b.Locate, p.Warnings())
 	}
 
 	calls, ok := readCalls(s, number, notification, callF)
 	if !ok {
-		return exitBad
+		return exitInvalid
 	}
 	decisions := make([]policy.Decision, len(calls))
 	for i, call := range calls {
@@ -130,7 +130,7 @@ func runTest(s streams, args []string) int {
 	}
 	if err := write(s.stdout, out.value, decisions); err != nil {
 		fmt.Fprintf(s.stderr, "error: write decisions: %v\n", err)
-		return exitFailed
+		return exitError
 	}
 	return exitOK
 }
@@ -202,19 +202,19 @@ func runLint(s streams, args []string) int {
 	}
 	if len(fs) == 0 {
 		c.usageError("-f is required")
-		return exitBad
+		return exitError
 	}
 	if stdinUses(fs) > 1 {
 		fmt.Fprintln(s.stderr, "error: stdin (-) can be read only once")
-		return exitBad
+		return exitError
 	}
 	b, p, ok := load(fs, s.stdin, s.stderr)
 	if !ok {
-		return exitBad
+		return exitInvalid
 	}
 	printProblems(s.stderr, "warning", b.Locate, p.Warnings())
 	if _, err := fmt.Fprintf(s.stdout, "%s: %s, %s\n", qualified(b.Source), plural(p.Rules(), "rule"), plural(len(p.Warnings()), "warning")); err != nil {
-		return exitFailed
+		return exitError
 	}
 	return exitOK
 }
@@ -318,12 +318,11 @@ func write(w io.Writer, format string, decisions []policy.Decision) error {
 	if len(decisions) == 0 {
 		return nil
 	}
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "CALL ID\tACTION\tREASON\tRULE\tMODE")
-	for _, d := range decisions {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", orDash(d.CallID), d.Action, orDash(string(d.Reason)), ruleName(d.Rule), d.Mode)
+	rows := make([][]string, len(decisions))
+	for i, d := range decisions {
+		rows[i] = []string{orDash(d.CallID), string(d.Action), orDash(string(d.Reason)), ruleName(d.Rule), string(d.Mode)}
 	}
-	return tw.Flush()
+	return newTable(w, "CALL ID", "ACTION", "REASON", "RULE", "MODE").print(rows)
 }
 
 func orDash(s string) string {

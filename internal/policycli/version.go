@@ -48,7 +48,7 @@ func runVersion(s streams, args []string) int {
 		return code
 	}
 	if _, err := fmt.Fprintf(s.stdout, "kubectl-callpolicy %s %s %s/%s\n", Version(), runtime.Version(), runtime.GOOS, runtime.GOARCH); err != nil {
-		return exitFailed
+		return exitError
 	}
 	return exitOK
 }
