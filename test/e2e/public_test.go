@@ -31,7 +31,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
-	"github.com/callguard/callguard/test/e2e/ingress"
+	"github.com/callguard/callguard/test/harness/ingress"
 	"github.com/callguard/callguard/test/harness"
 )
 
