@@ -72,13 +72,45 @@ const (
 )
 
 // appendNormalized appends the normalized form of s ('+' and ASCII digits) to
-// dst. ASCII input takes a byte loop that does not decode UTF-8; it does not
-// allocate while dst has room.
+// dst. It does not allocate while dst has room. ASCII input stays in this
+// function's byte loop, which calls nothing (a call in the loop would cost
+// E.164 input a third more time); the first non-ASCII byte hands the rest to
+// appendNormalizedUnicode.
 func appendNormalized(dst []byte, s string) ([]byte, bool) {
-	s = cutTel(s)
+	if len(s) > 0 && s[0] != '+' && (s[0] < '0' || s[0] > '9') {
+		// Only a number that does not start with '+' or a digit can be a
+		// tel: URI.
+		s = cutTel(s)
+	}
 	start := len(dst)
 	dst = append(dst, '+')
 	plus, seen := false, false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch c {
+		case ' ', '-', '.', '(', ')':
+			continue
+		}
+		if c == '+' && !seen {
+			plus, seen = true, true
+			continue
+		}
+		if c < '0' || c > '9' {
+			if c >= utf8.RuneSelf {
+				return appendNormalizedUnicode(dst, start, plus, seen, s[i:])
+			}
+			return dst[:start], false
+		}
+		seen = true
+		dst = append(dst, c)
+	}
+	return finishNormalized(dst, start, plus)
+}
+
+// appendNormalizedUnicode goes on where appendNormalized met a non-ASCII
+// byte: dst[start:] holds '+' and the digits so far, plus and seen say
+// whether a '+' and anything but a separator were read.
+func appendNormalizedUnicode(dst []byte, start int, plus, seen bool, s string) ([]byte, bool) {
 	for i := 0; i < len(s); {
 		c := s[i]
 		if c < utf8.RuneSelf {
@@ -98,12 +130,18 @@ func appendNormalized(dst []byte, s string) ([]byte, bool) {
 			plus, seen = true, true
 			continue
 		}
-		seen = true
 		if c < '0' || c > '9' {
 			return dst[:start], false
 		}
+		seen = true
 		dst = append(dst, c)
 	}
+	return finishNormalized(dst, start, plus)
+}
+
+// finishNormalized turns a leading "00" into the '+' when the number had none,
+// and fails when no digit was read.
+func finishNormalized(dst []byte, start int, plus bool) ([]byte, bool) {
 	digits := dst[start+1:]
 	if !plus && len(digits) >= 2 && digits[0] == '0' && digits[1] == '0' {
 		n := copy(digits, digits[2:])
@@ -172,23 +210,34 @@ func classify(r rune) byte {
 // assigns decimal digits only in runs of ten, 0 to 9 in order, and
 // unicode.Nd's ranges are whole runs with stride 1 (TestDigitValueTable
 // checks it), so the value is the distance from the range's start, mod 10.
+// The ranges are sorted: a binary search finds the one that may hold r.
 func digitValue(r rune) (byte, bool) {
 	if r <= 0xFFFF {
-		for _, rg := range unicode.Nd.R16 {
-			if uint16(r) < rg.Lo {
-				return 0, false
-			}
-			if uint16(r) <= rg.Hi {
+		t := unicode.Nd.R16
+		lo, hi := 0, len(t)
+		for lo < hi {
+			m := int(uint(lo+hi) >> 1)
+			switch rg := t[m]; {
+			case uint16(r) < rg.Lo:
+				hi = m
+			case uint16(r) > rg.Hi:
+				lo = m + 1
+			default:
 				return byte((uint16(r) - rg.Lo) % 10), true
 			}
 		}
 		return 0, false
 	}
-	for _, rg := range unicode.Nd.R32 {
-		if uint32(r) < rg.Lo {
-			return 0, false
-		}
-		if uint32(r) <= rg.Hi {
+	t := unicode.Nd.R32
+	lo, hi := 0, len(t)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		switch rg := t[m]; {
+		case uint32(r) < rg.Lo:
+			hi = m
+		case uint32(r) > rg.Hi:
+			lo = m + 1
+		default:
 			return byte((uint32(r) - rg.Lo) % 10), true
 		}
 	}
