@@ -28,8 +28,9 @@ type listError struct {
 func (l *parsedList) entries() int { return len(l.exact) + len(l.prefix) }
 
 // parseList reads a number list: one entry a line, an E.164 number or a
-// prefix ending in '*'; blank lines and '#' comments (also after an entry)
-// are ignored.
+// prefix ending in '*', written any way NormalizeNumber reads (a tel: URI,
+// fullwidth or other digits, a byte order mark before the first line); blank
+// lines and '#' comments (also after an entry) are ignored.
 func parseList(text string) *parsedList {
 	l := &parsedList{}
 	// Entries are about 13 bytes a line; sizing once avoids regrowing a
@@ -68,7 +69,8 @@ func parseList(text string) *parsedList {
 }
 
 // entryKey normalizes a number, or a prefix when it ends in '*', into a
-// numberKey. It returns a message on failure.
+// numberKey with appendNormalized, the normalizer Decide uses for callers.
+// It returns a message on failure.
 func entryKey(s string) (key uint64, prefix bool, msg string) {
 	if strings.HasSuffix(s, "*") {
 		prefix, s = true, strings.TrimSpace(s[:len(s)-1])
