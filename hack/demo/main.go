@@ -21,8 +21,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
-	"github.com/callguard/callguard/test/harness/ingress"
 	"github.com/callguard/callguard/test/harness"
+	"github.com/callguard/callguard/test/harness/ingress"
 )
 
 func main() {

@@ -24,10 +24,6 @@ import (
 	"github.com/callguard/callguard/internal/policy"
 )
 
-// defaultMetricsPort is the receivers' metrics port (/metrics and
-// /decisions), used when a pod names no container port "metrics".
-const defaultMetricsPort = 8081
-
 // metricsAccept asks for Prometheus' text format.
 const metricsAccept = "text/plain;version=0.0.4;q=1,*/*;q=0.1"
 
@@ -184,7 +180,8 @@ func metricsPort(pod *corev1.Pod) string {
 			}
 		}
 	}
-	return strconv.Itoa(defaultMetricsPort)
+	// A pod that names no port "metrics" listens where the operator's do.
+	return strconv.Itoa(v1alpha1.ReceiverMetricsPort)
 }
 
 // proxyGet GETs a path of a pod's metrics port through the API server's pod

@@ -31,8 +31,8 @@ import (
 	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
 	"github.com/callguard/callguard/internal/graph"
 	"github.com/callguard/callguard/internal/policycli"
-	"github.com/callguard/callguard/test/harness/ingress"
 	"github.com/callguard/callguard/test/harness"
+	"github.com/callguard/callguard/test/harness/ingress"
 )
 
 var (

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -494,14 +495,14 @@ func (c *Cluster) LivePolicyHashes(ctx context.Context, ns, policy string) (map[
 		if p.Status.PodIP == "" || p.DeletionTimestamp != nil || !podReady(&p) {
 			continue
 		}
-		resp, err := hc.Get("http://" + p.Status.PodIP + ":8081/metrics")
+		resp, err := hc.Get("http://" + net.JoinHostPort(p.Status.PodIP, strconv.Itoa(callsv1alpha1.ReceiverMetricsPort)) + "/metrics")
 		if err != nil {
 			continue
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		for _, line := range strings.Split(string(b), "\n") {
-			if rest, ok := strings.CutPrefix(line, `callguard_receiver_policy_info{hash="`); ok {
+			if rest, ok := strings.CutPrefix(line, telemetry.MetricPolicyInfo+`{hash="`); ok {
 				if i := strings.IndexByte(rest, '"'); i > 0 {
 					out[p.Name] = rest[:i]
 				}

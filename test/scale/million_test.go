@@ -32,6 +32,7 @@ import (
 	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
 	"github.com/callguard/callguard/internal/emulator"
 	"github.com/callguard/callguard/internal/graph"
+	"github.com/callguard/callguard/internal/telemetry"
 	"github.com/callguard/callguard/test/harness"
 )
 
@@ -259,7 +260,7 @@ func (r *receiverProcess) liveHash() string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, `callguard_receiver_policy_info{hash="`); ok && strings.HasSuffix(line, " 1") {
+		if rest, ok := strings.CutPrefix(line, telemetry.MetricPolicyInfo+`{hash="`); ok && strings.HasSuffix(line, " 1") {
 			h, _, _ := strings.Cut(rest, `"`)
 			return h
 		}
@@ -428,7 +429,7 @@ func TestMillionNumbersThroughTheOperator(t *testing.T) {
 
 	r := w.startReceiver()
 	w.waitLive(hash, 2*time.Minute)
-	t.Logf("receiver loaded 1M numbers in %.2f s (policy_load_seconds), RSS %.0f MiB", r.metric("callguard_receiver_policy_load_seconds_sum"), func() float64 { v, _ := r.memory(); return v }())
+	t.Logf("receiver loaded 1M numbers in %.2f s (policy_load_seconds), RSS %.0f MiB", r.metric(telemetry.MetricPolicyLoadSeconds+"_sum"), func() float64 { v, _ := r.memory(); return v }())
 	r.waitReady(t, time.Minute)
 
 	listed := w.lists[3][12345]
@@ -501,7 +502,7 @@ func BenchmarkMillionNumbers(b *testing.B) {
 		first := w.waitLive(hash, 5*time.Minute).Sub(start)
 		var loads []float64
 		for _, r := range w.recv {
-			loads = append(loads, r.metric("callguard_receiver_policy_load_seconds_sum"))
+			loads = append(loads, r.metric(telemetry.MetricPolicyLoadSeconds+"_sum"))
 		}
 
 		var published, enforced []time.Duration
