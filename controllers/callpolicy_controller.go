@@ -358,7 +358,6 @@ func (st *reconcileState) stall(err error) error {
 	return err
 }
 
-
 // Condition types and reasons (kstatus-compatible: Reconciling and Stalled are
 // present only while true).
 const (
