@@ -44,7 +44,7 @@ import (
 // (GOMAXPROCS=1, pinned, the 100,000-entry policy), with the connection cap
 // receiver.ConnectionLimit gives a 256 MiB container and GOMEMLIMIT at 90 %
 // of 256 MiB, as receiver.TuneGC sets inside one; as root with a writable
-// cgroup v2 hierarchy it also runs in a cgroup of its own with memory.max =
+// cgroup hierarchy (v2, else v1) it also runs in a cgroup of its own limited to
 // 256M, as in such a container. The "unbounded" sub-benchmark lifts the cap
 // (the behaviour before issue 10, but for the idle timeout, now 30 s).
 func BenchmarkIdleConnections(b *testing.B) {
@@ -73,7 +73,7 @@ const (
 	idleClientsChild  = "idle-clients"
 	// maxConnsEnv is the receiver child's Options.MaxConnections.
 	maxConnsEnv = "CALLGUARD_BENCH_MAX_CONNECTIONS"
-	// cgroupEnv is the cgroup v2 directory the receiver child moves itself
+	// cgroupEnv is the cgroup directory the receiver child moves itself
 	// into first thing, so that all its memory is charged there.
 	cgroupEnv = "CALLGUARD_BENCH_CGROUP"
 	// receiverFilesEnv raises the receiver child's descriptor limit (as
@@ -169,7 +169,7 @@ func (e *idleEnv) run(b *testing.B, maxConns int) {
 	if cg == nil {
 		b.Logf("no memory cgroup: %s; the receiver runs without a 256 MiB limit (GOMEMLIMIT and the cap as in one)", why)
 	} else {
-		b.Logf("receiver in cgroup %s, memory.max 256M", cg.dir)
+		b.Logf("receiver in cgroup %s, memory limit 256M", cg.dir)
 		defer func() {
 			if err := cg.remove(); err != nil {
 				b.Logf("removing the cgroup: %v", err)
@@ -473,16 +473,47 @@ func scrapeMetrics(u string) (map[string]float64, error) {
 	return out, sc.Err()
 }
 
-// memoryCgroup is a cgroup v2 directory with memory.max set.
-type memoryCgroup struct{ dir string }
+// memoryCgroup is a cgroup v2 directory with memory.max set, or a cgroup
+// v1 memory directory with memory.limit_in_bytes set.
+type memoryCgroup struct {
+	dir string
+	v1  bool
+}
 
-// newMemoryCgroup makes a cgroup of name under the cgroup v2 root with
-// memory.max = 256M, or says why it cannot (not root, no cgroup v2 memory
-// controller, not writable).
+// cgroupV1Memory is where a cgroup v1 hierarchy mounts the memory
+// controller.
+const cgroupV1Memory = cgroupRoot + "/memory"
+
+// newMemoryCgroup makes a cgroup of name with a memory limit of 256 MiB and
+// no swap: under the cgroup v2 root, else under the cgroup v1 memory
+// controller; or says why it cannot (not root, neither hierarchy, not
+// writable).
 func newMemoryCgroup(name string) (*memoryCgroup, string) {
 	if os.Geteuid() != 0 {
 		return nil, "not running as root"
 	}
+	cg, why := newMemoryCgroupV2(name)
+	if cg != nil {
+		return cg, ""
+	}
+	if _, err := os.Stat(filepath.Join(cgroupV1Memory, "memory.limit_in_bytes")); err != nil {
+		return nil, why + "; no cgroup v1 memory controller at " + cgroupV1Memory
+	}
+	cg = &memoryCgroup{dir: filepath.Join(cgroupV1Memory, name), v1: true}
+	if err := os.Mkdir(cg.dir, 0o755); err != nil {
+		return nil, "cannot make a cgroup v1 memory cgroup: " + err.Error()
+	}
+	limit := []byte(strconv.Itoa(idleContainerMemory))
+	if err := os.WriteFile(filepath.Join(cg.dir, "memory.limit_in_bytes"), limit, 0); err != nil {
+		_ = cg.remove()
+		return nil, "cannot set memory.limit_in_bytes: " + err.Error()
+	}
+	// No swap, as in a container (where the kernel accounts swap).
+	_ = os.WriteFile(filepath.Join(cg.dir, "memory.memsw.limit_in_bytes"), limit, 0)
+	return cg, ""
+}
+
+func newMemoryCgroupV2(name string) (*memoryCgroup, string) {
 	controllers, err := os.ReadFile(filepath.Join(cgroupRoot, "cgroup.controllers"))
 	if err != nil {
 		return nil, cgroupRoot + " is not a cgroup v2 hierarchy (" + err.Error() + ")"
@@ -512,9 +543,14 @@ func newMemoryCgroup(name string) (*memoryCgroup, string) {
 	return cg, ""
 }
 
-// oomKills reads memory.events' oom_kill.
+// oomKills reads the oom_kill count: memory.events (v2) or
+// memory.oom_control (v1).
 func (cg *memoryCgroup) oomKills() (int, error) {
-	raw, err := os.ReadFile(filepath.Join(cg.dir, "memory.events"))
+	file := "memory.events"
+	if cg.v1 {
+		file = "memory.oom_control"
+	}
+	raw, err := os.ReadFile(filepath.Join(cg.dir, file))
 	if err != nil {
 		return 0, err
 	}
@@ -523,7 +559,22 @@ func (cg *memoryCgroup) oomKills() (int, error) {
 			return strconv.Atoi(v)
 		}
 	}
-	return 0, errors.New("no oom_kill in memory.events")
+	return 0, errors.New("no oom_kill in " + file)
+}
+
+// peak reads the most memory the cgroup was charged (the limit is
+// enforced on this, socket buffers and page cache included): memory.peak
+// (v2) or memory.max_usage_in_bytes (v1).
+func (cg *memoryCgroup) peak() (int64, error) {
+	file := "memory.peak"
+	if cg.v1 {
+		file = "memory.max_usage_in_bytes"
+	}
+	raw, err := os.ReadFile(filepath.Join(cg.dir, file))
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseInt(strings.TrimSpace(string(raw)), 10, 64)
 }
 
 // remove removes the cgroup once its processes have left it.
@@ -584,6 +635,9 @@ type idleClientPlan struct {
 	Addr  string
 	Path  string
 	Conns int
+	// Flood, when set, makes the process a flood of BenchmarkConnectionFloods
+	// instead (runFloodClients).
+	Flood *floodPlan `json:",omitempty"`
 }
 
 // idleOpenReport is a client process's account of its flood.
@@ -673,6 +727,9 @@ func runIdleClientsChild() int {
 	if err := json.NewDecoder(in).Decode(&plan); err != nil {
 		fmt.Fprintln(os.Stderr, "client plan:", err)
 		return 1
+	}
+	if plan.Flood != nil {
+		return runFloodClients(in, plan)
 	}
 	fmt.Println("ready")
 	if line, err := in.ReadString('\n'); err != nil || line != "go\n" {
