@@ -382,7 +382,7 @@ var modalityNames = [...]v1alpha1.Modality{"audio", "video", "videoBasedScreenSh
 // modalityBit maps a modality to its bit, ignoring case as Graph's enums do.
 func modalityBit(m string) uint8 {
 	for i, name := range modalityNames {
-		if strings.EqualFold(m, string(name)) {
+		if graph.EnumEqual(m, string(name)) {
 			return 1 << i
 		}
 	}
