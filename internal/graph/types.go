@@ -55,7 +55,9 @@ type Notification struct {
 	// Resource is the older name of ResourceURL (the beta /app/calls payloads).
 	Resource string `json:"resource,omitempty"`
 	// ResourceData is the call the notification is about, or nil when its
-	// resourceData is absent or not a call (participant lists, operations).
+	// resourceData is absent or not a call (participant lists, operations;
+	// an object of another type that carries an incoming call's state is
+	// read as that call: DecodeNotifications).
 	ResourceData *Call `json:"resourceData,omitempty"`
 
 	// Raw is the notification exactly as it was read (DecodeNotifications).
