@@ -65,7 +65,8 @@ func TestFoldedNames(t *testing.T) {
 		"many distinct names": call(many.String() + `"m40":1`),
 		// Folding is per object: the same name in sibling and nested objects is fine.
 		"same names in other objects": `{"value":[{"changeType":"updated","resourceUrl":"/communications/calls/x/participants","resourceData":[{"id":"p","info":{"id":"q"}},{"id":"r"}]}]}`,
-		// ı (U+0131) is in no fold orbit with i: another name to every reader.
+		// ı (U+0131) is in no simple-folding orbit with i (only Turkic
+		// folding joins them): another name to encoding/json too.
 		"dotless i is another name": call(`"dırection":"x"`),
 	}
 	for name, body := range good {
@@ -215,7 +216,7 @@ func TestEnumEqual(t *testing.T) {
 		{"Created", ChangeCreated, true},
 		{"INCOMING", StateIncoming, true},
 		{"videoBasedScreenSharing", "VideoBasedScreenSharing", true},
-		{"eſtabliſhed", StateEstablished, true}, // as .NET's OrdinalIgnoreCase reads it
+		{"eſtabliſhed", StateEstablished, true}, // simple folding, as names are compared
 		{"incoming ", StateIncoming, false},
 		{"", StateIncoming, false},
 	} {

@@ -102,8 +102,8 @@ func (n *Notification) IsIncomingCall() bool {
 // (changeType, state, direction, modalities, endpointType), is want. Graph
 // spells its enum values in either case (its SDKs log "Created" and
 // "Incoming"), so they are compared under Unicode simple case folding, the
-// folding member names are checked under: no reader that ignores case
-// finds a value here that this one does not.
+// folding member names are checked under (a superset of ASCII
+// case-insensitivity).
 func EnumEqual(value, want string) bool { return strings.EqualFold(value, want) }
 
 // callSegment returns the segment after the last "calls/" segment of a
