@@ -47,13 +47,13 @@ func (e *SyntaxError) Unwrap() error { return e.Err }
 // encoding/json/v2), member names matched case-sensitively, and, in any
 // object anywhere in the body, a member name equal under Unicode simple
 // case folding to another member's name or to a name this reader knows
-// there (but not spelt as it) refused. Other readers (encoding/json, the
-// case-insensitive modes of .NET serializers an upstream bot may run)
-// take "Value", "ſtate" (U+017F) or a second "value" where this one would
-// not, so such a body could be decided one way and acted on another;
-// Graph never sends one. Folding is unicode.SimpleFold's orbits (as
-// strings.EqualFold and encoding/json's name matching), after escapes are
-// decoded.
+// there (but not spelt as it) refused. Other readers take "Value"
+// (encoding/json, the case-insensitive modes of .NET serializers an
+// upstream bot may run), "ſtate" (U+017F: encoding/json folds it to
+// "state") or a second "value" where this one would not, so such a body
+// could be decided one way and acted on another; Graph never sends one.
+// Folding is unicode.SimpleFold's orbits (as strings.EqualFold and
+// encoding/json's name matching), after escapes are decoded.
 //
 // A body that is a JSON object without a "value" array (absent or null) is
 // ErrLegacyFormat. A notification's resourceData is a call when it is an
