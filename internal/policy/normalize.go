@@ -189,6 +189,11 @@ func cutTel(s string) string {
 // decimal digit, '+' for the fullwidth plus, numSkip for a separator or a
 // format character, numBad for anything else (utf8.RuneError included).
 func classify(r rune) byte {
+	if r >= '\uFF10' && r <= '\uFF19' {
+		// Fullwidth digits, the form East Asian input methods type, spared
+		// the search.
+		return byte('0' + r - '\uFF10')
+	}
 	switch r {
 	case '\uFF0B': // fullwidth plus sign
 		return '+'

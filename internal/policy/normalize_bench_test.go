@@ -23,9 +23,12 @@ func BenchmarkNormalizeNumber(b *testing.B) {
 		b.Run(f.name, func(b *testing.B) {
 			var buf numberBuf
 			b.ReportAllocs()
+			n, start := 0, cpuTime()
 			for b.Loop() {
 				_, _ = appendNormalized(buf[:0], f.in)
+				n++
 			}
+			b.ReportMetric(float64(cpuTime()-start)/float64(n), "cpu-ns/op")
 		})
 	}
 }
