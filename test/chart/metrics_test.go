@@ -16,6 +16,7 @@ import (
 
 	_ "github.com/callguard/callguard/controllers" // registers the operator's metrics
 	"github.com/callguard/callguard/internal/receiver"
+	"github.com/callguard/callguard/internal/telemetry"
 )
 
 // operatorMetric reports whether the operator registers a metric of this
@@ -94,12 +95,23 @@ func receiverMetrics(t *testing.T) map[string]bool {
 						ns = "callguard_receiver"
 					}
 				case "Name":
-					if bl, ok := kv.Value.(*ast.BasicLit); ok {
-						name, _ = strconv.Unquote(bl.Value)
+					switch v := kv.Value.(type) {
+					case *ast.BasicLit:
+						name, _ = strconv.Unquote(v.Value)
+					case *ast.SelectorExpr:
+						// A full name from package telemetry.
+						full, ok := telemetryNames[v.Sel.Name]
+						if !ok {
+							t.Fatalf("%s: metric name telemetry.%s is not in telemetryNames", fset.Position(v.Pos()), v.Sel.Name)
+						}
+						ns, name = "", full
 					}
 				}
 			}
-			if ns != "" && name != "" {
+			if ns == "" && strings.HasPrefix(name, telemetry.Namespace+"_") {
+				add(name, sel.Sel.Name == "HistogramOpts")
+				declared++
+			} else if ns != "" && name != "" {
 				add(ns+"_"+name, sel.Sel.Name == "HistogramOpts")
 				declared++
 			}
@@ -110,6 +122,17 @@ func receiverMetrics(t *testing.T) map[string]bool {
 		t.Fatalf("found %d metrics declared in internal/receiver (%v): has the way they are declared changed?", declared, keys(names))
 	}
 	return names
+}
+
+// telemetryNames are the metric names package telemetry defines, by the
+// constant's name, as internal/receiver declares some of its metrics.
+var telemetryNames = map[string]string{
+	"MetricPolicyInfo":        telemetry.MetricPolicyInfo,
+	"MetricPolicyLoadSeconds": telemetry.MetricPolicyLoadSeconds,
+	"MetricPolicyReloads":     telemetry.MetricPolicyReloads,
+	"MetricDecisions":         telemetry.MetricDecisions,
+	"MetricGraphActions":      telemetry.MetricGraphActions,
+	"MetricAuthFailures":      telemetry.MetricAuthFailures,
 }
 
 // metricNames returns the metric names an expression selects.

@@ -179,3 +179,111 @@ func TestChartFilesMatchConfig(t *testing.T) {
 		t.Errorf("%d CRDs in config/crd/bases, %d in dist/chart/files/crds: run `make chart-files`", len(crds), len(copies))
 	}
 }
+
+// The chart's alerts never fire for a scrape target its values did not turn
+// on. For each choice of monitors, the rendered PrometheusRule goes through
+// promtool with the series a healthy install gives from what IS scraped (each
+// scraped target up, a Ready policy with its receiver up): no alert may fire
+// in the first three hours. Before the chart kept only the alerts whose
+// targets are scraped, CallguardOperatorDown fired for ever with
+// prometheusRule.enabled and no manager ServiceMonitor.
+func TestChartAlertsOnlyForScrapedTargets(t *testing.T) {
+	t.Parallel()
+	promtool := tool(t, "PROMTOOL", "promtool")
+	for _, tt := range []struct {
+		name              string
+		manager, receiver bool
+		args              []string
+		wantAlerts        int
+	}{
+		{"nothing scraped", false, false, nil, 0},
+		{"manager only", true, false, []string{"--set", "metrics.serviceMonitor.enabled=true"}, 3},
+		{"receivers only (PodMonitor)", false, true, []string{"--set", "metrics.receivers.podMonitor.enabled=true"}, 9},
+		{"receivers only (ServiceMonitor)", false, true, []string{"--set", "metrics.receivers.serviceMonitor.enabled=true"}, 9},
+		{"manager metrics off, its monitor on", false, true, []string{"--set", "metrics.enabled=false", "--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.receivers.podMonitor.enabled=true"}, 9},
+		{"both", true, true, []string{"--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.receivers.podMonitor.enabled=true"}, 13},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var spec any
+			alerts := 0
+			var names []string
+			for _, o := range helmTemplate(t, append([]string{"--set", "prometheusRule.enabled=true"}, tt.args...)...) {
+				if o.GetKind() != "PrometheusRule" {
+					continue
+				}
+				spec = o.Object["spec"]
+				b, _ := yaml.Marshal(spec)
+				var pr prometheusRule
+				if err := yaml.Unmarshal(append([]byte("spec:\n"), indent(b)...), &pr); err != nil {
+					t.Fatal(err)
+				}
+				for _, g := range pr.Spec.Groups {
+					for _, r := range g.Rules {
+						if r.Alert != "" {
+							alerts++
+							names = append(names, r.Alert)
+						}
+					}
+				}
+			}
+			if !tt.manager && !tt.receiver {
+				if spec != nil {
+					t.Fatalf("a PrometheusRule with nothing scraped: %v", names)
+				}
+				return
+			}
+			if spec == nil {
+				t.Fatal("no PrometheusRule rendered")
+			}
+			if alerts != tt.wantAlerts {
+				t.Errorf("%d alerts kept (%v), want %d", alerts, names, tt.wantAlerts)
+			}
+			dir := t.TempDir()
+			rules, err := yaml.Marshal(spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "rules.yaml"), rules, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			var series []map[string]string
+			if tt.manager {
+				series = append(series,
+					map[string]string{"series": `up{job="callguard-controller-manager-metrics",namespace="callguard-system"}`, "values": "1x180"},
+					map[string]string{"series": `callguard_callpolicy_condition{namespace="telephony",name="hotline",type="Ready",status="True"}`, "values": "1x180"},
+					map[string]string{"series": `callguard_callpolicy_condition{namespace="telephony",name="hotline",type="Ready",status="False"}`, "values": "0x180"},
+					map[string]string{"series": `callguard_callpolicy_condition{namespace="telephony",name="hotline",type="Stalled",status="True"}`, "values": "0x180"})
+			}
+			if tt.receiver {
+				series = append(series,
+					map[string]string{"series": `up{job="callguard-receiver",namespace="telephony",policy="hotline",pod="hotline-callguard-a"}`, "values": "1x180"},
+					map[string]string{"series": `callguard_receiver_policy_info{job="callguard-receiver",namespace="telephony",policy="hotline",pod="hotline-callguard-a",hash="sha256:aa"}`, "values": "1x180"})
+			}
+			var checks []map[string]any
+			for _, at := range []string{"15m", "1h", "3h"} {
+				for _, a := range names {
+					checks = append(checks, map[string]any{"eval_time": at, "alertname": a, "exp_alerts": []any{}})
+				}
+			}
+			test, err := yaml.Marshal(map[string]any{
+				"rule_files":          []string{"rules.yaml"},
+				"evaluation_interval": "1m",
+				"tests": []any{map[string]any{
+					"interval": "1m", "input_series": series, "alert_rule_test": checks,
+				}},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, "quiet_test.yaml"), test, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			run(t, dir, promtool, "test", "rules", "quiet_test.yaml")
+		})
+	}
+}
+
+func indent(b []byte) []byte {
+	return regexp.MustCompile(`(?m)^`).ReplaceAll(b, []byte("  "))
+}
