@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds pinned tools from a tools module (hack/tools or one below it) into a
+# cache outside the clone, keyed by the module's go.mod, go.sum and build
+# tags, and links them into bin/. A fresh clone of the same pins only links.
+#
+#   hack/tools/install.sh MODULE_DIR TAGS PACKAGE...
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+module="$1" tags="$2"
+shift 2
+key="$(cat "${root}/${module}/go.mod" "${root}/${module}/go.sum" <(echo "${tags}") | sha256sum | cut -c1-16)"
+dir="${XDG_CACHE_HOME:-$HOME/.cache}/callguard/tools/${key}"
+mkdir -p "${dir}" "${root}/bin"
+
+missing=()
+for pkg in "$@"; do
+	name="$(basename "${pkg}")"
+	[[ "${name}" =~ ^v[0-9]+$ ]] && name="$(basename "$(dirname "${pkg}")")"
+	[[ -x "${dir}/${name}" ]] || missing+=("${pkg}")
+done
+if ((${#missing[@]})); then
+	(cd "${root}/${module}" && GOBIN="${dir}" go install ${tags:+-tags "${tags}"} "${missing[@]}")
+fi
+for pkg in "$@"; do
+	name="$(basename "${pkg}")"
+	[[ "${name}" =~ ^v[0-9]+$ ]] && name="$(basename "$(dirname "${pkg}")")"
+	ln -sfn "${dir}/${name}" "${root}/bin/${name}"
+	touch -h "${root}/bin/${name}"
+done
