@@ -169,6 +169,7 @@ type Credentials struct {
 
 // SecretReference names a Secret in the same namespace.
 type SecretReference struct {
+	// Name of the Secret.
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
 	Name string `json:"name"`
@@ -253,6 +254,8 @@ type Rule struct {
 // RedirectSpec redirects a call to 1..25 targets that ring at once.
 // +kubebuilder:validation:XValidation:rule="size(self.targets) >= 1 && size(self.targets) <= 25",message="redirect needs 1 to 25 targets",fieldPath=".targets"
 type RedirectSpec struct {
+	// Targets ring at once (simultaneous ring): 1 to 25; the first to
+	// answer takes the call.
 	// +kubebuilder:validation:MaxItems=25
 	Targets []RedirectTarget `json:"targets"`
 
@@ -354,9 +357,11 @@ type NumberList struct {
 
 // ConfigMapKeyReference names one key of a ConfigMap in the same namespace.
 type ConfigMapKeyReference struct {
+	// Name of the ConfigMap.
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
 	Name string `json:"name"`
+	// Key in the ConfigMap's data or binaryData.
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=253
 	Key string `json:"key"`
@@ -369,6 +374,8 @@ type Schedule struct {
 	// +optional
 	TimeZone string `json:"timeZone,omitempty"`
 
+	// Windows: the schedule holds when the call arrives inside any of them
+	// (1 to 64).
 	// +kubebuilder:validation:MinItems=1
 	// +kubebuilder:validation:MaxItems=64
 	Windows []Window `json:"windows"`
@@ -380,8 +387,11 @@ type Window struct {
 	// +kubebuilder:validation:MinItems=1
 	// +kubebuilder:validation:MaxItems=7
 	Days []Weekday `json:"days"`
+	// Start is the local time the window opens, "HH:MM".
 	// +kubebuilder:validation:Pattern=`^([01][0-9]|2[0-3]):[0-5][0-9]$`
 	Start string `json:"start"`
+	// End is the local time the window closes, "HH:MM" or "24:00"; at or
+	// before Start, the window runs past midnight into the next day.
 	// +kubebuilder:validation:Pattern=`^(([01][0-9]|2[0-3]):[0-5][0-9]|24:00)$`
 	End string `json:"end"`
 }
@@ -405,12 +415,15 @@ type ReceiverSpec struct {
 	// +optional
 	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
 
+	// NodeSelector is passed to the receiver pods.
 	// +optional
 	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
 
+	// Tolerations are passed to the receiver pods.
 	// +optional
 	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
 
+	// PriorityClassName is passed to the receiver pods.
 	// +optional
 	PriorityClassName string `json:"priorityClassName,omitempty"`
 
@@ -538,6 +551,7 @@ type NetworkPolicySpec struct {
 
 // CallPolicyStatus is the observed state of a CallPolicy.
 type CallPolicyStatus struct {
+	// ObservedGeneration is the generation the status describes.
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 
@@ -552,6 +566,8 @@ type CallPolicyStatus struct {
 	// +optional
 	Receiver ReceiverStatus `json:"receiver,omitempty"`
 
+	// Conditions (kstatus): Ready, Reconciling and Stalled, each with the
+	// generation it describes.
 	// +listType=map
 	// +listMapKey=type
 	// +optional
@@ -560,13 +576,16 @@ type CallPolicyStatus struct {
 
 // ReceiverStatus reports the receiver Deployment.
 type ReceiverStatus struct {
+	// Replicas is the receiver Deployment's replicas.
 	// +optional
 	Replicas int32 `json:"replicas,omitempty"`
+	// ReadyReplicas is how many receivers are ready.
 	// +optional
 	ReadyReplicas int32 `json:"readyReplicas,omitempty"`
 	// Service is the receivers' Service name.
 	// +optional
 	Service string `json:"service,omitempty"`
+	// CallbackPath is the path of the Graph callback on the Service.
 	// +optional
 	CallbackPath string `json:"callbackPath,omitempty"`
 	// CallbackURL is the https URL to enter as the bot's calling webhook,
