@@ -12,12 +12,13 @@ CONTROLLER_GEN := $(BIN)/controller-gen
 KUSTOMIZE := $(BIN)/kustomize
 HELM := $(BIN)/helm
 PROMTOOL := $(BIN)/promtool
+CRD_REF_DOCS := $(BIN)/crd-ref-docs
 ENVTEST_ASSETS = $$(hack/envtest/build.sh)
 GO ?= go
 
 # Generated files; `make test` fails when regenerating them changes anything.
 # dist/chart/files holds the chart's copies of config/ files (chart-files).
-GENERATED := api/v1alpha1/zz_generated.deepcopy.go config/crd/bases config/rbac/role.yaml dist/chart/files
+GENERATED := api/v1alpha1/zz_generated.deepcopy.go config/crd/bases config/rbac/role.yaml dist/chart/files docs/api.md
 
 # render builds a kustomization with the manager image set to IMG, in a
 # scratch copy of config/ so the tree is never edited.
@@ -55,6 +56,10 @@ chart-files: ## Copy config/'s CRDs, manager role, alerts and dashboard into dis
 generate: $(CONTROLLER_GEN) ## Generate deepcopy code.
 	$(CONTROLLER_GEN) object:headerFile="hack/boilerplate.go.txt" paths="./api/..."
 
+.PHONY: api-docs
+api-docs: $(CRD_REF_DOCS) ## Write the API reference (docs/api.md) from the Go types' comments.
+	$(CRD_REF_DOCS) --log-level ERROR --source-path api/v1alpha1 --config hack/crd-ref-docs.yaml --renderer markdown --output-path docs/api.md
+
 .PHONY: fmt
 fmt: ## Run gofmt over the code.
 	gofmt -l -w $$(git ls-files '*.go')
@@ -66,7 +71,7 @@ vet: ## Run go vet.
 .PHONY: verify-generated
 verify-generated: ## Fail when the committed generated files are stale.
 	@before=$$(find $(GENERATED) -type f | sort | xargs sha256sum); \
-	$(MAKE) --no-print-directory generate manifests >/dev/null; \
+	$(MAKE) --no-print-directory generate manifests api-docs >/dev/null; \
 	after=$$(find $(GENERATED) -type f | sort | xargs sha256sum); \
 	if [[ "$$before" != "$$after" ]]; then \
 		echo "generated files were stale (now regenerated; review and commit them):"; \
@@ -81,7 +86,7 @@ envtest: ## Build (once, cached) kube-apiserver and etcd for envtest.
 # one build's module downloads and single-threaded link overlap another's
 # compiling instead of queueing behind it.
 .PHONY: test-tools
-test-tools: $(CONTROLLER_GEN) $(KUSTOMIZE) $(HELM) $(PROMTOOL) envtest
+test-tools: $(CONTROLLER_GEN) $(KUSTOMIZE) $(HELM) $(PROMTOOL) $(CRD_REF_DOCS) envtest
 
 .PHONY: test
 test: ## Run every test against a real API server (envtest), the chart's and the alerts' tests, plus short fuzz runs.
@@ -167,6 +172,9 @@ $(HELM): hack/tools/helm/go.mod hack/tools/helm/go.sum
 
 $(PROMTOOL): hack/tools/promtool/go.mod hack/tools/promtool/go.sum
 	hack/tools/install.sh hack/tools/promtool remove_all_sd github.com/prometheus/prometheus/cmd/promtool
+
+$(CRD_REF_DOCS): hack/tools/crd-ref-docs/go.mod hack/tools/crd-ref-docs/go.sum
+	hack/tools/install.sh hack/tools/crd-ref-docs "" github.com/elastic/crd-ref-docs
 
 ##@ Local cluster
 

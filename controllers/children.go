@@ -22,7 +22,7 @@ import (
 )
 
 // Names, ports and paths shared by the children. The receiver's flags are its
-// contract (receiver.md); the operator configures it only through them.
+// contract (docs/operator.md); the operator configures it only through them.
 const (
 	receiverContainer   = "receiver"
 	receiverHTTPPort    = callsv1alpha1.ReceiverPort

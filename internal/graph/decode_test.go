@@ -9,7 +9,8 @@ import (
 )
 
 // seedIncoming is the incoming-call notification of the Graph reject document
-// (../shared/seeds), which still uses the older "resource" and "callState".
+// the project started from, which still uses the older "resource" and
+// "callState".
 const seedIncoming = `{
     "value": [
         {

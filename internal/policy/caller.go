@@ -18,7 +18,7 @@ type Caller struct {
 	TenantID    string
 }
 
-// CallerOf reads the caller of a call as api.md "How a call is read" says.
+// CallerOf reads the caller of a call as docs/matching.md "How a call is read" says.
 func CallerOf(call *graph.Call) Caller {
 	set := sourceIdentity(call)
 	typ, who := callerIdentity(set)

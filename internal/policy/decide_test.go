@@ -167,7 +167,7 @@ func TestMatchFields(t *testing.T) {
 		{"expression call fields", v1alpha1.Match{Expression: `call.direction == "incoming" && call.state == "incoming" && call.tenantId == "" && call.id == "call-1"`}, phoneCall("+1"), true},
 
 		{"AND of fields", v1alpha1.Match{Callers: &v1alpha1.CallerMatch{NumberPrefixes: []string{"+1"}}, Modalities: []v1alpha1.Modality{"video"}}, phoneCall("+1425", "audio"), false},
-		// The four number fields are one condition (api.md): any of them may hold.
+		// The four number fields are one condition (docs/matching.md): any of them may hold.
 		{"numbers OR prefixes: the number", callers(v1alpha1.CallerMatch{Numbers: []string{"+14255550100"}, NumberPrefixes: []string{"+1900"}}), phoneCall("+14255550100"), true},
 		{"numbers OR prefixes: the prefix", callers(v1alpha1.CallerMatch{Numbers: []string{"+14255550100"}, NumberPrefixes: []string{"+1900"}}), phoneCall("+19005550100"), true},
 		{"numbers OR prefixes: neither", callers(v1alpha1.CallerMatch{Numbers: []string{"+14255550100"}, NumberPrefixes: []string{"+1900"}}), phoneCall("+14255550101"), false},

@@ -3,11 +3,11 @@
 // operator, the receiver and the kubectl plugin all use it, so a policy means
 // the same everywhere. It knows nothing of HTTP or Kubernetes clients.
 //
-// Semantics follow shared/design/api.md. Where api.md is silent, this
-// package decides as follows:
+// Semantics are the API's (docs/api.md, and docs/matching.md for how calls
+// are matched). Where those are silent, this package decides as follows:
 //
 //   - Every given match field must hold and inside a field any item may.
-//     As api.md says, numbers, numberPrefixes, numberPatterns and
+//     As docs/matching.md says, numbers, numberPrefixes, numberPatterns and
 //     numberLists are one condition, "the caller's number is one of these",
 //     which holds when any of the given ones holds, and is ANDed with the
 //     other fields. An empty list counts as not given; a numberLists whose

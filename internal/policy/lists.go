@@ -5,7 +5,7 @@ import (
 	"strings"
 )
 
-// maxListEntries is api.md's limit on number list entries across a policy.
+// maxListEntries is the limit on number list entries (docs/matching.md) across a policy.
 const maxListEntries = 1_000_000
 
 // maxListErrors caps the errors reported per list: a list in the wrong format

@@ -19,7 +19,7 @@ const MaxListBytes = 64 << 20
 const GzipSuffix = ".gz"
 
 // ListText returns the number list text that key names in a ConfigMap with
-// these data and binaryData maps, as api.md says: data holds text;
+// these data and binaryData maps, as docs/matching.md says: data holds text;
 // binaryData holds text, or gzip-compressed text when key ends in ".gz",
 // which is decompressed up to MaxListBytes. found is false when neither map
 // has key. The operator, the --policy-file loader and the kubectl plugin all

@@ -15,7 +15,7 @@ const maxKeyDigits = 18
 // the input.
 type numberBuf [32]byte
 
-// NormalizeNumber normalizes a phone number as api.md describes, and is the
+// NormalizeNumber normalizes a phone number as docs/matching.md describes, and is the
 // only normalizer: the compiler (rule fields and list entries), Decide (the
 // caller's number) and the kubectl plugin (--number) all use it, through
 // appendNormalized.

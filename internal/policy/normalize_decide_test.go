@@ -7,7 +7,7 @@ import (
 )
 
 // numberFormsPolicy has a rule per number field, each written in the ways
-// api.md's normalization accepts, then a rule that any phone caller matches.
+// the normalization (docs/matching.md) accepts, then a rule that any phone caller matches.
 func numberFormsPolicy(t testing.TB) *Policy {
 	t.Helper()
 	lists := "\ufeff+15550005555 # a byte order mark, as Notepad saves\n" +

@@ -57,7 +57,7 @@ type rule struct {
 	modalities  uint8 // bit per modality
 	// numberSet is the id of the number set holding the entries of numbers,
 	// numberPrefixes and numberLists together, -1 when none of them is
-	// given. The four number fields are one condition (api.md): it holds
+	// given. The four number fields are one condition (docs/matching.md): it holds
 	// when the number is in numberSet or matches one of numberRes.
 	numberSet int32
 	// more is set when a field that holds checks is given.

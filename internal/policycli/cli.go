@@ -1,7 +1,7 @@
 // Package policycli is the logic of the kubectl callpolicy plugin: it decides
 // calls and lints policies offline with the same compiler and evaluator the
 // receiver runs, and, against a cluster, tests the live policy, shows its
-// status and the receivers' recent decisions (see shared/design/cli.md).
+// status and the receivers' recent decisions (docs/operating.md).
 package policycli
 
 import (
