@@ -91,4 +91,8 @@ func TestGraphSpellingDecided(t *testing.T) {
 			}
 		})
 	}
+	// "Created" is counted as created, not as another change type.
+	if other := e.metric("callguard_receiver_notifications_total", map[string]string{"change_type": "other"}); other != 0 {
+		t.Errorf("%v notifications counted as change_type=\"other\", want 0", other)
+	}
 }

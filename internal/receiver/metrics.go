@@ -120,18 +120,16 @@ func (m *metrics) decisionToGraphOf(op string) prometheus.Observer {
 // changeTypes are the values of notifications_total's change_type label.
 var changeTypes = [4]string{graph.ChangeCreated, graph.ChangeUpdated, graph.ChangeDeleted, "other"}
 
-// notification counts an accepted notification of a change type.
+// notification counts an accepted notification of a change type, in any
+// case (Graph's SDKs write "Created").
 func (m *metrics) notification(changeType string) {
-	switch changeType {
-	case changeTypes[0]:
-		m.byChangeType[0].Inc()
-	case changeTypes[1]:
-		m.byChangeType[1].Inc()
-	case changeTypes[2]:
-		m.byChangeType[2].Inc()
-	default:
-		m.byChangeType[3].Inc()
+	for i, t := range changeTypes[:3] {
+		if graph.EnumEqual(changeType, t) {
+			m.byChangeType[i].Inc()
+			return
+		}
 	}
+	m.byChangeType[3].Inc()
 }
 
 func newMetrics(queueDepth func() float64) *metrics {
