@@ -182,11 +182,11 @@ func newMetrics(queueDepth func() float64) *metrics {
 		}),
 		connsEvicted: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: namespace, Name: "connections_evicted_total",
-			Help: "Idle callback connections closed to make room at the connection cap.",
+			Help: "Callback connections (idle, or with an incomplete request) closed to make room at the connection cap.",
 		}),
 		connsShed: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: namespace, Name: "connections_shed_total",
-			Help: "Callback connections closed on arrival: the cap was reached and every open one was busy.",
+			Help: "Callback connections closed on arrival: the cap was reached and every open one was serving a whole request.",
 		}),
 		reloads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: telemetry.MetricPolicyReloads,
