@@ -41,7 +41,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	stateDir := fs.String("state-dir", "", "`DIR` where ca.crt (and ca.key, reused on restart) are kept (required)")
 	missedAfter := fs.Duration("missed-after", emulator.DefaultMissedAfter, "end a call nobody acted on after this long")
 	var bots []emulator.Bot
-	fs.Func("bot", "register a bot: `appId=UUID,tenantId=UUID,secret=S[,cert=PATH][,callback=URL][,legacy=true]` (repeatable)", func(v string) error {
+	fs.Func("bot", "register a bot: `appId=UUID,tenantId=UUID,secret=S[,cert=PATH][,callback=URL][,legacy=true][,roles=A|B|…]` (repeatable; roles are the application permissions granted, every calling permission when left out, none with roles=)", func(v string) error {
 		b, err := parseBot(v)
 		if err != nil {
 			return err
@@ -118,6 +118,16 @@ func parseBot(spec string) (emulator.Bot, error) {
 	var b emulator.Bot
 	for i, field := range strings.Split(spec, ",") {
 		key, value, ok := strings.Cut(field, "=")
+		if ok && key == "roles" {
+			// Empty: no permission at all.
+			b.Roles = []string{}
+			for r := range strings.SplitSeq(value, "|") {
+				if r = strings.TrimSpace(r); r != "" {
+					b.Roles = append(b.Roles, r)
+				}
+			}
+			continue
+		}
 		if !ok || value == "" {
 			return b, fmt.Errorf("--bot: field %d is not key=value", i+1)
 		}
@@ -143,7 +153,7 @@ func parseBot(spec string) (emulator.Bot, error) {
 			}
 			b.CertPEM = pem
 		default:
-			return b, fmt.Errorf("--bot: unknown key %q (want appId, tenantId, secret, cert, callback, legacy)", key)
+			return b, fmt.Errorf("--bot: unknown key %q (want appId, tenantId, secret, cert, callback, legacy, roles)", key)
 		}
 	}
 	if b.AppID == "" || b.TenantID == "" {

@@ -219,3 +219,22 @@ func TestBinary(t *testing.T) {
 		t.Errorf("no graceful stop in the logs:\n%s", stderr.String())
 	}
 }
+
+func TestParseBotRoles(t *testing.T) {
+	for _, tt := range []struct {
+		spec string
+		want []string
+	}{
+		{testBot, nil}, // every calling permission, decided by the emulator
+		{testBot + ",roles=Calls.Initiate.All|Calls.JoinGroupCall.All", []string{"Calls.Initiate.All", "Calls.JoinGroupCall.All"}},
+		{testBot + ",roles=", []string{}},
+	} {
+		b, err := parseBot(tt.spec)
+		if err != nil {
+			t.Fatalf("parseBot(%q): %v", tt.spec, err)
+		}
+		if (b.Roles == nil) != (tt.want == nil) || strings.Join(b.Roles, "|") != strings.Join(tt.want, "|") {
+			t.Errorf("parseBot(%q).Roles = %#v, want %#v", tt.spec, b.Roles, tt.want)
+		}
+	}
+}

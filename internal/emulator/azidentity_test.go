@@ -171,7 +171,7 @@ func TestAzureIdentityGetsVerifiableTokens(t *testing.T) {
 				}
 			}
 			roles, _ := claims["roles"].([]any)
-			if len(roles) == 0 || !containsAll(roles, "Calls.AudioVideo", "Calls.Initiate.All") {
+			if len(roles) == 0 || !containsAll(roles, "Calls.JoinGroupCallAsGuest.All", "Calls.Initiate.All") {
 				t.Errorf("roles = %v", claims["roles"])
 			}
 		})

@@ -3,6 +3,8 @@ package emulator
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -291,6 +293,9 @@ func (s *Server) newCall(req placeCallBody) (*call, error) {
 		if _, ok := identity["@odata.type"]; !ok {
 			identity["@odata.type"] = graph.ODataIdentitySet
 		}
+		if !graph.CallerIdentityPermissions().SatisfiedBy(b.roles) {
+			identity = encryptedIdentity(req.Source)
+		}
 		source["identity"] = identity
 	}
 	id := uuid.NewString()
@@ -395,6 +400,17 @@ func notification(changeType string, resource map[string]any) commsNotifications
 			ResourceURL:  "/communications/calls/" + resource["id"].(string),
 			ResourceData: resource,
 		}},
+	}
+}
+
+// encryptedIdentity is the caller as Graph sends it to an app with no
+// calling permission: an opaque encrypted identity in place of the user,
+// phone or application it is (the same caller gives the same id).
+func encryptedIdentity(source []byte) map[string]any {
+	sum := sha256.Sum256(source)
+	return map[string]any{
+		"@odata.type": graph.ODataIdentitySet,
+		"encrypted":   map[string]any{"@odata.type": graph.ODataIdentity, "id": base64.RawURLEncoding.EncodeToString(sum[:])},
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -27,7 +28,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
 	"github.com/google/uuid"
+
+	"github.com/callguard/callguard/internal/graph"
 )
 
 // Defaults for Config.
@@ -54,7 +58,36 @@ type Bot struct {
 	// Legacy makes the first notification to each callback use the older
 	// Skype format, which must be answered with 204 before Graph's follows.
 	Legacy bool
+	// Roles are the application permissions the app was granted (with admin
+	// consent); its access tokens carry exactly them in roles. nil grants
+	// every calling permission (graph.CallingPermissions), an empty non-nil
+	// slice none. An action whose documented permission the app lacks gets
+	// Graph's 403, and its incoming calls carry the caller encrypted when it
+	// has no calling permission at all.
+	Roles []string
+	// Federated are the app's federated identity credentials: client
+	// assertions that another identity provider issued (a Kubernetes
+	// ServiceAccount token, as workload identity sends) are accepted for it.
+	Federated []FederatedCredential
 }
+
+// FederatedCredential trusts the tokens of one issuer for one subject, as an
+// Entra app's federated identity credential does.
+type FederatedCredential struct {
+	// Issuer is the assertion's iss, e.g. a cluster's service account issuer.
+	Issuer string
+	// Subject is its sub, e.g. system:serviceaccount:NAMESPACE:NAME.
+	Subject string
+	// Audiences are accepted values of aud (FederatedAudience when empty).
+	Audiences []string
+	// JWKS is the issuer's JSON Web Key Set, which signs its tokens (Entra
+	// reads it from the issuer's OpenID configuration; the emulator is
+	// given it, as a test's API server is rarely reachable anonymously).
+	JWKS []byte
+}
+
+// FederatedAudience is the audience Entra expects of federated assertions.
+const FederatedAudience = "api://AzureADTokenExchange"
 
 // Config configures a Server.
 type Config struct {
@@ -88,6 +121,8 @@ type bot struct {
 	Bot
 	objectID string
 	certs    []*x509.Certificate
+	roles    []string
+	fedKeys  []jose.JSONWebKeySet
 }
 
 // routeKind tells which service a route belongs to, so injected faults answer
@@ -219,15 +254,28 @@ func newBot(b Bot) (*bot, error) {
 	if !uuidPattern.MatchString(b.TenantID) {
 		return nil, fmt.Errorf("tenantId %q is not a UUID", b.TenantID)
 	}
-	if b.Secret == "" && len(b.CertPEM) == 0 {
-		return nil, fmt.Errorf("appId %s: a secret or a certificate is required", b.AppID)
+	if b.Secret == "" && len(b.CertPEM) == 0 && len(b.Federated) == 0 {
+		return nil, fmt.Errorf("appId %s: a secret, a certificate or a federated credential is required", b.AppID)
 	}
 	if b.Callback != "" {
 		if err := checkCallbackURL(b.Callback); err != nil {
 			return nil, fmt.Errorf("appId %s: %w", b.AppID, err)
 		}
 	}
-	rb := &bot{Bot: b, objectID: uuid.NewString()}
+	rb := &bot{Bot: b, objectID: uuid.NewString(), roles: slices.Clone(b.Roles)}
+	if b.Roles == nil {
+		rb.roles = slices.Clone(graph.CallingPermissions)
+	}
+	for i, f := range b.Federated {
+		var set jose.JSONWebKeySet
+		if f.Issuer == "" || f.Subject == "" {
+			return nil, fmt.Errorf("appId %s: federated credential %d needs an issuer and a subject", b.AppID, i+1)
+		}
+		if err := json.Unmarshal(f.JWKS, &set); err != nil || len(set.Keys) == 0 {
+			return nil, fmt.Errorf("appId %s: federated credential %d: JWKS holds no key (%v)", b.AppID, i+1, err)
+		}
+		rb.fedKeys = append(rb.fedKeys, set)
+	}
 	rest := b.CertPEM
 	for {
 		var block *pem.Block

@@ -209,8 +209,9 @@ type actionRequest struct {
 }
 
 // handleAction serves reject, redirect and answer. Checks run in Graph's
-// order: token (401), call (404), ownership (403), body (400), state (409:
-// acting twice, or on a call that is no longer incoming).
+// order: token (401), the application permission the action needs (403,
+// graph.ActionPermissions), call (404), ownership (403), body (400), state
+// (409: acting twice, or on a call that is no longer incoming).
 func (s *Server) handleAction(kind string, commsOperation bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		received := time.Now()
@@ -227,6 +228,11 @@ func (s *Server) handleAction(kind string, commsOperation bool) http.HandlerFunc
 		if authErr != nil {
 			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="", authorization_uri="%s/common/oauth2/authorize", client_id="%s"`, s.baseURL(r), graphAppID))
 			fail(http.StatusUnauthorized, codeInvalidToken, authErr.Error())
+			return
+		}
+		if req, ok := graph.ActionPermissions(graph.CallAction(kind)); ok && !req.SatisfiedBy(claims.Roles) {
+			fail(http.StatusForbidden, codeAccessDenied, fmt.Sprintf("Application %s is not authorized to %s calls: the access token's roles hold none of %s.",
+				claims.AppID, kind, strings.Join(req.AnyOf, ", ")))
 			return
 		}
 		if c == nil {

@@ -30,10 +30,6 @@ const (
 	assertionType       = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 )
 
-// AccessTokenRoles are the application permissions every issued token
-// carries: what a calling bot is granted.
-var AccessTokenRoles = []string{"Calls.AccessMedia.All", "Calls.AudioVideo", "Calls.Initiate.All", "Calls.JoinGroupCall.All", "Calls.InitiateGroupCall.All"}
-
 // tokenIssuer is the iss of v1 access tokens, which Graph receives.
 func tokenIssuer(tenantID string) string { return "https://sts.windows.net/" + tenantID + "/" }
 
@@ -236,7 +232,7 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := time.Now()
-	tok, err := s.tokenKeys.current().sign(map[string]any{
+	claims := map[string]any{
 		"aud":             resource,
 		"iss":             tokenIssuer(b.TenantID),
 		"iat":             now.Unix(),
@@ -248,12 +244,17 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		"idp":             tokenIssuer(b.TenantID),
 		"idtyp":           "app",
 		"oid":             b.objectID,
-		"roles":           AccessTokenRoles,
 		"sub":             b.objectID,
 		"tid":             b.TenantID,
 		"uti":             strings.ReplaceAll(uuid.NewString(), "-", ""),
 		"ver":             "1.0",
-	})
+	}
+	// Exactly the app's granted permissions; Entra leaves roles out of the
+	// token of an app that has none.
+	if len(b.roles) > 0 {
+		claims["roles"] = b.roles
+	}
+	tok, err := s.tokenKeys.current().sign(claims)
 	if err != nil {
 		s.log.Error("signing access token", "err", err)
 		s.writeEntraError(w, r, http.StatusInternalServerError, "server_error", 50000, "There was an error issuing a token.")
@@ -316,6 +317,9 @@ func (s *Server) checkAssertion(assertion string, b *bot, tenant string, r *http
 		return 50027, fmt.Sprintf("JWT token is invalid or malformed: %v.", err)
 	}
 	cert := findCertificate(b.certs, tok.Headers[0])
+	if cert == nil && len(b.Federated) > 0 && tok.Headers[0].ExtraHeaders["x5t"] == nil && tok.Headers[0].ExtraHeaders["x5t#S256"] == nil {
+		return checkFederatedAssertion(tok, b)
+	}
 	if cert == nil {
 		return 700027, fmt.Sprintf("The certificate with identifier used to sign the client assertion is not registered on application %s. The x5t or x5t#S256 header must be the thumbprint of a registered certificate.", b.AppID)
 	}
@@ -370,4 +374,48 @@ func thumbprintMatches(header any, sum []byte) bool {
 		}
 	}
 	return false
+}
+
+// checkFederatedAssertion verifies an assertion against the app's federated
+// identity credentials as Entra does: a credential for its issuer, whose
+// keys signed it, for its subject and one of its audiences, within its
+// lifetime.
+func checkFederatedAssertion(tok *jwt.JSONWebToken, b *bot) (int, string) {
+	var unverified jwt.Claims
+	if err := tok.UnsafeClaimsWithoutVerification(&unverified); err != nil {
+		return 50027, fmt.Sprintf("JWT token is invalid or malformed: %v.", err)
+	}
+	issuerKnown := false
+	for i, f := range b.Federated {
+		if f.Issuer != unverified.Issuer {
+			continue
+		}
+		issuerKnown = true
+		var claims jwt.Claims
+		keys := b.fedKeys[i].Key(tok.Headers[0].KeyID)
+		if len(keys) == 0 || tok.Claims(keys[0].Key, &claims) != nil {
+			return 700027, "Client assertion failed signature validation: no key of the issuer's JWKS verifies it."
+		}
+		if claims.Subject != f.Subject {
+			continue
+		}
+		audiences := f.Audiences
+		if len(audiences) == 0 {
+			audiences = []string{FederatedAudience}
+		}
+		if !slices.ContainsFunc(claims.Audience, func(a string) bool { return slices.Contains(audiences, a) }) {
+			return 700212, fmt.Sprintf("No matching federated identity record found for presented assertion audience '%s'.", strings.Join(claims.Audience, ","))
+		}
+		if claims.Expiry == nil {
+			return 50027, "JWT token is invalid or malformed: the exp claim is required."
+		}
+		if err := claims.ValidateWithLeeway(jwt.Expected{Time: time.Now()}, clockSkew); err != nil {
+			return 700024, fmt.Sprintf("Client assertion is not within its valid time range: %v.", err)
+		}
+		return 0, ""
+	}
+	if !issuerKnown {
+		return 700211, fmt.Sprintf("No matching federated identity record found for presented assertion issuer '%s'.", unverified.Issuer)
+	}
+	return 700213, fmt.Sprintf("No matching federated identity record found for presented assertion subject '%s'.", unverified.Subject)
 }
