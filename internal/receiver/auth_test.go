@@ -10,6 +10,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -222,5 +223,61 @@ func TestForgedKidDoesNotLockOutRotatedKey(t *testing.T) {
 	id := e.placeCall(numBusy)
 	if rec := e.acted(id); rec.Action != "reject" {
 		t.Fatalf("the call announced with the rotated key was not rejected: %+v", rec)
+	}
+}
+
+// TestForgedKidsWaitingForKeysAreBounded: tokens with unknown kids wait
+// for a key fetch (held slow here), but only 32 at once; the others are
+// answered 503 with Retry-After at once and their connections closed, so
+// that forgeries cannot fill the connection cap. Graph's calls, signed
+// with a known key, are decided meanwhile.
+func TestForgedKidsWaitingForKeysAreBounded(t *testing.T) {
+	const waiting, forgeries = 32, 48
+	e := startEnv(t, envOptions{})
+	if _, err := e.emu.AddFault(emulator.FaultRule{Path: "/v1/.well-known/keys", LatencyMs: 5000, Count: 1}); err != nil {
+		t.Fatal(err)
+	}
+	forger, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := createdBody(t, e.placeQuiet(numBusy))
+	type answer struct {
+		status     int
+		retryAfter string
+		close      bool
+	}
+	answers := make(chan answer, forgeries)
+	for i := range forgeries {
+		tok := "Bearer " + signRS256(t, forger, fmt.Sprint("forged-", i), emulator.InboundClaims(appID, tenantID))
+		go func() {
+			req, _ := http.NewRequest(http.MethodPost, e.callback, bytes.NewReader(body))
+			req.Header.Set("Authorization", tok)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				answers <- answer{}
+				return
+			}
+			resp.Body.Close()
+			answers <- answer{resp.StatusCode, resp.Header.Get("Retry-After"), resp.Close}
+		}()
+	}
+	byStatus := map[int]int{}
+	for range forgeries {
+		a := <-answers
+		byStatus[a.status]++
+		if a.status == http.StatusServiceUnavailable && (a.retryAfter != "1" || !a.close) {
+			t.Errorf("503 with Retry-After %q, connection closed %v; want 1 and closed", a.retryAfter, a.close)
+		}
+	}
+	if byStatus[http.StatusServiceUnavailable] != forgeries-waiting || byStatus[http.StatusUnauthorized] != waiting {
+		t.Fatalf("forged tokens answered %v, want %d × 401 (waited) and %d × 503", byStatus, waiting, forgeries-waiting)
+	}
+	if got := e.metric("callguard_receiver_auth_failures_total", map[string]string{"reason": "unknown_key_busy"}); got != forgeries-waiting {
+		t.Fatalf("unknown_key_busy counted %v, want %d", got, forgeries-waiting)
+	}
+	id := e.placeCall(numBusy)
+	if rec := e.acted(id); rec.Action != "reject" {
+		t.Fatalf("Graph's call was not rejected: %+v", rec)
 	}
 }
