@@ -232,3 +232,55 @@ func TestIncompleteRequestsAreClosedBeforeNewConnectionsAreShed(t *testing.T) {
 		t.Fatal("the newest incomplete request's connection was closed")
 	}
 }
+
+// slowHeaders opens a connection that sends a request line and one header
+// line, and never the blank line that ends the headers.
+func slowHeaders(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := io.WriteString(c, "POST /api/calls HTTP/1.1\r\nHost: x\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestMixedFloodAtTheCap: 1.5 × the cap of idle, slow-header and slow-body
+// connections (with and without a replayed genuine token) leave at most
+// the cap open, none shed, and Graph's call is decided. (Before, the
+// slow bodies held the cap, busy, and Graph's connection was shed.)
+func TestMixedFloodAtTheCap(t *testing.T) {
+	const limit = 8
+	e := startEnv(t, envOptions{maxConnections: limit, requestBudget: time.Minute})
+	addr := e.callbackAddr()
+	auth := e.genuineAuth()
+	for range 2 {
+		idleConn(t, addr)
+		slowHeaders(t, addr)
+	}
+	var refused []net.Conn
+	for range 4 {
+		refused = append(refused, halfRequest(t, addr, "", 1000))
+		halfRequest(t, addr, auth, 1000)
+	}
+	// The slow bodies without a token are answered (or were closed to make
+	// room) and closed.
+	for _, c := range refused {
+		if !closedWithin(c, 5*time.Second) {
+			t.Fatal("a refused slow body's connection stayed open")
+		}
+	}
+	if open := e.metric("callguard_receiver_connections_open", nil); open > limit {
+		t.Fatalf("%v connections open, cap %d", open, limit)
+	}
+	id := e.placeCall(numBusy)
+	if rec := e.acted(id); rec.Action != "reject" {
+		t.Fatalf("a call placed during the flood was not rejected: %+v", rec)
+	}
+	if got := e.metric("callguard_receiver_connections_shed_total", nil); got != 0 {
+		t.Fatalf("%v connections shed", got)
+	}
+}
