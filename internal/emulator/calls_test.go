@@ -398,6 +398,7 @@ func FuzzControlAndGraphBodies(f *testing.F) {
 	tok, err := s.tokenKeys.current().sign(map[string]any{
 		"aud": GraphResource, "iss": tokenIssuer(tenantID), "tid": tenantID, "appid": appID,
 		"iat": time.Now().Unix(), "nbf": time.Now().Unix(), "exp": time.Now().Add(time.Hour).Unix(),
+		"roles": graph.CallingPermissions,
 	})
 	if err != nil {
 		f.Fatal(err)

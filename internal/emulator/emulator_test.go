@@ -19,7 +19,7 @@ func TestNewValidatesBots(t *testing.T) {
 	}{
 		{"app id not a UUID", []Bot{{AppID: "bot", TenantID: tenantID, Secret: secret}}, "appId"},
 		{"tenant not a UUID", []Bot{{AppID: appID, TenantID: "contoso", Secret: secret}}, "tenantId"},
-		{"no credential", []Bot{{AppID: appID, TenantID: tenantID}}, "secret or a certificate"},
+		{"no credential", []Bot{{AppID: appID, TenantID: tenantID}}, "a secret, a certificate or a federated credential"},
 		{"bad certificate", []Bot{{AppID: appID, TenantID: tenantID, CertPEM: []byte("not pem")}}, "no PEM CERTIFICATE"},
 		{"bad callback", []Bot{{AppID: appID, TenantID: tenantID, Secret: secret, Callback: "localhost:8080"}}, "absolute"},
 		{"duplicate", []Bot{good, good}, "registered twice"},

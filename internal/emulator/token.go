@@ -312,13 +312,18 @@ func (s *Server) scopeResource(w http.ResponseWriter, r *http.Request, scope, te
 // x5t thumbprint), iss = sub = client id, aud = the token endpoint, within
 // its lifetime. It returns the AADSTS code and message of the first failure.
 func (s *Server) checkAssertion(assertion string, b *bot, tenant string, r *http.Request) (int, string) {
-	tok, err := jwt.ParseSigned(assertion, []jose.SignatureAlgorithm{jose.RS256, jose.PS256})
+	// Federated issuers may sign with ES256 (a Kubernetes API server's
+	// default key is ECDSA); certificates sign with RS256 or PS256.
+	tok, err := jwt.ParseSigned(assertion, []jose.SignatureAlgorithm{jose.RS256, jose.PS256, jose.ES256})
 	if err != nil {
 		return 50027, fmt.Sprintf("JWT token is invalid or malformed: %v.", err)
 	}
 	cert := findCertificate(b.certs, tok.Headers[0])
 	if cert == nil && len(b.Federated) > 0 && tok.Headers[0].ExtraHeaders["x5t"] == nil && tok.Headers[0].ExtraHeaders["x5t#S256"] == nil {
 		return checkFederatedAssertion(tok, b)
+	}
+	if alg := tok.Headers[0].Algorithm; alg != string(jose.RS256) && alg != string(jose.PS256) {
+		return 50027, fmt.Sprintf("JWT token is invalid or malformed: unexpected signature algorithm %q; expected [\"RS256\" \"PS256\"].", alg)
 	}
 	if cert == nil {
 		return 700027, fmt.Sprintf("The certificate with identifier used to sign the client assertion is not registered on application %s. The x5t or x5t#S256 header must be the thumbprint of a registered certificate.", b.AppID)
