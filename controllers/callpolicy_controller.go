@@ -58,6 +58,10 @@ type CallPolicyReconciler struct {
 	// MetricsScraperNamespaces may reach the receivers' metrics port when a
 	// policy names no spec.receiver.networkPolicy.metricsFrom (networkpolicy.go).
 	MetricsScraperNamespaces []string
+	// CheckGraphAccess gets an app token with each policy's credentials and
+	// sets GraphAccess from its roles (graphaccess.go); cmd/manager turns it
+	// on. Off, policies have no GraphAccess condition.
+	CheckGraphAccess bool
 	// apiServer keeps the API server's addresses for the NetworkPolicies.
 	apiServer apiServerCache
 
@@ -115,6 +119,7 @@ func (r *CallPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		if apierrors.IsNotFound(err) {
 			forgetConditions(req.NamespacedName)
 			r.forgetWritten(req.NamespacedName)
+			graphAccessChecks.forget(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -122,6 +127,7 @@ func (r *CallPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		// Children go with their owner through garbage collection.
 		forgetConditions(req.NamespacedName)
 		r.forgetWritten(req.NamespacedName)
+		graphAccessChecks.forget(req.NamespacedName)
 		return ctrl.Result{}, nil
 	}
 
@@ -149,6 +155,8 @@ func (r *CallPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		r.reconcileSources,
 		r.reconcilePolicy,
 		r.reconcileRBAC,
+		// After the ServiceAccount, whose token workload identity exchanges.
+		r.reconcileGraphAccess,
 		r.reconcileStaleShards,
 		r.reconcileService,
 		// Before the pods: they start with their traffic limited.
@@ -168,12 +176,13 @@ func (r *CallPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 					"message", se.message(maxConditionProblems, maxConditionMessage))
 				// Nothing to retry until the user changes the spec or a
 				// watched source; watches bring us back.
-				return ctrl.Result{}, nil
+				return ctrl.Result{RequeueAfter: st.requeueAfter}, nil
 			}
 			return ctrl.Result{}, err
 		}
 	}
-	return ctrl.Result{}, nil
+	// The GraphAccess check's next run, if it is on.
+	return ctrl.Result{RequeueAfter: st.requeueAfter}, nil
 }
 
 // reconcileState carries what the steps learn to the next steps and to the
@@ -193,6 +202,14 @@ type reconcileState struct {
 	// exposed is status.receiver.callbackURL once reconcileExpose has run
 	// ("" when not exposed); nil keeps the status' value.
 	exposed *string
+	// credentials are the credentials Secret's data, caPEM the PEM of
+	// spec.graph.caBundle, for the GraphAccess check.
+	credentials map[string][]byte
+	caPEM       []byte
+	// graphAccess is the GraphAccess condition once checked (nil keeps the
+	// status' value); requeueAfter is when the check is next due.
+	graphAccess  *graphAccessResult
+	requeueAfter time.Duration
 }
 
 // reconcileSources reads the credentials Secret and the number lists.
@@ -210,6 +227,7 @@ func (r *CallPolicyReconciler) reconcileSources(ctx context.Context, cp *callsv1
 			return st.stall(stalled(ReasonInvalidSecret, "spec.bot.credentials.secretRef.name: Secret %q needs key client-secret, or tls.crt and tls.key", ref.Name))
 		}
 		st.credentialsHash = hashData(secret.Data)
+		st.credentials = secret.Data
 	}
 
 	if ref := cp.Spec.Graph.CABundle; ref != nil {
@@ -221,6 +239,7 @@ func (r *CallPolicyReconciler) reconcileSources(ctx context.Context, cp *callsv1
 			return st.stall(stalled(ReasonConfigMapNotFound, "spec.graph.caBundle: ConfigMap %q has no PEM certificate under key %q", ref.Name, ref.Key))
 		}
 		st.caHash = hashData(map[string][]byte{ref.Key: []byte(pem)})
+		st.caPEM = []byte(pem)
 	}
 
 	if key, ok := r.publishedKey(ctx, cp); ok {
@@ -364,6 +383,9 @@ const (
 	ConditionReady       = "Ready"
 	ConditionReconciling = "Reconciling"
 	ConditionStalled     = "Stalled"
+	// ConditionGraphAccess is the operator's check that the bot gets Graph
+	// tokens carrying the permissions its policy needs (graphaccess.go).
+	ConditionGraphAccess = "GraphAccess"
 
 	ReasonReceiversAvailable = "ReceiversAvailable"
 	ReasonProgressing        = "Progressing"
@@ -374,6 +396,12 @@ const (
 	ReasonInvalidPolicy      = "InvalidPolicy"
 	ReasonPolicyTooLarge     = "PolicyTooLarge"
 	ReasonNoReceiverImage    = "NoReceiverImage"
+
+	// GraphAccess reasons; the False ones are also Ready's and Stalled's.
+	ReasonPermissionsGranted = "PermissionsGranted"
+	ReasonTokenRequestFailed = "TokenRequestFailed"
+	ReasonPermissionsMissing = "PermissionsMissing"
+	ReasonCheckFailed        = "CheckFailed"
 )
 
 // summarize turns what the reconcile learned into status; it never writes.
@@ -397,6 +425,12 @@ func (r *CallPolicyReconciler) summarize(cp *callsv1alpha1.CallPolicy, st *recon
 	if st.deployment != nil {
 		cp.Status.Receiver.Replicas = st.deployment.Status.Replicas
 		cp.Status.Receiver.ReadyReplicas = st.deployment.Status.ReadyReplicas
+	}
+
+	if ga := st.graphAccess; ga != nil {
+		// A definite refusal is also in st.stalled: Ready is False and
+		// Stalled True below. Unknown leaves Ready to the rest.
+		set(ConditionGraphAccess, ga.status, ga.reason, ga.message)
 	}
 
 	// While autoscaling, as many as the autoscaler last asked for.

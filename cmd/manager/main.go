@@ -78,6 +78,7 @@ func main() {
 		MaxConcurrentReconciles:  concurrency,
 		GatewayAPI:               gatewayAPI,
 		MetricsScraperNamespaces: splitList(scrapers),
+		CheckGraphAccess:         true,
 	}
 	if err := r.SetupWithManager(ctx, mgr); err != nil {
 		log.Error(err, "set up CallPolicy controller")

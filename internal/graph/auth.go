@@ -1,6 +1,7 @@
 package graph
 
 import (
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -36,6 +37,10 @@ type CredentialConfig struct {
 	// WorkloadIdentity uses Azure workload identity federation: the token file
 	// comes from AZURE_FEDERATED_TOKEN_FILE, set by the identity webhook.
 	WorkloadIdentity bool
+	// Assertion, with WorkloadIdentity, supplies the federated token (a
+	// ServiceAccount token) instead of the file: how the operator exchanges
+	// a token of the receivers' ServiceAccount as their pods would.
+	Assertion func(context.Context) (string, error)
 	// HTTPClient talks to the authority; nil means http.DefaultClient.
 	HTTPClient *http.Client
 }
@@ -63,6 +68,15 @@ func NewCredential(cfg CredentialConfig) (azcore.TokenCredential, error) {
 	}
 	noDiscovery := !wellKnownAuthorities[strings.ToLower(u.Hostname())]
 
+	if cfg.WorkloadIdentity && cfg.Assertion != nil {
+		cred, err := azidentity.NewClientAssertionCredential(cfg.TenantID, cfg.ClientID, cfg.Assertion, &azidentity.ClientAssertionCredentialOptions{
+			ClientOptions: opts, DisableInstanceDiscovery: noDiscovery,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("client assertion credential: %w", err)
+		}
+		return cred, nil
+	}
 	if cfg.WorkloadIdentity {
 		cred, err := azidentity.NewWorkloadIdentityCredential(&azidentity.WorkloadIdentityCredentialOptions{
 			ClientOptions: opts, ClientID: cfg.ClientID, TenantID: cfg.TenantID, DisableInstanceDiscovery: noDiscovery,

@@ -1,0 +1,313 @@
+package controllers
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	. "github.com/onsi/gomega"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
+	"github.com/callguard/callguard/internal/emulator"
+	"github.com/callguard/callguard/internal/graph"
+)
+
+// The emulated tenant and its apps, one per case of TestGraphAccess.
+const (
+	gaTenant      = "9c1e2d3f-4a5b-4c6d-8e7f-0a1b2c3d4e5f"
+	gaAppSecret   = "a0000001-0000-4000-8000-000000000001"
+	gaAppCert     = "a0000001-0000-4000-8000-000000000002"
+	gaAppWorkload = "a0000001-0000-4000-8000-000000000003"
+	gaAppNoInit   = "a0000001-0000-4000-8000-000000000004"
+	gaAppNoRoles  = "a0000001-0000-4000-8000-000000000005"
+	gaAppNoJoin   = "a0000001-0000-4000-8000-000000000006"
+	// gaAppUnknown is registered in no tenant.
+	gaAppUnknown = "a0000001-0000-4000-8000-0000000000ff"
+	gaSecret     = "emulated~secret"
+	gaNamespace  = "graph-access"
+)
+
+// allBut is every calling permission but perms.
+func allBut(perms ...string) []string {
+	return slices.DeleteFunc(slices.Clone(graph.CallingPermissions), func(p string) bool { return slices.Contains(perms, p) })
+}
+
+// TestGraphAccess runs the check against the emulator over TLS on an API
+// server of its own: the suite's manager does not check (its policies name
+// tenants no authority knows), and two managers must not share policies.
+func TestGraphAccess(t *testing.T) {
+	g := NewWithT(t)
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+	}
+	apiCfg, err := env.Start()
+	must(t, err)
+	t.Cleanup(func() { _ = env.Stop() })
+	c, err := client.New(apiCfg, client.Options{Scheme: scheme})
+	must(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+
+	// What an app's federated credential trusts: the API server's service
+	// account issuer and its keys, read as Entra reads them.
+	cs, err := kubernetes.NewForConfig(apiCfg)
+	must(t, err)
+	disco, err := cs.RESTClient().Get().AbsPath("/.well-known/openid-configuration").DoRaw(ctx)
+	must(t, err)
+	var oidc struct {
+		Issuer string `json:"issuer"`
+	}
+	must(t, json.Unmarshal(disco, &oidc))
+	jwks, err := cs.RESTClient().Get().AbsPath("/openid/v1/jwks").DoRaw(ctx)
+	must(t, err)
+
+	certPEM, keyPEM := selfSignedCert(t)
+	subject := func(policy string) string {
+		return "system:serviceaccount:" + gaNamespace + ":" + callsv1alpha1.ReceiverName(policy)
+	}
+	emu, err := emulator.New(emulator.Config{Bots: []emulator.Bot{
+		{AppID: gaAppSecret, TenantID: gaTenant, Secret: gaSecret},
+		{AppID: gaAppCert, TenantID: gaTenant, CertPEM: certPEM},
+		{AppID: gaAppWorkload, TenantID: gaTenant, Federated: []emulator.FederatedCredential{
+			{Issuer: oidc.Issuer, Subject: subject("workload"), JWKS: jwks},
+		}},
+		{AppID: gaAppNoInit, TenantID: gaTenant, Secret: gaSecret, Roles: allBut(graph.PermissionCallsInitiate)},
+		{AppID: gaAppNoRoles, TenantID: gaTenant, Secret: gaSecret, Roles: []string{}},
+		{AppID: gaAppNoJoin, TenantID: gaTenant, Secret: gaSecret, Roles: allBut(graph.PermissionCallsJoinGroupCall, graph.PermissionCallsJoinGroupCallAsGuest)},
+	}})
+	must(t, err)
+	must(t, emu.Start())
+	t.Cleanup(func() { _ = emu.Close() })
+
+	mgr, err := ctrl.NewManager(apiCfg, ctrl.Options{
+		Scheme: scheme, Cache: CacheOptions(nil, false), Metrics: metricsserver.Options{BindAddress: "0"},
+		Controller: config.Controller{SkipNameValidation: ptr.To(true), CacheSyncTimeout: eventually},
+	})
+	must(t, err)
+	r := &CallPolicyReconciler{
+		Client: mgr.GetClient(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("callguard-manager"),
+		ReceiverImage: testReceiverImage, CheckGraphAccess: true,
+	}
+	must(t, r.SetupWithManager(ctx, mgr))
+	startManager(t, ctx, cancel, mgr, "the manager checking graph access")
+
+	must(t, c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: gaNamespace}}))
+	must(t, c.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: gaNamespace, Name: "emulator-ca"},
+		Data: map[string]string{"ca.crt": string(emu.CACertPEM())}}))
+	must(t, c.Create(ctx, testSecret(gaNamespace, "secret", gaSecret)))
+	must(t, c.Create(ctx, testSecret(gaNamespace, "wrong-secret", "not-the-secret")))
+	must(t, c.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: gaNamespace, Name: "cert"},
+		Data: map[string][]byte{"tls.crt": certPEM, "tls.key": keyPEM}}))
+
+	// A closed port: nothing answers there.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	closed := "https://" + ln.Addr().String() + "/"
+	must(t, ln.Close())
+
+	secretRef := func(name string) callsv1alpha1.Credentials {
+		return callsv1alpha1.Credentials{SecretRef: &callsv1alpha1.SecretReference{Name: name}}
+	}
+	workload := callsv1alpha1.Credentials{WorkloadIdentity: &callsv1alpha1.WorkloadIdentity{}}
+	redirect := func(cp *callsv1alpha1.CallPolicy) {
+		cp.Spec.Rules = []callsv1alpha1.Rule{{Name: "divert", Action: callsv1alpha1.ActionRedirect,
+			Redirect: &callsv1alpha1.RedirectSpec{Targets: []callsv1alpha1.RedirectTarget{{Phone: "+14255550199"}}}}}
+	}
+	tests := []struct {
+		name, app  string
+		creds      callsv1alpha1.Credentials
+		mutate     func(*callsv1alpha1.CallPolicy)
+		wantStatus metav1.ConditionStatus
+		wantReason string
+		// wantIn are in the condition's message.
+		wantIn []string
+	}{
+		{name: "secret", app: gaAppSecret, creds: secretRef("secret"), mutate: redirect,
+			wantStatus: metav1.ConditionTrue, wantReason: ReasonPermissionsGranted, wantIn: graph.CallingPermissions},
+		{name: "certificate", app: gaAppCert, creds: secretRef("cert"),
+			wantStatus: metav1.ConditionTrue, wantReason: ReasonPermissionsGranted, wantIn: graph.CallingPermissions},
+		// TokenRequest for the receivers' ServiceAccount, exchanged as a
+		// client assertion against the app's federated credential.
+		{name: "workload", app: gaAppWorkload, creds: workload,
+			wantStatus: metav1.ConditionTrue, wantReason: ReasonPermissionsGranted, wantIn: graph.CallingPermissions},
+		{name: "wrong-secret", app: gaAppSecret, creds: secretRef("wrong-secret"),
+			wantStatus: metav1.ConditionFalse, wantReason: ReasonTokenRequestFailed, wantIn: []string{"AADSTS7000215", "invalid_client", "Invalid client secret"}},
+		{name: "unknown-app", app: gaAppUnknown, creds: secretRef("secret"),
+			wantStatus: metav1.ConditionFalse, wantReason: ReasonTokenRequestFailed, wantIn: []string{"AADSTS700016", gaAppUnknown}},
+		// The federated credential names the ServiceAccount of "workload".
+		{name: "other-workload", app: gaAppWorkload, creds: workload,
+			wantStatus: metav1.ConditionFalse, wantReason: ReasonTokenRequestFailed, wantIn: []string{"AADSTS700213", subject("other-workload")}},
+		{name: "redirect-without-initiate", app: gaAppNoInit, creds: secretRef("secret"), mutate: redirect,
+			wantStatus: metav1.ConditionFalse, wantReason: ReasonPermissionsMissing, wantIn: []string{graph.PermissionCallsInitiate + " (for redirect)"}},
+		// Rejecting needs no permission, but without any calling one the
+		// callers arrive encrypted: no number rule could match them.
+		{name: "reject-without-any-permission", app: gaAppNoRoles, creds: secretRef("secret"),
+			wantStatus: metav1.ConditionFalse, wantReason: ReasonPermissionsMissing,
+			wantIn: append([]string{"caller identities", "no roles"}, graph.CallingPermissions...)},
+		// Neither rejecting nor redirecting answers: the answer permissions
+		// are not needed yet.
+		{name: "no-answer-permission", app: gaAppNoJoin, creds: secretRef("secret"), mutate: redirect,
+			wantStatus: metav1.ConditionTrue, wantReason: ReasonPermissionsGranted},
+		{name: "unreachable", app: gaAppSecret, creds: secretRef("secret"),
+			mutate:     func(cp *callsv1alpha1.CallPolicy) { cp.Spec.Graph.AuthorityHost = closed },
+			wantStatus: metav1.ConditionUnknown, wantReason: ReasonCheckFailed, wantIn: []string{"could not be reached", closed}},
+	}
+	for _, tt := range tests {
+		cp := &callsv1alpha1.CallPolicy{
+			ObjectMeta: metav1.ObjectMeta{Namespace: gaNamespace, Name: tt.name},
+			Spec: callsv1alpha1.CallPolicySpec{
+				Bot: callsv1alpha1.BotSpec{AppID: tt.app, TenantID: gaTenant, Credentials: tt.creds},
+				Graph: callsv1alpha1.GraphSpec{
+					Endpoint: emu.URL(), AuthorityHost: emu.URL() + "/",
+					CABundle: &callsv1alpha1.ConfigMapKeyReference{Name: "emulator-ca", Key: "ca.crt"},
+				},
+				DefaultAction: callsv1alpha1.ActionReject,
+			},
+		}
+		if tt.mutate != nil {
+			tt.mutate(cp)
+		}
+		must(t, c.Create(ctx, cp))
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := NewWithT(t)
+			g.Eventually(func(g Gomega) {
+				cp := &callsv1alpha1.CallPolicy{}
+				g.Expect(c.Get(ctx, key(gaNamespace, tt.name), cp)).To(Succeed())
+				ga := meta.FindStatusCondition(cp.Status.Conditions, ConditionGraphAccess)
+				g.Expect(ga).NotTo(BeNil())
+				g.Expect(ga.Status).To(Equal(tt.wantStatus), ga.Message)
+				g.Expect(ga.Reason).To(Equal(tt.wantReason), ga.Message)
+				for _, s := range tt.wantIn {
+					g.Expect(ga.Message).To(ContainSubstring(s))
+				}
+				stalled := meta.FindStatusCondition(cp.Status.Conditions, ConditionStalled)
+				ready := meta.FindStatusCondition(cp.Status.Conditions, ConditionReady)
+				g.Expect(ready).NotTo(BeNil())
+				if tt.wantStatus == metav1.ConditionFalse {
+					// A bot that cannot act must not look healthy.
+					g.Expect(stalled).NotTo(BeNil())
+					g.Expect(stalled.Reason).To(Equal(tt.wantReason))
+					g.Expect(ready.Status).To(Equal(metav1.ConditionFalse))
+					g.Expect(ready.Reason).To(Equal(tt.wantReason))
+					return
+				}
+				// Ready is the receivers' business (no pods run here).
+				g.Expect(stalled).To(BeNil())
+				g.Expect(ready.Reason).To(Equal(ReasonProgressing))
+			}, eventually, poll).Should(Succeed())
+			// The receivers are deployed whatever the check says.
+			g.Eventually(func() error {
+				return c.Get(ctx, key(gaNamespace, callsv1alpha1.ReceiverName(tt.name)), &corev1.ServiceAccount{})
+			}, eventually, poll).Should(Succeed())
+		})
+	}
+
+	t.Run("a refusal is a warning event", func(t *testing.T) {
+		g := NewWithT(t)
+		g.Eventually(func(g Gomega) []string {
+			var list eventsv1.EventList
+			g.Expect(c.List(ctx, &list, client.InNamespace(gaNamespace))).To(Succeed())
+			var notes []string
+			for _, e := range list.Items {
+				if e.Regarding.Name == "wrong-secret" && e.Type == corev1.EventTypeWarning && e.Reason == ReasonTokenRequestFailed {
+					notes = append(notes, e.Note)
+				}
+			}
+			return notes
+		}, eventually, poll).Should(ContainElement(ContainSubstring("AADSTS7000215")))
+	})
+
+	t.Run("fixing the secret is checked at once", func(t *testing.T) {
+		g := NewWithT(t)
+		fixed := &corev1.Secret{}
+		must(t, c.Get(ctx, key(gaNamespace, "wrong-secret"), fixed))
+		fixed.Data = map[string][]byte{"client-secret": []byte(gaSecret)}
+		must(t, c.Update(ctx, fixed))
+		g.Eventually(func(g Gomega) {
+			cp := &callsv1alpha1.CallPolicy{}
+			g.Expect(c.Get(ctx, key(gaNamespace, "wrong-secret"), cp)).To(Succeed())
+			ga := meta.FindStatusCondition(cp.Status.Conditions, ConditionGraphAccess)
+			g.Expect(ga).NotTo(BeNil())
+			g.Expect(ga.Reason).To(Equal(ReasonPermissionsGranted))
+			g.Expect(meta.FindStatusCondition(cp.Status.Conditions, ConditionStalled)).To(BeNil())
+		}, eventually, poll).Should(Succeed())
+	})
+	_ = g
+}
+
+// selfSignedCert is a certificate and its key in PEM, as a bot's Secret
+// holds them (tls.crt, tls.key).
+func selfSignedCert(t *testing.T) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, err := rsa.GenerateKey(rand.Reader, 2048)
+	must(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "callguard bot"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	must(t, err)
+	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
+	must(t, err)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8})
+}
+
+// TestPolicyCallActions: the Graph actions a policy can take, which the
+// check wants permissions for.
+func TestPolicyCallActions(t *testing.T) {
+	cp := testPolicy("ns", "p")
+	if got := policyCallActions(cp); !slices.Equal(got, []graph.CallAction{graph.CallReject}) {
+		t.Errorf("reject rules, default Allow: %v", got)
+	}
+	cp.Spec.DefaultAction = callsv1alpha1.ActionRedirect
+	if got := policyCallActions(cp); !slices.Equal(got, []graph.CallAction{graph.CallRedirect, graph.CallReject}) {
+		t.Errorf("reject rules, default Redirect: %v", got)
+	}
+	cp.Spec.Mode = callsv1alpha1.ModeDryRun
+	if got := policyCallActions(cp); len(got) != 0 {
+		t.Errorf("DryRun: %v, want none", got)
+	}
+	// Announce, to come: answer, play the prompt, hang up.
+	cp = testPolicy("ns", "p")
+	cp.Spec.Rules = []callsv1alpha1.Rule{{Name: "announce", Action: "Announce"}}
+	cp.Spec.DefaultAction = callsv1alpha1.ActionAllow
+	want := []graph.CallAction{graph.CallAnswer, graph.CallHangUp, graph.CallPlayPrompt}
+	if got := policyCallActions(cp); !slices.Equal(got, want) {
+		t.Errorf("Announce: %v, want %v", got, want)
+	}
+	missing := graph.MissingPermissions(nil, want)
+	var text []string
+	for _, m := range missing {
+		text = append(text, m.Describe())
+	}
+	for _, s := range []string{"(for caller identities", "(for answer)", "(for playPrompt)", "(for hang up)"} {
+		if !strings.Contains(strings.Join(text, "; "), s) {
+			t.Errorf("missing with no roles = %q, want %q", text, s)
+		}
+	}
+}
