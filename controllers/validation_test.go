@@ -93,6 +93,18 @@ func invalidSpecs() []invalidSpec {
 		}, "spec.bot.credentials"},
 		{"appId not a uuid", func(s *callsv1alpha1.CallPolicySpec) { s.Bot.AppID = "hotline-bot" }, "spec.bot.appId"},
 		{"tenantId not a uuid", func(s *callsv1alpha1.CallPolicySpec) { s.Bot.TenantID = "contoso" }, "spec.bot.tenantId"},
+		{"additional tenant not a uuid", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Bot.AdditionalTenants = []string{"3c1f8a2e-5b7d-4e9a-8f60-1d2c3b4a5e6f", "fabrikam"}
+		}, "spec.bot.additionalTenants[1]"},
+		{"additional tenants * with others", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Bot.AdditionalTenants = []string{"3c1f8a2e-5b7d-4e9a-8f60-1d2c3b4a5e6f", "*"}
+		}, "spec.bot.additionalTenants"},
+		{"1,001 additional tenants", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Bot.AdditionalTenants = slices.Repeat([]string{"3c1f8a2e-5b7d-4e9a-8f60-1d2c3b4a5e6f"}, 1001)
+		}, "spec.bot.additionalTenants"},
+		{"match tenant not a uuid", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Rules[0].Match.Tenants = []string{"*"}
+		}, "spec.rules[0].match.tenants[0]"},
 		{"unknown mode", func(s *callsv1alpha1.CallPolicySpec) { s.Mode = "Audit" }, "spec.mode"},
 		{"unknown defaultAction", func(s *callsv1alpha1.CallPolicySpec) { s.DefaultAction = "Drop" }, "spec.defaultAction"},
 		{"defaultAction Redirect without defaultRedirect", func(s *callsv1alpha1.CallPolicySpec) {

@@ -139,6 +139,10 @@ type CallPolicySpec struct {
 	Receiver ReceiverSpec `json:"receiver,omitempty"`
 }
 
+// AnyTenant, as the only entry of bot.additionalTenants, accepts calls from
+// every tenant.
+const AnyTenant = "*"
+
 // BotSpec identifies the calling bot.
 type BotSpec struct {
 	// AppID is the bot's Entra application (client) id; inbound tokens carry it as aud.
@@ -146,10 +150,24 @@ type BotSpec struct {
 	// +kubebuilder:validation:MaxLength=36
 	AppID string `json:"appId"`
 
-	// TenantID is the tenant whose Graph the receiver calls.
+	// TenantID is the bot's home tenant: inbound tokens from it are
+	// accepted, and Graph actions on its calls use its app tokens.
 	// +kubebuilder:validation:Format=uuid
 	// +kubebuilder:validation:MaxLength=36
 	TenantID string `json:"tenantId"`
+
+	// AdditionalTenants, for multi-tenant bots, are the other tenants that
+	// consented to the bot: uuids, or the single entry "*" for any tenant.
+	// An inbound token whose tenant claim is one of them is accepted, and
+	// every Graph action on a call uses an app token from the call's tenant
+	// (authority {authorityHost}{tenant}), never the home tenant's. A token
+	// from any other tenant is refused with 403.
+	// +kubebuilder:validation:MaxItems=1000
+	// +kubebuilder:validation:items:MaxLength=36
+	// +kubebuilder:validation:items:Pattern=`^(\*|[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12})$`
+	// +kubebuilder:validation:XValidation:rule="!self.exists(t, t == '*') || size(self) == 1",message="* (any tenant) must be the only entry of additionalTenants"
+	// +optional
+	AdditionalTenants []string `json:"additionalTenants,omitempty"`
 
 	// Credentials says how the receiver gets Graph tokens.
 	Credentials Credentials `json:"credentials"`
@@ -296,6 +314,16 @@ type Match struct {
 	// +kubebuilder:validation:MaxItems=4
 	// +optional
 	Modalities []Modality `json:"modalities,omitempty"`
+
+	// Tenants hold when the CALL's tenant (the tenant the call arrived in:
+	// the notification token's tenant claim) is one of them: per-customer
+	// rules for multi-tenant bots (bot.additionalTenants). Not the caller's
+	// tenant, which is callers.tenantIds.
+	// +kubebuilder:validation:MaxItems=1000
+	// +kubebuilder:validation:items:Format=uuid
+	// +kubebuilder:validation:items:MaxLength=36
+	// +optional
+	Tenants []string `json:"tenants,omitempty"`
 
 	// Schedule holds when the call arrives in one of its windows.
 	// +optional

@@ -196,6 +196,7 @@ func (c *compiler) validateSpec() {
 	s := c.spec
 	c.uuid("spec.bot.appId", s.Bot.AppID)
 	c.uuid("spec.bot.tenantId", s.Bot.TenantID)
+	c.additionalTenants("spec.bot.additionalTenants", s.Bot.AdditionalTenants)
 	cr := s.Bot.Credentials
 	if (cr.SecretRef != nil) == (cr.WorkloadIdentity != nil) {
 		c.errorf("spec.bot.credentials", "exactly one of secretRef or workloadIdentity must be set")
@@ -292,6 +293,24 @@ func (c *compiler) uuid(path, v string) {
 		c.errorf(path, "required")
 	case !uuidRE.MatchString(v):
 		c.errorf(path, "must be a UUID such as 6d2a7b1e-0c1f-4a51-9a43-2f0f4c3b9e10, got %q", v)
+	}
+}
+
+// maxTenants bounds bot.additionalTenants and match.tenants, as the CRD does.
+const maxTenants = 1000
+
+// additionalTenants checks bot.additionalTenants as the CRD does: uuids, or
+// "*" alone.
+func (c *compiler) additionalTenants(path string, tenants []string) {
+	c.maxItems(path, len(tenants), maxTenants)
+	for i, t := range tenants {
+		if t == v1alpha1.AnyTenant {
+			if len(tenants) != 1 {
+				c.errorf(path, "* (any tenant) must be the only entry of additionalTenants")
+			}
+			continue
+		}
+		c.uuid(fmt.Sprintf("%s[%d]", path, i), t)
 	}
 }
 
@@ -405,7 +424,7 @@ func (c *compiler) compileRule(i int, names map[string]int) rule {
 		numberSet: -1,
 	}
 	c.compileMatch(path+".match", &sr.Match, &r)
-	r.more = r.ids != nil || r.tenants != nil || r.sched != nil || r.numberRes != nil || r.nameRes != nil || r.expr != nil
+	r.more = r.ids != nil || r.tenants != nil || r.callTenants != nil || r.sched != nil || r.numberRes != nil || r.nameRes != nil || r.expr != nil
 	if isEmptyMatch(&sr.Match) && c.emptyMatch < 0 {
 		c.emptyMatch = i
 	}
@@ -413,7 +432,7 @@ func (c *compiler) compileRule(i int, names map[string]int) rule {
 }
 
 func isEmptyMatch(m *v1alpha1.Match) bool {
-	if len(m.Modalities) > 0 || m.Schedule != nil || m.Expression != "" {
+	if len(m.Modalities) > 0 || len(m.Tenants) > 0 || m.Schedule != nil || m.Expression != "" {
 		return false
 	}
 	cm := m.Callers
@@ -432,6 +451,18 @@ func (c *compiler) compileMatch(path string, m *v1alpha1.Match, r *rule) {
 			continue
 		}
 		r.modalities |= modalityBit(string(mod))
+	}
+	if len(m.Tenants) > 0 {
+		c.maxItems(path+".tenants", len(m.Tenants), maxTenants)
+		for i, t := range m.Tenants {
+			c.uuid(fmt.Sprintf("%s.tenants[%d]", path, i), t)
+		}
+		r.callTenants = make(map[string]struct{}, len(m.Tenants))
+		for _, t := range m.Tenants {
+			if t != "" {
+				r.callTenants[strings.ToLower(t)] = struct{}{}
+			}
+		}
 	}
 	if m.Schedule != nil {
 		r.sched = c.compileSchedule(path+".schedule", m.Schedule)

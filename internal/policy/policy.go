@@ -22,6 +22,8 @@ type Decision struct {
 	// Rule is the deciding rule's name, "" when the default applied.
 	Rule string        `json:"rule"`
 	Mode v1alpha1.Mode `json:"mode"`
+	// Tenant is the tenant the call arrived in, as DecideIn was given it.
+	Tenant string `json:"tenant,omitempty"`
 	// Redirect is shared with the policy: callers must not modify it.
 	Redirect *v1alpha1.RedirectSpec `json:"redirect,omitempty"`
 }
@@ -64,16 +66,28 @@ type rule struct {
 	more         bool
 	numberRes    []*regexp.Regexp
 	ids, tenants map[string]struct{} // lower-cased
-	nameRes      []*regexp.Regexp
-	sched        *schedule
-	expr         cel.Program
+	// callTenants are match.tenants, lower-cased: the call's tenant, not
+	// the caller's.
+	callTenants map[string]struct{}
+	nameRes     []*regexp.Regexp
+	sched       *schedule
+	expr        cel.Program
 }
 
-// Decide decides one call arriving at the given time. It does not allocate
-// unless a rule needs a CEL expression, or a regex on a number that was not
-// already normalized, or the number is longer than 31 digits.
+// Decide decides one call arriving at the given time in the bot's home
+// tenant, or in no known tenant: no match.tenants holds. Receivers use
+// DecideIn, which knows the tenant the call arrived in.
 func (p *Policy) Decide(call *graph.Call, at time.Time) Decision {
-	ev := evalState{p: p, call: call, at: at}
+	return p.DecideIn(call, at, "")
+}
+
+// DecideIn decides one call arriving at the given time in the given tenant
+// (the notification token's tenant claim; "" when unknown), which
+// match.tenants is compared with. It does not allocate unless a rule needs a
+// CEL expression, or a regex on a number that was not already normalized,
+// or the number is longer than 31 digits.
+func (p *Policy) DecideIn(call *graph.Call, at time.Time, tenant string) Decision {
+	ev := evalState{p: p, call: call, at: at, callTenant: tenant}
 	ev.read()
 	for i := range p.rules {
 		r := &p.rules[i]
@@ -85,19 +99,20 @@ func (p *Policy) Decide(call *graph.Call, at time.Time) Decision {
 			continue
 		}
 		if !r.more || r.holds(&ev) {
-			return p.decision(call, r)
+			return p.decision(call, r, tenant)
 		}
 	}
-	return p.decision(call, &p.dflt)
+	return p.decision(call, &p.dflt, tenant)
 }
 
-func (p *Policy) decision(call *graph.Call, r *rule) Decision {
+func (p *Policy) decision(call *graph.Call, r *rule, tenant string) Decision {
 	return Decision{
 		CallID:   callID(call),
 		Action:   r.action,
 		Reason:   r.reason,
 		Rule:     r.name,
 		Mode:     p.spec.Mode,
+		Tenant:   tenant,
 		Redirect: r.redirect,
 	}
 }
@@ -158,6 +173,8 @@ type evalState struct {
 	p    *Policy
 	call *graph.Call
 	at   time.Time
+	// callTenant is the tenant the call arrived in.
+	callTenant string
 
 	set     *graph.IdentitySet
 	typ     v1alpha1.IdentityType
@@ -282,6 +299,9 @@ func (ev *evalState) callerName() string {
 // holds reports whether the fields that Decide does not check inline hold,
 // cheapest first.
 func (r *rule) holds(ev *evalState) bool {
+	if r.callTenants != nil && !containsFold(r.callTenants, ev.callTenant) {
+		return false
+	}
 	if r.ids != nil && !ev.idIn(r.ids) {
 		return false
 	}
