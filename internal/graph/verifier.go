@@ -74,7 +74,12 @@ type Verifier struct {
 	Keys     *KeySet
 	Issuers  []string
 	Audience string
+	// TenantID is the bot's home tenant.
 	TenantID string
+	// AdditionalTenants are the other tenants whose tokens are accepted
+	// (multi-tenant bots: bot.additionalTenants); the single entry "*"
+	// accepts every tenant. Compared without regard to ASCII case.
+	AdditionalTenants []string
 	// Skew is the leeway on exp and nbf; zero means DefaultSkew.
 	Skew time.Duration
 	// Now is the clock; nil means time.Now.
@@ -83,7 +88,14 @@ type Verifier struct {
 	mu       sync.Mutex
 	verified map[string]tokenLifetime
 	order    []string // FIFO of verified's keys, for eviction
+
+	tenantsOnce sync.Once
+	tenants     map[string]struct{} // lower-cased: TenantID and AdditionalTenants
+	anyTenant   bool
 }
+
+// anyTenant is the AdditionalTenants entry that accepts every tenant.
+const anyTenant = "*"
 
 // tokenLifetime is what a remembered token needs checked again: its
 // validity window, and the key it was signed with, which must still be
@@ -91,6 +103,8 @@ type Verifier struct {
 type tokenLifetime struct {
 	notBefore, expiry time.Time
 	kid               string
+	// tenant is the token's tenant claim, lower-cased.
+	tenant string
 }
 
 // inboundClaims are the claims checked: the tenant comes as tid or, in
@@ -104,15 +118,23 @@ type inboundClaims struct {
 // Verify checks an Authorization header value. It returns nil or an
 // *AuthError.
 func (v *Verifier) Verify(ctx context.Context, authorization string) error {
+	_, err := v.VerifyTenant(ctx, authorization)
+	return err
+}
+
+// VerifyTenant checks an Authorization header value as Verify does and
+// returns the token's tenant claim, lower-cased: the tenant the call
+// arrived in, whose app tokens act on it.
+func (v *Verifier) VerifyTenant(ctx context.Context, authorization string) (string, error) {
 	if authorization == "" {
-		return unauthorized(AuthMissing, errors.New("no Authorization header"))
+		return "", unauthorized(AuthMissing, errors.New("no Authorization header"))
 	}
 	if len(authorization) < bearerPrefixBytes || !strings.EqualFold(authorization[:bearerPrefixBytes], "Bearer ") {
-		return unauthorized(AuthScheme, errors.New("authorization scheme is not Bearer"))
+		return "", unauthorized(AuthScheme, errors.New("authorization scheme is not Bearer"))
 	}
 	raw := strings.TrimSpace(authorization[bearerPrefixBytes:])
 	if len(raw) > maxTokenBytes {
-		return unauthorized(AuthMalformed, errors.New("token too long"))
+		return "", unauthorized(AuthMalformed, errors.New("token too long"))
 	}
 	now := time.Now()
 	if v.Now != nil {
@@ -123,61 +145,113 @@ func (v *Verifier) Verify(ctx context.Context, authorization string) error {
 		skew = DefaultSkew
 	}
 	if lt, ok := v.cached(raw); ok && !now.After(lt.expiry.Add(skew)) && !now.Add(skew).Before(lt.notBefore) && v.Keys.holds(lt.kid) {
-		return nil
+		return lt.tenant, nil
 	}
 	// Only RS256 is accepted: this refuses "none", HS256 with the public key
 	// as secret, and every other algorithm before any key is looked at.
 	tok, err := jwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256})
 	if err != nil {
-		return unauthorized(AuthMalformed, fmt.Errorf("parse token: %w", err))
+		return "", unauthorized(AuthMalformed, fmt.Errorf("parse token: %w", err))
 	}
 	if len(tok.Headers) != 1 || tok.Headers[0].KeyID == "" {
-		return unauthorized(AuthMalformed, errors.New("token header has no kid"))
+		return "", unauthorized(AuthMalformed, errors.New("token header has no kid"))
 	}
 	kid := tok.Headers[0].KeyID
 	key, err := v.Keys.lookup(ctx, kid)
 	if errors.Is(err, errKeyWaitersFull) {
-		return &AuthError{Status: http.StatusServiceUnavailable, Reason: AuthKeysBusy, Err: fmt.Errorf("kid %q: %w", kid, err)}
+		return "", &AuthError{Status: http.StatusServiceUnavailable, Reason: AuthKeysBusy, Err: fmt.Errorf("kid %q: %w", kid, err)}
 	}
 	if errors.Is(err, errUnknownKID) {
-		return unauthorized(AuthUnknownKey, fmt.Errorf("kid %q: %w", kid, err))
+		return "", unauthorized(AuthUnknownKey, fmt.Errorf("kid %q: %w", kid, err))
 	}
 	if err != nil {
-		return unauthorized(AuthKeys, err)
+		return "", unauthorized(AuthKeys, err)
 	}
 	var c inboundClaims
 	if err := tok.Claims(key, &c); err != nil {
-		return unauthorized(AuthSignature, fmt.Errorf("verify signature: %w", err))
+		return "", unauthorized(AuthSignature, fmt.Errorf("verify signature: %w", err))
 	}
 
 	if c.Expiry == nil {
-		return unauthorized(AuthMalformed, errors.New("token has no exp"))
+		return "", unauthorized(AuthMalformed, errors.New("token has no exp"))
 	}
 	if now.After(c.Expiry.Time().Add(skew)) {
-		return unauthorized(AuthExpired, fmt.Errorf("token expired at %s", c.Expiry.Time().UTC().Format(time.RFC3339)))
+		return "", unauthorized(AuthExpired, fmt.Errorf("token expired at %s", c.Expiry.Time().UTC().Format(time.RFC3339)))
 	}
 	if c.NotBefore != nil && now.Add(skew).Before(c.NotBefore.Time()) {
-		return unauthorized(AuthNotYetValid, fmt.Errorf("token not valid before %s", c.NotBefore.Time().UTC().Format(time.RFC3339)))
+		return "", unauthorized(AuthNotYetValid, fmt.Errorf("token not valid before %s", c.NotBefore.Time().UTC().Format(time.RFC3339)))
 	}
 	if !slices.Contains(v.Issuers, c.Issuer) {
-		return forbidden(AuthIssuer, fmt.Errorf("issuer %q is not accepted", c.Issuer))
+		return "", forbidden(AuthIssuer, fmt.Errorf("issuer %q is not accepted", c.Issuer))
 	}
 	if !c.Audience.Contains(v.Audience) {
-		return forbidden(AuthAudience, errors.New("token audience is not this bot"))
+		return "", forbidden(AuthAudience, errors.New("token audience is not this bot"))
 	}
 	tenant := c.TID
 	if tenant == "" {
 		tenant = c.TIDURI
 	}
-	if !strings.EqualFold(tenant, v.TenantID) {
-		return forbidden(AuthTenant, fmt.Errorf("tenant %q is not the bot's tenant", tenant))
+	tenant = strings.ToLower(tenant)
+	if !v.accepts(tenant) {
+		return "", forbidden(AuthTenant, fmt.Errorf("tenant %q is not the bot's tenant nor one of its additional tenants", tenant))
 	}
-	lt := tokenLifetime{expiry: c.Expiry.Time(), kid: kid}
+	lt := tokenLifetime{expiry: c.Expiry.Time(), kid: kid, tenant: tenant}
 	if c.NotBefore != nil {
 		lt.notBefore = c.NotBefore.Time()
 	}
 	v.remember(raw, lt)
-	return nil
+	return tenant, nil
+}
+
+// accepts reports whether a lower-cased tenant claim is the home tenant or
+// one of the additional tenants (any tenant with "*").
+func (v *Verifier) accepts(tenant string) bool {
+	if tenant == "" {
+		return false
+	}
+	v.tenantsOnce.Do(func() {
+		v.tenants = make(map[string]struct{}, 1+len(v.AdditionalTenants))
+		v.tenants[strings.ToLower(v.TenantID)] = struct{}{}
+		for _, t := range v.AdditionalTenants {
+			if t == anyTenant {
+				v.anyTenant = true
+				continue
+			}
+			v.tenants[strings.ToLower(t)] = struct{}{}
+		}
+	})
+	if v.anyTenant {
+		return true
+	}
+	_, ok := v.tenants[tenant]
+	return ok
+}
+
+// TenantOf returns the tenant claim, lower-cased, of an Authorization
+// header that VerifyTenant accepted, for code that got only the header:
+// from the tokens remembered as verified, else read from the token's
+// claims without checking them again (the caller vouches that they were
+// checked). "" when the header holds no readable token.
+func (v *Verifier) TenantOf(authorization string) string {
+	if len(authorization) < bearerPrefixBytes {
+		return ""
+	}
+	raw := strings.TrimSpace(authorization[bearerPrefixBytes:])
+	if lt, ok := v.cached(raw); ok {
+		return lt.tenant
+	}
+	tok, err := jwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256})
+	if err != nil {
+		return ""
+	}
+	var c inboundClaims
+	if err := tok.UnsafeClaimsWithoutVerification(&c); err != nil {
+		return ""
+	}
+	if c.TID != "" {
+		return strings.ToLower(c.TID)
+	}
+	return strings.ToLower(c.TIDURI)
 }
 
 func (v *Verifier) cached(raw string) (tokenLifetime, bool) {
