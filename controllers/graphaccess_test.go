@@ -226,6 +226,30 @@ func TestGraphAccess(t *testing.T) {
 		})
 	}
 
+	t.Run("kubectl get -o wide shows the reason", func(t *testing.T) {
+		body, err := cs.RESTClient().Get().
+			AbsPath("/apis/calls.callguard.dev/v1alpha1/namespaces", gaNamespace, "callpolicies", "wrong-secret").
+			SetHeader("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io").DoRaw(ctx)
+		if err != nil {
+			t.Fatalf("GET as Table: %v: %s", err, body)
+		}
+		var table metav1.Table
+		must(t, json.Unmarshal(body, &table))
+		for i, col := range table.ColumnDefinitions {
+			if col.Name != "Graph Access" {
+				continue
+			}
+			if col.Priority != 1 {
+				t.Errorf("Graph Access has priority %d: want 1 (-o wide only)", col.Priority)
+			}
+			if len(table.Rows) != 1 || table.Rows[0].Cells[i] != ReasonTokenRequestFailed {
+				t.Errorf("rows %+v: want the column %s", table.Rows, ReasonTokenRequestFailed)
+			}
+			return
+		}
+		t.Errorf("no Graph Access column in %+v", table.ColumnDefinitions)
+	})
+
 	t.Run("a refusal is a warning event", func(t *testing.T) {
 		g := NewWithT(t)
 		g.Eventually(func(g Gomega) []string {
