@@ -41,6 +41,10 @@ const (
 // PlaceCallRequest is the body of POST /emulator/calls.
 type PlaceCallRequest struct {
 	AppID string `json:"appId"`
+	// TenantID is the tenant the call arrives in, one the bot is registered
+	// in (default: its first). Notifications carry it as the tenant claim,
+	// and acting on the call needs a token issued by that tenant.
+	TenantID string `json:"tenantId,omitempty"`
 	// CallbackURI overrides the bot's registered callback for this call.
 	CallbackURI string `json:"callbackUri,omitempty"`
 	// Source is the caller; nil places an anonymous call (no identity).
@@ -62,6 +66,7 @@ type PlaceCallRequest struct {
 // raw so fields the wire types do not model still reach the bot.
 type placeCallBody struct {
 	AppID               string          `json:"appId"`
+	TenantID            string          `json:"tenantId"`
 	CallbackURI         string          `json:"callbackUri"`
 	Source              json.RawMessage `json:"source"`
 	RequestedModalities []string        `json:"requestedModalities"`
@@ -202,6 +207,7 @@ func (s *Server) PlaceCall(ctx context.Context, req PlaceCallRequest) (*graph.Ca
 	}
 	res, err := s.placeCall(ctx, placeCallBody{
 		AppID:               req.AppID,
+		TenantID:            req.TenantID,
 		CallbackURI:         req.CallbackURI,
 		Source:              source,
 		RequestedModalities: req.RequestedModalities,
@@ -265,6 +271,12 @@ func (s *Server) newCall(req placeCallBody) (*call, error) {
 	if b == nil {
 		return nil, fmt.Errorf("%w: appId %s is not a registered bot", ErrInvalidCall, req.AppID)
 	}
+	tenant := b.TenantID
+	if req.TenantID != "" {
+		if tenant = b.tenant(req.TenantID); tenant == "" {
+			return nil, fmt.Errorf("%w: tenantId %s: bot %s is not registered in that tenant", ErrInvalidCall, req.TenantID, b.AppID)
+		}
+	}
 	callback := req.CallbackURI
 	if callback == "" {
 		callback = b.Callback
@@ -314,7 +326,7 @@ func (s *Server) newCall(req placeCallBody) (*call, error) {
 		"direction":       "incoming",
 		"callbackUri":     callback,
 		"callChainId":     uuid.NewString(),
-		"tenantId":        b.TenantID,
+		"tenantId":        tenant,
 		"myParticipantId": uuid.NewString(),
 		"source":          source,
 		"targets": []any{map[string]any{
@@ -343,7 +355,7 @@ func (s *Server) newCall(req placeCallBody) (*call, error) {
 	c := &call{
 		id:          id,
 		appID:       b.AppID,
-		tenantID:    b.TenantID,
+		tenantID:    tenant,
 		callbackURI: callback,
 		legacy:      b.Legacy,
 		silent:      req.Deliver != nil && !*req.Deliver,
@@ -351,7 +363,7 @@ func (s *Server) newCall(req placeCallBody) (*call, error) {
 		rec: CallRecord{
 			ID:          id,
 			AppID:       b.AppID,
-			TenantID:    b.TenantID,
+			TenantID:    tenant,
 			CallbackURI: callback,
 			State:       state,
 			PlacedAt:    time.Now(),

@@ -44,7 +44,11 @@ const (
 // does not acknowledge within about 5 s.
 const deliveryTimeout = 5 * time.Second
 
-// Bot is a registered calling bot: an Entra app in a tenant.
+// Bot is a registered calling bot: an Entra app in a tenant. A multi-tenant
+// app is registered once per tenant that consented to it: Bots with the
+// same AppID and other TenantIDs. The first registration is the app's home
+// tenant and holds its credentials, roles and callback; the later ones add
+// only their tenant (their other fields are ignored).
 type Bot struct {
 	AppID    string
 	TenantID string
@@ -119,6 +123,9 @@ type Config struct {
 // bot is a registered Bot with what the token service derives from it.
 type bot struct {
 	Bot
+	// tenants are the tenants the app is registered in, the home tenant
+	// (TenantID) first, as registered.
+	tenants  []string
 	objectID string
 	certs    []*x509.Certificate
 	roles    []string
@@ -207,12 +214,19 @@ func New(cfg Config) (*Server, error) {
 		stats:      newStats(),
 	}
 	for i, b := range cfg.Bots {
-		rb, err := newBot(b)
+		_, more := s.bots[strings.ToLower(b.AppID)]
+		rb, err := newBot(b, more)
 		if err != nil {
 			return nil, fmt.Errorf("bot %d: %w", i+1, err)
 		}
-		if _, dup := s.bots[strings.ToLower(b.AppID)]; dup {
-			return nil, fmt.Errorf("bot %d: appId %s registered twice", i+1, b.AppID)
+		if home, dup := s.bots[strings.ToLower(b.AppID)]; dup {
+			// The same app in another tenant: a multi-tenant app.
+			if home.tenant(b.TenantID) != "" {
+				return nil, fmt.Errorf("bot %d: appId %s registered twice in tenant %s", i+1, b.AppID, b.TenantID)
+			}
+			home.tenants = append(home.tenants, b.TenantID)
+			s.tenants[strings.ToLower(b.TenantID)] = true
+			continue
 		}
 		s.bots[strings.ToLower(b.AppID)] = rb
 		s.tenants[strings.ToLower(b.TenantID)] = true
@@ -247,12 +261,28 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-func newBot(b Bot) (*bot, error) {
+// tenant returns the registered spelling of a tenant the app is registered
+// in, "" when it is not.
+func (b *bot) tenant(id string) string {
+	for _, t := range b.tenants {
+		if strings.EqualFold(t, id) {
+			return t
+		}
+	}
+	return ""
+}
+
+// newBot checks a registration; a later registration of an app in another
+// tenant (more) needs no credentials, the first holds them, and makes no bot.
+func newBot(b Bot, more bool) (*bot, error) {
 	if !uuidPattern.MatchString(b.AppID) {
 		return nil, fmt.Errorf("appId %q is not a UUID", b.AppID)
 	}
 	if !uuidPattern.MatchString(b.TenantID) {
 		return nil, fmt.Errorf("tenantId %q is not a UUID", b.TenantID)
+	}
+	if more {
+		return nil, nil
 	}
 	if b.Secret == "" && len(b.CertPEM) == 0 && len(b.Federated) == 0 {
 		return nil, fmt.Errorf("appId %s: a secret, a certificate or a federated credential is required", b.AppID)
@@ -262,7 +292,7 @@ func newBot(b Bot) (*bot, error) {
 			return nil, fmt.Errorf("appId %s: %w", b.AppID, err)
 		}
 	}
-	rb := &bot{Bot: b, objectID: uuid.NewString(), roles: slices.Clone(b.Roles)}
+	rb := &bot{Bot: b, tenants: []string{b.TenantID}, objectID: uuid.NewString(), roles: slices.Clone(b.Roles)}
 	if b.Roles == nil {
 		rb.roles = slices.Clone(graph.CallingPermissions)
 	}

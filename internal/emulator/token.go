@@ -193,7 +193,7 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	b := s.bots[strings.ToLower(clientID)]
-	if b == nil || !strings.EqualFold(b.TenantID, tenant) {
+	if b == nil || b.tenant(tenant) == "" {
 		s.writeEntraError(w, r, http.StatusBadRequest, "unauthorized_client", 700016,
 			fmt.Sprintf("Application with identifier '%s' was not found in the directory '%s'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant. You may have sent your authentication request to the wrong tenant.", clientID, tenant))
 		return
@@ -231,21 +231,24 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 			"The request body must contain the following parameter: 'client_assertion' or 'client_secret'.")
 		return
 	}
+	// A multi-tenant app's token is issued by the tenant asked, and carries
+	// it as tid.
+	tid := b.tenant(tenant)
 	now := time.Now()
 	claims := map[string]any{
 		"aud":             resource,
-		"iss":             tokenIssuer(b.TenantID),
+		"iss":             tokenIssuer(tid),
 		"iat":             now.Unix(),
 		"nbf":             now.Unix(),
 		"exp":             now.Add(accessTokenLifetime).Unix(),
 		"app_displayname": "callguard emulated bot",
 		"appid":           b.AppID,
 		"appidacr":        acr,
-		"idp":             tokenIssuer(b.TenantID),
+		"idp":             tokenIssuer(tid),
 		"idtyp":           "app",
 		"oid":             b.objectID,
 		"sub":             b.objectID,
-		"tid":             b.TenantID,
+		"tid":             tid,
 		"uti":             strings.ReplaceAll(uuid.NewString(), "-", ""),
 		"ver":             "1.0",
 	}
@@ -268,7 +271,7 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		"ext_expires_in": lifetime,
 		"access_token":   tok,
 	})
-	s.log.Info("access token issued", "appId", b.AppID, "tenantId", b.TenantID, "resource", resource, "appidacr", acr)
+	s.log.Info("access token issued", "appId", b.AppID, "tenantId", tid, "resource", resource, "appidacr", acr)
 }
 
 func (s *Server) missingParameter(w http.ResponseWriter, r *http.Request, name string) {
