@@ -1,7 +1,6 @@
 package policycli
 
 import (
-	"bytes"
 	"context"
 	"net"
 	"net/url"
@@ -11,6 +10,8 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/callguard/callguard/test/harness/local"
 )
 
 // Lines as the receivers write them at /decisions.
@@ -177,25 +178,6 @@ func equal(a, b []string) bool {
 	return true
 }
 
-// syncBuffer is a bytes.Buffer written by a running command and read by
-// the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // TestDecisionsFollow polls until interrupted, printing each decision once:
 // a new one, and one recorded late with a time before the newest seen (a
 // slow Graph action), which the overlap of the next since catches.
@@ -220,7 +202,7 @@ func TestDecisionsFollow(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var stdout, stderr syncBuffer
+	var stdout, stderr local.SyncBuffer
 	done := make(chan int, 1)
 	go func() {
 		done <- RunContext(ctx, []string{"decisions", "hotline", "-n", ns, "--follow", "-o", "json", "--kubeconfig", kubeconfig}, nil, &stdout, &stderr)
@@ -250,11 +232,5 @@ func TestDecisionsFollow(t *testing.T) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	local.Eventually(t, 20*time.Second, what, cond)
 }

@@ -3,15 +3,9 @@ package policycli
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
-	"net"
-	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -20,33 +14,12 @@ import (
 	"github.com/callguard/callguard/internal/graph"
 	"github.com/callguard/callguard/internal/policy"
 	"github.com/callguard/callguard/internal/receiver"
+	"github.com/callguard/callguard/test/harness/local"
 )
 
-const (
-	appID    = "6d2a7b1e-0c1f-4a51-9a43-2f0f4c3b9e10"
-	tenantID = "0b3f5c1d-8a2e-4a77-b0c4-7f3e2d1a9c55"
-	secret   = "emulated~secret"
-)
-
-// receiverPolicy is a standalone receiver's policy file, on the emulator.
-func receiverPolicy(emu string) string {
-	return `apiVersion: calls.callguard.dev/v1alpha1
-kind: CallPolicy
-metadata:
-  name: hotline
-  namespace: telephony
-spec:
-  bot:
-    appId: ` + appID + `
-    tenantId: ` + tenantID + `
-    credentials:
-      secretRef:
-        name: hotline-bot
-  graph:
-    endpoint: ` + emu + `
-    authorityHost: ` + emu + `/
-    openIDConfigURL: ` + emu + `/v1/.well-known/OpenIdConfiguration
-  defaultAction: Allow
+// receiverPolicy is the receivers' standalone policy file, on the emulator.
+func receiverPolicy(emu string) []byte {
+	return local.PolicyFile{Emulator: emu, Spec: `  defaultAction: Allow
   rules:
     - name: robocallers
       action: Reject
@@ -57,59 +30,16 @@ spec:
       redirect:
         targets: [{phone: "+14255550199"}]
       match: {callers: {numbers: ["+14255550004"]}}
----
-apiVersion: v1
-kind: Secret
-metadata:
-  name: hotline-bot
-  namespace: telephony
-stringData:
-  client-secret: ` + secret + `
-`
+`}.YAML()
 }
 
-// startReceiver runs a receiver (receiver.Run, as cmd/receiver does) with
-// its metrics port on ip, where the API server's pod proxy reaches it, and
-// returns its callback URL and metrics port.
+// startReceiver runs a receiver with its metrics port on ip, where the API
+// server's pod proxy reaches it, and returns its callback URL and metrics
+// port.
 func startReceiver(t *testing.T, ip, policyFile, caFile string) (string, int) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- receiver.Run(ctx, receiver.Options{
-			PolicyFile:      policyFile,
-			CAFile:          caFile,
-			CredentialsDir:  filepath.Join(t.TempDir(), "none"),
-			Logger:          slog.New(slog.NewJSONHandler(io.Discard, nil)),
-			Listener:        ln,
-			MetricsListener: mln,
-			ShutdownGrace:   10 * time.Millisecond,
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("receiver.Run: %v", err)
-		}
-	})
-	metrics := mln.Addr().String()
-	waitFor(t, "receiver ready", func() bool {
-		resp, err := http.Get("http://" + metrics + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	return "http://" + ln.Addr().String() + "/api/calls", mln.Addr().(*net.TCPAddr).Port
+	r := local.StartReceiver(t, local.Options{MetricsHost: ip, Options: receiver.Options{PolicyFile: policyFile, CAFile: caFile}})
+	return r.Callback, r.MetricsPort
 }
 
 // TestReceiversBehindPodProxy runs two real receivers deciding calls placed
@@ -120,22 +50,9 @@ func TestReceiversBehindPodProxy(t *testing.T) {
 	ip := podIP(t)
 	ns := newNamespace(t)
 
-	emu, err := emulator.New(emulator.Config{Bots: []emulator.Bot{{AppID: appID, TenantID: tenantID, Secret: secret}}, MissedAfter: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := emu.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = emu.Close() })
-	dir := t.TempDir()
-	caFile, policyFile := filepath.Join(dir, "ca.crt"), filepath.Join(dir, "policy.yaml")
-	if err := os.WriteFile(caFile, emu.CACertPEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(policyFile, []byte(receiverPolicy(emu.URL())), 0o600); err != nil {
-		t.Fatal(err)
-	}
+	emu, caFile := local.StartEmulator(t, nil)
+	policyFile := filepath.Join(t.TempDir(), "policy.yaml")
+	local.WriteFile(t, policyFile, receiverPolicy(emu.URL()))
 	callbackA, portA := startReceiver(t, ip, policyFile, caFile)
 	callbackB, portB := startReceiver(t, ip, policyFile, caFile)
 
@@ -162,7 +79,7 @@ func TestReceiversBehindPodProxy(t *testing.T) {
 		{"+14255550100", callbackA, "hotline-callguard-a", "", "Allow", "none"},
 	} {
 		call, err := emu.PlaceCall(context.Background(), emulator.PlaceCallRequest{
-			AppID: appID, CallbackURI: c.callback,
+			AppID: local.AppID, CallbackURI: c.callback,
 			Source: &graph.IdentitySet{Phone: &graph.Identity{ID: c.number}},
 		})
 		if err != nil {

@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -23,13 +23,17 @@ import (
 	"github.com/callguard/callguard/internal/emulator"
 	"github.com/callguard/callguard/internal/graph"
 	"github.com/callguard/callguard/internal/receiver"
+	"github.com/callguard/callguard/test/harness/local"
+)
+
+// The test bot (test/harness/local).
+const (
+	appID    = local.AppID
+	tenantID = local.TenantID
+	secret   = local.Secret
 )
 
 const (
-	appID    = "6d2a7b1e-0c1f-4a51-9a43-2f0f4c3b9e10"
-	tenantID = "0b3f5c1d-8a2e-4a77-b0c4-7f3e2d1a9c55"
-	secret   = "emulated~secret"
-
 	// Callers the standard rules decide.
 	numBusy      = "+14255550001"
 	numForbidden = "+14255550002"
@@ -53,24 +57,8 @@ type policyParams struct {
 	Extra string
 }
 
-var policyTemplate = template.Must(template.New("policy").Parse(`apiVersion: calls.callguard.dev/v1alpha1
-kind: CallPolicy
-metadata:
-  name: hotline
-  namespace: telephony
-spec:
-  bot:
-    appId: ` + appID + `
-    tenantId: ` + tenantID + `
-    credentials:
-      secretRef:
-        name: hotline-bot
-  graph:
-    endpoint: {{.Emulator}}
-    apiVersion: "{{.APIVersion}}"
-    authorityHost: {{.Emulator}}/
-    openIDConfigURL: {{.Emulator}}/v1/.well-known/OpenIdConfiguration
-  mode: {{.Mode}}
+// specTemplate is the spec after bot and graph (local.PolicyFile).
+var specTemplate = template.Must(template.New("spec").Parse(`  mode: {{.Mode}}
 {{- if .Upstream}}
   upstream:
     url: {{.Upstream}}
@@ -98,15 +86,17 @@ spec:
       action: Reject
       reason: {{.FlipReason}}
       match: {callers: {numbers: ["{{.FlipNumber}}"]}}
-{{.Extra}}---
-apiVersion: v1
-kind: Secret
-metadata:
-  name: hotline-bot
-  namespace: telephony
-stringData:
-  client-secret: ` + secret + `
-`))
+{{.Extra}}`))
+
+// renderPolicy is the standalone policy file p describes.
+func renderPolicy(t testing.TB, p policyParams) []byte {
+	t.Helper()
+	var spec bytes.Buffer
+	if err := specTemplate.Execute(&spec, p); err != nil {
+		t.Fatal(err)
+	}
+	return local.PolicyFile{Emulator: p.Emulator, APIVersion: p.APIVersion, Spec: spec.String()}.YAML()
+}
 
 // env is a receiver run in-process (receiver.Run) against an emulator over
 // HTTPS, with its policy in a file.
@@ -120,8 +110,7 @@ type env struct {
 	callback   string
 	ops        string
 	logs       *logSink
-	cancel     context.CancelFunc
-	done       chan error
+	rcv        *local.Receiver
 	upstream   *recorder
 	// sink takes notifications of calls placed for direct posting.
 	sink *httptest.Server
@@ -142,7 +131,7 @@ type envOptions struct {
 
 func startEnv(t *testing.T, o envOptions) *env {
 	t.Helper()
-	e := &env{t: t, dir: t.TempDir(), logs: &logSink{}, done: make(chan error, 1)}
+	e := &env{t: t, dir: t.TempDir(), logs: &logSink{}}
 	e.sink = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		w.WriteHeader(http.StatusAccepted)
@@ -153,29 +142,18 @@ func startEnv(t *testing.T, o envOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	e.callback = "http://" + ln.Addr().String() + "/api/calls"
-	e.ops = "http://" + mln.Addr().String()
-
-	emu, err := emulator.New(emulator.Config{
-		Bots:        []emulator.Bot{{AppID: appID, TenantID: tenantID, Secret: secret, Callback: e.callback, Legacy: o.legacy}},
-		MissedAfter: time.Minute,
-	})
-	if err != nil {
-		t.Fatal(err)
+	// The upstream bot is reached over https, as a bot outside the
+	// cluster must be: its certificate is trusted beside the emulator's.
+	var upstreamCA []byte
+	if o.upstream {
+		e.upstream = newRecorder(t)
+		upstreamCA = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: e.upstream.Certificate().Raw})
 	}
-	if err := emu.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = emu.Close() })
+	bot := local.Bot(e.callback)
+	bot.Legacy = o.legacy
+	emu, caFile := local.StartEmulator(t, upstreamCA, bot)
 	e.emu = emu
-	caFile := filepath.Join(e.dir, "ca.crt")
-	if err := os.WriteFile(caFile, emu.CACertPEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
 
 	e.params = policyParams{Emulator: emu.URL(), APIVersion: "v1.0", Mode: "Enforce", FlipReason: "busy", FlipNumber: "+14255550900"}
 	if o.mode != "" {
@@ -185,89 +163,34 @@ func startEnv(t *testing.T, o envOptions) *env {
 		e.params.APIVersion = o.apiVersion
 	}
 	if o.upstream {
-		e.upstream = newRecorder(t)
 		e.params.Upstream = e.upstream.URL
 	}
 	e.policyPath = filepath.Join(e.dir, "policy.yaml")
 	e.writePolicy(e.params)
 
-	grace := o.grace
-	if grace == 0 {
-		grace = 50 * time.Millisecond
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	e.cancel = cancel
-	srvCh := make(chan *receiver.Server, 1)
-	go func() {
-		e.done <- receiver.Run(ctx, receiver.Options{
-			PolicyFile:      e.policyPath,
-			CAFile:          caFile,
-			CredentialsDir:  filepath.Join(e.dir, "no-credentials"),
-			Logger:          slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-			Listener:        ln,
-			MetricsListener: mln,
-			ShutdownGrace:   grace,
-			MaxConnections:  o.maxConnections,
-			RequestBudget:   o.requestBudget,
-			Server:          receiver.Config{Deadline: o.deadline, GraphBackoff: 20 * time.Millisecond},
-			OnServer:        func(s *receiver.Server) { srvCh <- s },
-		})
-	}()
-	t.Cleanup(e.stop)
-	select {
-	case e.srv = <-srvCh:
-	case err := <-e.done:
-		t.Fatalf("receiver.Run returned early: %v", err)
-	}
-	e.waitReady()
+	e.rcv = local.StartReceiver(t, local.Options{Options: receiver.Options{
+		PolicyFile:     e.policyPath,
+		CAFile:         caFile,
+		Logger:         slog.New(slog.NewJSONHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Listener:       ln,
+		ShutdownGrace:  o.grace,
+		MaxConnections: o.maxConnections,
+		RequestBudget:  o.requestBudget,
+		Server:         receiver.Config{Deadline: o.deadline, GraphBackoff: 20 * time.Millisecond},
+	}})
+	e.srv, e.ops = e.rcv.Server, e.rcv.Ops
 	return e
-}
-
-func (e *env) stop() {
-	e.cancel()
-	select {
-	case err := <-e.done:
-		if err != nil {
-			e.t.Errorf("receiver.Run: %v", err)
-		}
-		e.done <- err
-	case <-time.After(30 * time.Second):
-		e.t.Error("receiver did not stop within 30s")
-	}
 }
 
 func (e *env) writePolicy(p policyParams) {
 	e.t.Helper()
-	var buf bytes.Buffer
-	if err := policyTemplate.Execute(&buf, p); err != nil {
-		e.t.Fatal(err)
-	}
-	e.writeFile(buf.Bytes())
+	e.writeFile(renderPolicy(e.t, p))
 }
 
-// writeFile replaces the policy file atomically, as editors and Kubernetes
-// volume updates do.
+// writeFile replaces the policy file atomically.
 func (e *env) writeFile(data []byte) {
 	e.t.Helper()
-	tmp := e.policyPath + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		e.t.Fatal(err)
-	}
-	if err := os.Rename(tmp, e.policyPath); err != nil {
-		e.t.Fatal(err)
-	}
-}
-
-func (e *env) waitReady() {
-	e.t.Helper()
-	eventually(e.t, 10*time.Second, "receiver ready", func() bool {
-		resp, err := http.Get(e.ops + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
+	local.WriteFile(e.t, e.policyPath, data)
 }
 
 // placeCall places a call from number to the receiver and returns its id
@@ -446,13 +369,7 @@ func hasLabels(m *dto.Metric, want map[string]string) bool {
 
 func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	local.Eventually(t, timeout, what, cond)
 }
 
 // recorder is an upstream bot that records what it is sent.
@@ -469,7 +386,7 @@ type upstreamRequest struct {
 
 func newRecorder(t *testing.T) *recorder {
 	r := &recorder{}
-	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	r.Server = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		body, _ := io.ReadAll(req.Body)
 		r.mu.Lock()
 		r.reqs = append(r.reqs, upstreamRequest{auth: req.Header.Get("Authorization"), body: body})
@@ -502,24 +419,13 @@ func (r *recorder) forCall(t *testing.T, id string) []upstreamRequest {
 }
 
 // logSink collects the receiver's JSON log lines.
-type logSink struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logSink) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
+type logSink struct{ local.SyncBuffer }
 
 // decisions returns the records of the decision log lines.
 func (l *logSink) decisions(t *testing.T) []map[string]any {
 	t.Helper()
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	var out []map[string]any
-	for _, line := range bytes.Split(l.buf.Bytes(), []byte("\n")) {
+	for _, line := range bytes.Split(l.Bytes(), []byte("\n")) {
 		if len(line) == 0 {
 			continue
 		}
@@ -538,12 +444,6 @@ func (l *logSink) decisions(t *testing.T) []map[string]any {
 		}
 	}
 	return out
-}
-
-func (l *logSink) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }
 
 func (l *logSink) decisionFor(t *testing.T, id string) map[string]any {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -22,6 +21,7 @@ import (
 	"github.com/callguard/callguard/internal/graph"
 	"github.com/callguard/callguard/internal/policy"
 	"github.com/callguard/callguard/internal/receiver"
+	"github.com/callguard/callguard/test/harness/local"
 )
 
 const flipNumber = "+14255550900"
@@ -95,11 +95,7 @@ func TestSwapsAreAtomic(t *testing.T) {
 			p.FlipNumber = "+14255550901"
 			p.Extra = "    - name: flip-enforce\n      action: Allow\n      match: {callers: {numbers: [\"" + flipNumber + "\"]}}\n"
 		}
-		var buf bytes.Buffer
-		if err := policyTemplate.Execute(&buf, p); err != nil {
-			t.Fatal(err)
-		}
-		bundle, err := policy.LoadYAML("v", &buf)
+		bundle, err := policy.LoadYAML("v", bytes.NewReader(renderPolicy(t, p)))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -175,19 +171,8 @@ func TestSwapsAreAtomic(t *testing.T) {
 
 func TestConfigMapSource(t *testing.T) {
 	dir := t.TempDir()
-	emu, err := emulator.New(emulator.Config{Bots: []emulator.Bot{{AppID: appID, TenantID: tenantID, Secret: secret}}, MissedAfter: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := emu.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = emu.Close() })
-	caFile := filepath.Join(dir, "ca.crt")
+	emu, caFile := local.StartEmulator(t, nil)
 	credDir := filepath.Join(dir, "credentials")
-	if err := os.WriteFile(caFile, emu.CACertPEM(), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	if err := os.Mkdir(credDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
@@ -196,11 +181,8 @@ func TestConfigMapSource(t *testing.T) {
 	}
 
 	configMap := func(reason string) *corev1.ConfigMap {
-		var buf bytes.Buffer
-		if err := policyTemplate.Execute(&buf, policyParams{Emulator: emu.URL(), APIVersion: "v1.0", Mode: "Enforce", FlipReason: reason, FlipNumber: flipNumber}); err != nil {
-			t.Fatal(err)
-		}
-		bundle, err := policy.LoadYAML("policy.yaml", &buf)
+		file := renderPolicy(t, policyParams{Emulator: emu.URL(), APIVersion: "v1.0", Mode: "Enforce", FlipReason: reason, FlipNumber: flipNumber})
+		bundle, err := policy.LoadYAML("policy.yaml", bytes.NewReader(file))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -216,34 +198,17 @@ func TestConfigMapSource(t *testing.T) {
 		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: "telephony", Name: "other"}, Data: map[string]string{"policy.json": "{"}},
 	)
 
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	mln, _ := net.Listen("tcp", "127.0.0.1:0")
 	logs := &logSink{}
-	srvCh := make(chan *receiver.Server, 1)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- receiver.Run(ctx, receiver.Options{
-			PolicyConfigMap: "telephony/hotline-callguard-policy",
-			CAFile:          caFile,
-			CredentialsDir:  credDir,
-			Kube:            kube,
-			Logger:          slog.New(slog.NewJSONHandler(logs, nil)),
-			Listener:        ln,
-			MetricsListener: mln,
-			ShutdownGrace:   10 * time.Millisecond,
-			OnServer:        func(s *receiver.Server) { srvCh <- s },
-		})
-	}()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	srv := <-srvCh
-	e := &env{t: t, emu: emu, srv: srv, callback: "http://" + ln.Addr().String() + "/api/calls", ops: "http://" + mln.Addr().String(), logs: logs}
-	e.waitReady()
+	r := local.StartReceiver(t, local.Options{Options: receiver.Options{
+		PolicyConfigMap: "telephony/hotline-callguard-policy",
+		CAFile:          caFile,
+		CredentialsDir:  credDir,
+		Kube:            kube,
+		Logger:          slog.New(slog.NewJSONHandler(logs, nil)),
+		ShutdownGrace:   10 * time.Millisecond,
+	}})
+	srv := r.Server
+	e := &env{t: t, emu: emu, srv: srv, callback: r.Callback, ops: r.Ops, logs: logs, rcv: r}
 
 	if rec := e.acted(e.place(flipNumber, e.callback)); rec.Reason != "busy" {
 		t.Fatalf("first policy: %+v", rec)
@@ -276,7 +241,7 @@ func TestShutdownFinishesQueuedWork(t *testing.T) {
 	// Graph answers slowly, so the reject is still in flight at SIGTERM.
 	e.fault(emulator.FaultRule{Path: rejectPath, LatencyMs: 1500})
 	id := e.placeCall(numBusy)
-	e.cancel()
+	e.rcv.Shutdown()
 	// Readiness fails while the listeners still serve (the grace period):
 	// only a 503 counts, not a refused connection.
 	eventually(t, grace, "readyz answering 503", func() bool {
@@ -287,14 +252,8 @@ func TestShutdownFinishesQueuedWork(t *testing.T) {
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusServiceUnavailable
 	})
-	select {
-	case err := <-e.done:
-		if err != nil {
-			t.Fatalf("Run returned %v", err)
-		}
-		e.done <- nil
-	case <-time.After(20 * time.Second):
-		t.Fatal("Run did not return")
+	if err := e.rcv.Wait(); err != nil {
+		t.Fatalf("Run returned %v", err)
 	}
 	if rec := e.record(id); rec.Action != "reject" {
 		t.Fatalf("queued reject not finished before Run returned: %+v", rec)
