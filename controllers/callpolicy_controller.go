@@ -430,7 +430,8 @@ func (r *CallPolicyReconciler) summarize(cp *callsv1alpha1.CallPolicy, st *recon
 	if ga := st.graphAccess; ga != nil {
 		// A definite refusal is also in st.stalled: Ready is False and
 		// Stalled True below. Unknown leaves Ready to the rest.
-		set(ConditionGraphAccess, ga.status, ga.reason, ga.message)
+		// Bounded: the message quotes what the authority answered.
+		set(ConditionGraphAccess, ga.status, ga.reason, summarizeProblems([]string{ga.message}, 1, maxConditionMessage))
 	}
 
 	// While autoscaling, as many as the autoscaler last asked for.
