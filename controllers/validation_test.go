@@ -174,6 +174,23 @@ func invalidSpecs() []invalidSpec {
 		{"window day not in the API", func(s *callsv1alpha1.CallPolicySpec) {
 			s.Rules[0].Match.Schedule = &callsv1alpha1.Schedule{Windows: []callsv1alpha1.Window{{Days: []callsv1alpha1.Weekday{"Monday"}, Start: "18:00", End: "20:00"}}}
 		}, "spec.rules[0].match.schedule.windows[0].days[0]"},
+		{"upstream not a URL", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Upstream = &callsv1alpha1.UpstreamSpec{URL: "ftp://bot"}
+		}, "spec.upstream.url"},
+		// The upstream gets Graph's bearer token with every notification:
+		// plain http only inside the cluster.
+		{"upstream plain http to the internet", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Upstream = &callsv1alpha1.UpstreamSpec{URL: "http://bot.example.com/api/calls"}
+		}, "spec.upstream.url"},
+		{"upstream plain http to an address", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Upstream = &callsv1alpha1.UpstreamSpec{URL: "http://10.0.0.7:8080/api/calls"}
+		}, "spec.upstream.url"},
+		{"upstream plain http to a name ending in svc", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Upstream = &callsv1alpha1.UpstreamSpec{URL: "http://evilsvc/api/calls"}
+		}, "spec.upstream.url"},
+		{"upstream plain http to a svc host outside the cluster", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Upstream = &callsv1alpha1.UpstreamSpec{URL: "http://bot.telephony.svc.example.com/api/calls"}
+		}, "spec.upstream.url"},
 		{"list reference without a key", func(s *callsv1alpha1.CallPolicySpec) {
 			s.Rules[1].Match.Callers.NumberLists[0].ConfigMapKeyRef.Key = ""
 		}, "spec.rules[1].match.callers.numberLists[0].configMapKeyRef.key"},
@@ -206,6 +223,33 @@ func TestInvalidSpecsRefusedByAdmissionAndCompiler(t *testing.T) {
 			}
 			if paths := admissionPaths(err); !contains(paths, want) {
 				t.Errorf("the API server refused at %v, want %s (%v)", paths, want, err)
+			}
+		})
+	}
+}
+
+// TestUpstreamURLsAdmitted: https anywhere, and plain http to a Service in
+// the cluster, pass both admission and the compiler.
+func TestUpstreamURLsAdmitted(t *testing.T) {
+	ns := newNamespace(t)
+	lists := map[policy.ListRef]string{{Name: "robocallers", Key: "numbers.txt"}: "+12125550143\n"}
+	for i, u := range []string{
+		"https://bot.example.com/api/calls",
+		"https://10.0.0.7:8443/api/calls",
+		"http://bot.telephony.svc/api/calls",
+		"http://bot.telephony.svc:8080/api/calls",
+		"http://bot.telephony.svc.cluster.local/api/calls",
+		"http://Bot.Telephony.SVC.Cluster.Local:8080/api/calls",
+	} {
+		t.Run(u, func(t *testing.T) {
+			cp := testPolicy(ns, fmt.Sprintf("upstream-%d", i))
+			cp.Spec.Upstream = &callsv1alpha1.UpstreamSpec{URL: u}
+			src := &policy.Source{Namespace: cp.Namespace, Name: cp.Name, Spec: *cp.Spec.DeepCopy(), Lists: lists}
+			if _, err := policy.Compile(src); err != nil {
+				t.Errorf("the compiler refused it: %v", err)
+			}
+			if err := k8s.Create(context.Background(), cp); err != nil {
+				t.Errorf("the API server refused it: %v", err)
 			}
 		})
 	}

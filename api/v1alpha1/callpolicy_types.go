@@ -238,8 +238,12 @@ type GraphSpec struct {
 
 // UpstreamSpec is an existing bot's callback.
 type UpstreamSpec struct {
-	// URL of the existing bot's callback.
-	// +kubebuilder:validation:Pattern=`^https?://`
+	// URL of the existing bot's callback: https, or plain http only to a
+	// cluster-local Service host (NAME.NAMESPACE.svc or
+	// NAME.NAMESPACE.svc.cluster.local), since every forwarded notification
+	// carries Graph's bearer token.
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('https://') ? isURL(self) && url(self).getHostname() != '' : self.matches('^http://([^/?#@]*@)?[A-Za-z0-9-]+([.][A-Za-z0-9-]+)*[.](?i:svc([.]cluster[.]local)?)(:[0-9]+)?([/?#].*)?$')",message="must be an https:// URL, or http:// only to a cluster-local Service host (*.svc or *.svc.cluster.local): every forwarded notification carries Graph's bearer token"
 	URL string `json:"url"`
 }
 

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"net/url"
 	"regexp"
 	"slices"
 	"strings"
@@ -186,10 +187,12 @@ func (c *compiler) warnf(path, format string, args ...any) {
 var (
 	uuidRE     = regexp.MustCompile(`(?i)^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$`)
 	dnsLabelRE = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`)
-	urlRE      = regexp.MustCompile(`^https?://`)
-	e164RE     = regexp.MustCompile(`^\+[1-9][0-9]{1,14}$`)
-	pathRE     = regexp.MustCompile(`^/[A-Za-z0-9/_.-]*$`)
-	hostRE     = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
+	// upstreamHTTPRE is a plain http URL to a cluster-local Service (the
+	// CRD's rule has the same expression).
+	upstreamHTTPRE = regexp.MustCompile(`^http://([^/?#@]*@)?[A-Za-z0-9-]+([.][A-Za-z0-9-]+)*[.](?i:svc([.]cluster[.]local)?)(:[0-9]+)?([/?#].*)?$`)
+	e164RE         = regexp.MustCompile(`^\+[1-9][0-9]{1,14}$`)
+	pathRE         = regexp.MustCompile(`^/[A-Za-z0-9/_.-]*$`)
+	hostRE         = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
 )
 
 func (c *compiler) validateSpec() {
@@ -217,7 +220,7 @@ func (c *compiler) validateSpec() {
 		c.length("spec.graph.caBundle.key", ca.Key, 1, 253)
 	}
 	if s.Upstream != nil {
-		c.url("spec.upstream.url", s.Upstream.URL)
+		c.upstreamURL("spec.upstream.url", s.Upstream.URL)
 	}
 	c.enum("spec.mode", string(s.Mode), string(v1alpha1.ModeEnforce), string(v1alpha1.ModeDryRun))
 	c.action("spec.defaultAction", s.DefaultAction)
@@ -314,9 +317,17 @@ func (c *compiler) additionalTenants(path string, tenants []string) {
 	}
 }
 
-func (c *compiler) url(path, v string) {
-	if !urlRE.MatchString(v) {
-		c.errorf(path, "must be an http:// or https:// URL, got %q", v)
+// upstreamURL: the upstream gets every allowed notification with Graph's
+// bearer token, so plain http only to a Service in the cluster (the CRD's
+// rule and message).
+func (c *compiler) upstreamURL(path, v string) {
+	ok := upstreamHTTPRE.MatchString(v)
+	if strings.HasPrefix(v, "https://") {
+		u, err := url.Parse(v)
+		ok = err == nil && u.Hostname() != ""
+	}
+	if !ok {
+		c.errorf(path, "must be an https:// URL, or http:// only to a cluster-local Service host (*.svc or *.svc.cluster.local): every forwarded notification carries Graph's bearer token")
 	}
 }
 

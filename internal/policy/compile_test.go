@@ -45,7 +45,7 @@ func TestCompileErrors(t *testing.T) {
 			{"spec.graph.endpoint", "must be an https:// URL: the bot's Graph access tokens are sent there"},
 			{"spec.graph.apiVersion", `must be one of v1.0, beta, got "v2"`},
 			{"spec.graph.caBundle.key", "required"},
-			{"spec.upstream.url", `must be an http:// or https:// URL, got "ftp://bot"`},
+			{"spec.upstream.url", "must be an https:// URL, or http:// only to a cluster-local Service host (*.svc or *.svc.cluster.local): every forwarded notification carries Graph's bearer token"},
 			{"spec.mode", `must be one of Enforce, DryRun, got "Audit"`},
 			{"spec.defaultAction", `must be one of Allow, Reject, Redirect, got "Drop"`},
 			{"spec.receiver.callbackPath", `must be a URL path such as /api/calls, got "api/calls"`},
