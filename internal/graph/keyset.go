@@ -22,7 +22,7 @@ import (
 // Defaults of KeySetOptions.
 const (
 	// DefaultKeyRefresh is how often Run refreshes keys that are working
-	// (receiver.md: at most every 2 h).
+	// (at most every 2 h, and at once on an unknown kid: docs/security.md).
 	DefaultKeyRefresh = 2 * time.Hour
 	// DefaultKeyMaxAge is how long keys stay trusted after the last fetch
 	// that succeeded. Entra and the Bot Framework publish a key well before
