@@ -41,10 +41,6 @@ const (
 	// nothing it depends on changed: consent can be revoked and secrets
 	// expire without any change in the cluster.
 	graphAccessRecheck = 30 * time.Minute
-	// graphAccessRetryBase and graphAccessRetryMax bound the backoff of a
-	// check that could not reach Entra (CheckFailed).
-	graphAccessRetryBase = 5 * time.Second
-	graphAccessRetryMax  = 5 * time.Minute
 	// graphAccessTimeout bounds one check, retries of the identity library
 	// included.
 	graphAccessTimeout = 30 * time.Second
@@ -54,6 +50,13 @@ const (
 	// federatedTokenSeconds is the shortest lifetime the TokenRequest API
 	// issues.
 	federatedTokenSeconds = 600
+)
+
+// graphAccessRetryBase and graphAccessRetryMax bound the backoff of a check
+// that could not reach Entra (CheckFailed); variables for the tests.
+var (
+	graphAccessRetryBase = 5 * time.Second
+	graphAccessRetryMax  = 5 * time.Minute
 )
 
 // policyActionCalls maps each action a policy can take to the Graph call

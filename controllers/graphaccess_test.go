@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
+	"io"
 	"math/big"
 	"net"
 	"path/filepath"
@@ -59,6 +60,11 @@ func allBut(perms ...string) []string {
 // tenants no authority knows), and two managers must not share policies.
 func TestGraphAccess(t *testing.T) {
 	g := NewWithT(t)
+	// Retries of a failed check come sooner here (only this test's manager
+	// checks).
+	base, maxWait := graphAccessRetryBase, graphAccessRetryMax
+	graphAccessRetryBase, graphAccessRetryMax = 200*time.Millisecond, time.Second
+	t.Cleanup(func() { graphAccessRetryBase, graphAccessRetryMax = base, maxWait })
 	env := &envtest.Environment{
 		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
@@ -263,6 +269,41 @@ func TestGraphAccess(t *testing.T) {
 			}
 			return notes
 		}, eventually, poll).Should(ContainElement(ContainSubstring("AADSTS7000215")))
+	})
+
+	t.Run("an unreachable authority is retried until it answers", func(t *testing.T) {
+		g := NewWithT(t)
+		// The closed port now forwards to the emulator (its certificate
+		// names 127.0.0.1): nothing in the cluster changes.
+		ln, err := net.Listen("tcp", strings.TrimSuffix(strings.TrimPrefix(closed, "https://"), "/"))
+		must(t, err)
+		t.Cleanup(func() { _ = ln.Close() })
+		target := strings.TrimPrefix(emu.URL(), "https://")
+		go func() {
+			for {
+				in, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer in.Close()
+					out, err := net.Dial("tcp", target)
+					if err != nil {
+						return
+					}
+					defer out.Close()
+					go func() { _, _ = io.Copy(out, in) }()
+					_, _ = io.Copy(in, out)
+				}()
+			}
+		}()
+		g.Eventually(func(g Gomega) {
+			cp := &callsv1alpha1.CallPolicy{}
+			g.Expect(c.Get(ctx, key(gaNamespace, "unreachable"), cp)).To(Succeed())
+			ga := meta.FindStatusCondition(cp.Status.Conditions, ConditionGraphAccess)
+			g.Expect(ga).NotTo(BeNil())
+			g.Expect(ga.Reason).To(Equal(ReasonPermissionsGranted), ga.Message)
+		}, eventually, poll).Should(Succeed())
 	})
 
 	t.Run("fixing the secret is checked at once", func(t *testing.T) {
