@@ -376,3 +376,62 @@ func TestPolicyCallActions(t *testing.T) {
 		}
 	}
 }
+
+// TestGraphAccessSchedule: a settled check is repeated every 30 minutes, an
+// unanswered one with a doubling backoff; a change of what it depends on
+// changes the key that makes it run at once.
+func TestGraphAccessSchedule(t *testing.T) {
+	now := time.Now()
+	for _, status := range []metav1.ConditionStatus{metav1.ConditionTrue, metav1.ConditionFalse} {
+		e := graphAccessEntry{at: now, result: graphAccessResult{status: status}}
+		if d := e.due(now); d != 30*time.Minute {
+			t.Errorf("%s: due in %v, want 30m", status, d)
+		}
+	}
+	var prev time.Duration
+	for retries := range 12 {
+		e := graphAccessEntry{at: now, retries: retries, result: graphAccessResult{status: metav1.ConditionUnknown}}
+		d := e.due(now)
+		if d < prev || d > graphAccessRetryMax || (retries == 0 && d != graphAccessRetryBase) {
+			t.Errorf("Unknown after %d retries: due in %v (previous %v)", retries, d, prev)
+		}
+		prev = d
+	}
+	if prev != graphAccessRetryMax {
+		t.Errorf("backoff tops out at %v, want %v", prev, graphAccessRetryMax)
+	}
+
+	cp := testPolicy("ns", "p")
+	st := &reconcileState{credentialsHash: "a"}
+	k := graphAccessKey(cp, st)
+	for name, change := range map[string]func(*callsv1alpha1.CallPolicy, *reconcileState){
+		"secret data": func(_ *callsv1alpha1.CallPolicy, st *reconcileState) { st.credentialsHash = "b" },
+		"CA bundle":   func(_ *callsv1alpha1.CallPolicy, st *reconcileState) { st.caHash = "c" },
+		"app":         func(cp *callsv1alpha1.CallPolicy, _ *reconcileState) { cp.Spec.Bot.AppID = gaAppCert },
+		"tenant":      func(cp *callsv1alpha1.CallPolicy, _ *reconcileState) { cp.Spec.Bot.TenantID = gaTenant },
+		"authority": func(cp *callsv1alpha1.CallPolicy, _ *reconcileState) {
+			cp.Spec.Graph.AuthorityHost = "https://login.example/"
+		},
+		"graph": func(cp *callsv1alpha1.CallPolicy, _ *reconcileState) {
+			cp.Spec.Graph.Endpoint = "https://graph.example"
+		},
+		"redirect rule": func(cp *callsv1alpha1.CallPolicy, _ *reconcileState) {
+			cp.Spec.DefaultAction = callsv1alpha1.ActionRedirect
+		},
+		"workload identity": func(cp *callsv1alpha1.CallPolicy, _ *reconcileState) {
+			cp.Spec.Bot.Credentials = callsv1alpha1.Credentials{WorkloadIdentity: &callsv1alpha1.WorkloadIdentity{}}
+		},
+	} {
+		cp2, st2 := cp.DeepCopy(), *st
+		change(cp2, &st2)
+		if graphAccessKey(cp2, &st2) == k {
+			t.Errorf("a change of the %s does not change the check's key", name)
+		}
+	}
+	// A new rule with an action already used needs no new check.
+	cp2 := cp.DeepCopy()
+	cp2.Spec.Rules = append(cp2.Spec.Rules, callsv1alpha1.Rule{Name: "more", Action: callsv1alpha1.ActionReject})
+	if graphAccessKey(cp2, st) != k {
+		t.Error("another Reject rule changes the check's key")
+	}
+}
