@@ -39,7 +39,8 @@ func (c *decided) acts(dryRun bool) bool {
 // upstream; calls remembers the calls decided (duplicate deliveries are
 // decided once). It sends nothing: acting and forwarding follow from the
 // plan, so what is decided and what is forwarded come from one reading.
-func decideBatch(batch *graph.Notifications, p *policy.Policy, dryRun bool, calls *callLog, arrival time.Time) plan {
+// tenant is the tenant the batch arrived in (match.tenants).
+func decideBatch(batch *graph.Notifications, p *policy.Policy, dryRun bool, calls *callLog, arrival time.Time, tenant string) plan {
 	pl := plan{forward: make([]bool, len(batch.Value))}
 	for i := range batch.Value {
 		n := &batch.Value[i]
@@ -62,7 +63,7 @@ func decideBatch(batch *graph.Notifications, p *policy.Policy, dryRun bool, call
 			pl.duplicates = append(pl.duplicates, id)
 			continue
 		}
-		d := p.Decide(n.ResourceData, arrival)
+		d := p.DecideIn(n.ResourceData, arrival, tenant)
 		calls.decided(id, d.Action)
 		if d.Action == v1alpha1.ActionAllow || dryRun {
 			pl.forward[i] = true

@@ -19,7 +19,7 @@ const recentDecisions = 1000
 
 // logDecision writes the decision's log line and keeps it for /decisions:
 // one record, one encoding (telemetry.Decision).
-func (s *Server) logDecision(c *decided, j *job, out outcome) {
+func (s *Server) logDecision(c *decided, j *job, tenant string, out outcome) {
 	caller := policy.CallerOf(c.n.ResourceData)
 	rec := telemetry.Decision{
 		Time:         j.arrival,
@@ -30,6 +30,7 @@ func (s *Server) logDecision(c *decided, j *job, out outcome) {
 		Rule:         c.d.Rule,
 		Action:       string(c.d.Action),
 		Mode:         string(c.d.Mode),
+		Tenant:       tenant,
 		Result:       out.result,
 		Policy:       j.rt.hash,
 		LatencyMs:    float64(time.Since(j.arrival).Microseconds()) / 1000,

@@ -37,6 +37,11 @@ type metrics struct {
 	loadSeconds     prometheus.Histogram
 	reloads         *prometheus.CounterVec
 	policyInfo      *prometheus.GaugeVec
+	// Token requests to the authority, by result; and calls not acted on
+	// for want of a token in their tenant. No tenant label: with "*" the
+	// tenants are unbounded; the log names them.
+	tokenRequests       *prometheus.CounterVec
+	tenantTokenFailures prometheus.Counter
 
 	// The children counted on every notification, looked up once: a
 	// CounterVec hashes and checks the label values on each lookup.
@@ -202,6 +207,14 @@ func newMetrics(queueDepth func() float64) *metrics {
 			Help: "The live policy: 1 for its hash.",
 		}, []string{"hash"}),
 	}
+	m.tokenRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "graph_token_requests_total",
+		Help: "App token requests to the authority, in any tenant, by result (success, error).",
+	}, []string{"result"})
+	m.tenantTokenFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "tenant_token_failures_total",
+		Help: "Calls not acted on because the authority of the tenant they arrived in refused the app a token (e.g. no consent there); the log names the tenant.",
+	})
 	m.accepted = m.requests.WithLabelValues("202")
 	m.legacy = m.requests.WithLabelValues("204")
 	for i, t := range changeTypes {
@@ -214,6 +227,7 @@ func newMetrics(queueDepth func() float64) *metrics {
 	m.registry.MustRegister(
 		m.requests, m.notifications, m.duplicates, m.authFailures, m.decisions, m.celErrors,
 		m.graphRequests, m.actions, m.decisionToGraph, m.upstream, m.withheld, m.connsEvicted, m.connsShed, m.reloads, m.loadSeconds, m.policyInfo,
+		m.tokenRequests, m.tenantTokenFailures,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "queue_depth",
 			Help: "Notification batches waiting for a worker.",
@@ -222,6 +236,15 @@ func newMetrics(queueDepth func() float64) *metrics {
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
 	return m
+}
+
+// tokenRequest counts a token request to the authority.
+func (m *metrics) tokenRequest(err error) {
+	if err != nil {
+		m.tokenRequests.WithLabelValues("error").Inc()
+		return
+	}
+	m.tokenRequests.WithLabelValues("success").Inc()
 }
 
 // statusLabel names a response status, or the kind of transport error.

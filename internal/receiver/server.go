@@ -9,7 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -96,9 +99,11 @@ type policyVersion struct {
 	callbackPath string
 	upstream     string
 	verifier     *graph.Verifier
-	graph        *graph.Client
 	credKey      [32]byte
 	cred         azcore.TokenCredential
+	// clients act on Graph with the app token of the call's tenant: the
+	// home tenant's, and the additional tenants' made on first use.
+	clients *tenantClients
 }
 
 // New returns a Server with its workers started; Close stops them.
@@ -237,21 +242,17 @@ func (s *Server) apply(p *policy.Policy, secret map[string][]byte) error {
 		}
 		rt.cred = cred
 	}
-	client, err := graph.NewClient(graph.ClientConfig{
-		Endpoint:    spec.Graph.Endpoint,
-		APIVersion:  string(spec.Graph.APIVersion),
-		Credential:  rt.cred,
-		HTTPClient:  s.http,
-		Logger:      s.log,
-		BackoffBase: s.cfg.GraphBackoff,
-		OnAttempt: func(op string, status int, err error) {
-			s.metrics.graphRequest(op, status, err)
-		},
-	})
-	if err != nil {
-		return fmt.Errorf("graph client: %w", err)
+	if old != nil && old.credKey == credKey && old.spec.Graph.Endpoint == spec.Graph.Endpoint &&
+		old.spec.Graph.APIVersion == spec.Graph.APIVersion {
+		// The same clients: their tokens, the other tenants' too, stay.
+		rt.clients = old.clients
+	} else {
+		clients, err := s.newTenantClients(spec, secret, rt.cred)
+		if err != nil {
+			return err
+		}
+		rt.clients = clients
 	}
-	rt.graph = client
 	newKeys := keys == nil
 	if newKeys {
 		keys = graph.NewKeySetWithOptions(spec.Graph.OpenIDConfigURL, s.http, graph.KeySetOptions{Logger: s.log})
@@ -261,6 +262,8 @@ func (s *Server) apply(p *policy.Policy, secret map[string][]byte) error {
 		Issuers:  spec.Graph.Issuers,
 		Audience: spec.Bot.AppID,
 		TenantID: spec.Bot.TenantID,
+		// The verifier keeps its own set; the spec is shared.
+		AdditionalTenants: slices.Clone(spec.Bot.AdditionalTenants),
 	}
 
 	s.live.Store(rt)
@@ -281,6 +284,55 @@ func (s *Server) apply(p *policy.Policy, secret map[string][]byte) error {
 	s.log.Info("policy live", "hash", rt.hash, "rules", len(spec.Rules), "mode", spec.Mode,
 		"callbackPath", rt.callbackPath)
 	return nil
+}
+
+// newTenantClients makes the Graph clients of a spec: the home tenant's
+// with cred, and a maker of the additional tenants' credentials and clients
+// (the same app and secret, authority {authorityHost}{tenant}).
+func (s *Server) newTenantClients(spec *v1alpha1.CallPolicySpec, secret map[string][]byte, cred azcore.TokenCredential) (*tenantClients, error) {
+	newClient := func(tenant string, cred azcore.TokenCredential) (*tenantClient, error) {
+		tcred := &tenantCredential{cred: cred, onRequest: s.metrics.tokenRequest}
+		client, err := graph.NewClient(graph.ClientConfig{
+			Endpoint:    spec.Graph.Endpoint,
+			APIVersion:  string(spec.Graph.APIVersion),
+			Credential:  tcred,
+			HTTPClient:  s.http,
+			Logger:      s.log.With("tenant", tenant),
+			BackoffBase: s.cfg.GraphBackoff,
+			OnAttempt: func(op string, status int, err error) {
+				s.metrics.graphRequest(op, status, err)
+			},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("graph client: %w", err)
+		}
+		scopes := []string{strings.TrimRight(spec.Graph.Endpoint, "/") + "/.default"}
+		return &tenantClient{tenant: tenant, cred: tcred, graph: client, scopes: scopes}, nil
+	}
+	home, err := newClient(strings.ToLower(spec.Bot.TenantID), cred)
+	if err != nil {
+		return nil, err
+	}
+	// The secret is copied: the map handed to Apply may change afterwards.
+	secret = maps.Clone(secret)
+	return &tenantClients{
+		home: home,
+		max:  maxTenantClients,
+		make: func(tenant string) (*tenantClient, error) {
+			cred, err := graph.NewCredential(graph.CredentialConfig{
+				TenantID:         tenant,
+				ClientID:         spec.Bot.AppID,
+				AuthorityHost:    spec.Graph.AuthorityHost,
+				Secret:           secret,
+				WorkloadIdentity: spec.Bot.Credentials.WorkloadIdentity != nil,
+				HTTPClient:       s.http,
+			})
+			if err != nil {
+				return nil, fmt.Errorf("credentials for tenant %s: %w", tenant, err)
+			}
+			return newClient(tenant, cred)
+		},
+	}, nil
 }
 
 // credentialKey identifies the credential a spec and secret make, so an

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	azpolicy "github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+
 	"github.com/callguard/callguard/api/v1alpha1"
 	"github.com/callguard/callguard/internal/graph"
 )
@@ -57,17 +59,18 @@ const (
 
 // actTask is one Graph action of a batch handed to an action worker.
 type actTask struct {
-	ctx  context.Context
-	rt   *policyVersion
-	c    *decided
-	out  *outcome
-	done *sync.WaitGroup
+	ctx    context.Context
+	rt     *policyVersion
+	tenant string
+	c      *decided
+	out    *outcome
+	done   *sync.WaitGroup
 }
 
 func (s *Server) actWork() {
 	defer s.actWorkers.Done()
 	for t := range s.actions {
-		*t.out = s.act(t.ctx, t.rt, t.c)
+		*t.out = s.act(t.ctx, t.rt, t.tenant, t.c)
 		t.done.Done()
 	}
 }
@@ -79,8 +82,11 @@ func (s *Server) process(j *job) {
 	ctx, cancel := context.WithDeadline(context.Background(), j.arrival.Add(s.cfg.Deadline))
 	defer cancel()
 	dryRun := j.rt.spec.Mode == v1alpha1.ModeDryRun
+	// The tenant the batch arrived in: its token's tenant claim, verified
+	// when the batch was acknowledged.
+	tenant := j.rt.verifier.TenantOf(j.auth)
 
-	pl := decideBatch(j.batch, j.rt.policy, dryRun, s.calls, j.arrival)
+	pl := decideBatch(j.batch, j.rt.policy, dryRun, s.calls, j.arrival, tenant)
 	for _, id := range pl.duplicates {
 		s.metrics.duplicates.Inc()
 		s.log.Info("duplicate notification ignored", "callId", id)
@@ -109,10 +115,10 @@ func (s *Server) process(j *job) {
 			continue
 		}
 		wg.Add(1)
-		s.actions <- actTask{ctx: ctx, rt: j.rt, c: c, out: &results[i], done: &wg}
+		s.actions <- actTask{ctx: ctx, rt: j.rt, tenant: tenant, c: c, out: &results[i], done: &wg}
 	}
 	if first >= 0 {
-		results[first] = s.act(ctx, j.rt, &pl.decided[first])
+		results[first] = s.act(ctx, j.rt, tenant, &pl.decided[first])
 	}
 	wg.Wait()
 	for i := range pl.decided {
@@ -120,7 +126,7 @@ func (s *Server) process(j *job) {
 		if !c.acts(dryRun) {
 			results[i] = forwardOutcome(dryRun, j.rt.upstream != "", fwdErr)
 		}
-		s.logDecision(c, j, results[i])
+		s.logDecision(c, j, tenant, results[i])
 	}
 }
 
@@ -137,8 +143,9 @@ func forwardOutcome(dryRun, upstream bool, err error) outcome {
 	return outcome{resultForwarded, nil}
 }
 
-// act carries a Reject or Redirect out on Graph.
-func (s *Server) act(ctx context.Context, rt *policyVersion, c *decided) outcome {
+// act carries a Reject or Redirect out on Graph, with an app token of the
+// tenant the call arrived in.
+func (s *Server) act(ctx context.Context, rt *policyVersion, tenant string, c *decided) outcome {
 	select {
 	case s.graphSlots <- struct{}{}:
 	case <-ctx.Done():
@@ -147,8 +154,24 @@ func (s *Server) act(ctx context.Context, rt *policyVersion, c *decided) outcome
 	}
 	defer func() { <-s.graphSlots }()
 	callID, d := c.n.CallID(), c.d
+	tc, err := rt.clients.get(tenant)
+	if err == nil {
+		// A token request the tenant's authority refused (no consent
+		// there) fails this call at once; one that may succeed later is
+		// retried by the Graph client within the deadline.
+		if _, terr := tc.cred.GetToken(ctx, azpolicy.TokenRequestOptions{Scopes: tc.scopes}); terr != nil && refusedByAuthority(terr) {
+			err = terr
+		}
+	}
+	if err != nil {
+		op := opOf(d.Action)
+		s.metrics.tenantTokenFailures.Inc()
+		s.metrics.actionsBy.with(op, resultFailed).Inc()
+		s.log.Warn("no Graph token in the call's tenant; the call is not acted on", "tenant", tenant,
+			"operation", op, "callId", callID, "error", err)
+		return outcome{resultFailed, fmt.Errorf("tenant %s: get token: %w", tenant, err)}
+	}
 	var op string
-	var err error
 	switch d.Action {
 	case v1alpha1.ActionReject:
 		op = graph.OpReject
@@ -156,10 +179,10 @@ func (s *Server) act(ctx context.Context, rt *policyVersion, c *decided) outcome
 		if reason == "" {
 			reason = string(v1alpha1.ReasonNone)
 		}
-		err = rt.graph.Reject(ctx, callID, reason)
+		err = tc.graph.Reject(ctx, callID, reason)
 	case v1alpha1.ActionRedirect:
 		op = graph.OpRedirect
-		err = rt.graph.Redirect(ctx, callID, redirectRequest(d.Redirect))
+		err = tc.graph.Redirect(ctx, callID, redirectRequest(d.Redirect))
 	default:
 		return outcome{resultFailed, fmt.Errorf("unknown action %q", d.Action)}
 	}

@@ -45,6 +45,9 @@ type Decision struct {
 	// Reason is set for Reject only.
 	Reason string `json:"reason,omitempty"`
 	Mode   string `json:"mode"`
+	// Tenant is the tenant the call arrived in (the notification token's
+	// tenant claim), whose app token acted on it.
+	Tenant string `json:"tenant,omitempty"`
 	// Result is what Graph or the upstream bot answered (success,
 	// already_done, failed, deadline, forwarded, …).
 	Result string `json:"result"`
@@ -72,6 +75,9 @@ func (d *Decision) AppendJSON(b []byte) []byte {
 		b = appendString(b, "reason", d.Reason)
 	}
 	b = appendString(b, "mode", d.Mode)
+	if d.Tenant != "" {
+		b = appendString(b, "tenant", d.Tenant)
+	}
 	b = appendString(b, "result", d.Result)
 	if d.Error != "" {
 		b = appendString(b, "error", d.Error)
