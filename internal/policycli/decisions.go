@@ -22,7 +22,7 @@ import (
 const decisionsSynopsis = `Print the receivers' recent decisions, merged by time.
 
 Usage:
-  kubectl callpolicy decisions NAME [-n NAMESPACE] [--since 10m] [--follow] [-o table|json|yaml]
+  kubectl callpolicy decisions NAME [-n NAMESPACE] [--since 10m] [--follow] [-o table|wide|json|yaml]
 
 Every running receiver pod of the CallPolicy NAME (the pods of the Deployment
 NAME-callguard) is asked for the decisions it keeps (its last 1,000) through
@@ -33,7 +33,9 @@ reported on stderr and the others are still shown.
 
 -o table (the default) prints TIME (UTC), POD, CALLER, RULE, ACTION, REASON,
 RESULT (what Graph or the upstream bot answered) and LATENCY (notification to
-outcome); -o json prints the receivers' JSON lines with a "pod" field added.
+outcome); -o wide adds TENANT, the tenant the call arrived in (multi-tenant
+bots); -o json prints the receivers' JSON lines, "tenant" included, with a
+"pod" field added.
 
 Exit status: 0, or 1 (as kubectl) when no pod could be read, the CallPolicy
 does not exist or the cluster cannot be reached.
@@ -72,7 +74,7 @@ func runDecisions(s streams, args []string) int {
 	)
 	c.flags.StringVar(&sinceFlag, "since", "", "only decisions newer than this: a duration such as 10m, or an RFC 3339 time (default: all the receivers keep)")
 	c.flags.BoolVar(&follow, "follow", false, "keep printing new decisions until interrupted")
-	out := c.outputFlag("table", "table", "json", "yaml")
+	out := c.outputFlag("table", "table", "wide", "json", "yaml")
 	name, k, code, ok := c.policyVerb(args, out)
 	if !ok {
 		return code
@@ -346,12 +348,17 @@ func (p *decisionPrinter) print(ds []decision) error {
 			buf.Write(y)
 		}
 	default:
+		wide := p.format == "wide"
 		if p.table == nil {
-			p.table = newTable(p.w, decisionHeader...)
+			header := decisionHeader
+			if wide {
+				header = append(slices.Clip(header), "TENANT")
+			}
+			p.table = newTable(p.w, header...)
 		}
 		rows := make([][]string, 0, len(ds))
 		for _, d := range ds {
-			rows = append(rows, []string{
+			row := []string{
 				d.Time.UTC().Format("2006-01-02T15:04:05.000Z"),
 				d.pod,
 				caller(&d),
@@ -360,7 +367,11 @@ func (p *decisionPrinter) print(ds []decision) error {
 				orDash(d.Reason),
 				orDash(d.Result),
 				strconv.FormatFloat(d.LatencyMs, 'f', 2, 64) + "ms",
-			})
+			}
+			if wide {
+				row = append(row, orDash(d.Tenant))
+			}
+			rows = append(rows, row)
 		}
 		return p.table.print(rows)
 	}

@@ -16,7 +16,7 @@ import (
 
 // Lines as the receivers write them at /decisions.
 var (
-	lineA1 = `{"time":"2026-03-04T20:41:07.123456789Z","callId":"c1","callChainId":"x1","callerType":"phone","callerNumber":"****0123","rule":"robocallers","action":"Reject","reason":"busy","mode":"Enforce","result":"success","policy":"sha256:aa","latencyMs":1.42}`
+	lineA1 = `{"time":"2026-03-04T20:41:07.123456789Z","callId":"c1","callChainId":"x1","callerType":"phone","callerNumber":"****0123","rule":"robocallers","action":"Reject","reason":"busy","mode":"Enforce","tenant":"3c1f8a2e-5b7d-4e9a-8f60-1d2c3b4a5e6f","result":"success","policy":"sha256:aa","latencyMs":1.42}`
 	lineB1 = `{"time":"2026-03-04T20:41:08.5Z","callId":"c2","callChainId":"x2","callerType":"user","callerNumber":"","rule":"","action":"Allow","mode":"Enforce","result":"none","policy":"sha256:aa","latencyMs":0.31}`
 	lineA2 = `{"time":"2026-03-04T20:41:09Z","callId":"c3","callChainId":"x3","callerType":"phone","callerNumber":"****0199","rule":"after-hours-video","action":"Redirect","mode":"Enforce","result":"failed","error":"graph: 403 Forbidden","policy":"sha256:aa","latencyMs":15.5}`
 	lineB2 = `{"time":"2026-03-04T20:41:10.25Z","callId":"c4","callChainId":"x4","callerType":"anonymous","callerNumber":"","rule":"anonymous-guests","action":"Reject","reason":"forbidden","mode":"DryRun","result":"dry_run","policy":"sha256:aa","latencyMs":0.9}`
@@ -104,6 +104,18 @@ func TestDecisions(t *testing.T) {
 			queries:   []string{""},
 		},
 		{
+			name: "wide: the tenant the call arrived in",
+			args: []string{"decisions", "hotline", "-n", ns, "-o", "wide"},
+			stdout: "" +
+				"TIME                       POD                   CALLER      RULE                ACTION     REASON      RESULT    LATENCY   TENANT\n" +
+				"2026-03-04T20:41:07.123Z   hotline-callguard-a   ****0123    robocallers         Reject     busy        success   1.42ms    3c1f8a2e-5b7d-4e9a-8f60-1d2c3b4a5e6f\n" +
+				"2026-03-04T20:41:08.500Z   hotline-callguard-b   user        (default)           Allow      -           none      0.31ms    -\n" +
+				"2026-03-04T20:41:09.000Z   hotline-callguard-a   ****0199    after-hours-video   Redirect   -           failed    15.50ms   -\n" +
+				"2026-03-04T20:41:10.250Z   hotline-callguard-b   anonymous   anonymous-guests    Reject     forbidden   dry_run   0.90ms    -\n",
+			stderrHas: warnings,
+			queries:   []string{""},
+		},
+		{
 			name:      "json lines with the pod",
 			args:      []string{"decisions", "hotline", "-n", ns, "-o", "json"},
 			stdout:    withPod("hotline-callguard-a", lineA1) + withPod("hotline-callguard-b", lineB1) + withPod("hotline-callguard-a", lineA2) + withPod("hotline-callguard-b", lineB2),
@@ -128,7 +140,7 @@ func TestDecisions(t *testing.T) {
 		{name: "namespace from the kubeconfig context", args: []string{"decisions", "hotline"}, code: 1, stderrHas: []string{`error: CallPolicy "hotline" not found in namespace "default"`}},
 		{name: "no name", args: []string{"decisions", "-n", ns}, code: 1, stderrHas: []string{"the NAME of a CallPolicy is required"}},
 		{name: "bad since", args: []string{"decisions", "hotline", "--since", "yesterday"}, code: 1, stderrHas: []string{"--since must be a positive duration"}},
-		{name: "bad output", args: []string{"decisions", "hotline", "-o", "wide"}, code: 1, stderrHas: []string{`-o must be table, json or yaml, got "wide"`}},
+		{name: "bad output", args: []string{"decisions", "hotline", "-o", "xml"}, code: 1, stderrHas: []string{`-o must be table, wide, json or yaml, got "xml"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
