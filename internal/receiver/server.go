@@ -290,8 +290,9 @@ func (s *Server) apply(p *policy.Policy, secret map[string][]byte) error {
 // with cred, and a maker of the additional tenants' credentials and clients
 // (the same app and secret, authority {authorityHost}{tenant}).
 func (s *Server) newTenantClients(spec *v1alpha1.CallPolicySpec, secret map[string][]byte, cred azcore.TokenCredential) (*tenantClients, error) {
+	slots := make(chan struct{}, maxTokenRequests)
 	newClient := func(tenant string, cred azcore.TokenCredential) (*tenantClient, error) {
-		tcred := &tenantCredential{cred: cred, onRequest: s.metrics.tokenRequest}
+		tcred := &tenantCredential{cred: cred, onRequest: s.metrics.tokenRequest, slots: slots}
 		client, err := graph.NewClient(graph.ClientConfig{
 			Endpoint:    spec.Graph.Endpoint,
 			APIVersion:  string(spec.Graph.APIVersion),

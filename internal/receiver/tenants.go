@@ -29,6 +29,15 @@ import (
 // the least recently used tenant's are dropped beyond it.
 const maxTenantClients = 2048
 
+// maxTokenRequests bounds the token requests in flight across tenants. A
+// receiver that starts under load from many tenants asks for every
+// tenant's token at once; each costs about half a millisecond of CPU (TLS,
+// the tenant's OpenID configuration, the token), and a thousand of them
+// runnable at once held the acknowledgements back by a second on one core.
+// Bounded, the calls waiting for a token wait (within their 15 s), and the
+// acknowledgements do not.
+const maxTokenRequests = 4
+
 // tokenFailureTTL is how long a tenant whose token request failed for good
 // (Entra refused it: the app is not consented there, or not multi-tenant)
 // is answered from memory, without asking Entra again.
@@ -47,6 +56,8 @@ type tenantCredential struct {
 	cred azcore.TokenCredential
 	// onRequest, if set, is told about every token request: its error.
 	onRequest func(err error)
+	// slots, if set, bounds the token requests in flight across tenants.
+	slots chan struct{}
 
 	token atomic.Pointer[cachedAccessToken]
 
@@ -117,7 +128,18 @@ func deadlineOf(ctx context.Context) time.Time {
 func (c *tenantCredential) request(ctx context.Context, deadline time.Time, opts azpolicy.TokenRequestOptions, scopes string, f *tokenFlight) {
 	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	f.token, f.err = c.cred.GetToken(ctx, opts)
+	f.err = ctx.Err()
+	if c.slots != nil {
+		select {
+		case c.slots <- struct{}{}:
+			defer func() { <-c.slots }()
+		case <-ctx.Done():
+			f.err = ctx.Err()
+		}
+	}
+	if f.err == nil {
+		f.token, f.err = c.cred.GetToken(ctx, opts)
+	}
 	if c.onRequest != nil {
 		c.onRequest(f.err)
 	}
