@@ -31,12 +31,14 @@ const maxTenantClients = 2048
 
 // maxTokenRequests bounds the token requests in flight across tenants. A
 // receiver that starts under load from many tenants asks for every
-// tenant's token at once; each costs about half a millisecond of CPU (TLS,
-// the tenant's OpenID configuration, the token), and a thousand of them
-// runnable at once held the acknowledgements back by a second on one core.
-// Bounded, the calls waiting for a token wait (within their 15 s), and the
-// acknowledgements do not.
-const maxTokenRequests = 4
+// tenant's token at once; each costs about half a millisecond of CPU here
+// (TLS, the tenant's OpenID configuration, the token) and mostly waits on
+// the authority (100-300 ms over the internet). A thousand runnable at once
+// held the acknowledgements back on one core; 4 at a time made 1,000
+// tenants' first calls miss their deadline waiting for a token (with
+// authority latency, 4 would take a minute). 64 keeps a thousand tenants'
+// tokens within seconds and the acknowledgements' share of the CPU.
+const maxTokenRequests = 64
 
 // tokenFailureTTL is how long a tenant whose token request failed for good
 // (Entra refused it: the app is not consented there, or not multi-tenant)
