@@ -93,7 +93,13 @@ func listPolicy(b *testing.B, n int) (*Policy, []string) {
 
 func benchDecide(b *testing.B, p *Policy, call *graph.Call, wantRule string) {
 	b.Helper()
-	if d := p.Decide(call, wed); d.Rule != wantRule {
+	benchDecideIn(b, p, call, "", wantRule)
+}
+
+// benchDecideIn is benchDecide for a call arriving in a tenant.
+func benchDecideIn(b *testing.B, p *Policy, call *graph.Call, tenant, wantRule string) {
+	b.Helper()
+	if d := p.DecideIn(call, wed, tenant); d.Rule != wantRule {
 		b.Fatalf("Decide = %+v, want rule %q", d, wantRule)
 	}
 	// The garbage of compiling must not be collected, nor its memory returned
@@ -102,7 +108,7 @@ func benchDecide(b *testing.B, p *Policy, call *graph.Call, wantRule string) {
 	b.ReportAllocs()
 	n, start := 0, cpuTime()
 	for b.Loop() {
-		p.Decide(call, wed)
+		p.DecideIn(call, wed, tenant)
 		n++
 	}
 	b.ReportMetric(float64(cpuTime()-start)/float64(n), "cpu-ns/op")
@@ -131,6 +137,20 @@ func BenchmarkDecide(b *testing.B) {
 	b.Run("rules=500-mixed-no-cel", func(b *testing.B) {
 		p := mustCompile(b, testSource(benchRules(500, true, false)...))
 		benchDecide(b, p, phoneCall("+14255550100"), "")
+	})
+	b.Run("rules=10-tenants=1000", func(b *testing.B) {
+		// Nine rules for 100 tenants each that the call's tenant is not
+		// one of, then one for the 100 it is one of: per-customer rules.
+		tenants := make([]string, 1000)
+		for i := range tenants {
+			tenants[i] = fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i)
+		}
+		rules := benchRules(0, false, false)
+		for i := range 10 {
+			rules = append(rules, reject(fmt.Sprintf("customer-%d", i), v1alpha1.Match{Tenants: tenants[i*100 : (i+1)*100]}))
+		}
+		p := mustCompile(b, testSource(rules...))
+		benchDecideIn(b, p, phoneCall("+14255550100"), strings.ToUpper(tenants[950]), "customer-9")
 	})
 	for _, n := range []int{100_000, 1_000_000} {
 		name := fmt.Sprintf("list=%dk", n/1000)
@@ -195,6 +215,20 @@ func BenchmarkBaselineLinearScan(b *testing.B) {
 }
 
 func BenchmarkCompile(b *testing.B) {
+	b.Run("rules=10-tenants=1000", func(b *testing.B) {
+		// Nine rules for 100 tenants each that the call's tenant is not
+		// one of, then one for the 100 it is one of: per-customer rules.
+		tenants := make([]string, 1000)
+		for i := range tenants {
+			tenants[i] = fmt.Sprintf("%08x-0000-4000-8000-%012x", i, i)
+		}
+		rules := benchRules(0, false, false)
+		for i := range 10 {
+			rules = append(rules, reject(fmt.Sprintf("customer-%d", i), v1alpha1.Match{Tenants: tenants[i*100 : (i+1)*100]}))
+		}
+		p := mustCompile(b, testSource(rules...))
+		benchDecideIn(b, p, phoneCall("+14255550100"), strings.ToUpper(tenants[950]), "customer-9")
+	})
 	for _, n := range []int{100_000, 1_000_000} {
 		name := fmt.Sprintf("list=%dk", n/1000)
 		if n == 1_000_000 {

@@ -74,9 +74,9 @@ type rule struct {
 	expr        cel.Program
 }
 
-// Decide decides one call arriving at the given time in the bot's home
-// tenant, or in no known tenant: no match.tenants holds. Receivers use
-// DecideIn, which knows the tenant the call arrived in.
+// Decide decides one call arriving at the given time, in a tenant not
+// known (offline tests): no match.tenants holds, not even for the home
+// tenant. Receivers use DecideIn with the tenant the call arrived in.
 func (p *Policy) Decide(call *graph.Call, at time.Time) Decision {
 	return p.DecideIn(call, at, "")
 }
