@@ -36,7 +36,10 @@ type loadPlan struct {
 	Addr string // host:port of the handler
 	Path string
 	Auth string // Authorization header value
-	IDs  []string
+	// Auths, when set, replace Auth: notification i carries
+	// Auths[i%len(Auths)] (tokens of several tenants).
+	Auths []string
+	IDs   []string
 	// Numbers are the callers, one per id.
 	Numbers []string
 	// Rate paces the notifications (notification i is due at i/Rate s);
@@ -96,8 +99,12 @@ func generateLoad(plan loadPlan, ready func() error) (*loadResult, error) {
 	reqs := make([][]byte, n)
 	for i := range n {
 		body := benchBody(plan.IDs[i], plan.Numbers[i])
+		auth := plan.Auth
+		if len(plan.Auths) > 0 {
+			auth = plan.Auths[i%len(plan.Auths)]
+		}
 		reqs[i] = append(fmt.Appendf(nil, "POST %s HTTP/1.1\r\nHost: %s\r\nAuthorization: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n",
-			plan.Path, plan.Addr, plan.Auth, len(body)), body...)
+			plan.Path, plan.Addr, auth, len(body)), body...)
 	}
 	g := &loadGen{plan: plan, reqs: reqs, acks: make([]time.Duration, n)}
 	for range plan.Conns {
