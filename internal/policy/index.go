@@ -1,6 +1,9 @@
 package policy
 
-import "slices"
+import (
+	"math/bits"
+	"slices"
+)
 
 // A number set holds the entries of the numbers, numberPrefixes and
 // numberLists fields of one rule together, since they are one condition. All sets share one numberIndex, so deciding a phone call costs one
@@ -18,27 +21,101 @@ func (b *setBits) addAll(sets []uint16) {
 	}
 }
 
-// numberIndex maps numberKeys to the sets that hold them. Keys map to an
-// interned combination of sets rather than to a slice each, which keeps a
-// million entries at a few bytes apiece.
+// numberIndex finds the sets that hold a number. Exact entries and prefixes
+// are each a keyTable: sorted numberKeys, 8 bytes an entry (a million
+// entries are 8 MB, where a Go map of them took 20 to 40 MB), and a
+// combination of sets per key only when the keys do not all have the same.
 type numberIndex struct {
-	exact  map[uint64]uint32
-	prefix map[uint64]uint32
+	exact, prefix keyTable
 	// prefixLens has bit L set when some prefix has L digits.
 	prefixLens uint32
 	// prefixLead has, for each length of 3 digits or more, a bit per first
 	// three digits that some prefix of that length starts with: most prefix
-	// lengths can then be ruled out without a map lookup.
+	// lengths can then be ruled out without a search.
 	prefixLead [maxKeyDigits + 1][1000/64 + 1]uint64
 	// combos[c] lists the sets of combination c in ascending order; combos[0]
-	// is empty so that a missing map entry reads as "no set".
+	// is empty.
 	combos [][]uint16
 }
 
+// keyTable is a set of numberKeys, each with the combination of sets that
+// holds it.
+//
+// The keys are in Eytzinger order (the sorted keys laid out as a complete
+// binary search tree, breadth first: the children of node i are 2i and
+// 2i+1), so that the first steps of every search read the same few cache
+// lines and pages, which stay cached between calls, and each later step
+// reads one new line: a search of a million keys in random order costs
+// about half of what a binary search of the sorted keys does.
+//
+// It has room for an expiry per entry: a parallel []uint32 of the minute an
+// entry stops matching, made only when some entry has one.
+type keyTable struct {
+	// keys[1:] are the distinct keys; keys[0] is unused.
+	keys []uint64
+	// combo[i] is the combination of keys[i], or nil when every key has
+	// the combination all.
+	combo []uint32
+	all   uint32
+}
+
+// find returns the combination of sets that holds k, 0 when none does.
+func (t *keyTable) find(k uint64) uint32 {
+	keys := t.keys
+	i := 1
+	for i < len(keys) {
+		// Written so that the comparison is a SETcc, not a branch the
+		// processor would mispredict at every other step.
+		next := 2 * i
+		if keys[i] < k {
+			next++
+		}
+		i = next
+	}
+	// i went right after the last node whose key is >= k (the lower
+	// bound) and left at every step since: drop those steps and that one.
+	i >>= bits.TrailingZeros(^uint(i)) + 1
+	if i == 0 || keys[i] != k {
+		return 0
+	}
+	if t.combo != nil {
+		return t.combo[i]
+	}
+	return t.all
+}
+
+// eytzinger lays out sorted keys, and their combinations when combo is not
+// nil, in Eytzinger order.
+func eytzinger(sorted []uint64, combo []uint32) keyTable {
+	t := keyTable{keys: make([]uint64, len(sorted)+1)}
+	if combo != nil {
+		t.combo = make([]uint32, len(sorted)+1)
+	}
+	// An in-order walk of the tree visits its nodes in sorted order.
+	next := 0
+	var walk func(i int)
+	walk = func(i int) {
+		if i >= len(t.keys) {
+			return
+		}
+		walk(2 * i)
+		t.keys[i] = sorted[next]
+		if combo != nil {
+			t.combo[i] = combo[next]
+		}
+		next++
+		walk(2*i + 1)
+	}
+	walk(1)
+	return t
+}
+
+func (t *keyTable) len() int { return max(len(t.keys)-1, 0) }
+
 // lookup adds to bits every set that holds the number with these digits.
 func (ix *numberIndex) lookup(digits []byte, bits *setBits) {
-	if len(ix.exact) > 0 && len(digits) <= maxKeyDigits {
-		if c, ok := ix.exact[numberKey(digits)]; ok {
+	if ix.exact.len() > 0 && len(digits) <= maxKeyDigits {
+		if c := ix.exact.find(numberKey(digits)); c != 0 {
 			bits.addAll(ix.combos[c])
 		}
 	}
@@ -54,20 +131,22 @@ func (ix *numberIndex) lookup(digits []byte, bits *setBits) {
 		if ix.prefixLens&(1<<(i+1)) == 0 || i >= 2 && ix.prefixLead[i+1][lead>>6]&(1<<(lead&63)) == 0 {
 			continue
 		}
-		if c, ok := ix.prefix[k]; ok {
+		if c := ix.prefix.find(k); c != 0 {
 			bits.addAll(ix.combos[c])
 		}
 	}
 }
 
-// indexBuilder collects the keys of each set while rules compile, so that the
-// maps can be sized once when the total is known.
+// indexBuilder collects the keys of each set while rules compile; build
+// sorts them once when all are known.
 type indexBuilder struct {
-	sets            int
-	exact, prefix   []pendingKeys
-	nExact, nPrefix int
+	sets          int
+	exact, prefix []pendingKeys
 }
 
+// pendingKeys are keys of one set. The slice may be shared with other sets
+// (a list that several rules name is parsed once), and build sorts it; when
+// it is the only one, build compacts it in place and keeps it as the table.
 type pendingKeys struct {
 	set  uint16
 	keys []uint64
@@ -78,40 +157,105 @@ func (b *indexBuilder) newSet() int32 {
 	return int32(b.sets - 1)
 }
 
+// add adds keys to a set; sets must be added to in ascending order (a set's
+// keys may come in several calls), which keeps every combination sorted.
 func (b *indexBuilder) add(set int32, exact, prefix []uint64) {
 	if len(exact) > 0 {
 		b.exact = append(b.exact, pendingKeys{uint16(set), exact})
-		b.nExact += len(exact)
 	}
 	if len(prefix) > 0 {
 		b.prefix = append(b.prefix, pendingKeys{uint16(set), prefix})
-		b.nPrefix += len(prefix)
 	}
 }
 
 func (b *indexBuilder) build() numberIndex {
 	in := interner{combos: [][]uint16{nil}, next: map[uint64]uint32{}}
 	ix := numberIndex{}
-	if b.nExact > 0 {
-		ix.exact = make(map[uint64]uint32, b.nExact)
-		in.fill(ix.exact, b.exact)
-	}
-	if b.nPrefix > 0 {
-		ix.prefix = make(map[uint64]uint32, b.nPrefix)
-		in.fill(ix.prefix, b.prefix)
-		for _, p := range b.prefix {
-			for _, k := range p.keys {
-				n := keyDigits(k)
-				ix.prefixLens |= 1 << n
-				if n >= 3 {
-					lead := leadingDigits(k, n)
-					ix.prefixLead[n][lead>>6] |= 1 << (lead & 63)
-				}
-			}
+	ix.exact = in.table(b.exact)
+	ix.prefix = in.table(b.prefix)
+	for _, k := range ix.prefix.keys[min(1, len(ix.prefix.keys)):] {
+		n := keyDigits(k)
+		ix.prefixLens |= 1 << n
+		if n >= 3 {
+			lead := leadingDigits(k, n)
+			ix.prefixLead[n][lead>>6] |= 1 << (lead & 63)
 		}
 	}
 	ix.combos = in.combos
 	return ix
+}
+
+// table makes the keyTable of pending keys.
+func (in *interner) table(pending []pendingKeys) keyTable {
+	if len(pending) == 0 {
+		return keyTable{}
+	}
+	var keys []uint64
+	if len(pending) == 1 {
+		// One list (or field) alone: sort it where it is.
+		keys = pending[0].keys
+	} else {
+		total := 0
+		for _, p := range pending {
+			total += len(p.keys)
+		}
+		keys = make([]uint64, 0, total)
+		for _, p := range pending {
+			keys = append(keys, p.keys...)
+		}
+	}
+	slices.Sort(keys)
+	keys = slices.Compact(keys)
+	if oneSet(pending) {
+		t := eytzinger(keys, nil)
+		t.all = in.extend(0, pending[0].set)
+		return t
+	}
+	// Several sets: a combination per key, from the sets in ascending
+	// order, each adding itself to the combination of its keys.
+	combo := make([]uint32, len(keys))
+	for _, p := range pending {
+		slices.Sort(p.keys)
+		at := 0
+		for i, k := range p.keys {
+			if i > 0 && k == p.keys[i-1] {
+				continue
+			}
+			// The keys of p are sorted too: search onwards from the last.
+			at += lowerBound(keys[at:], k)
+			combo[at] = in.extend(combo[at], p.set)
+		}
+	}
+	if !slices.ContainsFunc(combo, func(c uint32) bool { return c != combo[0] }) {
+		t := eytzinger(keys, nil)
+		t.all = combo[0]
+		return t
+	}
+	return eytzinger(keys, combo)
+}
+
+// oneSet reports whether all pending keys are of one set.
+func oneSet(pending []pendingKeys) bool {
+	for _, p := range pending[1:] {
+		if p.set != pending[0].set {
+			return false
+		}
+	}
+	return true
+}
+
+// lowerBound returns the index of the first key >= k.
+func lowerBound(keys []uint64, k uint64) int {
+	lo, hi := 0, len(keys)
+	for lo < hi {
+		mid := int(uint(lo+hi) >> 1)
+		if keys[mid] < k {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	return lo
 }
 
 // keyDigits returns how many digits a numberKey packs.
@@ -132,6 +276,7 @@ func leadingDigits(k uint64, n int) uint64 {
 	return k - 1000
 }
 
+// interner numbers the combinations of sets that keys have.
 type interner struct {
 	combos [][]uint16
 	next   map[uint64]uint32
@@ -142,16 +287,8 @@ type interner struct {
 	cached           bool
 }
 
-// fill adds pending keys in set order, which keeps every combo sorted and
-// makes a repeated key within one set a no-op.
-func (in *interner) fill(m map[uint64]uint32, pending []pendingKeys) {
-	for _, p := range pending {
-		for _, k := range p.keys {
-			m[k] = in.extend(m[k], p.set)
-		}
-	}
-}
-
+// extend returns the combination of c and set, which must be at least
+// every set of c.
 func (in *interner) extend(c uint32, set uint16) uint32 {
 	if cs := in.combos[c]; len(cs) > 0 && cs[len(cs)-1] == set {
 		return c

@@ -1,7 +1,9 @@
 package policy
 
 import (
+	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -50,5 +52,268 @@ func TestIndexAgainstNaive(t *testing.T) {
 				t.Fatalf("number %s in set %d: index says %v, brute force %v", num, i, got.has(int32(i)), want)
 			}
 		}
+	}
+}
+
+// indexModel is the index as the simplest code says it: per set, a map of
+// exact numbers and a list of prefixes, as digit strings.
+type indexModel []struct {
+	exact  map[string]bool
+	prefix []string
+}
+
+func (m indexModel) sets(num string) []int32 {
+	var sets []int32
+	for i, s := range m {
+		hit := s.exact[num] && len(num) <= maxKeyDigits
+		for _, p := range s.prefix {
+			hit = hit || strings.HasPrefix(num, p)
+		}
+		if hit {
+			sets = append(sets, int32(i))
+		}
+	}
+	return sets
+}
+
+// buildIndex builds an index and its model of sets given as entries: digit
+// strings, a prefix ending in '*'.
+func buildIndex(sets [][]string) (numberIndex, indexModel) {
+	var b indexBuilder
+	model := make(indexModel, len(sets))
+	for i, entries := range sets {
+		model[i].exact = map[string]bool{}
+		var exact, prefix []uint64
+		for _, e := range entries {
+			if p, ok := strings.CutSuffix(e, "*"); ok {
+				model[i].prefix = append(model[i].prefix, p)
+				prefix = append(prefix, numberKey([]byte(p)))
+			} else {
+				model[i].exact[e] = true
+				exact = append(exact, numberKey([]byte(e)))
+			}
+		}
+		b.add(b.newSet(), exact, prefix)
+	}
+	return b.build(), model
+}
+
+func lookupSets(ix *numberIndex, num string) []int32 {
+	var bits setBits
+	ix.lookup([]byte(num), &bits)
+	var sets []int32
+	for s := range int32(maxSets) {
+		if bits.has(s) {
+			sets = append(sets, s)
+		}
+	}
+	return sets
+}
+
+// TestIndexTable: exact entries and prefixes of one or several sets, the
+// sets each number is in.
+func TestIndexTable(t *testing.T) {
+	const (
+		largestE164  = "999999999999999" // 15 digits
+		smallestE164 = "10"              // E.164 numbers have 2 digits or more
+		longest      = "999999999999999999"
+	)
+	for _, tc := range []struct {
+		name string
+		sets [][]string
+		// want maps a number to the sets it is in.
+		want map[string][]int32
+	}{{
+		name: "exact",
+		sets: [][]string{{"14255550100", "14255550101", "442071234567"}},
+		want: map[string][]int32{
+			"14255550100": {0}, "14255550101": {0}, "442071234567": {0},
+			"14255550102": nil, "1425555010": nil, "142555501000": nil, "4": nil, "": nil,
+		},
+	}, {
+		name: "leading zeros are digits",
+		sets: [][]string{{"01", "1"}, {"001"}},
+		want: map[string][]int32{"1": {0}, "01": {0}, "001": {1}, "0001": nil, "10": nil, "0": nil},
+	}, {
+		name: "duplicates",
+		sets: [][]string{{"14255550100", "14255550100", "1900*", "1900*"}, {"14255550100", "14255550100"}},
+		want: map[string][]int32{"14255550100": {0, 1}, "19005550100": {0}, "1900": {0}, "14255550101": nil},
+	}, {
+		name: "prefixes of several lengths overlap exact entries",
+		sets: [][]string{
+			{"1*", "1900*"},
+			{"1900", "19005550100", "1900555*"},
+			{"19005550100*", "44*", "4420*", "442071234567"},
+		},
+		want: map[string][]int32{
+			"1":             {0},
+			"1900":          {0, 1},
+			"19005":         {0},
+			"1900555":       {0, 1},
+			"19005550100":   {0, 1, 2},
+			"190055501001":  {0, 1, 2},
+			"19005550101":   {0, 1},
+			"442071234567":  {2},
+			"4420712345678": {2},
+			"4":             nil,
+			"2":             nil,
+		},
+	}, {
+		name: "largest and smallest E.164 numbers, and the longest key",
+		sets: [][]string{{largestE164, smallestE164}, {longest, "99999999999999*"}},
+		want: map[string][]int32{
+			largestE164:        {0, 1},
+			smallestE164:       {0},
+			longest:            {1},
+			longest + "9":      {1}, // longer than a key: only prefixes
+			"99999999999999":   {1},
+			"9999999999999":    nil,
+			"9999999999999999": {1},
+			"1":                nil,
+			"11":               nil,
+			"100":              nil,
+		},
+	}, {
+		name: "many sets, each its own key",
+		sets: func() [][]string {
+			var sets [][]string
+			for i := range 100 {
+				sets = append(sets, []string{fmt.Sprintf("1555%07d", i), "1555*"})
+			}
+			return sets
+		}(),
+		want: map[string][]int32{"15550000042": func() []int32 {
+			var all []int32
+			for i := range int32(100) {
+				all = append(all, i)
+			}
+			return all
+		}()},
+	}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ix, model := buildIndex(tc.sets)
+			for num, want := range tc.want {
+				if tc.name != "many sets, each its own key" && !slices.Equal(model.sets(num), want) {
+					t.Fatalf("the test is wrong: the model puts %s in %v", num, model.sets(num))
+				}
+				if got := lookupSets(&ix, num); !slices.Equal(got, want) {
+					t.Errorf("%s is in sets %v, want %v", num, got, want)
+				}
+			}
+		})
+	}
+}
+
+// TestIndexSharedList: a list that several rules name is parsed once and
+// its keys added to each set; the index is built from it once.
+func TestIndexSharedList(t *testing.T) {
+	keys := []uint64{numberKey([]byte("300")), numberKey([]byte("100")), numberKey([]byte("200")), numberKey([]byte("100"))}
+	var b indexBuilder
+	b.add(b.newSet(), keys, nil)
+	b.add(b.newSet(), []uint64{numberKey([]byte("400"))}, nil)
+	b.add(b.newSet(), keys, nil)
+	ix := b.build()
+	if n := ix.exact.len(); n != 4 {
+		t.Errorf("%d keys in the index, want 4", n)
+	}
+	for num, want := range map[string][]int32{"100": {0, 2}, "200": {0, 2}, "300": {0, 2}, "400": {1}, "500": nil} {
+		if got := lookupSets(&ix, num); !slices.Equal(got, want) {
+			t.Errorf("%s is in sets %v, want %v", num, got, want)
+		}
+	}
+}
+
+// FuzzIndex compares the index with the model on sets and numbers made of
+// few distinct digits, so that entries, prefixes and numbers collide.
+func FuzzIndex(f *testing.F) {
+	f.Add([]byte("0123\n01*\n0\n;012\n0123*\n"), "0123")
+	f.Add([]byte("1\n1\n;1*\n;11\n"), "11")
+	f.Add([]byte("222222222222222222\n2222222222222222222\n;2*\n"), "222222222222222222")
+	f.Fuzz(func(t *testing.T, spec []byte, num string) {
+		var sets [][]string
+		for _, set := range strings.Split(string(spec), ";") {
+			var entries []string
+			for _, e := range strings.Split(set, "\n") {
+				digits := strings.TrimSuffix(e, "*")
+				if digits == "" || len(digits) > maxKeyDigits || strings.Trim(digits, "0123") != "" {
+					continue
+				}
+				entries = append(entries, e)
+			}
+			sets = append(sets, entries)
+			if len(sets) == maxSets {
+				break
+			}
+		}
+		if strings.Trim(num, "0123456789") != "" || len(num) > 24 {
+			return
+		}
+		ix, model := buildIndex(sets)
+		if got, want := lookupSets(&ix, num), model.sets(num); !slices.Equal(got, want) {
+			t.Fatalf("%q is in sets %v, the model says %v", num, got, want)
+		}
+	})
+}
+
+// BenchmarkIndex looks up numbers in an index of a million: the same one
+// each time (hot, as BenchmarkDecide), and a different one each time, so
+// that the search reads memory the last one did not.
+func BenchmarkIndex(b *testing.B) {
+	const n = 1_000_000
+	r := rand.New(rand.NewPCG(1, 2))
+	keys := make([]uint64, n)
+	numbers := make([][]byte, 0, 2*4096)
+	for i := range keys {
+		num := fmt.Appendf(nil, "1%d", 2_000_000_000+r.Uint64N(8_000_000_000))
+		keys[i] = numberKey(num)
+		if i%(n/4096) == 0 && len(numbers) < 4096 {
+			numbers = append(numbers, num)
+		}
+	}
+	for len(numbers) < cap(numbers) {
+		// Numbers of the same range, almost all of them not listed.
+		numbers = append(numbers, fmt.Appendf(nil, "1%d", 2_000_000_000+r.Uint64N(8_000_000_000)))
+	}
+	var bld indexBuilder
+	bld.add(bld.newSet(), keys, []uint64{numberKey([]byte("1900"))})
+	ix := bld.build()
+	var bits setBits
+	if ix.lookup(numbers[1], &bits); !bits.has(0) {
+		b.Fatal("a listed number is not in the index")
+	}
+	for _, c := range []struct {
+		name    string
+		numbers [][]byte
+	}{{"hit", numbers[1:2]}, {"hit-random", numbers[:4096]}, {"miss-random", numbers[4096:]}} {
+		b.Run("entries=1M/"+c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			i, start := 0, cpuTime()
+			for b.Loop() {
+				var bits setBits
+				ix.lookup(c.numbers[i&(len(c.numbers)-1)], &bits)
+				i++
+			}
+			b.ReportMetric(float64(cpuTime()-start)/float64(i), "cpu-ns/op")
+		})
+	}
+}
+
+// BenchmarkIndexBuild builds the index of a million numbers of six lists.
+func BenchmarkIndexBuild(b *testing.B) {
+	r := rand.New(rand.NewPCG(3, 4))
+	lists := make([][]uint64, 6)
+	for i := range lists {
+		for range 1_000_000 / len(lists) {
+			lists[i] = append(lists[i], numberKey(fmt.Appendf(nil, "1%d", 2_000_000_000+r.Uint64N(8_000_000_000))))
+		}
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		var bld indexBuilder
+		set := bld.newSet()
+		for _, l := range lists {
+			bld.add(set, slices.Clone(l), nil)
+		}
+		_ = bld.build()
 	}
 }
