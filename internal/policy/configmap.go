@@ -166,7 +166,7 @@ func DecodeConfigMaps(data map[string]string, shard func(configMap string) ([]by
 	src := &Source{Namespace: sp.Namespace, Name: sp.Name, Spec: sp.Spec, Lists: map[ListRef]string{}}
 	total := int64(0)
 	for _, l := range lists {
-		var gz []byte
+		var gz [][]byte
 		for _, p := range l.Shards {
 			b, err := shard(p.ConfigMap)
 			if err != nil {
@@ -176,14 +176,17 @@ func DecodeConfigMaps(data map[string]string, shard func(configMap string) ([]by
 				return nil, fmt.Errorf("decode policy configmap: list %s key %s: shard %s holds %d bytes that do not match the manifest's sha256 %s",
 					l.Name, l.Key, p.ConfigMap, len(b), p.SHA256)
 			}
-			gz = append(gz, b...)
+			gz = append(gz, b)
 		}
-		text, err := gunzipList(gz, min(MaxListBytes, maxListsText-total))
+		if len(gz) == 0 {
+			gz = append(gz, nil)
+		}
+		text, sum, err := gunzipParts(gz, min(MaxListBytes, maxListsText-total))
 		if err != nil {
 			return nil, fmt.Errorf("decode policy configmap: list %s key %s: %w", l.Name, l.Key, err)
 		}
 		total += int64(len(text))
-		if sum := sha256.Sum256([]byte(text)); hex.EncodeToString(sum[:]) != l.SHA256 {
+		if hex.EncodeToString(sum[:]) != l.SHA256 {
 			return nil, fmt.Errorf("decode policy configmap: list %s key %s: its text does not match the manifest's sha256 %s", l.Name, l.Key, l.SHA256)
 		}
 		src.Lists[ListRef{Name: l.Name, Key: l.Key}] = text
@@ -207,7 +210,7 @@ func canonical(namespace, name string, spec *v1alpha1.CallPolicySpec, lists map[
 			missing = append(missing, fmt.Sprintf("configmap %s key %s", r.Name, r.Key))
 			continue
 		}
-		sum := sha256.Sum256([]byte(text))
+		sum := sha256String(text)
 		stored = append(stored, storedList{Name: r.Name, Key: r.Key, SHA256: hex.EncodeToString(sum[:])})
 	}
 	if len(missing) > 0 {

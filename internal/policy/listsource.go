@@ -3,6 +3,7 @@ package policy
 import (
 	"bytes"
 	"compress/gzip"
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -46,26 +47,56 @@ func ListText(configMap, key string, data map[string]string, binaryData map[stri
 // gunzipList decompresses a gzip stream (several members are read as one, as
 // gzip -d does) of at most limit bytes.
 func gunzipList(b []byte, limit int64) (string, error) {
-	zr, err := gzip.NewReader(bytes.NewReader(b))
+	text, _, err := gunzipParts([][]byte{b}, limit)
+	return text, err
+}
+
+// gunzipParts decompresses a gzip stream held in parts, in order, of at most
+// limit bytes, and returns the text with its SHA-256. The parts are read
+// where they are and the text hashed as it is written, so that a list of
+// 14 MB costs 14 MB, not twice or three times that.
+func gunzipParts(parts [][]byte, limit int64) (text string, sum [sha256.Size]byte, err error) {
+	readers := make([]io.Reader, len(parts))
+	for i, p := range parts {
+		readers[i] = bytes.NewReader(p)
+	}
+	zr, err := gzip.NewReader(io.MultiReader(readers...))
 	if err != nil {
-		return "", fmt.Errorf("a key ending in %s must hold gzip-compressed text: %w", GzipSuffix, err)
+		return "", sum, fmt.Errorf("a key ending in %s must hold gzip-compressed text: %w", GzipSuffix, err)
 	}
 	var out strings.Builder
 	// The trailer's ISIZE is the (last member's) length mod 2^32: a hint
 	// that saves regrowing, trusted only up to the limit.
-	if len(b) >= 4 {
-		if size := int64(binary.LittleEndian.Uint32(b[len(b)-4:])); size <= limit {
+	if last := parts[len(parts)-1]; len(last) >= 4 {
+		if size := int64(binary.LittleEndian.Uint32(last[len(last)-4:])); size <= limit {
 			out.Grow(int(size))
 		}
 	}
-	n, err := io.Copy(&out, io.LimitReader(zr, limit+1))
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(&out, h), io.LimitReader(zr, limit+1))
 	switch {
 	case err != nil:
-		return "", fmt.Errorf("corrupt gzip data: %w", err)
+		return "", sum, fmt.Errorf("corrupt gzip data: %w", err)
 	case n > limit:
-		return "", fmt.Errorf("decompresses to more than %d MiB, the limit for one number list", limit>>20)
+		return "", sum, fmt.Errorf("decompresses to more than %d MiB, the limit for one number list", limit>>20)
 	}
-	return out.String(), nil
+	h.Sum(sum[:0])
+	return out.String(), sum, nil
+}
+
+// sha256String hashes s without copying it whole ([]byte(s) would, for a
+// list of 14 MB).
+func sha256String(s string) [sha256.Size]byte {
+	h := sha256.New()
+	var buf [32 << 10]byte
+	for len(s) > 0 {
+		n := copy(buf[:], s)
+		h.Write(buf[:n])
+		s = s[n:]
+	}
+	var sum [sha256.Size]byte
+	h.Sum(sum[:0])
+	return sum
 }
 
 // Gzip compresses b as one gzip member with no name and no time, so the same
