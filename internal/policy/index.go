@@ -23,8 +23,8 @@ func (b *setBits) addAll(sets []uint16) {
 
 // numberIndex finds the sets that hold a number. Exact entries and prefixes
 // are each a keyTable: sorted numberKeys, 8 bytes an entry (a million
-// entries are 8 MB, where a Go map of them took 20 to 40 MB), and a
-// combination of sets per key only when the keys do not all have the same.
+// entries are 8 MB, where the Go map this replaced took about 30), and
+// combinations of sets per key only for keys whose sets differ.
 type numberIndex struct {
 	exact, prefix keyTable
 	// prefixLens has bit L set when some prefix has L digits.
@@ -46,16 +46,21 @@ type numberIndex struct {
 // 2i+1), so that the first steps of every search read the same few cache
 // lines and pages, which stay cached between calls, and each later step
 // reads one new line: a search of a million keys in random order costs
-// about half of what a binary search of the sorted keys does.
+// about two thirds of what a binary search of the sorted keys does
+// (BenchmarkIndex).
 //
-// It has room for an expiry per entry: a parallel []uint32 of the minute an
-// entry stops matching, made only when some entry has one.
+// It has room for an expiry per entry (a list line's expires=): a parallel
+// []uint32 of the minute each key stops matching, made only when some entry
+// has one, 0 for never; a key that sets hold until different times would
+// keep, like other, its later combinations apart.
 type keyTable struct {
 	// keys[1:] are the distinct keys; keys[0] is unused.
 	keys []uint64
-	// combo[i] is the combination of keys[i], or nil when every key has
-	// the combination all.
+	// The combination of keys[i] is combo[i] when combo is not nil. Else
+	// it is all, unless other has i<<32|c, sorted: then c. A policy whose
+	// list rule shares a few numbers with other rules keeps 8 bytes a key.
 	combo []uint32
+	other []uint64
 	all   uint32
 }
 
@@ -81,33 +86,12 @@ func (t *keyTable) find(k uint64) uint32 {
 	if t.combo != nil {
 		return t.combo[i]
 	}
+	if t.other != nil {
+		if j := lowerBound(t.other, uint64(i)<<32); j < len(t.other) && t.other[j]>>32 == uint64(i) {
+			return uint32(t.other[j])
+		}
+	}
 	return t.all
-}
-
-// eytzinger lays out sorted keys, and their combinations when combo is not
-// nil, in Eytzinger order.
-func eytzinger(sorted []uint64, combo []uint32) keyTable {
-	t := keyTable{keys: make([]uint64, len(sorted)+1)}
-	if combo != nil {
-		t.combo = make([]uint32, len(sorted)+1)
-	}
-	// An in-order walk of the tree visits its nodes in sorted order.
-	next := 0
-	var walk func(i int)
-	walk = func(i int) {
-		if i >= len(t.keys) {
-			return
-		}
-		walk(2 * i)
-		t.keys[i] = sorted[next]
-		if combo != nil {
-			t.combo[i] = combo[next]
-		}
-		next++
-		walk(2*i + 1)
-	}
-	walk(1)
-	return t
 }
 
 func (t *keyTable) len() int { return max(len(t.keys)-1, 0) }
@@ -145,8 +129,7 @@ type indexBuilder struct {
 }
 
 // pendingKeys are keys of one set. The slice may be shared with other sets
-// (a list that several rules name is parsed once), and build sorts it; when
-// it is the only one, build compacts it in place and keeps it as the table.
+// (a list that several rules name is parsed once); build sorts it.
 type pendingKeys struct {
 	set  uint16
 	keys []uint64
@@ -185,63 +168,139 @@ func (b *indexBuilder) build() numberIndex {
 	return ix
 }
 
-// table makes the keyTable of pending keys.
+// table makes the keyTable of pending keys: it sorts each slice of keys,
+// then merges them twice, to count the distinct keys and the keys of each
+// combination of sets, and to lay them out. Only the table is allocated,
+// not a sorted copy of all keys as well.
 func (in *interner) table(pending []pendingKeys) keyTable {
 	if len(pending) == 0 {
 		return keyTable{}
 	}
-	var keys []uint64
-	if len(pending) == 1 {
-		// One list (or field) alone: sort it where it is.
-		keys = pending[0].keys
-	} else {
-		total := 0
-		for _, p := range pending {
-			total += len(p.keys)
-		}
-		keys = make([]uint64, 0, total)
-		for _, p := range pending {
-			keys = append(keys, p.keys...)
-		}
-	}
-	slices.Sort(keys)
-	keys = slices.Compact(keys)
-	if oneSet(pending) {
-		t := eytzinger(keys, nil)
-		t.all = in.extend(0, pending[0].set)
-		return t
-	}
-	// Several sets: a combination per key, from the sets in ascending
-	// order, each adding itself to the combination of its keys.
-	combo := make([]uint32, len(keys))
 	for _, p := range pending {
 		slices.Sort(p.keys)
-		at := 0
-		for i, k := range p.keys {
-			if i > 0 && k == p.keys[i-1] {
-				continue
-			}
-			// The keys of p are sorted too: search onwards from the last.
-			at += lowerBound(keys[at:], k)
-			combo[at] = in.extend(combo[at], p.set)
+	}
+	n, count := 0, map[uint32]int{}
+	m := newMerger(pending)
+	for {
+		_, c, ok := m.next(in)
+		if !ok {
+			break
+		}
+		n++
+		count[c]++
+	}
+	t := keyTable{keys: make([]uint64, n+1)}
+	for c, k := range count {
+		if k > count[t.all] || k == count[t.all] && c < t.all {
+			t.all = c
 		}
 	}
-	if !slices.ContainsFunc(combo, func(c uint32) bool { return c != combo[0] }) {
-		t := eytzinger(keys, nil)
-		t.all = combo[0]
-		return t
+	// A combination per key costs 4 bytes a key; one per key that is not
+	// of the commonest costs 8 bytes a key that is not.
+	if others := n - count[t.all]; others > n/2 {
+		t.combo = make([]uint32, n+1)
+	} else if others > 0 {
+		t.other = make([]uint64, 0, others)
 	}
-	return eytzinger(keys, combo)
+	m = newMerger(pending)
+	// An in-order walk of the tree visits its nodes in sorted order.
+	var walk func(i int)
+	walk = func(i int) {
+		if i >= len(t.keys) {
+			return
+		}
+		walk(2 * i)
+		k, c, _ := m.next(in)
+		t.keys[i] = k
+		switch {
+		case t.combo != nil:
+			t.combo[i] = c
+		case c != t.all:
+			t.other = append(t.other, uint64(i)<<32|uint64(c))
+		}
+		walk(2*i + 1)
+	}
+	walk(1)
+	slices.Sort(t.other)
+	return t
 }
 
-// oneSet reports whether all pending keys are of one set.
-func oneSet(pending []pendingKeys) bool {
-	for _, p := range pending[1:] {
-		if p.set != pending[0].set {
-			return false
+// merger yields the distinct keys of sorted pending keys in order, each
+// with its combination of sets.
+type merger struct {
+	pending []pendingKeys
+	pos     []int
+	// heap holds the pending slices not read to the end, by their next
+	// key, then by their index: a key's sets come out in ascending order.
+	heap []int
+}
+
+func newMerger(pending []pendingKeys) *merger {
+	m := &merger{pending: pending, pos: make([]int, len(pending))}
+	for i, p := range pending {
+		if len(p.keys) > 0 {
+			m.heap = append(m.heap, i)
+			m.up(len(m.heap) - 1)
 		}
 	}
-	return true
+	return m
+}
+
+func (m *merger) next(in *interner) (key uint64, combo uint32, ok bool) {
+	if len(m.heap) == 0 {
+		return 0, 0, false
+	}
+	key = m.key(m.heap[0])
+	for len(m.heap) > 0 && m.key(m.heap[0]) == key {
+		i := m.heap[0]
+		combo = in.extend(combo, m.pending[i].set)
+		keys := m.pending[i].keys
+		for m.pos[i] < len(keys) && keys[m.pos[i]] == key {
+			m.pos[i]++
+		}
+		if m.pos[i] == len(keys) {
+			last := len(m.heap) - 1
+			m.heap[0] = m.heap[last]
+			m.heap = m.heap[:last]
+		}
+		m.down(0)
+	}
+	return key, combo, true
+}
+
+func (m *merger) key(i int) uint64 { return m.pending[i].keys[m.pos[i]] }
+
+func (m *merger) less(a, b int) bool {
+	ka, kb := m.key(a), m.key(b)
+	return ka < kb || ka == kb && a < b
+}
+
+func (m *merger) up(j int) {
+	for j > 0 {
+		parent := (j - 1) / 2
+		if !m.less(m.heap[j], m.heap[parent]) {
+			return
+		}
+		m.heap[j], m.heap[parent] = m.heap[parent], m.heap[j]
+		j = parent
+	}
+}
+
+func (m *merger) down(j int) {
+	for {
+		small, l, r := j, 2*j+1, 2*j+2
+		if l < len(m.heap) && m.less(m.heap[l], m.heap[small]) {
+			small = l
+		}
+		if r < len(m.heap) && m.less(m.heap[r], m.heap[small]) {
+			small = r
+		}
+		if small == j {
+			return
+		}
+		m.heap[j], m.heap[small] = m.heap[small], m.heap[j]
+		j = small
+	}
 }
 
 // lowerBound returns the index of the first key >= k.

@@ -317,3 +317,34 @@ func BenchmarkIndexBuild(b *testing.B) {
 		_ = bld.build()
 	}
 }
+
+// TestIndexCombinationsStored: a key's sets are stored once for all keys
+// when they share them, per key that differs when few do, per key when
+// many do; lookups give the same either way.
+func TestIndexCombinationsStored(t *testing.T) {
+	list := make([]string, 1000)
+	for i := range list {
+		list[i] = fmt.Sprintf("1425555%04d", i)
+	}
+	for _, tc := range []struct {
+		name         string
+		sets         [][]string
+		combo, other int
+	}{
+		{"one set", [][]string{list}, 0, 0},
+		{"a list and a few numbers of other rules", [][]string{{"14255550007"}, list, {"14255550999", "19005550100"}}, 0, 3},
+		{"half the keys in two sets", [][]string{list[:600], list[400:]}, 1001, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ix, model := buildIndex(tc.sets)
+			if len(ix.exact.combo) != tc.combo || len(ix.exact.other) != tc.other {
+				t.Errorf("%d combinations per key and %d other, want %d and %d", len(ix.exact.combo), len(ix.exact.other), tc.combo, tc.other)
+			}
+			for _, num := range append(list, "19005550100", "14255551000", "1425555000") {
+				if got, want := lookupSets(&ix, num), model.sets(num); !slices.Equal(got, want) {
+					t.Fatalf("%s is in sets %v, want %v", num, got, want)
+				}
+			}
+		})
+	}
+}
