@@ -158,10 +158,14 @@ func (s *Server) act(ctx context.Context, rt *policyVersion, tenant string, c *d
 	if err == nil {
 		// A token request the tenant's authority refused (no consent
 		// there) fails this call at once; one that may succeed later is
-		// retried by the Graph client within the deadline.
-		if _, terr := tc.cred.GetToken(ctx, azpolicy.TokenRequestOptions{Scopes: tc.scopes}); terr != nil && refusedByAuthority(terr) {
+		// retried by the Graph client within the deadline. The request is
+		// bounded as one of the client's attempts is, so that an authority
+		// that hangs once leaves time for another try.
+		tctx, cancel := context.WithTimeout(ctx, graph.DefaultAttemptTimeout)
+		if _, terr := tc.cred.GetToken(tctx, azpolicy.TokenRequestOptions{Scopes: tc.scopes}); terr != nil && refusedByAuthority(terr) {
 			err = terr
 		}
+		cancel()
 	}
 	if err != nil {
 		op := opOf(d.Action)
