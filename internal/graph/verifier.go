@@ -227,33 +227,6 @@ func (v *Verifier) accepts(tenant string) bool {
 	return ok
 }
 
-// TenantOf returns the tenant claim, lower-cased, of an Authorization
-// header that VerifyTenant accepted, for code that got only the header:
-// from the tokens remembered as verified, else read from the token's
-// claims without checking them again (the caller vouches that they were
-// checked). "" when the header holds no readable token.
-func (v *Verifier) TenantOf(authorization string) string {
-	if len(authorization) < bearerPrefixBytes {
-		return ""
-	}
-	raw := strings.TrimSpace(authorization[bearerPrefixBytes:])
-	if lt, ok := v.cached(raw); ok {
-		return lt.tenant
-	}
-	tok, err := jwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256})
-	if err != nil {
-		return ""
-	}
-	var c inboundClaims
-	if err := tok.UnsafeClaimsWithoutVerification(&c); err != nil {
-		return ""
-	}
-	if c.TID != "" {
-		return strings.ToLower(c.TID)
-	}
-	return strings.ToLower(c.TIDURI)
-}
-
 func (v *Verifier) cached(raw string) (tokenLifetime, bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()

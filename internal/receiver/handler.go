@@ -20,7 +20,10 @@ type job struct {
 	arrival time.Time
 	body    []byte
 	auth    string
-	batch   *graph.Notifications
+	// tenant is the verified token's tenant claim: the tenant the batch
+	// arrived in, whose app tokens act on its calls.
+	tenant string
+	batch  *graph.Notifications
 }
 
 // ServeHTTP serves the Graph callback.
@@ -41,7 +44,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	auth := r.Header.Get("Authorization")
-	if err := rt.verifier.Verify(r.Context(), auth); err != nil {
+	tenant, err := rt.verifier.VerifyTenant(r.Context(), auth)
+	if err != nil {
 		var ae *graph.AuthError
 		if !errors.As(err, &ae) {
 			ae = &graph.AuthError{Status: http.StatusUnauthorized, Reason: graph.AuthMalformed, Err: err}
@@ -72,7 +76,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	budget := requestBudget(r.Context())
 	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(budget))
 	buf := getBodyBuffer()
-	_, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, MaxBody))
+	_, err = buf.ReadFrom(http.MaxBytesReader(w, r.Body, MaxBody))
 	if err != nil {
 		putBodyBuffer(buf)
 		var mbe *http.MaxBytesError
@@ -114,7 +118,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusBadRequest, "BadRequest", err.Error())
 		return
 	}
-	j := &job{rt: rt, arrival: arrival, body: body, auth: auth, batch: batch}
+	j := &job{rt: rt, arrival: arrival, body: body, auth: auth, tenant: tenant, batch: batch}
 	select {
 	case s.queue <- j:
 	default:

@@ -82,9 +82,7 @@ func (s *Server) process(j *job) {
 	ctx, cancel := context.WithDeadline(context.Background(), j.arrival.Add(s.cfg.Deadline))
 	defer cancel()
 	dryRun := j.rt.spec.Mode == v1alpha1.ModeDryRun
-	// The tenant the batch arrived in: its token's tenant claim, verified
-	// when the batch was acknowledged.
-	tenant := j.rt.verifier.TenantOf(j.auth)
+	tenant := j.tenant
 
 	pl := decideBatch(j.batch, j.rt.policy, dryRun, s.calls, j.arrival, tenant)
 	for _, id := range pl.duplicates {
