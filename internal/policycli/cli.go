@@ -32,8 +32,8 @@ const (
 const usage = `kubectl callpolicy: test, lint and watch callguard CallPolicies.
 
 Usage:
-  kubectl callpolicy test -f POLICY.yaml [-f MORE.yaml ...] (--notification FILE | --number E164 | --call FILE) [--at RFC3339] [-o json|table]
-  kubectl callpolicy test NAME [-n NAMESPACE] (--notification FILE | --number E164 | --call FILE) [--at RFC3339] [-o json|table]
+  kubectl callpolicy test -f POLICY.yaml [-f MORE.yaml ...] (--notification FILE | --number E164 | --call FILE) [--at RFC3339] [--tenant ID] [-o json|table]
+  kubectl callpolicy test NAME [-n NAMESPACE] (--notification FILE | --number E164 | --call FILE) [--at RFC3339] [--tenant ID] [-o json|table]
   kubectl callpolicy lint -f POLICY.yaml [-f MORE.yaml ...]
   kubectl callpolicy status NAME [-n NAMESPACE] [-o table|json|yaml]
   kubectl callpolicy decisions NAME [-n NAMESPACE] [--since 10m] [--follow] [-o table|json|yaml]

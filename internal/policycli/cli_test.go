@@ -13,6 +13,23 @@ const sample = "../policy/testdata/sample-policy.yaml"
 // binaryData key ending in .gz.
 const mixed = "testdata/mixed-gz.yaml"
 
+// tenantPolicy is a multi-tenant bot's policy with a rule for one customer.
+const tenantPolicy = `apiVersion: calls.callguard.dev/v1alpha1
+kind: CallPolicy
+metadata: {name: isv, namespace: telephony}
+spec:
+  bot:
+    appId: 6d2a7b1e-0c1f-4a51-9a43-2f0f4c3b9e10
+    tenantId: 0b3f5c1d-8a2e-4a77-b0c4-7f3e2d1a9c55
+    additionalTenants: ["*"]
+    credentials: {secretRef: {name: isv-bot}}
+  rules:
+    - name: customer-a
+      action: Reject
+      reason: busy
+      match: {tenants: [aaaaaaaa-0000-4000-8000-000000000001]}
+`
+
 func TestRun(t *testing.T) {
 	sampleYAML, err := os.ReadFile(sample)
 	if err != nil {
@@ -31,6 +48,26 @@ func TestRun(t *testing.T) {
 			name:   "Graph's example notification after hours: user caller with video",
 			args:   []string{"test", "-f", sample, "--notification", "testdata/seed-notification.json", "--at", "2026-03-04T19:00:00-08:00"},
 			stdout: `{"callId":"57DAB8B1894C409AB240BD8BEAE78896","action":"Redirect","reason":"","rule":"after-hours-video","mode":"Enforce","redirect":{"targets":[{"phone":"+14255550199"}],"timeoutSeconds":30}}` + "\n",
+		},
+		// --tenant is the tenant the call arrives in, which match.tenants
+		// compares (lower-cased, as the receiver reads the token's claim).
+		{
+			name:   "match.tenants: the call's tenant",
+			args:   []string{"test", "-f", "-", "--number", "+14255550111", "--tenant", "AAAAAAAA-0000-4000-8000-000000000001"},
+			stdin:  tenantPolicy,
+			stdout: `{"callId":"callpolicy-test","action":"Reject","reason":"busy","rule":"customer-a","mode":"Enforce","tenant":"aaaaaaaa-0000-4000-8000-000000000001"}` + "\n",
+		},
+		{
+			name:   "match.tenants: another tenant",
+			args:   []string{"test", "-f", "-", "--number", "+14255550111", "--tenant", "bbbbbbbb-0000-4000-8000-000000000002"},
+			stdin:  tenantPolicy,
+			stdout: `{"callId":"callpolicy-test","action":"Allow","reason":"","rule":"","mode":"Enforce","tenant":"bbbbbbbb-0000-4000-8000-000000000002"}` + "\n",
+		},
+		{
+			name:   "match.tenants: no tenant given",
+			args:   []string{"test", "-f", "-", "--number", "+14255550111"},
+			stdin:  tenantPolicy,
+			stdout: `{"callId":"callpolicy-test","action":"Allow","reason":"","rule":"","mode":"Enforce"}` + "\n",
 		},
 		{
 			name:   "Graph's example notification in hours: default",

@@ -21,8 +21,8 @@ const numberCallID = "callpolicy-test"
 const testSynopsis = `Decide calls with a CallPolicy.
 
 Usage:
-  kubectl callpolicy test -f POLICY.yaml [-f MORE.yaml ...] (--notification FILE | --number E164 | --call FILE) [--at RFC3339] [-o json|table]
-  kubectl callpolicy test NAME [-n NAMESPACE] (--notification FILE | --number E164 | --call FILE) [--at RFC3339] [-o json|table]
+  kubectl callpolicy test -f POLICY.yaml [-f MORE.yaml ...] (--notification FILE | --number E164 | --call FILE) [--at RFC3339] [--tenant ID] [-o json|table]
+  kubectl callpolicy test NAME [-n NAMESPACE] (--notification FILE | --number E164 | --call FILE) [--at RFC3339] [--tenant ID] [-o json|table]
 
 With -f the policy comes from files holding one CallPolicy and the ConfigMaps
 its numberLists name ("-" reads stdin), offline. With NAME it is the CallPolicy
@@ -49,13 +49,14 @@ func runTest(s streams, args []string) int {
 	var (
 		fs                  []string
 		notification, callF string
-		number, at          string
+		number, at, tenant  string
 	)
 	c.flags.StringArrayVarP(&fs, "filename", "f", nil, "policy file (repeatable; - is stdin)")
 	c.flags.StringVar(&notification, "notification", "", "Graph commsNotifications JSON body (- is stdin)")
 	c.flags.StringVar(&callF, "call", "", "one Graph call resource JSON (- is stdin)")
 	c.flags.StringVar(&number, "number", "", "decide a PSTN audio call from this number")
 	c.flags.StringVar(&at, "at", "", "arrival time for schedules, RFC 3339 (default now)")
+	c.flags.StringVar(&tenant, "tenant", "", "the tenant the calls arrive in, for match.tenants (default none: such rules do not match)")
 	out := c.outputFlag("json", "json", "table", "yaml")
 	rest, code, ok := c.parse(args)
 	if !ok {
@@ -126,7 +127,7 @@ func runTest(s streams, args []string) int {
 	}
 	decisions := make([]policy.Decision, len(calls))
 	for i, call := range calls {
-		decisions[i] = p.Decide(call, when)
+		decisions[i] = p.DecideIn(call, when, strings.ToLower(tenant))
 	}
 	if err := write(s.stdout, out.value, decisions); err != nil {
 		fmt.Fprintf(s.stderr, "error: write decisions: %v\n", err)
