@@ -229,14 +229,7 @@ func (s *Server) apply(p *policy.Policy, secret map[string][]byte) error {
 	if old != nil && old.credKey == credKey {
 		rt.cred = old.cred
 	} else {
-		cred, err := graph.NewCredential(graph.CredentialConfig{
-			TenantID:         spec.Bot.TenantID,
-			ClientID:         spec.Bot.AppID,
-			AuthorityHost:    spec.Graph.AuthorityHost,
-			Secret:           secret,
-			WorkloadIdentity: spec.Bot.Credentials.WorkloadIdentity != nil,
-			HTTPClient:       s.http,
-		})
+		cred, err := s.credential(spec, secret, spec.Bot.TenantID)
 		if err != nil {
 			return fmt.Errorf("bot credentials: %w", err)
 		}
@@ -320,14 +313,7 @@ func (s *Server) newTenantClients(spec *v1alpha1.CallPolicySpec, secret map[stri
 		home: home,
 		max:  maxTenantClients,
 		make: func(tenant string) (*tenantClient, error) {
-			cred, err := graph.NewCredential(graph.CredentialConfig{
-				TenantID:         tenant,
-				ClientID:         spec.Bot.AppID,
-				AuthorityHost:    spec.Graph.AuthorityHost,
-				Secret:           secret,
-				WorkloadIdentity: spec.Bot.Credentials.WorkloadIdentity != nil,
-				HTTPClient:       s.http,
-			})
+			cred, err := s.credential(spec, secret, tenant)
 			if err != nil {
 				return nil, fmt.Errorf("credentials for tenant %s: %w", tenant, err)
 			}
@@ -373,5 +359,18 @@ func (s *Server) Close() {
 		s.workers.Wait()
 		close(s.actions)
 		s.actWorkers.Wait()
+	})
+}
+
+// credential is the bot's credential in one tenant (its authority
+// {authorityHost}{tenant}).
+func (s *Server) credential(spec *v1alpha1.CallPolicySpec, secret map[string][]byte, tenant string) (azcore.TokenCredential, error) {
+	return graph.NewCredential(graph.CredentialConfig{
+		TenantID:         tenant,
+		ClientID:         spec.Bot.AppID,
+		AuthorityHost:    spec.Graph.AuthorityHost,
+		Secret:           secret,
+		WorkloadIdentity: spec.Bot.Credentials.WorkloadIdentity != nil,
+		HTTPClient:       s.http,
 	})
 }
