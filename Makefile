@@ -13,6 +13,8 @@ KUSTOMIZE := $(BIN)/kustomize
 HELM := $(BIN)/helm
 PROMTOOL := $(BIN)/promtool
 CRD_REF_DOCS := $(BIN)/crd-ref-docs
+KO := $(BIN)/ko
+CRANE := $(BIN)/crane
 ENVTEST_ASSETS = $$(hack/envtest/build.sh)
 GO ?= go
 
@@ -86,7 +88,7 @@ envtest: ## Build (once, cached) kube-apiserver and etcd for envtest.
 # one build's module downloads and single-threaded link overlap another's
 # compiling instead of queueing behind it.
 .PHONY: test-tools
-test-tools: $(CONTROLLER_GEN) $(KUSTOMIZE) $(HELM) $(PROMTOOL) $(CRD_REF_DOCS) envtest
+test-tools: $(CONTROLLER_GEN) $(KUSTOMIZE) $(HELM) $(PROMTOOL) $(CRD_REF_DOCS) $(KO) $(CRANE) envtest
 
 .PHONY: test
 test: ## Run every test against a real API server (envtest), the chart's and the alerts' tests, plus short fuzz runs.
@@ -95,6 +97,7 @@ test: ## Run every test against a real API server (envtest), the chart's and the
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" $(GO) test -race -count=1 ./...
 	@$(MAKE) --no-print-directory test-chart
+	@$(MAKE) --no-print-directory test-release
 	FUZZTIME=$(TEST_FUZZTIME) hack/fuzz.sh
 
 # test/chart is a module of its own (Prometheus' parser stays out of go.mod);
@@ -104,6 +107,13 @@ test-chart: $(HELM) $(PROMTOOL) $(KUSTOMIZE) ## Test the Helm chart, alerts and 
 	cd test/chart && $(GO) vet -mod=mod ./...
 	assets="$(ENVTEST_ASSETS)" && cd test/chart && KUBEBUILDER_ASSETS="$$assets" HELM=$(HELM) PROMTOOL=$(PROMTOOL) KUSTOMIZE=$(KUSTOMIZE) \
 		$(GO) test -mod=mod -count=1 ./...
+
+# test/release runs hack/release.sh --snapshot into a temporary directory
+# (the images, and the plugin, for linux/amd64 and linux/arm64 only) and
+# checks what it wrote; `go test ./...` skips it, having no KO.
+.PHONY: test-release
+test-release: $(KO) $(CRANE) $(HELM) $(KUSTOMIZE) ## Test a release snapshot: OCI layouts, archives, checksums, krew manifest, chart, install.yaml.
+	KO=$(KO) CRANE=$(CRANE) HELM=$(HELM) KUSTOMIZE=$(KUSTOMIZE) $(GO) test -count=1 -timeout 30m ./test/release/
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME (default 5m; e.g. FUZZTIME=30m).
@@ -136,6 +146,13 @@ build-installer: manifests $(KUSTOMIZE) ## Render dist/install.yaml (CRD, RBAC, 
 helm-package: manifests $(HELM) ## Package the Helm chart into dist/ (callguard-<version>.tgz).
 	$(HELM) lint --strict dist/chart
 	$(HELM) package dist/chart --destination dist
+
+.PHONY: release-tools
+release-tools: $(KO) $(CRANE) $(HELM) $(KUSTOMIZE) ## Build the tools hack/release.sh runs.
+
+.PHONY: release-snapshot
+release-snapshot: release-tools ## Build a release of VERSION (default v0.0.0-snapshot) into dist/release without publishing it.
+	hack/release.sh $(or $(VERSION),v0.0.0-snapshot) --snapshot
 
 ##@ Deployment
 
@@ -175,6 +192,11 @@ $(PROMTOOL): hack/tools/promtool/go.mod hack/tools/promtool/go.sum
 
 $(CRD_REF_DOCS): hack/tools/crd-ref-docs/go.mod hack/tools/crd-ref-docs/go.sum
 	hack/tools/install.sh hack/tools/crd-ref-docs "" github.com/elastic/crd-ref-docs
+
+# ko builds the release's images, crane (the go-containerregistry ko pins)
+# serves the registry they are built against (hack/release.sh).
+$(KO) $(CRANE) &: hack/tools/ko/go.mod hack/tools/ko/go.sum
+	hack/tools/install.sh hack/tools/ko "" github.com/google/ko github.com/google/go-containerregistry/cmd/crane
 
 ##@ Local cluster
 
