@@ -1,10 +1,12 @@
+//go:build release
+
 // Package release checks a snapshot of the release (hack/release.sh VERSION
 // --snapshot): the images as OCI layouts, the plugin archives and their
 // checksums, the krew manifest, the chart package and install.yaml.
 //
-// It needs ko, crane, helm and kustomize (KO, CRANE, HELM, KUSTOMIZE): `make
-// test-release` (part of `make test`) builds them and runs it; without KO set
-// it is skipped, so that `go test ./...` does not build the release.
+// It needs ko, crane, helm and kustomize (KO, CRANE, HELM, KUSTOMIZE), and
+// the build tag release, so that `go test ./...` does not build the release:
+// `make test-release` (part of `make test`) builds the tools and runs it.
 package release
 
 import (
@@ -51,7 +53,7 @@ var imagePlatforms = []string{"linux/amd64", "linux/arm64"}
 
 func TestSnapshot(t *testing.T) {
 	if os.Getenv("KO") == "" {
-		t.Skip("KO not set: `make test-release` (part of `make test`) runs this with the tools it needs")
+		t.Fatal("KO not set: run `make test-release` (part of `make test`), which builds the tools this needs")
 	}
 	root, err := filepath.Abs("../..")
 	if err != nil {
