@@ -35,7 +35,7 @@ const (
 )
 
 // Action is what happens to a call.
-// +kubebuilder:validation:Enum=Allow;Reject;Redirect
+// +kubebuilder:validation:Enum=Allow;Reject;Redirect;Announce
 type Action string
 
 const (
@@ -45,6 +45,21 @@ const (
 	ActionReject Action = "Reject"
 	// ActionRedirect redirects the call to other targets.
 	ActionRedirect Action = "Redirect"
+	// ActionAnnounce answers the call, plays a recorded announcement and
+	// hangs up (rules only).
+	ActionAnnounce Action = "Announce"
+)
+
+// StateOnError is what a rule's repeat or temporary-block part does when
+// the state store cannot answer in time.
+// +kubebuilder:validation:Enum=Ignore;Match
+type StateOnError string
+
+const (
+	// StateOnErrorIgnore: the repeat/temporary-block part does not hold (fail open).
+	StateOnErrorIgnore StateOnError = "Ignore"
+	// StateOnErrorMatch: the repeat part holds (fail closed).
+	StateOnErrorMatch StateOnError = "Match"
 )
 
 // RejectReason is Graph's rejectReason.
@@ -96,6 +111,7 @@ type APIVersion string
 // +kubebuilder:validation:XValidation:rule="self.defaultAction != 'Redirect' || has(self.defaultRedirect)",message="defaultRedirect is required when defaultAction is Redirect",fieldPath=".defaultRedirect"
 // +kubebuilder:validation:XValidation:rule="!has(self.defaultRedirect) || self.defaultAction == 'Redirect'",message="defaultRedirect is only allowed when defaultAction is Redirect",fieldPath=".defaultRedirect"
 // +kubebuilder:validation:XValidation:rule="!has(self.defaultReason) || self.defaultReason == 'none' || self.defaultAction == 'Reject'",message="defaultReason is only allowed when defaultAction is Reject",fieldPath=".defaultReason"
+// +kubebuilder:validation:XValidation:rule="!has(self.defaultAction) || self.defaultAction != 'Announce'",message="defaultAction must be Allow, Reject or Redirect: Announce is for rules",fieldPath=".defaultAction"
 type CallPolicySpec struct {
 	// Bot identifies the calling bot and how it authenticates to Graph.
 	Bot BotSpec `json:"bot"`
@@ -108,6 +124,11 @@ type CallPolicySpec struct {
 	// Upstream is an existing bot's callback that receives the notifications of allowed calls.
 	// +optional
 	Upstream *UpstreamSpec `json:"upstream,omitempty"`
+
+	// State is where repeat-call counts and temporary blocks live. Without
+	// state.redis each receiver counts only the calls it receives itself.
+	// +optional
+	State *StateSpec `json:"state,omitempty"`
 
 	// Mode is Enforce or DryRun.
 	// +kubebuilder:default=Enforce
@@ -250,6 +271,8 @@ type UpstreamSpec struct {
 // Rule is one ordered rule of a policy.
 // +kubebuilder:validation:XValidation:rule="!has(self.reason) || self.action == 'Reject'",message="reason is only allowed when action is Reject",fieldPath=".reason"
 // +kubebuilder:validation:XValidation:rule="(self.action == 'Redirect') == has(self.redirect)",message="redirect is required when action is Redirect and not allowed otherwise",fieldPath=".redirect"
+// +kubebuilder:validation:XValidation:rule="(self.action == 'Announce') == has(self.announce)",message="announce is required when action is Announce and not allowed otherwise",fieldPath=".announce"
+// +kubebuilder:validation:XValidation:rule="!has(self.blockFor) || self.action != 'Allow'",message="blockFor is only allowed on Reject, Redirect and Announce rules",fieldPath=".blockFor"
 type Rule struct {
 	// Name is a DNS label, unique in the policy.
 	// +kubebuilder:validation:MinLength=1
@@ -268,9 +291,131 @@ type Rule struct {
 	// +optional
 	Redirect *RedirectSpec `json:"redirect,omitempty"`
 
+	// Announce is the announcement of an Announce rule: the call is
+	// answered, the prompt played, and the call hung up.
+	// +optional
+	Announce *AnnounceSpec `json:"announce,omitempty"`
+
+	// BlockFor (Reject, Redirect and Announce rules; Go duration, 1m to
+	// 720h): once this rule decides a call, the caller is under a temporary
+	// block of this rule for that long, and matches it whatever its match
+	// says (earlier rules still come first). Anonymous callers are never
+	// blocked.
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m') && duration(self) <= duration('720h')",message="blockFor must be between 1m and 720h"
+	// +optional
+	BlockFor *metav1.Duration `json:"blockFor,omitempty"`
+
 	// Match must hold for the rule to decide; an empty match matches every call.
 	// +optional
 	Match Match `json:"match,omitempty"`
+}
+
+// AnnounceSpec is the announcement an Announce rule plays before hanging up.
+type AnnounceSpec struct {
+	// Prompt is the recording: a WAV file (RIFF/WAVE, PCM, 1 channel,
+	// 16,000 Hz, 16-bit, at most 2 MiB).
+	Prompt PromptSource `json:"prompt"`
+
+	// MaxSeconds: the call is hung up at the latest this long after it was
+	// answered, whatever Graph reports (5 to 120).
+	// +kubebuilder:default=30
+	// +kubebuilder:validation:Minimum=5
+	// +kubebuilder:validation:Maximum=120
+	// +optional
+	MaxSeconds int32 `json:"maxSeconds,omitempty"`
+}
+
+// PromptSource is exactly one of a ConfigMap key or an https URL.
+// +kubebuilder:validation:XValidation:rule="has(self.configMapKeyRef) != has(self.url)",message="exactly one of configMapKeyRef or url must be set"
+type PromptSource struct {
+	// ConfigMapKeyRef names a binaryData key of a ConfigMap in the policy's
+	// namespace holding the WAV file. The receivers serve it to Graph under
+	// the public callback URL, so it needs receiver.expose.
+	// +optional
+	ConfigMapKeyRef *ConfigMapKeyReference `json:"configMapKeyRef,omitempty"`
+
+	// URL is an https URL Graph fetches the WAV file from. The operator and
+	// the receivers never fetch it; kubectl callpolicy lint checks it.
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('https://') && isURL(self)",message="must be an https:// URL"
+	// +optional
+	URL string `json:"url,omitempty"`
+}
+
+// StateSpec is where repeat-call counts and temporary blocks live.
+type StateSpec struct {
+	// Redis is a server speaking the Redis protocol (Redis, Valkey, a
+	// managed cloud Redis) shared by every receiver replica. The store
+	// holds no phone number: callers are keyed by HMAC-SHA256 with a
+	// per-policy key in the Secret NAME-callguard-state, which the operator
+	// makes.
+	// +optional
+	Redis *RedisSpec `json:"redis,omitempty"`
+
+	// OnError is what happens when the store cannot answer within 100 ms:
+	// Ignore, the repeat/temporary-block part of a rule does not hold (fail
+	// open); Match, the repeat part holds (fail closed). The call is decided
+	// in time either way.
+	// +kubebuilder:default=Ignore
+	// +optional
+	OnError StateOnError `json:"onError,omitempty"`
+}
+
+// RedisSpec reaches a Redis-protocol server.
+type RedisSpec struct {
+	// Address is "host:port".
+	// +kubebuilder:validation:MinLength=3
+	// +kubebuilder:validation:MaxLength=512
+	// +kubebuilder:validation:Pattern=`^[^\s/]+:[0-9]{1,5}$`
+	Address string `json:"address"`
+
+	// Database is the logical database number.
+	// +kubebuilder:validation:Minimum=0
+	// +kubebuilder:validation:Maximum=1024
+	// +optional
+	Database int32 `json:"database,omitempty"`
+
+	// TLS connects over TLS.
+	// +optional
+	TLS *RedisTLS `json:"tls,omitempty"`
+
+	// UsernameSecretRef names the Secret key holding the ACL user name.
+	// +optional
+	UsernameSecretRef *SecretKeyReference `json:"usernameSecretRef,omitempty"`
+
+	// PasswordSecretRef names the Secret key holding the password.
+	// +optional
+	PasswordSecretRef *SecretKeyReference `json:"passwordSecretRef,omitempty"`
+
+	// KeyPrefix starts every key callguard writes.
+	// +kubebuilder:default="callguard:"
+	// +kubebuilder:validation:MaxLength=64
+	// +optional
+	KeyPrefix string `json:"keyPrefix,omitempty"`
+}
+
+// RedisTLS is the TLS of the connection to the store.
+type RedisTLS struct {
+	// Enabled connects over TLS.
+	// +optional
+	Enabled bool `json:"enabled,omitempty"`
+
+	// CABundle names a ConfigMap key with the PEM roots to trust (default:
+	// the system roots).
+	// +optional
+	CABundle *ConfigMapKeyReference `json:"caBundle,omitempty"`
+}
+
+// SecretKeyReference names a key of a Secret in the policy's namespace.
+type SecretKeyReference struct {
+	// Name of the Secret.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+	// Key in the Secret's data.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Key string `json:"key"`
 }
 
 // RedirectSpec redirects a call to 1..25 targets that ring at once.
@@ -380,6 +525,25 @@ type CallerMatch struct {
 	// +kubebuilder:validation:MaxItems=256
 	// +optional
 	DisplayNamePatterns []string `json:"displayNamePatterns,omitempty"`
+
+	// Repeat holds when this caller placed at least calls calls to this
+	// bot, this one included, within the last within. Every decided call
+	// counts once, whichever rule decides it. The caller is its normalized
+	// number, or its identity id; anonymous callers never match.
+	// +optional
+	Repeat *RepeatMatch `json:"repeat,omitempty"`
+}
+
+// RepeatMatch is "the Nth call of one caller within a window".
+type RepeatMatch struct {
+	// Calls is how many calls, this one included (2 to 1,000).
+	// +kubebuilder:validation:Minimum=2
+	// +kubebuilder:validation:Maximum=1000
+	Calls int32 `json:"calls"`
+
+	// Within is the window, a Go duration from 1m to 24h.
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m') && duration(self) <= duration('24h')",message="within must be between 1m and 24h"
+	Within metav1.Duration `json:"within"`
 }
 
 // NumberList names a ConfigMap key in the policy's namespace.
@@ -483,9 +647,16 @@ type ReceiverSpec struct {
 	NetworkPolicy *NetworkPolicySpec `json:"networkPolicy,omitempty"`
 }
 
-// ExposeSpec is exactly one of an Ingress or an HTTPRoute.
-// +kubebuilder:validation:XValidation:rule="has(self.ingress) != has(self.httpRoute)",message="exactly one of ingress or httpRoute must be set"
+// ExposeSpec is exactly one of an Ingress, an HTTPRoute or a URL routed elsewhere.
+// +kubebuilder:validation:XValidation:rule="[has(self.ingress), has(self.httpRoute), has(self.url)].filter(x, x).size() == 1",message="exactly one of ingress, httpRoute or url must be set"
 type ExposeSpec struct {
+	// URL is the public https URL of the callback when you route it to the
+	// receivers' Service yourself; nothing is created.
+	// +kubebuilder:validation:MaxLength=2048
+	// +kubebuilder:validation:XValidation:rule="self.startsWith('https://') && isURL(self) && url(self).getHostname() != ''",message="must be an https:// URL"
+	// +optional
+	URL string `json:"url,omitempty"`
+
 	// Ingress makes a networking.k8s.io/v1 Ingress for host and the callback path.
 	// +optional
 	Ingress *IngressExpose `json:"ingress,omitempty"`

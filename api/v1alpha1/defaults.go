@@ -37,6 +37,9 @@ const (
 	DefaultTimeZone               = "UTC"
 	DefaultReceiverReplicas       = int32(2)
 	DefaultCallbackPath           = "/api/calls"
+	DefaultStateOnError           = StateOnErrorIgnore
+	DefaultRedisKeyPrefix         = "callguard:"
+	DefaultAnnounceMaxSeconds     = int32(30)
 
 	// DefaultAutoscalingMinReplicas and DefaultTargetCPUUtilizationPercentage
 	// apply when spec.receiver.autoscaling is given without them: two

@@ -69,6 +69,9 @@ func TestCRDDefaultsAreTheConstants(t *testing.T) {
 		".spec.receiver.networkPolicy.enabled":                      DefaultNetworkPolicyEnabled,
 		".spec.receiver.expose.httpRoute.parentRefs[].group":        DefaultParentRefGroup,
 		".spec.receiver.expose.httpRoute.parentRefs[].kind":         DefaultParentRefKind,
+		".spec.state.onError":                                       string(DefaultStateOnError),
+		".spec.state.redis.keyPrefix":                               DefaultRedisKeyPrefix,
+		".spec.rules[].announce.maxSeconds":                         float64(DefaultAnnounceMaxSeconds),
 	}
 	for _, k := range sortedKeys(got, want) {
 		if !reflect.DeepEqual(got[k], want[k]) {

@@ -20,6 +20,13 @@ func ReceiverSelector(policy string) map[string]string {
 	}
 }
 
+// StateSecretName is the name of the Secret holding the per-policy key that
+// hashes callers in the state store and signs announcement steps.
+func StateSecretName(policy string) string { return ReceiverName(policy) + "-state" }
+
+// StateSecretKey is the data key of StateSecretName's key (32 random bytes).
+const StateSecretKey = "key"
+
 // Annotations of the manifest ConfigMap (PolicyConfigMapName).
 const (
 	// PolicyHashAnnotation is the hash of the policy the manifest holds, as

@@ -130,8 +130,17 @@ func applyDefaults(s *v1alpha1.CallPolicySpec) {
 	for i := range s.Rules {
 		r := &s.Rules[i]
 		defaultRedirect(r.Redirect)
+		if r.Announce != nil && r.Announce.MaxSeconds == 0 {
+			r.Announce.MaxSeconds = v1alpha1.DefaultAnnounceMaxSeconds
+		}
 		if r.Match.Schedule != nil {
 			r.Match.Schedule.TimeZone = cmp.Or(r.Match.Schedule.TimeZone, v1alpha1.DefaultTimeZone)
+		}
+	}
+	if st := s.State; st != nil {
+		st.OnError = cmp.Or(st.OnError, v1alpha1.DefaultStateOnError)
+		if st.Redis != nil {
+			st.Redis.KeyPrefix = cmp.Or(st.Redis.KeyPrefix, v1alpha1.DefaultRedisKeyPrefix)
 		}
 	}
 	s.Receiver.CallbackPath = cmp.Or(s.Receiver.CallbackPath, v1alpha1.DefaultCallbackPath)
