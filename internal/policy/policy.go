@@ -26,6 +26,21 @@ type Decision struct {
 	Tenant string `json:"tenant,omitempty"`
 	// Redirect is shared with the policy: callers must not modify it.
 	Redirect *v1alpha1.RedirectSpec `json:"redirect,omitempty"`
+	// Announce is what an Announce decision plays; shared with the policy.
+	Announce *Announcement `json:"announce,omitempty"`
+	// Blocked reports that the rule decided because the caller is under
+	// its temporary block (blockFor).
+	Blocked bool `json:"blocked,omitempty"`
+}
+
+// Announcement is the compiled announce of an Announce rule.
+type Announcement struct {
+	// PromptSHA256 is the hex sha256 of a prompt kept in a ConfigMap, which
+	// the receivers serve (Policy.Prompt); "" for a URL prompt.
+	PromptSHA256 string `json:"promptSha256,omitempty"`
+	// PromptURL is the https URL of a prompt Graph fetches itself.
+	PromptURL  string `json:"promptUrl,omitempty"`
+	MaxSeconds int32  `json:"maxSeconds"`
 }
 
 // Policy is a compiled CallPolicy. It is immutable and safe for concurrent use.
