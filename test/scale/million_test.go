@@ -209,12 +209,15 @@ func (w *world) startReceiver() *receiverProcess {
 	for _, ai := range kc.AuthInfos {
 		ai.Impersonate = "system:serviceaccount:" + w.ns + ":" + callsv1alpha1.ReceiverName(policyName)
 	}
-	kcPath := filepath.Join(w.dir, "receiver.kubeconfig")
-	w.must(clientcmd.WriteToFile(*kc, kcPath))
-	creds := filepath.Join(w.dir, "credentials")
+	// Each receiver gets files of its own: rewriting shared ones would
+	// truncate them under receivers already running and reading them.
+	dir := filepath.Join(w.dir, fmt.Sprintf("receiver-%d", len(w.recv)))
+	creds := filepath.Join(dir, "credentials")
 	w.must(os.MkdirAll(creds, 0o700))
+	kcPath := filepath.Join(dir, "kubeconfig")
+	w.must(clientcmd.WriteToFile(*kc, kcPath))
 	w.must(os.WriteFile(filepath.Join(creds, "client-secret"), []byte(secret), 0o600))
-	ca := filepath.Join(w.dir, "graph-ca.crt")
+	ca := filepath.Join(dir, "graph-ca.crt")
 	w.must(os.WriteFile(ca, w.emu.CACertPEM(), 0o600))
 	listen, metrics := freeAddr(w.tb), freeAddr(w.tb)
 	// The memory limit the Go runtime gets in a pod with the default
