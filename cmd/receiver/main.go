@@ -23,6 +23,7 @@ func main() {
 	flag.StringVar(&o.MetricsListen, "metrics-listen", fmt.Sprintf(":%d", v1alpha1.ReceiverMetricsPort), "address of /metrics, /healthz and /readyz")
 	flag.StringVar(&o.CAFile, "ca-file", "", "PEM file of extra roots trusted for Graph, the token authority and the OpenID configuration")
 	flag.StringVar(&o.CredentialsDir, "credentials-dir", receiver.DefaultCredentialsDir, "directory holding the bot Secret's client-secret, or tls.crt and tls.key (used when the policy source carries no Secret)")
+	flag.StringVar(&o.StateDir, "state-dir", receiver.DefaultStateDir, "directory holding the policy's state key (file key: hashes callers in the state store, signs announcement steps; absent: a random key of this process) and the state store's redis-username, redis-password and redis-ca.crt, read on every policy apply")
 	flag.BoolVar(&o.LogCallerNumbers, "log-caller-numbers", false, "log callers' numbers in full instead of their last four digits")
 	flag.IntVar(&o.MaxConnections, "max-connections", 0, "cap on open callback connections; at the cap the longest-idle one is closed (0: sized from the container memory limit)")
 	flag.Parse()

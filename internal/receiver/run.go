@@ -40,12 +40,15 @@ const (
 
 // Options are the receiver's command-line settings plus test hooks.
 type Options struct {
-	PolicyFile       string
-	PolicyConfigMap  string // NAMESPACE/NAME
-	Listen           string
-	MetricsListen    string
-	CAFile           string
-	CredentialsDir   string
+	PolicyFile      string
+	PolicyConfigMap string // NAMESPACE/NAME
+	Listen          string
+	MetricsListen   string
+	CAFile          string
+	CredentialsDir  string
+	// StateDir holds the state key and the state store's credentials
+	// (DefaultStateDir when empty).
+	StateDir         string
 	LogCallerNumbers bool
 	// MaxConnections caps the open callback connections; 0 sizes the cap
 	// from the container's memory limit (ConnectionLimit).
@@ -81,6 +84,9 @@ func Run(ctx context.Context, o Options) error {
 	}
 	if o.CredentialsDir == "" {
 		o.CredentialsDir = DefaultCredentialsDir
+	}
+	if o.StateDir == "" {
+		o.StateDir = DefaultStateDir
 	}
 	grace := o.ShutdownGrace
 	if grace <= 0 {
@@ -118,6 +124,7 @@ func Run(ctx context.Context, o Options) error {
 	cfg.Logger = log
 	cfg.HTTPClient = httpClient
 	cfg.LogCallerNumbers = o.LogCallerNumbers
+	cfg.StateDir = o.StateDir
 	srv := New(cfg)
 	if o.OnServer != nil {
 		o.OnServer(srv)

@@ -57,6 +57,9 @@ type Config struct {
 	Deadline time.Duration
 	// GraphBackoff replaces the Graph client's backoff base (tests shorten it).
 	GraphBackoff time.Duration
+	// StateDir holds the state key and the state store's credentials,
+	// read on every policy apply ("": none; see DefaultStateDir).
+	StateDir string
 }
 
 // Server is the callback handler plus the work behind it.
@@ -87,6 +90,10 @@ type Server struct {
 	mu sync.Mutex
 	// stopKeys ends the background work of the live key set (under mu).
 	stopKeys context.CancelFunc
+
+	// randomKey hashes callers when the state dir has no key.
+	randomKeyOnce sync.Once
+	randomKey     []byte
 }
 
 // policyVersion is everything derived from one policy version. A
@@ -104,6 +111,9 @@ type policyVersion struct {
 	// clients act on Graph with the app token of the call's tenant: the
 	// home tenant's, and the additional tenants' made on first use.
 	clients *tenantClients
+	// stateKey hashes callers in the state store and signs announcement
+	// steps (stateKeyOf).
+	stateKey []byte
 }
 
 // New returns a Server with its workers started; Close stops them.
@@ -218,6 +228,13 @@ func (s *Server) apply(p *policy.Policy, secret map[string][]byte) error {
 	}
 	if spec.Upstream != nil {
 		rt.upstream = spec.Upstream.URL
+	}
+	files, err := readStateDir(s.cfg.StateDir)
+	if err != nil {
+		return err
+	}
+	if rt.stateKey, err = s.stateKeyOf(spec, files); err != nil {
+		return err
 	}
 
 	// Keep the fetched signing keys and the token cache across reloads that
