@@ -37,6 +37,8 @@ Usage:
   kubectl callpolicy lint -f POLICY.yaml [-f MORE.yaml ...]
   kubectl callpolicy status NAME [-n NAMESPACE] [-o table|json|yaml]
   kubectl callpolicy decisions NAME [-n NAMESPACE] [--since 10m] [--follow] [-o table|json|yaml]
+  kubectl callpolicy blocks NAME [-n NAMESPACE] [-o table|wide|json|yaml]
+  kubectl callpolicy unblock NAME [-n NAMESPACE] (--number E164 | --all)
   kubectl callpolicy version
 
 test decides calls with a CallPolicy: every created, incoming call of a Graph
@@ -48,6 +50,8 @@ lint compiles the policy and prints its errors and warnings.
 status shows a CallPolicy's conditions, its receiver pods with the policy each
 runs, and the receivers' counters; it exits 0 when the policy is Ready.
 decisions prints the receivers' recent decisions, merged by time.
+blocks lists the callers under a temporary block (blockFor); unblock lifts
+blocks before they end.
 
 -f takes files holding one CallPolicy and the ConfigMaps its numberLists name;
 "-" reads stdin. Exit status: 0 on success; 1 on an error, as kubectl; 2 from
@@ -79,6 +83,10 @@ func RunContext(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		return runStatus(io, args[1:])
 	case "decisions":
 		return runDecisions(io, args[1:])
+	case "blocks":
+		return runBlocks(io, args[1:])
+	case "unblock":
+		return runUnblock(io, args[1:])
 	case "version":
 		return runVersion(io, args[1:])
 	case "help", "-h", "-help", "--help":
@@ -95,7 +103,7 @@ func RunContext(ctx context.Context, args []string, stdin io.Reader, stdout, std
 }
 
 // verbs are the commands that take flags, for "help VERB".
-var verbs = map[string]bool{"test": true, "lint": true, "status": true, "decisions": true, "version": true}
+var verbs = map[string]bool{"test": true, "lint": true, "status": true, "decisions": true, "blocks": true, "unblock": true, "version": true}
 
 // streams are a command's context and standard streams.
 type streams struct {
@@ -132,7 +140,7 @@ func newCommand(s streams, name, synopsis string, cluster bool) *command {
 
 // parse parses the arguments and returns the positional ones. When it
 // returns false the command is over with the code given: --help printed the
-// usage on stdout (0), or a usage error was reported on stderr (2).
+// usage on stdout (0), or a usage error was reported on stderr (1).
 func (c *command) parse(args []string) ([]string, int, bool) {
 	if c.kubeSet != nil {
 		c.flags.AddFlagSet(c.kubeSet)

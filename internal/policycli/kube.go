@@ -207,6 +207,27 @@ func (k *kube) proxyGet(ctx context.Context, pod *corev1.Pod, path string, param
 	return body, nil
 }
 
+// proxyPost POSTs a JSON body to a path of a pod's metrics port through the
+// API server's pod proxy (RBAC: create on pods/proxy).
+func (k *kube) proxyPost(ctx context.Context, pod *corev1.Pod, path string, body []byte) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, proxyTimeout)
+	defer cancel()
+	resp, err := k.core.CoreV1().RESTClient().Post().
+		Namespace(pod.Namespace).
+		Resource("pods").
+		SubResource("proxy").
+		Name(utilnet.JoinSchemeNamePort("http", pod.Name, metricsPort(pod))).
+		Suffix(path).
+		SetHeader("Content-Type", "application/json").
+		SetHeader("Accept", "application/json").
+		Body(body).
+		DoRaw(ctx)
+	if err != nil {
+		return nil, proxyError(err, resp)
+	}
+	return resp, nil
+}
+
 // proxyError shortens what the API server says when it cannot reach a pod.
 func proxyError(err error, body []byte) error {
 	var se *apierrors.StatusError

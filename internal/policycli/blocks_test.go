@@ -1,0 +1,333 @@
+package policycli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/callguard/callguard/api/v1alpha1"
+)
+
+// Blocks as the receivers list them at /blocks.
+var (
+	blockEarly  = `{"number":"****0123","rule":"robocallers","since":"2026-03-04T20:41:07Z","until":"2026-03-04T21:41:07Z"}`
+	blockLate   = `{"number":"****0199","rule":"repeat-callers","since":"2026-03-04T20:45:00.5Z","until":"2026-03-05T20:45:00.5Z"}`
+	blockMiddle = `{"number":"****4567","rule":"robocallers","since":"2026-03-04T20:50:00Z","until":"2026-03-04T21:50:00Z"}`
+)
+
+// blocksPod serves a receiver pod's /blocks and /blocks/unblock as the
+// receivers' contract says, on podIP:0 until the test ends.
+type blocksPod struct {
+	port int
+	mu   sync.Mutex
+	// unblocks are the bodies of the unblock requests.
+	unblocks []string
+}
+
+func (p *blocksPod) requests() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.unblocks...)
+}
+
+// serveBlocks serves lines at /blocks and answers every unblock with
+// {"unblocked": lifted}, or with answer when it is not "".
+func serveBlocks(t *testing.T, ip, lines string, lifted int, answer string) *blocksPod {
+	t.Helper()
+	bp := &blocksPod{}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /blocks", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/jsonl")
+		fmt.Fprint(w, lines)
+	})
+	mux.HandleFunc("POST /blocks/unblock", func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		bp.mu.Lock()
+		bp.unblocks = append(bp.unblocks, r.Header.Get("Content-Type")+" "+string(body))
+		bp.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		if answer != "" {
+			fmt.Fprint(w, answer)
+			return
+		}
+		fmt.Fprintf(w, `{"unblocked":%d}`+"\n", lifted)
+	})
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { _ = srv.Close() })
+	bp.port = ln.Addr().(*net.TCPAddr).Port
+	return bp
+}
+
+// TestBlocks lists the blocks of three receiver pods through the API
+// server's pod proxy: two pods share a store (they list the same block),
+// the third holds its own; a pending pod, one that does not answer and one
+// that answers a bad line are reported on stderr.
+func TestBlocks(t *testing.T) {
+	cluster(t)
+	ip := podIP(t)
+	ns := newNamespace(t)
+	spec, _ := sampleSpec(t)
+
+	a := serveBlocks(t, ip, blockLate+"\n"+blockEarly+"\n", 0, "")
+	b := serveBlocks(t, ip, blockEarly+"\n"+blockLate+"\n", 0, "")
+	c := serveBlocks(t, ip, blockMiddle+"\nnot json\n", 0, "")
+	callPolicy(t, ns, "hotline", spec, "", "")
+	receiverDeployment(t, ns, "hotline")
+	receiverPod(t, ns, "hotline", "hotline-callguard-a", corev1.PodRunning, ip, a.port)
+	receiverPod(t, ns, "hotline", "hotline-callguard-b", corev1.PodRunning, ip, b.port)
+	receiverPod(t, ns, "hotline", "hotline-callguard-c", corev1.PodRunning, ip, c.port)
+	receiverPod(t, ns, "hotline", "hotline-callguard-d", corev1.PodPending, "", 0)
+	receiverPod(t, ns, "hotline", "hotline-callguard-e", corev1.PodRunning, ip, freePort(t, ip))
+
+	// A policy whose pods hold no blocks, one whose only pod does not
+	// answer, and one without receivers.
+	empty := serveBlocks(t, ip, "", 0, "")
+	callPolicy(t, ns, "quiet", spec, "", "")
+	receiverDeployment(t, ns, "quiet")
+	receiverPod(t, ns, "quiet", "quiet-callguard-a", corev1.PodRunning, ip, empty.port)
+	callPolicy(t, ns, "dark", spec, "", "")
+	receiverDeployment(t, ns, "dark")
+	receiverPod(t, ns, "dark", "dark-callguard-a", corev1.PodRunning, ip, freePort(t, ip))
+	callPolicy(t, ns, "lonely", spec, "", "")
+
+	warnings := []string{
+		"warning: pod hotline-callguard-c: cannot read its blocks: line 2 is not a block",
+		"warning: pod hotline-callguard-d is Pending: skipped",
+		"warning: pod hotline-callguard-e: cannot read its blocks:",
+	}
+	tests := []struct {
+		name      string
+		args      []string
+		code      int
+		stdout    string
+		stderrHas []string
+	}{
+		{
+			name: "table, one row a block, by until",
+			args: []string{"blocks", "hotline", "-n", ns},
+			stdout: "" +
+				"NUMBER     RULE             SINCE                  UNTIL\n" +
+				"****0123   robocallers      2026-03-04T20:41:07Z   2026-03-04T21:41:07Z\n" +
+				"****4567   robocallers      2026-03-04T20:50:00Z   2026-03-04T21:50:00Z\n" +
+				"****0199   repeat-callers   2026-03-04T20:45:00Z   2026-03-05T20:45:00Z\n",
+			stderrHas: warnings,
+		},
+		{
+			name: "wide: the pods that hold each block",
+			args: []string{"blocks", "hotline", "-n", ns, "-o", "wide"},
+			stdout: "" +
+				"NUMBER     RULE             SINCE                  UNTIL                  PODS\n" +
+				"****0123   robocallers      2026-03-04T20:41:07Z   2026-03-04T21:41:07Z   hotline-callguard-a,hotline-callguard-b\n" +
+				"****4567   robocallers      2026-03-04T20:50:00Z   2026-03-04T21:50:00Z   hotline-callguard-c\n" +
+				"****0199   repeat-callers   2026-03-04T20:45:00Z   2026-03-05T20:45:00Z   hotline-callguard-a,hotline-callguard-b\n",
+			stderrHas: warnings,
+		},
+		{
+			name: "json lines",
+			args: []string{"blocks", "hotline", "-n", ns, "-o", "json"},
+			stdout: `{"number":"****0123","rule":"robocallers","since":"2026-03-04T20:41:07Z","until":"2026-03-04T21:41:07Z","pods":["hotline-callguard-a","hotline-callguard-b"]}` + "\n" +
+				`{"number":"****4567","rule":"robocallers","since":"2026-03-04T20:50:00Z","until":"2026-03-04T21:50:00Z","pods":["hotline-callguard-c"]}` + "\n" +
+				`{"number":"****0199","rule":"repeat-callers","since":"2026-03-04T20:45:00.5Z","until":"2026-03-05T20:45:00.5Z","pods":["hotline-callguard-a","hotline-callguard-b"]}` + "\n",
+			stderrHas: warnings,
+		},
+		{
+			name: "yaml",
+			args: []string{"blocks", "quiet", "-n", ns, "-o", "yaml"},
+			// No blocks: nothing on stdout.
+			stderrHas: []string{"No blocks found."},
+		},
+		{name: "no pod answers", args: []string{"blocks", "dark", "-n", ns}, code: 1, stderrHas: []string{"warning: pod dark-callguard-a: cannot read its blocks:"}},
+		{name: "no receivers", args: []string{"blocks", "lonely", "-n", ns}, stderrHas: []string{`warning: CallPolicy "lonely" has no receiver pods (Deployment "lonely-callguard"`}},
+		{name: "no such policy", args: []string{"blocks", "nope", "-n", ns}, code: 1, stderrHas: []string{`error: CallPolicy "nope" not found in namespace "` + ns + `"`}},
+		{name: "no name", args: []string{"blocks", "-n", ns}, code: 1, stderrHas: []string{"the NAME of a CallPolicy is required", "See 'kubectl callpolicy blocks --help' for usage."}},
+		{name: "two names", args: []string{"blocks", "hotline", "dark", "-n", ns}, code: 1, stderrHas: []string{`error: unexpected argument "dark"`}},
+		{name: "bad output", args: []string{"blocks", "hotline", "-o", "xml"}, code: 1, stderrHas: []string{`-o must be table, wide, json or yaml, got "xml"`}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, stdout, stderr := kubectl(t, context.Background(), tt.args...)
+			if code != tt.code {
+				t.Errorf("exit %d, want %d; stderr:\n%s", code, tt.code, stderr)
+			}
+			if stdout != tt.stdout {
+				t.Errorf("stdout:\n%s\nwant:\n%s", stdout, tt.stdout)
+			}
+			for _, want := range tt.stderrHas {
+				if !strings.Contains(stderr, want) {
+					t.Errorf("stderr:\n%s\ndoes not contain:\n%s", stderr, want)
+				}
+			}
+		})
+	}
+
+	// YAML: one document a block.
+	code, stdout, stderr := kubectl(t, context.Background(), "blocks", "hotline", "-n", ns, "-o", "yaml")
+	wantYAML := "---\nnumber: '****0123'\npods:\n- hotline-callguard-a\n- hotline-callguard-b\nrule: robocallers\nsince: \"2026-03-04T20:41:07Z\"\nuntil: \"2026-03-04T21:41:07Z\"\n---\n"
+	if code != 0 || !strings.HasPrefix(stdout, wantYAML) || strings.Count(stdout, "---\n") != 3 {
+		t.Errorf("-o yaml: exit %d, stdout:\n%s\nwant it to start with:\n%s\nstderr: %s", code, stdout, wantYAML, stderr)
+	}
+}
+
+// TestUnblock asks every running receiver pod to lift blocks and adds up
+// what they lifted; whether a pod that cannot be asked is an error depends
+// on where the blocks live (spec.state.redis: one store; else each pod's).
+func TestUnblock(t *testing.T) {
+	cluster(t)
+	ip := podIP(t)
+	ns := newNamespace(t)
+	spec, _ := sampleSpec(t)
+	shared := spec.DeepCopy()
+	shared.State = &v1alpha1.StateSpec{Redis: &v1alpha1.RedisSpec{Address: "redis.telephony.svc:6379"}}
+
+	// hotline: per-replica stores, two pods that answer.
+	a := serveBlocks(t, ip, "", 2, "")
+	b := serveBlocks(t, ip, "", 1, "")
+	callPolicy(t, ns, "hotline", spec, "", "")
+	receiverDeployment(t, ns, "hotline")
+	receiverPod(t, ns, "hotline", "hotline-callguard-a", corev1.PodRunning, ip, a.port)
+	receiverPod(t, ns, "hotline", "hotline-callguard-b", corev1.PodRunning, ip, b.port)
+	receiverPod(t, ns, "hotline", "hotline-callguard-c", corev1.PodPending, "", 0)
+
+	// partial: per-replica stores, one pod does not answer.
+	p := serveBlocks(t, ip, "", 1, "")
+	callPolicy(t, ns, "partial", spec, "", "")
+	receiverDeployment(t, ns, "partial")
+	receiverPod(t, ns, "partial", "partial-callguard-a", corev1.PodRunning, ip, p.port)
+	receiverPod(t, ns, "partial", "partial-callguard-b", corev1.PodRunning, ip, freePort(t, ip))
+
+	// shared: one Redis store, one pod does not answer, one answers
+	// nonsense, one lifts.
+	s := serveBlocks(t, ip, "", 3, "")
+	bad := serveBlocks(t, ip, "", 0, `{"lifted":1}`)
+	callPolicy(t, ns, "shared", *shared, "", "")
+	receiverDeployment(t, ns, "shared")
+	receiverPod(t, ns, "shared", "shared-callguard-a", corev1.PodRunning, ip, s.port)
+	receiverPod(t, ns, "shared", "shared-callguard-b", corev1.PodRunning, ip, freePort(t, ip))
+	receiverPod(t, ns, "shared", "shared-callguard-c", corev1.PodRunning, ip, bad.port)
+
+	// sharedDark: one Redis store and no pod answers.
+	callPolicy(t, ns, "shared-dark", *shared, "", "")
+	receiverDeployment(t, ns, "shared-dark")
+	receiverPod(t, ns, "shared-dark", "shared-dark-callguard-a", corev1.PodRunning, ip, freePort(t, ip))
+	callPolicy(t, ns, "lonely", spec, "", "")
+
+	tests := []struct {
+		name      string
+		args      []string
+		code      int
+		stdout    string
+		stderrHas []string
+		// pod and body: the request pod must have received.
+		pod  *blocksPod
+		body string
+	}{
+		{
+			name:      "a number, normalized, to every running pod",
+			args:      []string{"unblock", "hotline", "-n", ns, "--number", "+1 (425) 555-0123"},
+			stdout:    "3 blocks lifted (hotline-callguard-a: 2, hotline-callguard-b: 1)\n",
+			stderrHas: []string{"warning: pod hotline-callguard-c is Pending: skipped"},
+			pod:       b, body: `application/json {"number":"+14255550123"}`,
+		},
+		{
+			name:   "all",
+			args:   []string{"unblock", "hotline", "-n", ns, "--all"},
+			stdout: "3 blocks lifted (hotline-callguard-a: 2, hotline-callguard-b: 1)\n",
+			pod:    a, body: `application/json {"all":true}`,
+		},
+		{
+			name:      "per-replica stores: a pod not asked keeps its blocks",
+			args:      []string{"unblock", "partial", "-n", ns, "--all"},
+			code:      1,
+			stdout:    "1 block lifted (partial-callguard-a: 1)\n",
+			stderrHas: []string{"warning: pod partial-callguard-b: cannot lift its blocks:", "error: without spec.state.redis each pod holds its own blocks"},
+			pod:       p, body: `application/json {"all":true}`,
+		},
+		{
+			name:   "shared store: one pod that answers is enough",
+			args:   []string{"unblock", "shared", "-n", ns, "--all"},
+			stdout: "3 blocks lifted (shared-callguard-a: 3)\n",
+			stderrHas: []string{
+				"warning: pod shared-callguard-b: cannot lift its blocks:",
+				`warning: pod shared-callguard-c: cannot lift its blocks: not an unblock answer: "{\"lifted\":1}"`,
+			},
+			pod: s, body: `application/json {"all":true}`,
+		},
+		{
+			name:      "shared store: no pod answers",
+			args:      []string{"unblock", "shared-dark", "-n", ns, "--number", "+14255550123"},
+			code:      1,
+			stdout:    "0 blocks lifted\n",
+			stderrHas: []string{"error: no receiver pod could be asked: the blocks in spec.state.redis were not lifted"},
+		},
+		{name: "no receivers, no store: nothing to lift", args: []string{"unblock", "lonely", "-n", ns, "--all"}, stdout: "0 blocks lifted\n", stderrHas: []string{`warning: CallPolicy "lonely" has no receiver pods`}},
+		{name: "no such policy", args: []string{"unblock", "nope", "-n", ns, "--all"}, code: 1, stderrHas: []string{`error: CallPolicy "nope" not found in namespace "` + ns + `"`}},
+		{name: "neither flag", args: []string{"unblock", "hotline", "-n", ns}, code: 1, stderrHas: []string{"error: give exactly one of --number or --all", "See 'kubectl callpolicy unblock --help' for usage."}},
+		{name: "both flags", args: []string{"unblock", "hotline", "-n", ns, "--all", "--number", "+14255550123"}, code: 1, stderrHas: []string{"error: give exactly one of --number or --all"}},
+		{name: "not a number", args: []string{"unblock", "hotline", "-n", ns, "--number", "call me"}, code: 1, stderrHas: []string{`error: --number "call me" is not a phone number`}},
+		{name: "no name", args: []string{"unblock", "--all"}, code: 1, stderrHas: []string{"the NAME of a CallPolicy is required"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var before int
+			if tt.pod != nil {
+				before = len(tt.pod.requests())
+			}
+			code, stdout, stderr := kubectl(t, context.Background(), tt.args...)
+			if code != tt.code {
+				t.Errorf("exit %d, want %d; stderr:\n%s", code, tt.code, stderr)
+			}
+			if stdout != tt.stdout {
+				t.Errorf("stdout:\n%s\nwant:\n%s", stdout, tt.stdout)
+			}
+			for _, want := range tt.stderrHas {
+				if !strings.Contains(stderr, want) {
+					t.Errorf("stderr:\n%s\ndoes not contain:\n%s", stderr, want)
+				}
+			}
+			if tt.pod != nil {
+				if got := tt.pod.requests()[before:]; len(got) != 1 || got[0] != tt.body {
+					t.Errorf("the pod was sent %q, want [%q]", got, tt.body)
+				}
+			}
+		})
+	}
+	// Usage errors reach no pod.
+	if n := len(a.requests()); n != 2 {
+		t.Errorf("pod hotline-callguard-a got %d unblock requests, want 2 (--number and --all)", n)
+	}
+}
+
+// TestBlocksHelp prints each verb's usage on stdout with its RBAC needs.
+func TestBlocksHelp(t *testing.T) {
+	for verb, want := range map[string][]string{
+		"blocks":  {"kubectl callpolicy blocks NAME", "get on\npods/proxy", "-o, --output string", "kubectl flags:", "--namespace"},
+		"unblock": {"kubectl callpolicy unblock NAME", "create on\npods/proxy", "--number string", "--all", "kubectl flags:"},
+	} {
+		var stdout, stderr strings.Builder
+		if code := Run([]string{verb, "--help"}, nil, &stdout, &stderr); code != 0 || stderr.Len() != 0 {
+			t.Errorf("%s --help: exit %d, stderr %s", verb, code, stderr.String())
+		}
+		for _, w := range want {
+			if !strings.Contains(stdout.String(), w) {
+				t.Errorf("%s --help:\n%s\ndoes not contain %q", verb, stdout.String(), w)
+			}
+		}
+		stdout.Reset()
+		if code := Run([]string{"help", verb}, nil, &stdout, &stderr); code != 0 || !strings.Contains(stdout.String(), want[0]) {
+			t.Errorf("help %s: exit %d, stdout %s", verb, code, stdout.String())
+		}
+	}
+}
