@@ -68,6 +68,10 @@ type Answer struct {
 	// Until is when the deciding step's block ends (the block it started or
 	// extended), zero when it has none.
 	Until time.Time
+	// Started reports that the deciding step's block began with this call:
+	// the caller was not under it (false when the block held and was
+	// extended). Receivers count the blocks started.
+	Started bool
 }
 
 // Offline is the answer when the store cannot answer in time. With
