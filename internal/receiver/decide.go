@@ -6,6 +6,7 @@ import (
 	"github.com/callguard/callguard/api/v1alpha1"
 	"github.com/callguard/callguard/internal/graph"
 	"github.com/callguard/callguard/internal/policy"
+	"github.com/callguard/callguard/internal/state"
 )
 
 // plan is what to do with one notification batch: the calls decided, and
@@ -28,6 +29,9 @@ type decided struct {
 	d policy.Decision
 	// at is when it was decided, for the decision-to-Graph latency.
 	at time.Time
+	// blockStarted reports that the decision put the caller under a
+	// temporary block it was not under.
+	blockStarted bool
 }
 
 // acts reports whether the decision is carried out on Graph.
@@ -35,13 +39,23 @@ func (c *decided) acts(dryRun bool) bool {
 	return !dryRun && c.d.Action != v1alpha1.ActionAllow
 }
 
+// stateEval answers the store queries of a batch's calls in one round trip.
+// It always answers: when the store cannot, it answers as state.onError
+// says (state.Offline).
+type stateEval func(qs []state.Query, ans []state.Answer)
+
 // decideBatch decides the batch's incoming calls by p and marks what may go
 // upstream; calls remembers the calls decided (duplicate deliveries are
 // decided once). It sends nothing: acting and forwarding follow from the
 // plan, so what is decided and what is forwarded come from one reading.
-// tenant is the tenant the batch arrived in (match.tenants).
-func decideBatch(batch *graph.Notifications, p *policy.Policy, dryRun bool, calls *callLog, arrival time.Time, tenant string) plan {
+// tenant is the tenant the batch arrived in (match.tenants). st, set when
+// the policy keeps state, answers for the calls the store has a say in.
+func decideBatch(batch *graph.Notifications, p *policy.Policy, dryRun bool, calls *callLog, arrival time.Time, tenant string, st stateEval) plan {
 	pl := plan{forward: make([]bool, len(batch.Value))}
+	var pre []prepared
+	if st != nil {
+		pre = prepareBatch(batch, p, calls, arrival, tenant, st)
+	}
 	for i := range batch.Value {
 		n := &batch.Value[i]
 		id := n.CallID()
@@ -59,17 +73,82 @@ func decideBatch(batch *graph.Notifications, p *policy.Policy, dryRun bool, call
 			}
 			continue
 		}
-		if !calls.claim(id, arrival) {
-			pl.duplicates = append(pl.duplicates, id)
-			continue
+		var c decided
+		if pre != nil {
+			if pre[i].duplicate {
+				pl.duplicates = append(pl.duplicates, id)
+				continue
+			}
+			c = decided{n: n, d: pre[i].d, blockStarted: pre[i].blockStarted}
+		} else {
+			if !calls.claim(id, arrival) {
+				pl.duplicates = append(pl.duplicates, id)
+				continue
+			}
+			c = decided{n: n, d: p.DecideIn(n.ResourceData, arrival, tenant)}
 		}
-		d := p.DecideIn(n.ResourceData, arrival, tenant)
-		calls.decided(id, d.Action)
-		if d.Action == v1alpha1.ActionAllow || dryRun {
+		calls.decided(id, c.d.Action)
+		if c.d.Action == v1alpha1.ActionAllow || dryRun {
 			pl.forward[i] = true
 			pl.anyForward = true
 		}
-		pl.decided = append(pl.decided, decided{n: n, d: d, at: time.Now()})
+		c.at = time.Now()
+		pl.decided = append(pl.decided, c)
 	}
 	return pl
+}
+
+// prepared is an incoming call decided with the store's answer.
+type prepared struct {
+	d            policy.Decision
+	duplicate    bool
+	blockStarted bool
+}
+
+// prepareBatch claims and decides the batch's incoming calls ahead of the
+// rest of decideBatch, so that the calls the store has a say in are asked
+// about together; pre[i] is batch.Value[i]'s. A duplicate is not asked
+// about: it is not counted again.
+func prepareBatch(batch *graph.Notifications, p *policy.Policy, calls *callLog, arrival time.Time, tenant string, st stateEval) []prepared {
+	pre := make([]prepared, len(batch.Value))
+	var (
+		qs []state.Query
+		at []int // batch indexes of qs
+	)
+	for i := range batch.Value {
+		n := &batch.Value[i]
+		if !n.IsIncomingCall() {
+			continue
+		}
+		if !calls.claim(n.CallID(), arrival) {
+			pre[i].duplicate = true
+			continue
+		}
+		// A query given back (the store had no say) leaves its steps'
+		// array to the next.
+		if len(qs) < cap(qs) {
+			qs = qs[:len(qs)+1]
+		} else {
+			qs = append(qs, state.Query{})
+		}
+		q := &qs[len(qs)-1]
+		*q = state.Query{Steps: q.Steps[:0]}
+		d, ask := p.Prepare(n.ResourceData, arrival, tenant, q)
+		if !ask {
+			pre[i].d = d
+			qs = qs[:len(qs)-1]
+			continue
+		}
+		at = append(at, i)
+	}
+	if len(qs) == 0 {
+		return pre
+	}
+	ans := make([]state.Answer, len(qs))
+	st(qs, ans)
+	for k, i := range at {
+		pre[i].d = p.Resolve(batch.Value[i].ResourceData, tenant, &qs[k], ans[k])
+		pre[i].blockStarted = ans[k].Started
+	}
+	return pre
 }

@@ -79,9 +79,9 @@ func TestDecideBatch(t *testing.T) {
 			calls := newCallLog(DedupeWindow, 100)
 			now := time.Now()
 			for _, b := range tt.before {
-				decideBatch(mustDecode(t, b), p, false, calls, now, "")
+				decideBatch(mustDecode(t, b), p, false, calls, now, "", nil)
 			}
-			pl := decideBatch(mustDecode(t, tt.values...), p, tt.dryRun, calls, now, "")
+			pl := decideBatch(mustDecode(t, tt.values...), p, tt.dryRun, calls, now, "", nil)
 			var got []v1alpha1.Action
 			for _, d := range pl.decided {
 				got = append(got, d.d.Action)

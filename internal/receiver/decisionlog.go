@@ -28,6 +28,7 @@ func (s *Server) logDecision(c *decided, j *job, tenant string, out outcome) {
 		CallerType:   string(caller.Type),
 		CallerNumber: caller.Number,
 		Rule:         c.d.Rule,
+		Blocked:      c.d.Blocked,
 		Action:       string(c.d.Action),
 		Mode:         string(c.d.Mode),
 		Tenant:       tenant,

@@ -43,6 +43,15 @@ type metrics struct {
 	tokenRequests       *prometheus.CounterVec
 	tenantTokenFailures prometheus.Counter
 
+	// The state store (callers.repeat, blockFor): its round trips by
+	// result and their time, the calls decided without its answer, and the
+	// temporary blocks started, by rule.
+	stateRequests *prometheus.CounterVec
+	stateSeconds  prometheus.Histogram
+	stateErrors   prometheus.Counter
+	blocksStarted *prometheus.CounterVec
+	stateBy       [3]prometheus.Counter // stateRequests by stateResults
+
 	// The children counted on every notification, looked up once: a
 	// CounterVec hashes and checks the label values on each lookup.
 	accepted     prometheus.Counter // requests{code="202"}
@@ -215,6 +224,26 @@ func newMetrics(queueDepth func() float64) *metrics {
 		Namespace: namespace, Name: "tenant_token_failures_total",
 		Help: "Calls not acted on because the authority of the tenant they arrived in refused the app a token (e.g. no consent there); the log names the tenant.",
 	})
+	m.stateRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "state_requests_total",
+		Help: "Round trips to the state store (one per notification batch with calls it decides), by result (ok, error, timeout).",
+	}, []string{"result"})
+	m.stateSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: namespace, Name: "state_seconds",
+		Help:    "Time of a round trip to the state store, answered or not (the budget is 100 ms).",
+		Buckets: []float64{.00025, .0005, .001, .0025, .005, .01, .025, .05, .1},
+	})
+	m.stateErrors = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "state_errors_total",
+		Help: "Calls decided without the state store's answer (it failed or took over 100 ms): state.onError applied.",
+	})
+	m.blocksStarted = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: namespace, Name: "blocks_started_total",
+		Help: "Temporary blocks (blockFor) started, by rule; a block extended while it holds is not counted again.",
+	}, []string{"rule"})
+	for i, r := range stateResults {
+		m.stateBy[i] = m.stateRequests.WithLabelValues(r)
+	}
 	m.accepted = m.requests.WithLabelValues("202")
 	m.legacy = m.requests.WithLabelValues("204")
 	for i, t := range changeTypes {
@@ -228,6 +257,7 @@ func newMetrics(queueDepth func() float64) *metrics {
 		m.requests, m.notifications, m.duplicates, m.authFailures, m.decisions, m.celErrors,
 		m.graphRequests, m.actions, m.decisionToGraph, m.upstream, m.withheld, m.connsEvicted, m.connsShed, m.reloads, m.loadSeconds, m.policyInfo,
 		m.tokenRequests, m.tenantTokenFailures,
+		m.stateRequests, m.stateSeconds, m.stateErrors, m.blocksStarted,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "queue_depth",
 			Help: "Notification batches waiting for a worker.",

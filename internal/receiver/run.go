@@ -240,6 +240,8 @@ func opsHandler(srv *Server) http.Handler {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(srv.Registry(), promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /decisions", srv.serveDecisions)
+	mux.HandleFunc("GET /blocks", srv.serveBlocks)
+	mux.HandleFunc("POST /blocks/unblock", srv.serveUnblock)
 	return mux
 }
 

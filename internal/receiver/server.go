@@ -23,6 +23,7 @@ import (
 	"github.com/callguard/callguard/api/v1alpha1"
 	"github.com/callguard/callguard/internal/graph"
 	"github.com/callguard/callguard/internal/policy"
+	"github.com/callguard/callguard/internal/state"
 )
 
 // Limits and defaults of the receiver contract.
@@ -114,6 +115,14 @@ type policyVersion struct {
 	// stateKey hashes callers in the state store and signs announcement
 	// steps (stateKeyOf).
 	stateKey []byte
+	// store remembers callers (callers.repeat, blockFor), nil when the
+	// policy keeps no state; versions with the same storeCfg share it.
+	store    state.Store
+	storeCfg storeConfig
+	// stateful: the policy's decisions may ask the store.
+	stateful bool
+	// onErrorMatch: state.onError is Match (the store's miss holds).
+	onErrorMatch bool
 }
 
 // New returns a Server with its workers started; Close stops them.
@@ -177,8 +186,9 @@ func (s *Server) PolicyHash() string {
 // Apply makes p the live policy. secret holds the bot's credential Secret
 // (client-secret, or tls.crt and tls.key); it is unused with workload
 // identity. On error the previous policy stays live. The result is counted.
+// A policy applied here keeps its state under no namespace/name.
 func (s *Server) Apply(p *policy.Policy, secret map[string][]byte) error {
-	return s.applied(s.apply(p, secret))
+	return s.applied(s.apply(p, secret, policyID{}))
 }
 
 // applied counts and logs the result of apply.
@@ -204,7 +214,8 @@ func (s *Server) refuseSource(err error) {
 
 var errUnchanged = errors.New("policy unchanged")
 
-func (s *Server) apply(p *policy.Policy, secret map[string][]byte) error {
+// id is where the policy came from (its state store's keys carry it).
+func (s *Server) apply(p *policy.Policy, secret map[string][]byte, id policyID) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	spec := p.Spec()
@@ -267,6 +278,18 @@ func (s *Server) apply(p *policy.Policy, secret map[string][]byte) error {
 	if newKeys {
 		keys = graph.NewKeySetWithOptions(spec.Graph.OpenIDConfigURL, s.http, graph.KeySetOptions{Logger: s.log})
 	}
+	// The store last: nothing after it can fail, so a refused version
+	// never leaves a store open.
+	if cfg, ok := storeConfigOf(p, spec, id, files, rt.stateKey); ok {
+		if old != nil && old.store != nil && old.storeCfg == cfg {
+			rt.store = old.store
+		} else if rt.store, err = openStore(cfg); err != nil {
+			return err
+		}
+		rt.storeCfg = cfg
+		rt.stateful = p.Stateful()
+		rt.onErrorMatch = p.OnError() == v1alpha1.StateOnErrorMatch
+	}
 	rt.verifier = &graph.Verifier{
 		Keys:     keys,
 		Issuers:  spec.Graph.Issuers,
@@ -277,6 +300,9 @@ func (s *Server) apply(p *policy.Policy, secret map[string][]byte) error {
 	}
 
 	s.live.Store(rt)
+	if old != nil && old.store != nil && old.store != rt.store {
+		s.retireStore(old.store)
+	}
 	if newKeys {
 		// The key set fetches in the background until replaced: at once
 		// with a backoff of seconds, then every 2 h (graph.KeySet.Run).
@@ -292,7 +318,7 @@ func (s *Server) apply(p *policy.Policy, secret map[string][]byte) error {
 	s.metrics.policyInfo.Reset()
 	s.metrics.policyInfo.WithLabelValues(rt.hash).Set(1)
 	s.log.Info("policy live", "hash", rt.hash, "rules", len(spec.Rules), "mode", spec.Mode,
-		"callbackPath", rt.callbackPath)
+		"callbackPath", rt.callbackPath, "state", stateKind(rt))
 	return nil
 }
 
@@ -376,6 +402,11 @@ func (s *Server) Close() {
 		s.workers.Wait()
 		close(s.actions)
 		s.actWorkers.Wait()
+		if rt := s.live.Load(); rt != nil && rt.store != nil {
+			if err := rt.store.Close(); err != nil {
+				s.log.Warn("closing the state store", "error", err)
+			}
+		}
 	})
 }
 

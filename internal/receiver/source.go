@@ -58,15 +58,15 @@ func (s *Server) LoadPolicyFile(path, credentialsDir string) error {
 			return err
 		}
 	}
-	return s.goLive(p, secret, start)
+	return s.goLive(p, secret, start, policyID{bundle.Source.Namespace, bundle.Source.Name})
 }
 
 // goLive applies a policy a source began to read at start. A version that
 // goes live has its load time observed, and the garbage of reading it (the
 // texts and the old index: tens of MiB for a million numbers) is given back
 // at once rather than kept at the reload's peak.
-func (s *Server) goLive(p *policy.Policy, secret map[string][]byte, start time.Time) error {
-	err := s.apply(p, secret)
+func (s *Server) goLive(p *policy.Policy, secret map[string][]byte, start time.Time, id policyID) error {
+	err := s.apply(p, secret, id)
 	if err == nil {
 		s.metrics.loadSeconds.Observe(time.Since(start).Seconds())
 		debug.FreeOSMemory()
@@ -99,7 +99,7 @@ func (s *Server) LoadConfigMap(cm *corev1.ConfigMap, shard func(name string) ([]
 			return err
 		}
 	}
-	return s.goLive(p, secret, start)
+	return s.goLive(p, secret, start, policyID{src.Namespace, src.Name})
 }
 
 // errDecode marks a version that could not be read whole: a shard missing,

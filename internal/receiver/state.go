@@ -1,19 +1,33 @@
 package receiver
 
 import (
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/callguard/callguard/api/v1alpha1"
+	"github.com/callguard/callguard/internal/policy"
+	"github.com/callguard/callguard/internal/state"
 )
 
 // DefaultStateDir is where the operator mounts the policy's state Secret
 // (the key that hashes callers) and the state store's credentials.
 const DefaultStateDir = "/var/run/callguard/state"
+
+// The state store's budget and bounds.
+const (
+	// stateBudget is how long a batch's calls wait for the store before
+	// state.onError decides for it.
+	stateBudget = 100 * time.Millisecond
+	// memoryCallers bounds the callers a store in memory remembers.
+	memoryCallers = 1_000_000
+)
 
 // Files of the state dir.
 const (
@@ -106,4 +120,111 @@ func (s *Server) stateKey() []byte {
 		return rt.stateKey
 	}
 	return nil
+}
+
+// policyID names the policy a version comes from: the store's keys carry
+// it, so that policies sharing a store count apart.
+type policyID struct{ namespace, name string }
+
+// storeConfig is what a state store is made from: a version keeps its
+// predecessor's store while it is the same, so counts and blocks survive
+// reloads.
+type storeConfig struct {
+	redis     bool
+	address   string
+	database  int
+	tls       bool
+	ca        string
+	username  string
+	password  string
+	keyPrefix string
+	policy    policyID
+	key       string
+}
+
+// storeConfigOf is the store a policy keeps, and false when it keeps none:
+// a policy with a repeat condition or a blockFor keeps one, in state.redis
+// or else in memory; so does any policy with state.redis (its blocks can
+// still be listed and lifted).
+func storeConfigOf(p *policy.Policy, spec *v1alpha1.CallPolicySpec, id policyID, files stateFiles, key []byte) (storeConfig, bool) {
+	redis := spec.State != nil && spec.State.Redis != nil
+	if !redis && !p.Stateful() {
+		return storeConfig{}, false
+	}
+	c := storeConfig{policy: id, key: string(key)}
+	if redis {
+		r := spec.State.Redis
+		c.redis = true
+		c.address = r.Address
+		c.database = int(r.Database)
+		c.tls = r.TLS != nil && r.TLS.Enabled
+		if c.tls {
+			c.ca = string(files.ca)
+		}
+		c.username, c.password = files.username, files.password
+		c.keyPrefix = r.KeyPrefix
+	}
+	return c, true
+}
+
+// openStore makes the store c describes.
+func openStore(c storeConfig) (state.Store, error) {
+	return nil, errors.New("state store: not built yet")
+}
+
+// Results of a round trip to the store (state_requests_total).
+const (
+	stateOK = iota
+	stateError
+	stateTimeout
+)
+
+var stateResults = [3]string{stateOK: "ok", stateError: "error", stateTimeout: "timeout"}
+
+// evalState asks the store about a batch's calls within the budget (and
+// the call's deadline, ctx's). When it cannot answer, every call is
+// answered as state.onError says, counted, and the miss logged once.
+func (s *Server) evalState(ctx context.Context, rt *policyVersion, qs []state.Query, ans []state.Answer) {
+	sctx, cancel := context.WithTimeout(ctx, stateBudget)
+	start := time.Now()
+	err := rt.store.Eval(sctx, qs, ans)
+	cancel()
+	s.metrics.stateSeconds.Observe(time.Since(start).Seconds())
+	if err == nil {
+		s.metrics.stateBy[stateOK].Inc()
+		return
+	}
+	result := stateError
+	var ne net.Error
+	if errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout() {
+		result = stateTimeout
+	}
+	s.metrics.stateBy[result].Inc()
+	s.metrics.stateErrors.Add(float64(len(qs)))
+	for i := range qs {
+		ans[i] = state.Offline(&qs[i], rt.onErrorMatch)
+	}
+	s.log.Warn("state store did not answer; the calls were decided as state.onError says",
+		"calls", len(qs), "onError", rt.policy.OnError(), "result", stateResults[result], "error", err)
+}
+
+// retireStore closes a store no live version uses once the batches that
+// may still hold it are done (each ends by its call's deadline).
+func (s *Server) retireStore(st state.Store) {
+	time.AfterFunc(s.cfg.Deadline, func() {
+		if err := st.Close(); err != nil {
+			s.log.Warn("closing the previous state store", "error", err)
+		}
+	})
+}
+
+// stateKind says where a version keeps its state, for the log.
+func stateKind(rt *policyVersion) string {
+	switch {
+	case rt.store == nil:
+		return "none"
+	case rt.storeCfg.redis:
+		return "redis " + rt.storeCfg.address
+	}
+	return "memory"
 }

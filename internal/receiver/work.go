@@ -11,6 +11,7 @@ import (
 
 	"github.com/callguard/callguard/api/v1alpha1"
 	"github.com/callguard/callguard/internal/graph"
+	"github.com/callguard/callguard/internal/state"
 )
 
 // The work after acknowledging: batch workers decide each batch and hand
@@ -84,7 +85,13 @@ func (s *Server) process(j *job) {
 	dryRun := j.rt.spec.Mode == v1alpha1.ModeDryRun
 	tenant := j.tenant
 
-	pl := decideBatch(j.batch, j.rt.policy, dryRun, s.calls, j.arrival, tenant)
+	// Only a policy that keeps state asks the store: the others decide as
+	// fast as ever, with nothing allocated for it.
+	var st stateEval
+	if j.rt.stateful {
+		st = func(qs []state.Query, ans []state.Answer) { s.evalState(ctx, j.rt, qs, ans) }
+	}
+	pl := decideBatch(j.batch, j.rt.policy, dryRun, s.calls, j.arrival, tenant, st)
 	for _, id := range pl.duplicates {
 		s.metrics.duplicates.Inc()
 		s.log.Info("duplicate notification ignored", "callId", id)
@@ -93,6 +100,9 @@ func (s *Server) process(j *job) {
 	for i := range pl.decided {
 		d := &pl.decided[i].d
 		s.metrics.decisionsBy.with(d.Rule, string(d.Action), string(d.Mode)).Inc()
+		if pl.decided[i].blockStarted {
+			s.metrics.blocksStarted.WithLabelValues(d.Rule).Inc()
+		}
 	}
 
 	var fwdErr error

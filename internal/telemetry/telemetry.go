@@ -44,7 +44,10 @@ type Decision struct {
 	Action string `json:"action"`
 	// Reason is set for Reject only.
 	Reason string `json:"reason,omitempty"`
-	Mode   string `json:"mode"`
+	// Blocked reports that the rule decided because the caller is under its
+	// temporary block (blockFor).
+	Blocked bool   `json:"blocked,omitempty"`
+	Mode    string `json:"mode"`
 	// Tenant is the tenant the call arrived in (the notification token's
 	// tenant claim), whose app token acted on it.
 	Tenant string `json:"tenant,omitempty"`
@@ -73,6 +76,9 @@ func (d *Decision) AppendJSON(b []byte) []byte {
 	b = appendString(b, "action", d.Action)
 	if d.Reason != "" {
 		b = appendString(b, "reason", d.Reason)
+	}
+	if d.Blocked {
+		b = append(b, `,"blocked":true`...)
 	}
 	b = appendString(b, "mode", d.Mode)
 	if d.Tenant != "" {

@@ -13,7 +13,7 @@ func TestDecisionRoundTrip(t *testing.T) {
 	at := time.Date(2026, 12, 4, 10, 11, 12, 130000000, time.UTC)
 	for _, d := range []Decision{
 		{Time: at, CallID: "c1", CallChainID: "cc", CallerType: "phone", CallerNumber: "****0143",
-			Rule: "robocallers", Action: "Reject", Reason: "busy", Mode: "Enforce", Tenant: "3c1f8a2e-5b7d-4e9a-8f60-1d2c3b4a5e6f", Result: "success",
+			Rule: "robocallers", Action: "Reject", Reason: "busy", Blocked: true, Mode: "Enforce", Tenant: "3c1f8a2e-5b7d-4e9a-8f60-1d2c3b4a5e6f", Result: "success",
 			Policy: "sha256:04e3", LatencyMs: 4.625},
 		{Time: at, CallID: "c2", CallerType: "anonymous", Action: "Allow", Mode: "DryRun", Result: "forwarded",
 			Error: "upstream: 502", LatencyMs: 0},
