@@ -1,6 +1,7 @@
 package policycli
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -330,4 +331,37 @@ func TestBlocksHelp(t *testing.T) {
 			t.Errorf("help %s: exit %d, stdout %s", verb, code, stdout.String())
 		}
 	}
+}
+
+// FuzzParseBlocks reads whatever a pod answers without panicking: every
+// block it returns has a rule and an end, and a body it cannot read at all
+// is an error.
+func FuzzParseBlocks(f *testing.F) {
+	f.Add([]byte(blockEarly + "\n" + blockLate + "\n"))
+	f.Add([]byte(blockMiddle + "\nnot json\n{}\n"))
+	f.Add([]byte(`{"number":1,"rule":"r","until":"x"}`))
+	f.Add([]byte(`{"unblocked":3}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		bs, err := parseBlocks(body)
+		for _, b := range bs {
+			if b.Rule == "" || b.Until.IsZero() {
+				t.Errorf("block without a rule or an end: %+v", b)
+			}
+		}
+		if bs == nil && err == nil && !onlySpaceLines(body) {
+			t.Errorf("%q: no block and no error", body)
+		}
+		if n, err := parseUnblocked(body); err == nil && n < 0 {
+			t.Errorf("%q: %d blocks lifted", body, n)
+		}
+	})
+}
+
+func onlySpaceLines(body []byte) bool {
+	for _, l := range bytes.Split(body, []byte("\n")) {
+		if len(bytes.TrimSpace(l)) > 0 {
+			return false
+		}
+	}
+	return true
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -31,17 +33,14 @@ is compiled and evaluated by the same code as the receiver's, and one decision
 is printed per call: every created, incoming call of a Graph notification, one
 Graph call resource, or a PSTN audio call from --number.
 
+--at is the calls' arrival time: schedules, and number list entries that end
+with expires=, are judged at it. An Announce decision carries its prompt (the
+sha256 of a WAV file kept in a ConfigMap, or its URL) and maxSeconds: under
+"announce" in JSON and YAML, as PROMPT and MAX SECONDS in the table.
+
 Exit status: 0 when it decided; 2 when the policy or the call cannot be read
 or compiled (the reason on stderr, with the file and field path); 1 on other
 errors (usage, a cluster that cannot be reached), as kubectl.
-`
-
-const lintSynopsis = `Compile a CallPolicy and print its errors and warnings.
-
-Usage:
-  kubectl callpolicy lint -f POLICY.yaml [-f MORE.yaml ...]
-
-Exit status: 2 when the policy has errors.
 `
 
 func runTest(s streams, args []string) int {
@@ -55,7 +54,7 @@ func runTest(s streams, args []string) int {
 	c.flags.StringVar(&notification, "notification", "", "Graph commsNotifications JSON body (- is stdin)")
 	c.flags.StringVar(&callF, "call", "", "one Graph call resource JSON (- is stdin)")
 	c.flags.StringVar(&number, "number", "", "decide a PSTN audio call from this number")
-	c.flags.StringVar(&at, "at", "", "arrival time for schedules, RFC 3339 (default now)")
+	c.flags.StringVar(&at, "at", "", "arrival time, RFC 3339, for schedules and number list entries with expires= (default now)")
 	c.flags.StringVar(&tenant, "tenant", "", "the tenant the calls arrive in, for match.tenants (default none: such rules do not match)")
 	out := c.outputFlag("json", "json", "table", "yaml")
 	rest, code, ok := c.parse(args)
@@ -194,32 +193,6 @@ func readCalls(s streams, number, notification, callF string) ([]*graph.Call, bo
 	}
 }
 
-func runLint(s streams, args []string) int {
-	c := newCommand(s, "lint", lintSynopsis, false)
-	var fs []string
-	c.flags.StringArrayVarP(&fs, "filename", "f", nil, "policy file (repeatable; - is stdin)")
-	if code, ok := c.parseNoArgs(args); !ok {
-		return code
-	}
-	if len(fs) == 0 {
-		c.usageError("-f is required")
-		return exitError
-	}
-	if stdinUses(fs) > 1 {
-		fmt.Fprintln(s.stderr, "error: stdin (-) can be read only once")
-		return exitError
-	}
-	b, p, ok := load(fs, s.stdin, s.stderr)
-	if !ok {
-		return exitInvalid
-	}
-	printProblems(s.stderr, "warning", b.Locate, p.Warnings())
-	if _, err := fmt.Fprintf(s.stdout, "%s: %s, %s\n", qualified(b.Source), plural(p.Rules(), "rule"), plural(len(p.Warnings()), "warning")); err != nil {
-		return exitError
-	}
-	return exitOK
-}
-
 func plural(n int, noun string) string {
 	if n == 1 {
 		return "1 " + noun
@@ -319,11 +292,35 @@ func write(w io.Writer, format string, decisions []policy.Decision) error {
 	if len(decisions) == 0 {
 		return nil
 	}
+	header := []string{"CALL ID", "ACTION", "REASON", "RULE", "MODE"}
+	// The announcement's columns only when there is one to show, so that
+	// the common table stays narrow.
+	announce := slices.ContainsFunc(decisions, func(d policy.Decision) bool { return d.Announce != nil })
+	if announce {
+		header = append(header, "PROMPT", "MAX SECONDS")
+	}
 	rows := make([][]string, len(decisions))
 	for i, d := range decisions {
 		rows[i] = []string{orDash(d.CallID), string(d.Action), orDash(string(d.Reason)), ruleName(d.Rule), string(d.Mode)}
+		if announce {
+			prompt, maxSeconds := "-", "-"
+			if a := d.Announce; a != nil {
+				prompt, maxSeconds = promptName(a), strconv.Itoa(int(a.MaxSeconds))
+			}
+			rows[i] = append(rows[i], prompt, maxSeconds)
+		}
 	}
-	return newTable(w, "CALL ID", "ACTION", "REASON", "RULE", "MODE").print(rows)
+	return newTable(w, header...).print(rows)
+}
+
+// promptName is the URL of a URL prompt, or "sha256:" and the hash of the
+// file of a prompt kept in a ConfigMap (the name the receivers serve it
+// under).
+func promptName(a *policy.Announcement) string {
+	if a.PromptURL != "" {
+		return a.PromptURL
+	}
+	return "sha256:" + a.PromptSHA256
 }
 
 func orDash(s string) string {
