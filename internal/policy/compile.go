@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"k8s.io/utils/ptr"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -91,7 +92,7 @@ func Compile(src *Source) (*Policy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("compile policy: %w", err)
 	}
-	return &Policy{
+	p := &Policy{
 		spec:      spec,
 		rules:     rules,
 		dflt:      rule{action: spec.DefaultAction, reason: reasonFor(spec.DefaultAction, spec.DefaultReason), redirect: spec.DefaultRedirect},
@@ -99,7 +100,32 @@ func Compile(src *Source) (*Policy, error) {
 		warnings:  c.warns,
 		hash:      hash,
 		celErrors: new(atomic.Uint64),
-	}, nil
+	}
+	p.compileState()
+	return p, nil
+}
+
+// compileState fills in what Prepare needs when some rule is stateful.
+func (p *Policy) compileState() {
+	for i := range p.rules {
+		r := &p.rules[i]
+		if !r.stateful() {
+			continue
+		}
+		p.stateful = true
+		if r.repeatCalls > 0 {
+			p.record = true
+			p.keep = max(p.keep, r.repeatWithin)
+			p.keepCalls = max(p.keepCalls, r.repeatCalls)
+		}
+	}
+	if !p.stateful {
+		return
+	}
+	p.ruleIndex = make(map[string]int, len(p.rules))
+	for i := range p.rules {
+		p.ruleIndex[p.rules[i].name] = i
+	}
 }
 
 // reasonFor is the decision's reason: "" unless Reject, "none" by default.
@@ -443,8 +469,18 @@ func (c *compiler) compileRule(i int, names map[string]int) rule {
 		types:     allTypes,
 		numberSet: -1,
 	}
+	if sr.BlockFor != nil {
+		if d := sr.BlockFor.Duration; d < time.Minute || d > 720*time.Hour {
+			c.errorf(path+".blockFor", "blockFor must be between 1m and 720h, got %s", d)
+		}
+		if sr.Action == v1alpha1.ActionAllow {
+			c.errorf(path+".blockFor", "blockFor is only allowed on Reject, Redirect and Announce rules")
+		}
+		r.blockFor = sr.BlockFor.Duration
+	}
 	c.compileMatch(path+".match", &sr.Match, &r)
-	r.more = r.ids != nil || r.tenants != nil || r.callTenants != nil || r.sched != nil || r.numberRes != nil || r.nameRes != nil || r.expr != nil
+	r.more = r.ids != nil || r.tenants != nil || r.callTenants != nil || r.sched != nil || r.numberRes != nil || r.nameRes != nil || r.expr != nil ||
+		r.repeatCalls > 0
 	if isEmptyMatch(&sr.Match) && c.emptyMatch < 0 {
 		c.emptyMatch = i
 	}
@@ -456,7 +492,7 @@ func isEmptyMatch(m *v1alpha1.Match) bool {
 		return false
 	}
 	cm := m.Callers
-	return cm == nil || len(cm.Numbers)+len(cm.NumberPrefixes)+len(cm.NumberPatterns)+len(cm.NumberLists)+
+	return cm == nil || cm.Repeat == nil && len(cm.Numbers)+len(cm.NumberPrefixes)+len(cm.NumberPatterns)+len(cm.NumberLists)+
 		len(cm.IdentityTypes)+len(cm.IDs)+len(cm.TenantIDs)+len(cm.DisplayNamePatterns) == 0
 }
 
@@ -566,6 +602,18 @@ func (c *compiler) compileCallers(path string, cm *v1alpha1.CallerMatch, r *rule
 	r.ids = c.idSet(path+".ids", cm.IDs, 10000)
 	r.tenants = c.idSet(path+".tenantIds", cm.TenantIDs, 1000)
 	r.nameRes = c.regexps(path+".displayNamePatterns", cm.DisplayNamePatterns)
+	if rp := cm.Repeat; rp != nil {
+		if rp.Calls < 2 || rp.Calls > 1000 {
+			c.errorf(path+".repeat.calls", "must be 2 to 1000, got %d", rp.Calls)
+		}
+		if w := rp.Within.Duration; w < time.Minute || w > 24*time.Hour {
+			c.errorf(path+".repeat.within", "within must be between 1m and 24h, got %s", w)
+		}
+		r.repeatCalls, r.repeatWithin = int(rp.Calls), rp.Within.Duration
+		if r.types&^(typeBit(v1alpha1.IdentityAnonymous)|typeBit(v1alpha1.IdentityEncrypted)) == 0 {
+			c.warnf(path+".repeat", "anonymous and encrypted callers have no key to count calls by, so this rule never matches")
+		}
+	}
 }
 
 // numberSet returns the rule's number set, making it on first use.

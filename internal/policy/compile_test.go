@@ -6,7 +6,9 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/callguard/callguard/api/v1alpha1"
@@ -176,6 +178,31 @@ func TestCompileErrors(t *testing.T) {
 			{"spec.rules[3].match.callers.numberLists[0].configMapKeyRef.name", "required"},
 			{"spec.rules[3].match.callers.numberLists[0].configMapKeyRef.key", "required"},
 			{"spec.rules[3].match.callers.numberLists[0]", "configmap  key : not found"},
+		}},
+		{"repeat and blockFor", func(s *Source) {
+			rep := func(calls int32, within time.Duration) v1alpha1.Match {
+				return callers(v1alpha1.CallerMatch{Repeat: &v1alpha1.RepeatMatch{Calls: calls, Within: metav1.Duration{Duration: within}}})
+			}
+			block := func(r v1alpha1.Rule, d time.Duration) v1alpha1.Rule {
+				r.BlockFor = &metav1.Duration{Duration: d}
+				return r
+			}
+			s.Spec.Rules = []v1alpha1.Rule{
+				reject("few", rep(1, 30*time.Second)),
+				reject("many", rep(1001, 25*time.Hour)),
+				reject("ok", rep(2, time.Minute)),
+				block(reject("short", v1alpha1.Match{}), 30*time.Second),
+				block(reject("long", v1alpha1.Match{}), 721*time.Hour),
+				block(v1alpha1.Rule{Name: "allow", Action: v1alpha1.ActionAllow}, time.Hour),
+			}
+		}, []want{
+			{"spec.rules[0].match.callers.repeat.calls", "must be 2 to 1000, got 1"},
+			{"spec.rules[0].match.callers.repeat.within", "within must be between 1m and 24h, got 30s"},
+			{"spec.rules[1].match.callers.repeat.calls", "must be 2 to 1000, got 1001"},
+			{"spec.rules[1].match.callers.repeat.within", "within must be between 1m and 24h, got 25h0m0s"},
+			{"spec.rules[3].blockFor", "blockFor must be between 1m and 720h, got 30s"},
+			{"spec.rules[4].blockFor", "blockFor must be between 1m and 720h, got 721h0m0s"},
+			{"spec.rules[5].blockFor", "blockFor is only allowed on Reject, Redirect and Announce rules"},
 		}},
 	}
 	for _, tt := range tests {

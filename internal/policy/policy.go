@@ -55,6 +55,15 @@ type Policy struct {
 	// to the policy version, not to one handler.
 	celErrors  *atomic.Uint64
 	celHandler func(rule string, err error)
+
+	// What Prepare needs of a stateful policy (stateful is false
+	// otherwise): the rules by name for Resolve, and what every query of
+	// the policy carries.
+	stateful  bool
+	ruleIndex map[string]int
+	record    bool
+	keep      time.Duration
+	keepCalls int
 }
 
 // rule is a compiled rule. A nil or zero field was not given, unless its
@@ -87,7 +96,17 @@ type rule struct {
 	nameRes     []*regexp.Regexp
 	sched       *schedule
 	expr        cel.Program
+
+	// repeatCalls and repeatWithin are callers.repeat (repeatCalls is 0
+	// without one); a rule with one has more set, so that DecideIn, which
+	// has no store, skips it after holds.
+	repeatCalls  int
+	repeatWithin time.Duration
+	blockFor     time.Duration
 }
+
+// stateful reports whether the store has a say in the rule.
+func (r *rule) stateful() bool { return r.repeatCalls > 0 || r.blockFor > 0 }
 
 // Decide decides one call arriving at the given time, in a tenant not
 // known (offline tests): no match.tenants holds, not even for the home
@@ -100,7 +119,9 @@ func (p *Policy) Decide(call *graph.Call, at time.Time) Decision {
 // (the notification token's tenant claim; "" when unknown), which
 // match.tenants is compared with. It does not allocate unless a rule needs a
 // CEL expression, or a regex on a number that was not already normalized,
-// or the number is longer than 31 digits.
+// or the number is longer than 31 digits. It knows no state: no
+// callers.repeat condition holds and no caller is under a block, as for a
+// caller's first call (Prepare and Resolve decide with the store).
 func (p *Policy) DecideIn(call *graph.Call, at time.Time, tenant string) Decision {
 	ev := evalState{p: p, call: call, at: at, callTenant: tenant}
 	ev.read()
@@ -113,11 +134,22 @@ func (p *Policy) DecideIn(call *graph.Call, at time.Time, tenant string) Decisio
 			r.numberSet >= 0 && r.numberRes == nil && !ev.inSet(r.numberSet) {
 			continue
 		}
-		if !r.more || r.holds(&ev) {
+		if !r.more || r.holds(&ev) && r.repeatCalls == 0 {
 			return p.decision(call, r, tenant)
 		}
 	}
 	return p.decision(call, &p.dflt, tenant)
+}
+
+// staticMatch reports whether the rule's match holds apart from its repeat
+// condition: DecideIn's test, for Prepare.
+func (r *rule) staticMatch(ev *evalState) bool {
+	if r.types&ev.typeBit == 0 || r.needsNumber && !ev.numOK ||
+		r.modalities != 0 && r.modalities&ev.modalities() == 0 ||
+		r.numberSet >= 0 && r.numberRes == nil && !ev.inSet(r.numberSet) {
+		return false
+	}
+	return !r.more || r.holds(ev)
 }
 
 func (p *Policy) decision(call *graph.Call, r *rule, tenant string) Decision {
