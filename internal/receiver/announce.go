@@ -10,7 +10,10 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // An Announce decision is carried out in three steps (answer, play, hang
@@ -198,3 +201,136 @@ func CheckCallbackURL(s string) error {
 func promptURI(callbackURL, sha string) string {
 	return strings.TrimRight(callbackURL, "/") + "/prompts/" + sha + ".wav"
 }
+
+// announcer carries out Announce decisions: it signs and checks the step
+// tokens, keeps the backstop timers of the calls this replica answered, and
+// counts the steps.
+type announcer struct {
+	metrics announceMetrics
+	// backstop replaces maxSeconds as the backstop's delay when set
+	// (Config.AnnounceBackstop: tests shorten it).
+	backstop func(maxSeconds time.Duration) time.Duration
+
+	mu sync.Mutex
+	// timers are the backstops of the calls this replica answered, by
+	// call id, from the answer until the call ends: the map holds no call
+	// longer than its maxSeconds.
+	timers map[string]*time.Timer
+}
+
+// announceMetrics are the series of the Announce steps.
+type announceMetrics struct {
+	steps      *prometheus.CounterVec
+	stepsBy    counterCache
+	refused    *prometheus.CounterVec
+	stepTime   *prometheus.HistogramVec
+	prompts    *prometheus.CounterVec
+	inProgress prometheus.GaugeFunc
+}
+
+// Steps of an announced call, as counted.
+const (
+	stepAnswer   = "answer"
+	stepPlay     = "play"
+	stepHangup   = "hangup"
+	stepBackstop = "backstop"
+)
+
+// Results of a step besides the outcome results (resultSuccess…).
+const (
+	// resultDuplicate: another replica, or an earlier delivery, took the step.
+	resultDuplicate = "duplicate"
+	// resultGone: the call had ended already.
+	resultGone = "gone"
+	// resultNoCallbackURL: a ConfigMap prompt without --callback-url; the
+	// call was rejected instead.
+	resultNoCallbackURL = "no_callback_url"
+)
+
+func newAnnouncer(m *metrics, backstop func(time.Duration) time.Duration) *announcer {
+	a := &announcer{backstop: backstop, timers: map[string]*time.Timer{}}
+	a.metrics = announceMetrics{
+		steps: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "announce_steps_total",
+			Help: "Steps of announced calls (answer, play, hangup, backstop) by result.",
+		}, []string{"step", "result"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "announce_tokens_refused_total",
+			Help: "Announce step tokens of notifications that did not verify (malformed, signature, expired, mismatch); the step was not taken.",
+		}, []string{"reason"}),
+		stepTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "announce_step_seconds",
+			Help:    "Time from the notification that starts a step (established: play; the prompt's completion: hangup) to Graph's success answer.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 15},
+		}, []string{"step"}),
+		prompts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: namespace, Name: "prompt_requests_total",
+			Help: "Requests for announcement prompts, by HTTP status answered.",
+		}, []string{"code"}),
+		inProgress: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: namespace, Name: "announce_calls_in_progress",
+			Help: "Calls this replica answered that have not ended yet (each holds a backstop timer).",
+		}, func() float64 { return float64(a.inProgress()) }),
+	}
+	a.metrics.stepsBy.vec = a.metrics.steps
+	m.registry.MustRegister(a.metrics.steps, a.metrics.refused, a.metrics.stepTime, a.metrics.prompts, a.metrics.inProgress)
+	return a
+}
+
+func (a *announcer) inProgress() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.timers)
+}
+
+// arm starts the backstop of a call: hangup runs after d unless the call
+// ends first (disarm).
+func (a *announcer) arm(callID string, d time.Duration, hangup func()) {
+	if a.backstop != nil {
+		d = a.backstop(d)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if old := a.timers[callID]; old != nil {
+		old.Stop()
+	}
+	var t *time.Timer
+	t = time.AfterFunc(d, func() {
+		a.mu.Lock()
+		mine := a.timers[callID] == t
+		if mine {
+			delete(a.timers, callID)
+		}
+		a.mu.Unlock()
+		if mine {
+			hangup()
+		}
+	})
+	a.timers[callID] = t
+}
+
+// disarm stops a call's backstop and reports whether it had one here.
+func (a *announcer) disarm(callID string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	t := a.timers[callID]
+	if t == nil {
+		return false
+	}
+	t.Stop()
+	delete(a.timers, callID)
+	return true
+}
+
+// stopAll stops every backstop (shutdown: the calls are left to Graph).
+func (a *announcer) stopAll() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for id, t := range a.timers {
+		t.Stop()
+		delete(a.timers, id)
+	}
+}
+
+// policyName is the policy's namespace/name, as announce tokens name it.
+func (rt *policyVersion) policyName() string { return rt.id.namespace + "/" + rt.id.name }

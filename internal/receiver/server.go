@@ -61,6 +61,13 @@ type Config struct {
 	// StateDir holds the state key and the state store's credentials,
 	// read on every policy apply ("": none; see DefaultStateDir).
 	StateDir string
+	// CallbackURL is the public URL Graph reaches the callback at
+	// (--callback-url): an Announce answer's callbackUri, and the base of
+	// the ConfigMap prompts' URLs. Without it Announce rejects (announce.go).
+	CallbackURL string
+	// AnnounceBackstop, if set, maps an Announce rule's maxSeconds to the
+	// delay of its backstop hang-up (tests shorten it).
+	AnnounceBackstop func(maxSeconds time.Duration) time.Duration
 }
 
 // Server is the callback handler plus the work behind it.
@@ -71,6 +78,8 @@ type Server struct {
 	metrics *metrics
 	calls   *callLog
 	recent  decisionRing
+	// ann carries out Announce decisions (announce.go).
+	ann *announcer
 
 	live     atomic.Pointer[policyVersion]
 	stopping atomic.Bool
@@ -101,7 +110,9 @@ type Server struct {
 // notification batch holds on to the version live at its arrival, so each call is decided
 // and acted on wholly by one version.
 type policyVersion struct {
-	policy       *policy.Policy
+	policy *policy.Policy
+	// id is where the policy came from (announce tokens name it).
+	id           policyID
 	spec         *v1alpha1.CallPolicySpec
 	hash         string
 	callbackPath string
@@ -147,6 +158,7 @@ func New(cfg Config) *Server {
 		graphSlots: make(chan struct{}, Workers),
 	}
 	s.metrics = newMetrics(func() float64 { return float64(len(s.queue)) })
+	s.ann = newAnnouncer(s.metrics, cfg.AnnounceBackstop)
 	for range Workers {
 		s.workers.Add(1)
 		go s.work()
@@ -232,6 +244,7 @@ func (s *Server) apply(p *policy.Policy, secret map[string][]byte, id policyID) 
 	})
 	rt := &policyVersion{
 		policy:       p,
+		id:           id,
 		spec:         spec,
 		hash:         p.Hash(),
 		callbackPath: spec.Receiver.CallbackPath,
@@ -402,6 +415,8 @@ func (s *Server) Close() {
 		s.workers.Wait()
 		close(s.actions)
 		s.actWorkers.Wait()
+		// Announced calls left are hung up by Graph or by the caller.
+		s.ann.stopAll()
 		if rt := s.live.Load(); rt != nil && rt.store != nil {
 			if err := rt.store.Close(); err != nil {
 				s.log.Warn("closing the state store", "error", err)
