@@ -152,3 +152,51 @@ func TestCheckCallbackURL(t *testing.T) {
 		}
 	}
 }
+
+func TestBackstops(t *testing.T) {
+	a := newAnnouncer(newMetrics(func() float64 { return 0 }), func(d time.Duration) time.Duration { return d / 1000 })
+	fired := make(chan string, 10)
+	// Fires after 5 ms (5 s scaled).
+	a.arm("fires", 5*time.Second, func() { fired <- "fires" })
+	// Disarmed before it fires: the caller hung up, or this replica did.
+	a.arm("ended", time.Hour, func() { fired <- "ended" })
+	// Armed twice (an answer retried): fires once.
+	a.arm("twice", 5*time.Second, func() { fired <- "twice" })
+	a.arm("twice", 5*time.Second, func() { fired <- "twice" })
+	if got := a.inProgress(); got != 3 {
+		t.Fatalf("%d calls in progress, want 3", got)
+	}
+	if !a.disarm("ended") {
+		t.Error("disarm of an armed call reported none")
+	}
+	if a.disarm("unknown") {
+		t.Error("disarm of a call never armed here reported one")
+	}
+	got := map[string]int{}
+	timeout := time.After(5 * time.Second)
+	for len(got) < 2 {
+		select {
+		case id := <-fired:
+			got[id]++
+		case <-timeout:
+			t.Fatalf("fired %v, want fires and twice", got)
+		}
+	}
+	select {
+	case id := <-fired:
+		got[id]++
+	case <-time.After(50 * time.Millisecond):
+	}
+	if got["fires"] != 1 || got["twice"] != 1 || got["ended"] != 0 {
+		t.Errorf("fired %v, want fires and twice once each", got)
+	}
+	// Nothing is kept of a call once it fired or ended.
+	if n := a.inProgress(); n != 0 {
+		t.Errorf("%d calls still held after they ended", n)
+	}
+	a.arm("left", time.Hour, func() { fired <- "left" })
+	a.stopAll()
+	if n := a.inProgress(); n != 0 {
+		t.Errorf("%d calls held after stopAll", n)
+	}
+}
