@@ -15,6 +15,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"sigs.k8s.io/yaml"
 
+	"github.com/callguard/callguard/api/v1alpha1"
 	"github.com/callguard/callguard/internal/policy"
 	"github.com/callguard/callguard/internal/state"
 )
@@ -45,10 +46,11 @@ does not exist or the cluster cannot be reached.
 const unblockSynopsis = `Lift temporary blocks (blockFor) before they end.
 
 Usage:
-  kubectl callpolicy unblock NAME [-n NAMESPACE] (--number E164 | --all)
+  kubectl callpolicy unblock NAME [-n NAMESPACE] (--number E164 | --id ID | --all)
 
---number lifts every block of the caller with this number (under any rule);
---all lifts every block of the policy. The request goes to every running
+--number lifts every block of the caller with this number (under any rule),
+--id those of a caller known by its identity id (a user, guest or application:
+blocks lists it as is), --all every block of the policy. The request goes to every running
 receiver pod of the CallPolicy NAME through the API server's pod proxy, since
 without spec.state.redis each pod holds its own blocks. It needs create on
 pods/proxy (a POST through the proxy), besides what decisions needs. It prints
@@ -84,9 +86,15 @@ func runBlocks(s streams, args []string) int {
 	if !ok {
 		return code
 	}
-	if _, _, err := k.callPolicy(s.ctx, name); err != nil {
+	cp, _, err := k.callPolicy(s.ctx, name)
+	if err != nil {
 		fmt.Fprintf(s.stderr, "error: %v\n", err)
 		return exitError
+	}
+	// Its receivers keep no blocks: there is nothing to ask them.
+	if !hasBlockFor(&cp.Spec) {
+		fmt.Fprintf(s.stderr, "CallPolicy %q has no blockFor rule: no caller is under a block.\n", name)
+		return exitOK
 	}
 	results, err := k.eachRunningPod(s, name, func(ctx context.Context, pod *corev1.Pod) ([]byte, error) {
 		return k.proxyGet(ctx, pod, "blocks", nil, "application/jsonl, */*")
@@ -218,10 +226,11 @@ func blockTime(t time.Time) string {
 func runUnblock(s streams, args []string) int {
 	c := newCommand(s, "unblock", unblockSynopsis, true)
 	var (
-		number string
-		all    bool
+		number, id string
+		all        bool
 	)
 	c.flags.StringVar(&number, "number", "", "lift the blocks of the caller with this phone number")
+	c.flags.StringVar(&id, "id", "", "lift the blocks of the caller with this identity id")
 	c.flags.BoolVar(&all, "all", false, "lift every block of the policy")
 	rest, code, ok := c.parse(args)
 	if !ok {
@@ -234,15 +243,18 @@ func runUnblock(s streams, args []string) int {
 	case len(rest) > 1:
 		fmt.Fprintf(s.stderr, "error: unexpected argument %q\n", rest[1])
 		return exitError
-	case (number != "") == all:
-		c.usageError("give exactly one of --number or --all")
+	case countTrue(number != "", id != "", all) != 1:
+		c.usageError("give exactly one of --number, --id or --all")
 		return exitError
 	}
 	name := rest[0]
 	var req []byte
-	if all {
+	switch {
+	case all:
 		req = []byte(`{"all":true}`)
-	} else {
+	case id != "":
+		req, _ = json.Marshal(map[string]string{"id": id})
+	default:
 		// The store knows callers by their normalized number.
 		n, ok := policy.NormalizeNumber(number)
 		if !ok {
@@ -260,6 +272,11 @@ func runUnblock(s streams, args []string) int {
 	if err != nil {
 		fmt.Fprintf(s.stderr, "error: %v\n", err)
 		return exitError
+	}
+	if !hasBlockFor(&cp.Spec) {
+		fmt.Fprintf(s.stderr, "CallPolicy %q has no blockFor rule: no caller is under a block.\n", name)
+		fmt.Fprintln(s.stdout, "0 blocks lifted")
+		return exitOK
 	}
 	shared := cp.Spec.State != nil && cp.Spec.State.Redis != nil
 	results, err := k.eachRunningPod(s, name, func(ctx context.Context, pod *corev1.Pod) ([]byte, error) {
@@ -301,6 +318,22 @@ func runUnblock(s streams, args []string) int {
 		return exitError
 	}
 	return exitOK
+}
+
+// hasBlockFor reports whether a rule of the policy puts callers under a
+// block.
+func hasBlockFor(spec *v1alpha1.CallPolicySpec) bool {
+	return slices.ContainsFunc(spec.Rules, func(r v1alpha1.Rule) bool { return r.BlockFor != nil })
+}
+
+func countTrue(bs ...bool) int {
+	n := 0
+	for _, b := range bs {
+		if b {
+			n++
+		}
+	}
+	return n
 }
 
 // parseUnblocked reads a receiver's {"unblocked": N}.

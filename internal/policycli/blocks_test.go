@@ -13,6 +13,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/callguard/callguard/api/v1alpha1"
 )
@@ -28,7 +29,10 @@ var (
 // receivers' contract says, on podIP:0 until the test ends.
 type blocksPod struct {
 	port int
-	mu   sync.Mutex
+	// status, when set, is answered to every request with the receiver's
+	// error body for a store that cannot be read.
+	status int
+	mu     sync.Mutex
 	// unblocks are the bodies of the unblock requests.
 	unblocks []string
 }
@@ -46,6 +50,15 @@ func serveBlocks(t *testing.T, ip, lines string, lifted int, answer string) *blo
 	bp := &blocksPod{}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /blocks", func(w http.ResponseWriter, r *http.Request) {
+		bp.mu.Lock()
+		status := bp.status
+		bp.mu.Unlock()
+		if status != 0 {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(status)
+			fmt.Fprintln(w, `{"error":"state store: list blocks: dial tcp: connection refused"}`)
+			return
+		}
 		w.Header().Set("Content-Type", "application/jsonl")
 		fmt.Fprint(w, lines)
 	})
@@ -72,6 +85,21 @@ func serveBlocks(t *testing.T, ip, lines string, lifted int, answer string) *blo
 	return bp
 }
 
+// blockingSpec is the sample policy with a blockFor on its first rule that
+// is not Allow.
+func blockingSpec(t *testing.T) v1alpha1.CallPolicySpec {
+	t.Helper()
+	spec, _ := sampleSpec(t)
+	for i := range spec.Rules {
+		if spec.Rules[i].Action != v1alpha1.ActionAllow {
+			spec.Rules[i].BlockFor = &metav1.Duration{Duration: time.Hour}
+			return spec
+		}
+	}
+	t.Fatal("the sample policy has only Allow rules")
+	return spec
+}
+
 // TestBlocks lists the blocks of three receiver pods through the API
 // server's pod proxy: two pods share a store (they list the same block),
 // the third holds its own; a pending pod, one that does not answer and one
@@ -80,7 +108,8 @@ func TestBlocks(t *testing.T) {
 	cluster(t)
 	ip := podIP(t)
 	ns := newNamespace(t)
-	spec, _ := sampleSpec(t)
+	spec := blockingSpec(t)
+	stateless, _ := sampleSpec(t)
 
 	a := serveBlocks(t, ip, blockLate+"\n"+blockEarly+"\n", 0, "")
 	b := serveBlocks(t, ip, blockEarly+"\n"+blockLate+"\n", 0, "")
@@ -103,6 +132,19 @@ func TestBlocks(t *testing.T) {
 	receiverDeployment(t, ns, "dark")
 	receiverPod(t, ns, "dark", "dark-callguard-a", corev1.PodRunning, ip, freePort(t, ip))
 	callPolicy(t, ns, "lonely", spec, "", "")
+	// A policy that keeps no state: its pods answer 404, and are not asked.
+	stateless404 := serveBlocks(t, ip, "", 0, "")
+	callPolicy(t, ns, "plain", stateless, "", "")
+	receiverDeployment(t, ns, "plain")
+	receiverPod(t, ns, "plain", "plain-callguard-a", corev1.PodRunning, ip, stateless404.port)
+	// A pod that answers as a receiver does when it cannot read its store.
+	refusing := serveBlocks(t, ip, "", 0, "")
+	refusing.mu.Lock()
+	refusing.status = http.StatusServiceUnavailable
+	refusing.mu.Unlock()
+	callPolicy(t, ns, "refused", spec, "", "")
+	receiverDeployment(t, ns, "refused")
+	receiverPod(t, ns, "refused", "refused-callguard-a", corev1.PodRunning, ip, refusing.port)
 
 	warnings := []string{
 		"warning: pod hotline-callguard-c: cannot read its blocks: line 2 is not a block",
@@ -152,6 +194,8 @@ func TestBlocks(t *testing.T) {
 		},
 		{name: "no pod answers", args: []string{"blocks", "dark", "-n", ns}, code: 1, stderrHas: []string{"warning: pod dark-callguard-a: cannot read its blocks:"}},
 		{name: "no receivers", args: []string{"blocks", "lonely", "-n", ns}, stderrHas: []string{`warning: CallPolicy "lonely" has no receiver pods (Deployment "lonely-callguard"`}},
+		{name: "no blockFor rule", args: []string{"blocks", "plain", "-n", ns}, stderrHas: []string{`CallPolicy "plain" has no blockFor rule: no caller is under a block.`}},
+		{name: "the receiver's own error", args: []string{"blocks", "refused", "-n", ns}, code: 1, stderrHas: []string{"warning: pod refused-callguard-a: cannot read its blocks: state store: list blocks: dial tcp: connection refused (HTTP 503)"}},
 		{name: "no such policy", args: []string{"blocks", "nope", "-n", ns}, code: 1, stderrHas: []string{`error: CallPolicy "nope" not found in namespace "` + ns + `"`}},
 		{name: "no name", args: []string{"blocks", "-n", ns}, code: 1, stderrHas: []string{"the NAME of a CallPolicy is required", "See 'kubectl callpolicy blocks --help' for usage."}},
 		{name: "two names", args: []string{"blocks", "hotline", "dark", "-n", ns}, code: 1, stderrHas: []string{`error: unexpected argument "dark"`}},
@@ -189,7 +233,8 @@ func TestUnblock(t *testing.T) {
 	cluster(t)
 	ip := podIP(t)
 	ns := newNamespace(t)
-	spec, _ := sampleSpec(t)
+	spec := blockingSpec(t)
+	stateless, _ := sampleSpec(t)
 	shared := spec.DeepCopy()
 	shared.State = &v1alpha1.StateSpec{Redis: &v1alpha1.RedisSpec{Address: "redis.telephony.svc:6379"}}
 
@@ -224,6 +269,10 @@ func TestUnblock(t *testing.T) {
 	receiverDeployment(t, ns, "shared-dark")
 	receiverPod(t, ns, "shared-dark", "shared-dark-callguard-a", corev1.PodRunning, ip, freePort(t, ip))
 	callPolicy(t, ns, "lonely", spec, "", "")
+	plain := serveBlocks(t, ip, "", 5, "")
+	callPolicy(t, ns, "plain", stateless, "", "")
+	receiverDeployment(t, ns, "plain")
+	receiverPod(t, ns, "plain", "plain-callguard-a", corev1.PodRunning, ip, plain.port)
 
 	tests := []struct {
 		name      string
@@ -241,6 +290,12 @@ func TestUnblock(t *testing.T) {
 			stdout:    "3 blocks lifted (hotline-callguard-a: 2, hotline-callguard-b: 1)\n",
 			stderrHas: []string{"warning: pod hotline-callguard-c is Pending: skipped"},
 			pod:       b, body: `application/json {"number":"+14255550123"}`,
+		},
+		{
+			name:   "an identity id, as given",
+			args:   []string{"unblock", "hotline", "-n", ns, "--id", "8F2C1A3B-0000-4000-8000-000000000001"},
+			stdout: "3 blocks lifted (hotline-callguard-a: 2, hotline-callguard-b: 1)\n",
+			pod:    a, body: `application/json {"id":"8F2C1A3B-0000-4000-8000-000000000001"}`,
 		},
 		{
 			name:   "all",
@@ -275,8 +330,10 @@ func TestUnblock(t *testing.T) {
 		},
 		{name: "no receivers, no store: nothing to lift", args: []string{"unblock", "lonely", "-n", ns, "--all"}, stdout: "0 blocks lifted\n", stderrHas: []string{`warning: CallPolicy "lonely" has no receiver pods`}},
 		{name: "no such policy", args: []string{"unblock", "nope", "-n", ns, "--all"}, code: 1, stderrHas: []string{`error: CallPolicy "nope" not found in namespace "` + ns + `"`}},
-		{name: "neither flag", args: []string{"unblock", "hotline", "-n", ns}, code: 1, stderrHas: []string{"error: give exactly one of --number or --all", "See 'kubectl callpolicy unblock --help' for usage."}},
-		{name: "both flags", args: []string{"unblock", "hotline", "-n", ns, "--all", "--number", "+14255550123"}, code: 1, stderrHas: []string{"error: give exactly one of --number or --all"}},
+		{name: "no blockFor rule: no pod asked", args: []string{"unblock", "plain", "-n", ns, "--all"}, stdout: "0 blocks lifted\n", stderrHas: []string{`CallPolicy "plain" has no blockFor rule: no caller is under a block.`}},
+		{name: "neither flag", args: []string{"unblock", "hotline", "-n", ns}, code: 1, stderrHas: []string{"error: give exactly one of --number, --id or --all", "See 'kubectl callpolicy unblock --help' for usage."}},
+		{name: "two flags", args: []string{"unblock", "hotline", "-n", ns, "--all", "--number", "+14255550123"}, code: 1, stderrHas: []string{"error: give exactly one of --number, --id or --all"}},
+		{name: "number and id", args: []string{"unblock", "hotline", "-n", ns, "--id", "x", "--number", "+14255550123"}, code: 1, stderrHas: []string{"error: give exactly one of --number, --id or --all"}},
 		{name: "not a number", args: []string{"unblock", "hotline", "-n", ns, "--number", "call me"}, code: 1, stderrHas: []string{`error: --number "call me" is not a phone number`}},
 		{name: "no name", args: []string{"unblock", "--all"}, code: 1, stderrHas: []string{"the NAME of a CallPolicy is required"}},
 	}
@@ -305,9 +362,12 @@ func TestUnblock(t *testing.T) {
 			}
 		})
 	}
-	// Usage errors reach no pod.
-	if n := len(a.requests()); n != 2 {
-		t.Errorf("pod hotline-callguard-a got %d unblock requests, want 2 (--number and --all)", n)
+	// Usage errors reach no pod, nor does a policy without blockFor.
+	if n := len(a.requests()); n != 3 {
+		t.Errorf("pod hotline-callguard-a got %d unblock requests, want 3 (--number, --id and --all)", n)
+	}
+	if n := len(plain.requests()); n != 0 {
+		t.Errorf("the pod of a policy without blockFor got %d unblock requests", n)
 	}
 }
 
@@ -315,7 +375,7 @@ func TestUnblock(t *testing.T) {
 func TestBlocksHelp(t *testing.T) {
 	for verb, want := range map[string][]string{
 		"blocks":  {"kubectl callpolicy blocks NAME", "get on\npods/proxy", "-o, --output string", "kubectl flags:", "--namespace"},
-		"unblock": {"kubectl callpolicy unblock NAME", "create on\npods/proxy", "--number string", "--all", "kubectl flags:"},
+		"unblock": {"kubectl callpolicy unblock NAME", "create on\npods/proxy", "--number string", "--id string", "--all", "kubectl flags:"},
 	} {
 		var stdout, stderr strings.Builder
 		if code := Run([]string{verb, "--help"}, nil, &stdout, &stderr); code != 0 || stderr.Len() != 0 {

@@ -34,7 +34,7 @@ const usage = `kubectl callpolicy: test, lint and watch callguard CallPolicies.
 Usage:
   kubectl callpolicy test -f POLICY.yaml [-f MORE.yaml ...] (--notification FILE | --number E164 | --call FILE) [--at RFC3339] [--tenant ID] [-o json|table]
   kubectl callpolicy test NAME [-n NAMESPACE] (--notification FILE | --number E164 | --call FILE) [--at RFC3339] [--tenant ID] [-o json|table]
-  kubectl callpolicy lint -f POLICY.yaml [-f MORE.yaml ...]
+  kubectl callpolicy lint -f POLICY.yaml [-f MORE.yaml ...] [--ca-file FILE] [--offline]
   kubectl callpolicy status NAME [-n NAMESPACE] [-o table|json|yaml]
   kubectl callpolicy decisions NAME [-n NAMESPACE] [--since 10m] [--follow] [-o table|json|yaml]
   kubectl callpolicy blocks NAME [-n NAMESPACE] [-o table|wide|json|yaml]
@@ -46,7 +46,8 @@ notification (--notification), one Graph call resource (--call), or a PSTN
 audio call from a number (--number). It prints one decision per call. With -f
 it reads the policy from files, offline; with NAME it reads the CallPolicy and
 the ConfigMaps its numberLists name from the cluster.
-lint compiles the policy and prints its errors and warnings.
+lint compiles the policy and prints its errors and warnings; it fetches and
+checks the prompt URLs of Announce rules unless --offline.
 status shows a CallPolicy's conditions, its receiver pods with the policy each
 runs, and the receivers' counters; it exits 0 when the policy is Ready.
 decisions prints the receivers' recent decisions, merged by time.

@@ -2,6 +2,7 @@ package policycli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -228,9 +229,19 @@ func (k *kube) proxyPost(ctx context.Context, pod *corev1.Pod, path string, body
 	return resp, nil
 }
 
-// proxyError shortens what the API server says when it cannot reach a pod.
+// proxyError shortens what the API server says when it cannot reach a pod,
+// and words a receiver's own {"error": …} answer as the receiver did.
 func proxyError(err error, body []byte) error {
 	var se *apierrors.StatusError
+	var answer struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal(body, &answer) == nil && answer.Error != "" {
+		if errors.As(err, &se) && se.ErrStatus.Code != 0 {
+			return fmt.Errorf("%s (HTTP %d)", answer.Error, se.ErrStatus.Code)
+		}
+		return errors.New(answer.Error)
+	}
 	if errors.As(err, &se) && se.ErrStatus.Message != "" {
 		return errors.New(strings.TrimSpace(se.ErrStatus.Message))
 	}

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -131,5 +132,102 @@ func TestReceiversBehindPodProxy(t *testing.T) {
 	}
 	if code != 0 || stderr != "" {
 		t.Errorf("status: exit %d, stderr %s", code, stderr)
+	}
+}
+
+// blockingPolicy is a standalone policy whose robocallers are under a
+// temporary block once rejected; without state.redis each receiver keeps
+// its own blocks in memory.
+func blockingPolicy(emu string) []byte {
+	return local.PolicyFile{Emulator: emu, Spec: `  defaultAction: Allow
+  rules:
+    - name: robocallers
+      action: Reject
+      reason: busy
+      blockFor: 1h
+      match: {callers: {numbers: ["+14255550001", "+14255550002"]}}
+`}.YAML()
+}
+
+// TestBlocksBehindPodProxy runs two real receivers, each with its own
+// memory store, as the pods of a CallPolicy: a call rejected by a blockFor
+// rule on each puts its caller under a block there, which blocks lists
+// through the API server's pod proxy and unblock lifts on the pod that
+// holds it.
+func TestBlocksBehindPodProxy(t *testing.T) {
+	cluster(t)
+	ip := podIP(t)
+	ns := newNamespace(t)
+
+	emu, caFile := local.StartEmulator(t, nil)
+	policyFile := filepath.Join(t.TempDir(), "policy.yaml")
+	local.WriteFile(t, policyFile, blockingPolicy(emu.URL()))
+	callbackA, portA := startReceiver(t, ip, policyFile, caFile)
+	callbackB, portB := startReceiver(t, ip, policyFile, caFile)
+	b, err := policy.LoadFiles(policyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	callPolicy(t, ns, "hotline", b.Source.Spec, "", "")
+	receiverDeployment(t, ns, "hotline")
+	receiverPod(t, ns, "hotline", "hotline-callguard-a", corev1.PodRunning, ip, portA)
+	receiverPod(t, ns, "hotline", "hotline-callguard-b", corev1.PodRunning, ip, portB)
+
+	start := time.Now()
+	for _, c := range []struct{ number, callback, masked string }{
+		{"+14255550001", callbackA, "0001"},
+		{"+14255550002", callbackB, "0002"},
+	} {
+		_, err := emu.PlaceCall(context.Background(), emulator.PlaceCallRequest{
+			AppID: local.AppID, CallbackURI: c.callback,
+			Source: &graph.IdentitySet{Phone: &graph.Identity{ID: c.number}},
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the block of "+c.number, func() bool {
+			_, out, _ := kubectl(t, context.Background(), "blocks", "hotline", "-n", ns, "-o", "json")
+			return strings.Contains(out, c.masked+`","rule":"robocallers"`)
+		})
+	}
+
+	code, out, stderr := kubectl(t, context.Background(), "blocks", "hotline", "-n", ns, "-o", "json")
+	if code != 0 || stderr != "" {
+		t.Fatalf("blocks: exit %d, stderr %s", code, stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2 {
+		t.Fatalf("blocks:\n%s\nwant 2", out)
+	}
+	for i, want := range []struct{ masked, pod string }{{"0001", "hotline-callguard-a"}, {"0002", "hotline-callguard-b"}} {
+		var bl block
+		if err := json.Unmarshal([]byte(lines[i]), &bl); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasSuffix(bl.Masked, want.masked) || strings.Contains(bl.Masked, "425555") || bl.Rule != "robocallers" ||
+			len(bl.Pods) != 1 || bl.Pods[0] != want.pod ||
+			bl.Since.Before(start.Add(-time.Second)) || bl.Until.Sub(bl.Since) != time.Hour {
+			t.Errorf("block %d: %s\nwant the masked number ending %s, rule robocallers, pod %s, one hour from the call", i, lines[i], want.masked, want.pod)
+		}
+	}
+	_, table, _ := kubectl(t, context.Background(), "blocks", "hotline", "-n", ns, "-o", "wide")
+	t.Logf("kubectl callpolicy blocks hotline -o wide:\n%s", table)
+
+	code, out, stderr = kubectl(t, context.Background(), "unblock", "hotline", "-n", ns, "--number", "+1 425 555 0001")
+	if want := "1 block lifted (hotline-callguard-a: 1, hotline-callguard-b: 0)\n"; code != 0 || out != want || stderr != "" {
+		t.Errorf("unblock --number: exit %d, stdout %q, want %q; stderr %s", code, out, want, stderr)
+	}
+	_, out, _ = kubectl(t, context.Background(), "blocks", "hotline", "-n", ns, "-o", "json")
+	if strings.Contains(out, "0001") || !strings.Contains(out, "0002") {
+		t.Errorf("blocks after unblock --number:\n%s", out)
+	}
+
+	code, out, stderr = kubectl(t, context.Background(), "unblock", "hotline", "-n", ns, "--all")
+	if want := "1 block lifted (hotline-callguard-a: 0, hotline-callguard-b: 1)\n"; code != 0 || out != want || stderr != "" {
+		t.Errorf("unblock --all: exit %d, stdout %q, want %q; stderr %s", code, out, want, stderr)
+	}
+	code, out, stderr = kubectl(t, context.Background(), "blocks", "hotline", "-n", ns)
+	if code != 0 || out != "" || !strings.Contains(stderr, "No blocks found.") {
+		t.Errorf("blocks after unblock --all: exit %d, stdout %q, stderr %s", code, out, stderr)
 	}
 }
