@@ -11,11 +11,13 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	azpolicy "github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
@@ -26,6 +28,10 @@ import (
 const (
 	OpReject   = "reject"
 	OpRedirect = "redirect"
+	// The three steps of an announcement.
+	OpAnswer     = "answer"
+	OpPlayPrompt = "playPrompt"
+	OpHangup     = "hangup"
 )
 
 // Retry tuning defaults. The per-attempt timeout is well under the 15 s call
@@ -45,12 +51,23 @@ const (
 // attempt could not use more.
 const finalAttemptLead = time.Second
 
-// ErrAlreadyDone is wrapped in the error of an action that Graph refused
-// with 409 after an earlier attempt of the same action went unanswered
-// (timed out or lost its connection): Graph carried that attempt out, so the
-// call was acted on as asked. Tell it with errors.Is; the 409's *APIError is
-// wrapped too.
-var ErrAlreadyDone = errors.New("graph had already carried out an unanswered attempt")
+// ErrAlreadyDone is wrapped in the error of an action that was done before
+// this request could do it, so the call is as asked:
+//   - reject, redirect or answer refused with 409 after an earlier attempt of
+//     the same action went unanswered (timed out or lost its connection):
+//     Graph carried that attempt out;
+//   - a hang-up answered 404: the call had already ended (an unanswered
+//     attempt of it, another replica's hang-up, or the caller hanging up).
+//
+// Tell it with errors.Is; Graph's *APIError is wrapped too.
+var ErrAlreadyDone = errors.New("graph had already carried out the action")
+
+// ErrOutcomeUnknown is wrapped in the error of a playPrompt whose request
+// was sent and got no answer (a timeout or a lost connection). It is not
+// retried: Graph may have started the prompt, and another request would
+// play it to the caller a second time. The operation's notification tells
+// the outcome if there is one.
+var ErrOutcomeUnknown = errors.New("graph may have carried out the unanswered request")
 
 // maxErrorBody bounds how much of an error response is read for its code.
 const maxErrorBody = 64 << 10
@@ -144,7 +161,8 @@ func orDefault(d, def time.Duration) time.Duration {
 
 // Reject rejects an incoming call. ctx's deadline bounds all retries.
 func (c *Client) Reject(ctx context.Context, callID, reason string) error {
-	return c.do(ctx, OpReject, callID, RejectRequest{Reason: reason})
+	_, err := c.do(ctx, OpReject, callID, RejectRequest{Reason: reason})
+	return err
 }
 
 // Redirect redirects an incoming call. ctx's deadline bounds all retries.
@@ -152,7 +170,97 @@ func (c *Client) Redirect(ctx context.Context, callID string, req RedirectReques
 	if len(req.Targets) == 0 {
 		return errors.New("redirect needs at least one target")
 	}
-	return c.do(ctx, OpRedirect, callID, req)
+	_, err := c.do(ctx, OpRedirect, callID, req)
+	return err
+}
+
+// Answer answers an incoming call with service-hosted media (POST
+// …/calls/{id}/answer): Graph answers 202 and then notifies the call's
+// callback (req.CallbackURI, else the bot's registered one) that it is
+// establishing and established. Empty AcceptedModalities mean audio; the
+// OData types are filled in. Retries as Reject does: a 409 after an
+// unanswered attempt wraps ErrAlreadyDone.
+func (c *Client) Answer(ctx context.Context, callID string, req AnswerRequest) error {
+	if len(req.AcceptedModalities) == 0 {
+		req.AcceptedModalities = []string{"audio"}
+	}
+	req.MediaConfig.ODataType = ODataServiceHostedMediaConfig
+	req.MediaConfig.PreFetchMedia = slices.Clone(req.MediaConfig.PreFetchMedia)
+	for i := range req.MediaConfig.PreFetchMedia {
+		m := &req.MediaConfig.PreFetchMedia[i]
+		if m.URI == "" {
+			return fmt.Errorf("graph answer of call %s: mediaConfig.preFetchMedia[%d].uri is empty", callID, i)
+		}
+		if m.ODataType == "" {
+			m.ODataType = ODataMediaInfo
+		}
+	}
+	_, err := c.do(ctx, OpAnswer, callID, req)
+	return err
+}
+
+// PlayPrompt plays prompts on an established call (POST
+// …/calls/{id}/playPrompt) and returns the id of the playPromptOperation
+// Graph started ("" if its answer names none): its completion arrives as a
+// notification (Notification.PromptOperation) carrying req.ClientContext.
+// 429 and 5xx answers are retried as Reject's are; an attempt that got no
+// answer is not (ErrOutcomeUnknown).
+func (c *Client) PlayPrompt(ctx context.Context, callID string, req PlayPromptRequest) (opID string, err error) {
+	if n := len(req.Prompts); n < 1 || n > MaxPrompts {
+		return "", fmt.Errorf("graph playPrompt of call %s: prompts holds %d, want 1 to %d", callID, n, MaxPrompts)
+	}
+	if n := utf8.RuneCountInString(req.ClientContext); n > MaxClientContext {
+		return "", fmt.Errorf("graph playPrompt of call %s: clientContext is %d characters, at most %d allowed", callID, n, MaxClientContext)
+	}
+	req.Prompts = slices.Clone(req.Prompts)
+	for i := range req.Prompts {
+		p := &req.Prompts[i]
+		if p.MediaInfo.URI == "" {
+			return "", fmt.Errorf("graph playPrompt of call %s: prompts[%d].mediaInfo.uri is empty", callID, i)
+		}
+		if p.ODataType == "" {
+			p.ODataType = ODataMediaPrompt
+		}
+		if p.MediaInfo.ODataType == "" {
+			p.MediaInfo.ODataType = ODataMediaInfo
+		}
+	}
+	res, err := c.do(ctx, OpPlayPrompt, callID, req)
+	if err != nil {
+		return "", err
+	}
+	var op PlayPromptOperation
+	if len(bytes.TrimSpace(res.body)) > 0 {
+		if err := json.Unmarshal(res.body, &op); err != nil {
+			// Graph started the prompt all the same: its notification
+			// follows. The id is only lost if the Location names none.
+			c.log.Warn("graph playPrompt answer unreadable", "callId", callID, "error", err)
+		}
+	}
+	if op.ID == "" {
+		op.ID = lastSegment(res.location)
+	}
+	return op.ID, nil
+}
+
+// Hangup ends a call (DELETE …/calls/{id}): Graph answers 204 and then
+// notifies the callback that the call is terminated. A 404 means the call
+// had already ended, by an unanswered attempt of this hang-up, another
+// replica or the caller: the error wraps ErrAlreadyDone (and the 404's
+// *APIError), and the call is ended as asked. Retries as Reject does.
+func (c *Client) Hangup(ctx context.Context, callID string) error {
+	_, err := c.do(ctx, OpHangup, callID, nil)
+	return err
+}
+
+// lastSegment is the last path segment of a URL ("" for none).
+func lastSegment(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ""
+	}
+	p := strings.TrimRight(u.Path, "/")
+	return p[strings.LastIndexByte(p, '/')+1:]
 }
 
 // APIError is a final error answer from Graph.
@@ -191,35 +299,49 @@ func retryable(status int) bool {
 // ctx's deadline; a wait that reaches past it is cut short once, for a last
 // attempt finalAttemptLead before it. It stops at the first 2xx, so a call
 // is acted on at most once successfully, and tells a 409 that follows an
-// unanswered attempt by ErrAlreadyDone.
-func (c *Client) do(ctx context.Context, op, callID string, body any) error {
+// unanswered attempt, or a hang-up's 404, by ErrAlreadyDone. A playPrompt
+// attempt that got no answer is final (ErrOutcomeUnknown). The body of the
+// last answer is returned for playPrompt.
+func (c *Client) do(ctx context.Context, op, callID string, body any) (result, error) {
 	if callID == "" {
-		return fmt.Errorf("graph %s: empty call id", op)
+		return result{}, fmt.Errorf("graph %s: empty call id", op)
 	}
-	payload, err := json.Marshal(body)
-	if err != nil {
-		return fmt.Errorf("graph %s of call %s: encode body: %w", op, callID, err)
+	method, target := http.MethodPost, c.base+url.PathEscape(callID)+"/"+op
+	var payload []byte
+	if op == OpHangup {
+		method, target = http.MethodDelete, c.base+url.PathEscape(callID)
+	} else {
+		var err error
+		if payload, err = json.Marshal(body); err != nil {
+			return result{}, fmt.Errorf("graph %s of call %s: encode body: %w", op, callID, err)
+		}
 	}
-	target := c.base + url.PathEscape(callID) + "/" + op
 	lead := min(c.attemptTTL, finalAttemptLead)
 	// unanswered: an attempt was sent and got no answer, so Graph may have
 	// carried it out. lastChance: a wait was already cut short for a last
 	// attempt before the deadline.
 	var unanswered, lastChance bool
 	for attempt := 0; ; attempt++ {
-		wait, noAnswer, err := c.attempt(ctx, op, callID, target, payload, attempt)
+		res, wait, noAnswer, err := c.attempt(ctx, op, callID, method, target, payload, attempt)
 		if err == nil {
-			return nil
+			return res, nil
 		}
 		unanswered = unanswered || noAnswer
 		var apiErr *APIError
-		if unanswered && errors.As(err, &apiErr) && apiErr.StatusCode == http.StatusConflict {
+		isAPIErr := errors.As(err, &apiErr)
+		switch {
+		case op == OpHangup && isAPIErr && apiErr.StatusCode == http.StatusNotFound:
+			// The call is gone: ended as asked, whoever ended it.
+			return result{}, fmt.Errorf("%w: %w", ErrAlreadyDone, err)
+		case unanswered && isAPIErr && apiErr.StatusCode == http.StatusConflict:
 			// A 409 with no unanswered attempt before it stays a failure:
 			// someone else acted on the call.
-			return fmt.Errorf("%w: %w", ErrAlreadyDone, err)
+			return result{}, fmt.Errorf("%w: %w", ErrAlreadyDone, err)
+		case op == OpPlayPrompt && noAnswer:
+			return result{}, fmt.Errorf("%w: %w", ErrOutcomeUnknown, err)
 		}
 		if wait < 0 {
-			return err
+			return result{}, err
 		}
 		if wait == 0 {
 			wait = c.backoffDelay(attempt)
@@ -227,7 +349,7 @@ func (c *Client) do(ctx context.Context, op, callID string, body any) error {
 		if dl, ok := ctx.Deadline(); ok {
 			if left := time.Until(dl); wait >= left {
 				if lastChance || left <= 0 {
-					return fmt.Errorf("graph %s of call %s: deadline reached after %d attempts: %w", op, callID, attempt+1, errors.Join(context.DeadlineExceeded, err))
+					return result{}, fmt.Errorf("graph %s of call %s: deadline reached after %d attempts: %w", op, callID, attempt+1, errors.Join(context.DeadlineExceeded, err))
 				}
 				wait, lastChance = max(left-lead, 0), true
 			}
@@ -236,7 +358,7 @@ func (c *Client) do(ctx context.Context, op, callID string, body any) error {
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return fmt.Errorf("graph %s of call %s: gave up after %d attempts: %w", op, callID, attempt+1, errors.Join(ctx.Err(), err))
+			return result{}, fmt.Errorf("graph %s of call %s: gave up after %d attempts: %w", op, callID, attempt+1, errors.Join(ctx.Err(), err))
 		case <-t.C:
 		}
 	}
@@ -253,13 +375,20 @@ func (c *Client) backoffDelay(n int) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-// attempt sends one request. It returns nil on 2xx; otherwise the error and
-// how long to wait before retrying: -1 for a final error, 0 for the default
-// backoff, or the server's Retry-After. noAnswer says the request was sent
-// and no answer came (a timeout or a connection error).
-func (c *Client) attempt(ctx context.Context, op, callID, target string, payload []byte, n int) (wait time.Duration, noAnswer bool, err error) {
+// result is what a successful request answered: the body (of playPrompt
+// only, the one whose body is read) and the Location header.
+type result struct {
+	body     []byte
+	location string
+}
+
+// attempt sends one request. It returns the result on 2xx; otherwise the
+// error and how long to wait before retrying: -1 for a final error, 0 for
+// the default backoff, or the server's Retry-After. noAnswer says the
+// request was sent and no answer came (a timeout or a connection error).
+func (c *Client) attempt(ctx context.Context, op, callID, method, target string, payload []byte, n int) (res result, wait time.Duration, noAnswer bool, err error) {
 	if err := ctx.Err(); err != nil {
-		return -1, false, fmt.Errorf("graph %s of call %s: %w", op, callID, err)
+		return res, -1, false, fmt.Errorf("graph %s of call %s: %w", op, callID, err)
 	}
 	actx, cancel := context.WithTimeout(ctx, c.attemptTTL)
 	defer cancel()
@@ -268,20 +397,26 @@ func (c *Client) attempt(ctx context.Context, op, callID, target string, payload
 		// Token failures are usually transient (authority unreachable) or
 		// wrong configuration; both are bounded by the call's deadline.
 		c.log.Warn("graph token request failed", "operation", op, "callId", callID, "attempt", n+1, "error", err)
-		return 0, false, fmt.Errorf("graph %s of call %s: get token: %w", op, callID, err)
+		return res, 0, false, fmt.Errorf("graph %s of call %s: get token: %w", op, callID, err)
 	}
 	clientRequestID := uuid.NewString()
-	req, err := http.NewRequestWithContext(actx, http.MethodPost, target, bytes.NewReader(payload))
+	var reqBody io.Reader
+	if payload != nil {
+		reqBody = bytes.NewReader(payload)
+	}
+	req, err := http.NewRequestWithContext(actx, method, target, reqBody)
 	if err != nil {
-		return -1, false, fmt.Errorf("graph %s of call %s: build request: %w", op, callID, err)
+		return res, -1, false, fmt.Errorf("graph %s of call %s: build request: %w", op, callID, err)
 	}
 	// Keys in canonical form, as Header.Set would make them.
 	req.Header = http.Header{
 		"Authorization":            {authorization},
-		"Content-Type":             {"application/json"},
 		"Accept":                   {"application/json"},
 		"Client-Request-Id":        {clientRequestID},
 		"Return-Client-Request-Id": {"true"},
+	}
+	if payload != nil {
+		req.Header["Content-Type"] = []string{"application/json"}
 	}
 
 	resp, err := c.http.Do(req)
@@ -291,16 +426,22 @@ func (c *Client) attempt(ctx context.Context, op, callID, target string, payload
 		}
 		c.log.Warn("graph request failed", "operation", op, "callId", callID, "attempt", n+1,
 			"clientRequestId", clientRequestID, "error", err)
-		return 0, true, fmt.Errorf("graph %s of call %s: %w", op, callID, err)
+		return res, 0, true, fmt.Errorf("graph %s of call %s: %w", op, callID, err)
 	}
 	defer resp.Body.Close()
 	if c.onAttempt != nil {
 		c.onAttempt(op, resp.StatusCode, nil)
 	}
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		res.location = resp.Header.Get("Location")
+		if op == OpPlayPrompt {
+			// The operation's id; a body cut short by a lost connection
+			// only loses the id, not the operation.
+			res.body, _ = io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+		}
 		// Drain so the connection is reused.
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
-		return 0, false, nil
+		return res, 0, false, nil
 	}
 
 	if resp.StatusCode == http.StatusUnauthorized {
@@ -310,17 +451,17 @@ func (c *Client) attempt(ctx context.Context, op, callID, target string, payload
 	apiErr := parseAPIError(resp, op, callID, clientRequestID)
 	if !retryable(resp.StatusCode) {
 		// Final: the caller logs the error, which names the request-id.
-		return -1, false, apiErr
+		return res, -1, false, apiErr
 	}
 	c.log.Warn("graph request refused; retrying", "operation", op, "callId", callID, "attempt", n+1,
 		"status", resp.StatusCode, "code", apiErr.Code, "requestId", apiErr.RequestID,
 		"clientRequestId", clientRequestID)
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 		if d, ok := parseRetryAfter(resp.Header.Get("Retry-After"), time.Now()); ok {
-			return d, false, apiErr
+			return res, d, false, apiErr
 		}
 	}
-	return 0, false, apiErr
+	return res, 0, false, apiErr
 }
 
 // authorization is the Authorization header value for the current token.

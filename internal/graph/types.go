@@ -19,6 +19,12 @@ const (
 	ODataCommsIdentitySet   = "#microsoft.graph.communicationsIdentitySet"
 	ODataIdentity           = "#microsoft.graph.identity"
 	ODataCommsOperation     = "#microsoft.graph.commsOperation"
+
+	ODataServiceHostedMediaConfig = "#microsoft.graph.serviceHostedMediaConfig"
+	ODataMediaInfo                = "#microsoft.graph.mediaInfo"
+	ODataMediaPrompt              = "#microsoft.graph.mediaPrompt"
+	ODataPlayPromptOperation      = "#microsoft.graph.playPromptOperation"
+	ODataResultInfo               = "#microsoft.graph.resultInfo"
 )
 
 // Change types of a commsNotification.
@@ -30,10 +36,34 @@ const (
 
 // Call states used by callguard.
 const (
-	StateIncoming    = "incoming"
-	StateEstablished = "established"
-	StateRedirecting = "redirecting"
-	StateTerminated  = "terminated"
+	StateIncoming     = "incoming"
+	StateEstablishing = "establishing"
+	StateEstablished  = "established"
+	StateRedirecting  = "redirecting"
+	StateTerminated   = "terminated"
+)
+
+// Statuses of an operation (commsOperation, playPromptOperation).
+const (
+	OperationNotStarted = "notStarted"
+	OperationRunning    = "running"
+	OperationCompleted  = "completed"
+	OperationFailed     = "failed"
+)
+
+// Completion reasons of a playPromptOperation.
+const (
+	CompletionUnknown                = "unknown"
+	CompletionCompletedSuccessfully  = "completedSuccessfully"
+	CompletionMediaOperationCanceled = "mediaOperationCanceled"
+)
+
+// Limits of playPrompt that Graph documents.
+const (
+	// MaxPrompts is the most prompts one playPrompt takes.
+	MaxPrompts = 20
+	// MaxClientContext is the longest clientContext, in characters.
+	MaxClientContext = 256
 )
 
 // Notifications is the body Graph POSTs to a bot's callback.
@@ -214,6 +244,75 @@ type RedirectRequest struct {
 	CallbackURI string                      `json:"callbackUri,omitempty"`
 }
 
+// MediaInfo is Graph's mediaInfo: an audio file Graph fetches (https) and
+// plays, and the id it caches it under.
+type MediaInfo struct {
+	ODataType  string `json:"@odata.type,omitempty"`
+	URI        string `json:"uri"`
+	ResourceID string `json:"resourceId,omitempty"`
+}
+
+// ServiceHostedMediaConfig is the mediaConfig of a call whose media Graph
+// hosts; PreFetchMedia are fetched when the call is answered.
+type ServiceHostedMediaConfig struct {
+	ODataType     string      `json:"@odata.type"`
+	PreFetchMedia []MediaInfo `json:"preFetchMedia,omitempty"`
+}
+
+// AnswerRequest is the body of POST …/calls/{id}/answer (service-hosted
+// media only: callguard plays prompts, it does not handle media).
+type AnswerRequest struct {
+	// CallbackURI receives the call's later notifications; empty means the
+	// bot's registered callback.
+	CallbackURI        string                   `json:"callbackUri,omitempty"`
+	AcceptedModalities []string                 `json:"acceptedModalities"`
+	MediaConfig        ServiceHostedMediaConfig `json:"mediaConfig"`
+}
+
+// NewAnswerRequest is the answer of an audio call whose later notifications
+// go to callbackURI, with media fetched ahead of playing.
+func NewAnswerRequest(callbackURI string, preFetch ...MediaInfo) AnswerRequest {
+	return AnswerRequest{
+		CallbackURI:        callbackURI,
+		AcceptedModalities: []string{"audio"},
+		MediaConfig:        ServiceHostedMediaConfig{ODataType: ODataServiceHostedMediaConfig, PreFetchMedia: preFetch},
+	}
+}
+
+// MediaPrompt is one prompt of a playPrompt.
+type MediaPrompt struct {
+	ODataType string    `json:"@odata.type,omitempty"`
+	MediaInfo MediaInfo `json:"mediaInfo"`
+}
+
+// PlayPromptRequest is the body of POST …/calls/{id}/playPrompt.
+type PlayPromptRequest struct {
+	// ClientContext comes back in the operation's notifications (at most
+	// MaxClientContext characters).
+	ClientContext string        `json:"clientContext,omitempty"`
+	Prompts       []MediaPrompt `json:"prompts"`
+}
+
+// NewPlayPromptRequest plays media in order, with clientContext.
+func NewPlayPromptRequest(clientContext string, media ...MediaInfo) PlayPromptRequest {
+	req := PlayPromptRequest{ClientContext: clientContext}
+	for _, m := range media {
+		req.Prompts = append(req.Prompts, MediaPrompt{ODataType: ODataMediaPrompt, MediaInfo: m})
+	}
+	return req
+}
+
+// PlayPromptOperation is what POST …/playPrompt answers (200, status
+// running) and what its notifications carry.
+type PlayPromptOperation struct {
+	ODataType        string      `json:"@odata.type,omitempty"`
+	ID               string      `json:"id,omitempty"`
+	Status           string      `json:"status,omitempty"`
+	ClientContext    string      `json:"clientContext,omitempty"`
+	CompletionReason string      `json:"completionReason,omitempty"`
+	ResultInfo       *ResultInfo `json:"resultInfo,omitempty"`
+}
+
 // CommsOperation is returned by the older beta /app/calls/{id}/reject.
 type CommsOperation struct {
 	ODataType          string      `json:"@odata.type,omitempty"`
@@ -227,9 +326,10 @@ type CommsOperation struct {
 
 // ResultInfo is Graph's resultInfo.
 type ResultInfo struct {
-	Code    int    `json:"code"`
-	Subcode int    `json:"subcode,omitempty"`
-	Message string `json:"message,omitempty"`
+	ODataType string `json:"@odata.type,omitempty"`
+	Code      int    `json:"code"`
+	Subcode   int    `json:"subcode,omitempty"`
+	Message   string `json:"message,omitempty"`
 }
 
 // ErrorBody is Graph's error response body.
