@@ -92,7 +92,7 @@ func runBlocks(s streams, args []string) int {
 		return exitError
 	}
 	// Its receivers keep no blocks: there is nothing to ask them.
-	if !hasBlockFor(&cp.Spec) {
+	if !keepsBlocks(&cp.Spec) {
 		fmt.Fprintf(s.stderr, "CallPolicy %q has no blockFor rule: no caller is under a block.\n", name)
 		return exitOK
 	}
@@ -273,7 +273,7 @@ func runUnblock(s streams, args []string) int {
 		fmt.Fprintf(s.stderr, "error: %v\n", err)
 		return exitError
 	}
-	if !hasBlockFor(&cp.Spec) {
+	if !keepsBlocks(&cp.Spec) {
 		fmt.Fprintf(s.stderr, "CallPolicy %q has no blockFor rule: no caller is under a block.\n", name)
 		fmt.Fprintln(s.stdout, "0 blocks lifted")
 		return exitOK
@@ -320,10 +320,12 @@ func runUnblock(s streams, args []string) int {
 	return exitOK
 }
 
-// hasBlockFor reports whether a rule of the policy puts callers under a
-// block.
-func hasBlockFor(spec *v1alpha1.CallPolicySpec) bool {
-	return slices.ContainsFunc(spec.Rules, func(r v1alpha1.Rule) bool { return r.BlockFor != nil })
+// keepsBlocks reports whether the policy's receivers may hold blocks: a
+// rule puts callers under one, or the policy has a shared store, which may
+// still hold those of an earlier version.
+func keepsBlocks(spec *v1alpha1.CallPolicySpec) bool {
+	return spec.State != nil && spec.State.Redis != nil ||
+		slices.ContainsFunc(spec.Rules, func(r v1alpha1.Rule) bool { return r.BlockFor != nil })
 }
 
 func countTrue(bs ...bool) int {

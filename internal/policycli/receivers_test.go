@@ -3,7 +3,12 @@ package policycli
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"net"
+	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/callguard/callguard/api/v1alpha1"
 	"github.com/callguard/callguard/internal/emulator"
 	"github.com/callguard/callguard/internal/graph"
 	"github.com/callguard/callguard/internal/policy"
@@ -136,98 +142,174 @@ func TestReceiversBehindPodProxy(t *testing.T) {
 }
 
 // blockingPolicy is a standalone policy whose robocallers are under a
-// temporary block once rejected; without state.redis each receiver keeps
-// its own blocks in memory.
-func blockingPolicy(emu string) []byte {
-	return local.PolicyFile{Emulator: emu, Spec: `  defaultAction: Allow
+// temporary block once rejected: in the Redis at redisAddr, or without it
+// in each receiver's memory.
+func blockingPolicy(emu, redisAddr string) []byte {
+	spec := `  defaultAction: Allow
   rules:
     - name: robocallers
       action: Reject
       reason: busy
       blockFor: 1h
       match: {callers: {numbers: ["+14255550001", "+14255550002"]}}
-`}.YAML()
+`
+	if redisAddr != "" {
+		spec += "  state:\n    redis: {address: \"" + redisAddr + "\"}\n"
+	}
+	return local.PolicyFile{Emulator: emu, Spec: spec}.YAML()
 }
 
-// TestBlocksBehindPodProxy runs two real receivers, each with its own
-// memory store, as the pods of a CallPolicy: a call rejected by a blockFor
-// rule on each puts its caller under a block there, which blocks lists
-// through the API server's pod proxy and unblock lifts on the pod that
-// holds it.
-func TestBlocksBehindPodProxy(t *testing.T) {
+// startRedis runs a real redis-server on a free loopback port until the
+// test ends and returns its address.
+func startRedis(t *testing.T) string {
+	t.Helper()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t, "127.0.0.1")))
+	_, port, _ := net.SplitHostPort(addr)
+	cmd := exec.Command("/usr/bin/redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start redis-server: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	local.Eventually(t, 10*time.Second, "redis-server answers PING", func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(time.Second))
+		if _, err := c.Write([]byte("PING\r\n")); err != nil {
+			return false
+		}
+		buf := make([]byte, 7)
+		n, _ := io.ReadFull(c, buf)
+		return string(buf[:n]) == "+PONG\r\n"
+	})
+	return addr
+}
+
+// blockingReceivers runs two real receivers of blockingPolicy as the pods
+// hotline-callguard-a and -b of the CallPolicy hotline in a new namespace,
+// sharing a state key (as the operator's Secret gives them), places a call
+// from each number on one of them in turn and waits until blocks lists its
+// block. It returns the namespace.
+func blockingReceivers(t *testing.T, redisAddr string) string {
+	t.Helper()
 	cluster(t)
 	ip := podIP(t)
 	ns := newNamespace(t)
 
 	emu, caFile := local.StartEmulator(t, nil)
 	policyFile := filepath.Join(t.TempDir(), "policy.yaml")
-	local.WriteFile(t, policyFile, blockingPolicy(emu.URL()))
-	callbackA, portA := startReceiver(t, ip, policyFile, caFile)
-	callbackB, portB := startReceiver(t, ip, policyFile, caFile)
+	local.WriteFile(t, policyFile, blockingPolicy(emu.URL(), redisAddr))
+	stateDir := t.TempDir()
+	local.WriteFile(t, filepath.Join(stateDir, v1alpha1.StateSecretKey), []byte("a key both replicas share, 32 b"))
 	b, err := policy.LoadFiles(policyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	callPolicy(t, ns, "hotline", b.Source.Spec, "", "")
 	receiverDeployment(t, ns, "hotline")
-	receiverPod(t, ns, "hotline", "hotline-callguard-a", corev1.PodRunning, ip, portA)
-	receiverPod(t, ns, "hotline", "hotline-callguard-b", corev1.PodRunning, ip, portB)
-
-	start := time.Now()
-	for _, c := range []struct{ number, callback, masked string }{
-		{"+14255550001", callbackA, "0001"},
-		{"+14255550002", callbackB, "0002"},
-	} {
+	var callbacks []string
+	for _, pod := range []string{"hotline-callguard-a", "hotline-callguard-b"} {
+		r := local.StartReceiver(t, local.Options{MetricsHost: ip, Options: receiver.Options{PolicyFile: policyFile, CAFile: caFile, StateDir: stateDir}})
+		callbacks = append(callbacks, r.Callback)
+		receiverPod(t, ns, "hotline", pod, corev1.PodRunning, ip, r.MetricsPort)
+	}
+	for i, number := range []string{"+14255550001", "+14255550002"} {
 		_, err := emu.PlaceCall(context.Background(), emulator.PlaceCallRequest{
-			AppID: local.AppID, CallbackURI: c.callback,
-			Source: &graph.IdentitySet{Phone: &graph.Identity{ID: c.number}},
+			AppID: local.AppID, CallbackURI: callbacks[i],
+			Source: &graph.IdentitySet{Phone: &graph.Identity{ID: number}},
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, "the block of "+c.number, func() bool {
+		masked := number[len(number)-4:]
+		waitFor(t, "the block of "+number, func() bool {
 			_, out, _ := kubectl(t, context.Background(), "blocks", "hotline", "-n", ns, "-o", "json")
-			return strings.Contains(out, c.masked+`","rule":"robocallers"`)
+			return strings.Contains(out, masked+`","rule":"robocallers"`)
 		})
 	}
+	return ns
+}
 
-	code, out, stderr := kubectl(t, context.Background(), "blocks", "hotline", "-n", ns, "-o", "json")
-	if code != 0 || stderr != "" {
-		t.Fatalf("blocks: exit %d, stderr %s", code, stderr)
+// TestBlocksBehindPodProxy lists and lifts the temporary blocks of two real
+// receivers through the API server's pod proxy: with a store in each
+// receiver's memory, each block is on the pod that decided the call; with
+// a real Redis both pods list the same blocks, listed once.
+func TestBlocksBehindPodProxy(t *testing.T) {
+	tests := []struct {
+		name  string
+		redis bool
+		// pods are the pods listing each block.
+		pods [2][]string
+		// unblocked is what unblock --number prints.
+		unblocked []string
+	}{
+		{
+			name:      "memory",
+			pods:      [2][]string{{"hotline-callguard-a"}, {"hotline-callguard-b"}},
+			unblocked: []string{"1 block lifted (hotline-callguard-a: 1, hotline-callguard-b: 0)\n"},
+		},
+		{
+			name: "redis",
+			pods: [2][]string{{"hotline-callguard-a", "hotline-callguard-b"}, {"hotline-callguard-a", "hotline-callguard-b"}},
+			// Both pods are asked at once: either lifts it from the store.
+			unblocked: []string{
+				"1 block lifted (hotline-callguard-a: 1, hotline-callguard-b: 0)\n",
+				"1 block lifted (hotline-callguard-a: 0, hotline-callguard-b: 1)\n",
+			},
+		},
 	}
-	lines := strings.Split(strings.TrimSpace(out), "\n")
-	if len(lines) != 2 {
-		t.Fatalf("blocks:\n%s\nwant 2", out)
-	}
-	for i, want := range []struct{ masked, pod string }{{"0001", "hotline-callguard-a"}, {"0002", "hotline-callguard-b"}} {
-		var bl block
-		if err := json.Unmarshal([]byte(lines[i]), &bl); err != nil {
-			t.Fatal(err)
-		}
-		if !strings.HasSuffix(bl.Masked, want.masked) || strings.Contains(bl.Masked, "425555") || bl.Rule != "robocallers" ||
-			len(bl.Pods) != 1 || bl.Pods[0] != want.pod ||
-			bl.Since.Before(start.Add(-time.Second)) || bl.Until.Sub(bl.Since) != time.Hour {
-			t.Errorf("block %d: %s\nwant the masked number ending %s, rule robocallers, pod %s, one hour from the call", i, lines[i], want.masked, want.pod)
-		}
-	}
-	_, table, _ := kubectl(t, context.Background(), "blocks", "hotline", "-n", ns, "-o", "wide")
-	t.Logf("kubectl callpolicy blocks hotline -o wide:\n%s", table)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			start := time.Now()
+			var redisAddr string
+			if tt.redis {
+				redisAddr = startRedis(t)
+			}
+			ns := blockingReceivers(t, redisAddr)
 
-	code, out, stderr = kubectl(t, context.Background(), "unblock", "hotline", "-n", ns, "--number", "+1 425 555 0001")
-	if want := "1 block lifted (hotline-callguard-a: 1, hotline-callguard-b: 0)\n"; code != 0 || out != want || stderr != "" {
-		t.Errorf("unblock --number: exit %d, stdout %q, want %q; stderr %s", code, out, want, stderr)
-	}
-	_, out, _ = kubectl(t, context.Background(), "blocks", "hotline", "-n", ns, "-o", "json")
-	if strings.Contains(out, "0001") || !strings.Contains(out, "0002") {
-		t.Errorf("blocks after unblock --number:\n%s", out)
-	}
+			code, out, stderr := kubectl(t, context.Background(), "blocks", "hotline", "-n", ns, "-o", "json")
+			if code != 0 || stderr != "" {
+				t.Fatalf("blocks: exit %d, stderr %s", code, stderr)
+			}
+			lines := strings.Split(strings.TrimSpace(out), "\n")
+			if len(lines) != 2 {
+				t.Fatalf("blocks:\n%s\nwant 2", out)
+			}
+			for i, masked := range []string{"0001", "0002"} {
+				var bl block
+				if err := json.Unmarshal([]byte(lines[i]), &bl); err != nil {
+					t.Fatal(err)
+				}
+				if !strings.HasSuffix(bl.Masked, masked) || strings.Contains(bl.Masked, "425555") || bl.Rule != "robocallers" ||
+					!equal(bl.Pods, tt.pods[i]) || bl.Since.Before(start.Add(-time.Second)) || bl.Until.Sub(bl.Since) != time.Hour {
+					t.Errorf("block %d: %s\nwant the masked number ending %s, rule robocallers, pods %q, one hour from the call", i, lines[i], masked, tt.pods[i])
+				}
+			}
+			_, table, _ := kubectl(t, context.Background(), "blocks", "hotline", "-n", ns, "-o", "wide")
+			t.Logf("kubectl callpolicy blocks hotline -o wide:\n%s", table)
 
-	code, out, stderr = kubectl(t, context.Background(), "unblock", "hotline", "-n", ns, "--all")
-	if want := "1 block lifted (hotline-callguard-a: 0, hotline-callguard-b: 1)\n"; code != 0 || out != want || stderr != "" {
-		t.Errorf("unblock --all: exit %d, stdout %q, want %q; stderr %s", code, out, want, stderr)
-	}
-	code, out, stderr = kubectl(t, context.Background(), "blocks", "hotline", "-n", ns)
-	if code != 0 || out != "" || !strings.Contains(stderr, "No blocks found.") {
-		t.Errorf("blocks after unblock --all: exit %d, stdout %q, stderr %s", code, out, stderr)
+			code, out, stderr = kubectl(t, context.Background(), "unblock", "hotline", "-n", ns, "--number", "+1 425 555 0001")
+			if code != 0 || !slices.Contains(tt.unblocked, out) || stderr != "" {
+				t.Errorf("unblock --number: exit %d, stdout %q, want one of %q; stderr %s", code, out, tt.unblocked, stderr)
+			}
+			_, out, _ = kubectl(t, context.Background(), "blocks", "hotline", "-n", ns, "-o", "json")
+			if strings.Contains(out, "0001") || !strings.Contains(out, "0002") {
+				t.Errorf("blocks after unblock --number:\n%s", out)
+			}
+
+			code, out, stderr = kubectl(t, context.Background(), "unblock", "hotline", "-n", ns, "--all")
+			if !strings.HasPrefix(out, "1 block lifted (") || code != 0 || stderr != "" {
+				t.Errorf("unblock --all: exit %d, stdout %q; stderr %s", code, out, stderr)
+			}
+			code, out, stderr = kubectl(t, context.Background(), "blocks", "hotline", "-n", ns)
+			if code != 0 || out != "" || !strings.Contains(stderr, "No blocks found.") {
+				t.Errorf("blocks after unblock --all: exit %d, stdout %q, stderr %s", code, out, stderr)
+			}
+		})
 	}
 }
