@@ -2,18 +2,26 @@ package receiver
 
 import (
 	"bytes"
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/callguard/callguard/api/v1alpha1"
+	"github.com/callguard/callguard/internal/graph"
+	"github.com/callguard/callguard/internal/policy"
 )
 
 // An Announce decision is carried out in three steps (answer, play, hang
@@ -245,6 +253,8 @@ const (
 	// resultNoCallbackURL: a ConfigMap prompt without --callback-url; the
 	// call was rejected instead.
 	resultNoCallbackURL = "no_callback_url"
+	// resultUnknown: a playPrompt got no answer; Graph may be playing it.
+	resultUnknown = "unknown"
 )
 
 func newAnnouncer(m *metrics, backstop func(time.Duration) time.Duration) *announcer {
@@ -334,3 +344,312 @@ func (a *announcer) stopAll() {
 
 // policyName is the policy's namespace/name, as announce tokens name it.
 func (rt *policyVersion) policyName() string { return rt.id.namespace + "/" + rt.id.name }
+
+// answer carries an Announce decision out: it answers the call with the
+// prompt pre-fetched and a callbackUri carrying the answered token, and
+// arms the backstop. Without --callback-url a ConfigMap prompt cannot be
+// fetched by Graph, nor the call's later notifications routed with their
+// token: the call is rejected instead (reason none), logged and counted.
+// It returns the Graph operation it sent.
+func (s *Server) answer(ctx context.Context, rt *policyVersion, tc *tenantClient, callID string, ann *policy.Announcement) (string, error) {
+	if ann == nil {
+		return graph.OpAnswer, errors.New("announce decision without its announcement")
+	}
+	if s.cfg.CallbackURL == "" {
+		s.ann.metrics.stepsBy.with(stepAnswer, resultNoCallbackURL).Inc()
+		s.log.Error("announce needs --callback-url (the public callback URL); the call is rejected instead",
+			"callId", callID)
+		return graph.OpReject, tc.graph.Reject(ctx, callID, string(v1alpha1.ReasonNone))
+	}
+	at := time.Now()
+	tok := announceToken{Step: stepAnswered, Policy: rt.policyName(), CallID: callID,
+		PromptSHA256: ann.PromptSHA256, PromptURL: ann.PromptURL, MaxSeconds: ann.MaxSeconds, AnsweredAt: at.UnixMilli()}
+	signed, err := signToken(rt.stateKey, &tok)
+	if err != nil {
+		return graph.OpAnswer, err
+	}
+	req := graph.NewAnswerRequest(s.cfg.CallbackURL+"?"+announceParam+"="+signed,
+		graph.MediaInfo{URI: s.promptURI(&tok), ResourceID: promptResourceID(&tok)})
+	// Armed first: a caller who hangs up at once may end the call before
+	// the answer returns, and disarms it then.
+	s.ann.arm(callID, time.Duration(ann.MaxSeconds)*time.Second, func() { s.backstopHangup(tc, callID) })
+	err = tc.graph.Answer(ctx, callID, req)
+	if err != nil && !errors.Is(err, graph.ErrAlreadyDone) {
+		s.ann.disarm(callID)
+	}
+	return graph.OpAnswer, err
+}
+
+// promptURI is the URI Graph fetches a token's prompt from.
+func (s *Server) promptURI(t *announceToken) string {
+	if t.PromptURL != "" {
+		return t.PromptURL
+	}
+	return promptURI(s.cfg.CallbackURL, t.PromptSHA256)
+}
+
+// promptResourceID names a prompt in Graph's media cache: the same prompt
+// is fetched once however many calls play it.
+func promptResourceID(t *announceToken) string {
+	if t.PromptSHA256 != "" {
+		return t.PromptSHA256
+	}
+	sum := sha256.Sum256([]byte(t.PromptURL))
+	return hex.EncodeToString(sum[:])
+}
+
+// backstopHangup hangs up a call this replica answered maxSeconds ago that
+// has not ended by then.
+func (s *Server) backstopHangup(tc *tenantClient, callID string) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Deadline)
+	defer cancel()
+	result, _ := s.hangup(ctx, tc, callID)
+	s.ann.metrics.stepsBy.with(stepBackstop, result).Inc()
+	s.log.Info("announced call hung up at its maxSeconds", "callId", callID, "result", result)
+}
+
+// hangup ends a call; one that has ended already counts as done.
+func (s *Server) hangup(ctx context.Context, tc *tenantClient, callID string) (string, error) {
+	select {
+	case s.graphSlots <- struct{}{}:
+	case <-ctx.Done():
+		s.metrics.actionsBy.with(graph.OpHangup, resultDeadline).Inc()
+		return resultDeadline, ctx.Err()
+	}
+	defer func() { <-s.graphSlots }()
+	err := tc.graph.Hangup(ctx, callID)
+	result := stepResult(err)
+	s.metrics.actionsBy.with(graph.OpHangup, result).Inc()
+	if result == resultFailed || result == resultDeadline {
+		s.log.Warn("hanging up an announced call", "callId", callID, "error", err)
+	}
+	return result, err
+}
+
+// stepResult is the result label of a Graph step's error.
+func stepResult(err error) string {
+	var apiErr *graph.APIError
+	switch {
+	case err == nil:
+		return resultSuccess
+	case errors.Is(err, graph.ErrAlreadyDone):
+		return resultAlreadyDone
+	case errors.Is(err, graph.ErrOutcomeUnknown):
+		return resultUnknown
+	case errors.As(err, &apiErr) && apiErr.StatusCode == http.StatusNotFound:
+		return resultGone
+	case errors.Is(err, context.DeadlineExceeded):
+		return resultDeadline
+	}
+	return resultFailed
+}
+
+// followUp is a step an announced call's notification asks for.
+type followUp struct {
+	kind   string // stepPlay, stepHangup, or "" (the call ended: disarm)
+	callID string
+	tok    *announceToken
+}
+
+// readAnnounce reads what a callback request carries for announced calls,
+// before the body it was decoded from is let go: the answered token of
+// its URL ("" when none), and the prompt operations its notifications
+// report (nil when none; else ops[i] is batch.Value[i]'s, or nil).
+func (s *Server) readAnnounce(r *http.Request, batch *graph.Notifications) (token string, ops []*graph.PromptOperation) {
+	if r.URL.RawQuery != "" {
+		token = r.URL.Query().Get(announceParam)
+	}
+	for i := range batch.Value {
+		n := &batch.Value[i]
+		if n.ResourceData != nil || !strings.Contains(strings.ToLower(n.URL()), "/operations/") {
+			continue
+		}
+		op, err := n.PromptOperation()
+		if err != nil {
+			s.log.Warn("unreadable prompt operation notification; ignored", "callId", n.CallID(), "error", err)
+			continue
+		}
+		if op == nil {
+			continue
+		}
+		if ops == nil {
+			ops = make([]*graph.PromptOperation, len(batch.Value))
+		}
+		ops[i] = op
+	}
+	return token, ops
+}
+
+// announceFollowUps finds the notifications of the batch that belong to
+// announced calls (those posted to an answer's callbackUri, whose token
+// the request carries, and the completions of prompts played by a
+// receiver, whose clientContext carries one), keeps them from upstream,
+// and returns the steps they ask for. A token that does not verify is
+// counted and its notification ignored. In DryRun nothing was answered:
+// there is nothing to find.
+func (s *Server) announceFollowUps(j *job, pl *plan) []followUp {
+	if j.announce == "" && j.ops == nil {
+		return nil
+	}
+	var steps []followUp
+	now := time.Now()
+	var (
+		checked string // the call id urlTok was checked for
+		urlTok  *announceToken
+	)
+	for i := range j.batch.Value {
+		n := &j.batch.Value[i]
+		if n.IsIncomingCall() {
+			continue
+		}
+		id := n.CallID()
+		if j.ops != nil && j.ops[i] != nil && strings.HasPrefix(j.ops[i].ClientContext, tokenVersion) {
+			op := j.ops[i]
+			s.withhold(pl, i)
+			if !op.Done() {
+				continue
+			}
+			tok, err := verifyToken(j.rt.stateKey, op.ClientContext, stepPlayed, j.rt.policyName(), op.CallID, now)
+			if err != nil {
+				s.refuseToken(op.CallID, err)
+				continue
+			}
+			steps = append(steps, followUp{kind: stepHangup, callID: op.CallID, tok: tok})
+			continue
+		}
+		if j.announce == "" {
+			continue
+		}
+		s.withhold(pl, i)
+		if checked != id {
+			checked, urlTok = id, nil
+			tok, err := verifyToken(j.rt.stateKey, j.announce, stepAnswered, j.rt.policyName(), id, now)
+			if err != nil {
+				s.refuseToken(id, err)
+				continue
+			}
+			urlTok = tok
+		}
+		switch {
+		case urlTok == nil:
+		case n.IsCallEstablished():
+			steps = append(steps, followUp{kind: stepPlay, callID: id, tok: urlTok})
+		case n.IsCallTerminated():
+			steps = append(steps, followUp{callID: id})
+		}
+	}
+	return steps
+}
+
+// withhold keeps batch.Value[i] from upstream.
+func (s *Server) withhold(pl *plan, i int) {
+	if !pl.forward[i] {
+		return
+	}
+	pl.forward[i] = false
+	pl.withheld++
+	pl.anyForward = slices.Contains(pl.forward, true)
+}
+
+func (s *Server) refuseToken(callID string, err error) {
+	reason := tokenRefusal(err)
+	s.ann.metrics.refused.WithLabelValues(reason).Inc()
+	s.log.Warn("announce step token refused; the notification is ignored", "callId", callID, "reason", reason, "error", err)
+}
+
+// followUps takes the steps of a batch's announced calls, with an app token
+// of the tenant the batch arrived in.
+func (s *Server) followUps(ctx context.Context, j *job, steps []followUp) {
+	var tc *tenantClient
+	for _, f := range steps {
+		if f.kind == "" {
+			if s.ann.disarm(f.callID) {
+				s.log.Debug("announced call ended; its backstop is stopped", "callId", f.callID)
+			}
+			continue
+		}
+		if tc == nil {
+			var err error
+			if tc, err = j.rt.clients.get(j.tenant); err != nil {
+				s.ann.metrics.stepsBy.with(f.kind, resultFailed).Inc()
+				s.log.Warn("no Graph client for the call's tenant; the announce step is not taken",
+					"tenant", j.tenant, "callId", f.callID, "step", f.kind, "error", err)
+				return
+			}
+		}
+		switch f.kind {
+		case stepPlay:
+			s.play(ctx, j, tc, f)
+		case stepHangup:
+			s.ann.disarm(f.callID)
+			result, err := s.hangup(ctx, tc, f.callID)
+			s.ann.metrics.stepsBy.with(stepHangup, result).Inc()
+			if err == nil {
+				s.ann.metrics.stepTime.WithLabelValues(stepHangup).Observe(time.Since(j.arrival).Seconds())
+			}
+		}
+	}
+}
+
+// play plays an answered call's prompt, once per call: the first replica
+// to claim the step plays it (through the policy's store when it has one;
+// without a store the claim is this process's, so two replicas that both
+// receive the established notification may each play it once).
+func (s *Server) play(ctx context.Context, j *job, tc *tenantClient, f followUp) {
+	ttl := time.Until(f.tok.expires())
+	first := true
+	if st := j.rt.store; st != nil {
+		ok, err := st.Claim(ctx, f.callID+":play", ttl)
+		if err != nil {
+			s.log.Warn("state store could not claim the announce play step; claimed in this process", "callId", f.callID, "error", err)
+			ok = s.calls.claim(f.callID+":play", time.Now())
+		}
+		first = ok
+	} else {
+		first = s.calls.claim(f.callID+":play", time.Now())
+	}
+	if !first {
+		s.ann.metrics.stepsBy.with(stepPlay, resultDuplicate).Inc()
+		return
+	}
+	played := announceToken{Step: stepPlayed, Policy: policyDigest(j.rt.policyName()), CallID: f.callID,
+		MaxSeconds: f.tok.MaxSeconds, AnsweredAt: f.tok.AnsweredAt}
+	clientContext, err := signToken(j.rt.stateKey, &played)
+	if err == nil && len(clientContext) > maxClientContext {
+		err = fmt.Errorf("call id of %d characters: the played token is over Graph's %d-character clientContext", len(f.callID), maxClientContext)
+	}
+	if err == nil && f.tok.PromptURL == "" && s.cfg.CallbackURL == "" {
+		err = errors.New("a ConfigMap prompt needs --callback-url")
+	}
+	if err == nil {
+		err = s.playPrompt(ctx, tc, f.callID, graph.NewPlayPromptRequest(clientContext,
+			graph.MediaInfo{URI: s.promptURI(f.tok), ResourceID: promptResourceID(f.tok)}))
+	}
+	result := stepResult(err)
+	s.ann.metrics.stepsBy.with(stepPlay, result).Inc()
+	switch result {
+	case resultSuccess, resultAlreadyDone:
+		s.ann.metrics.stepTime.WithLabelValues(stepPlay).Observe(time.Since(j.arrival).Seconds())
+	case resultGone, resultUnknown:
+		// Ended, or Graph may be playing it: the completion or the
+		// backstop ends the call.
+	default:
+		// The caller would hear silence until the backstop: end it now.
+		s.log.Warn("playing the announcement failed; hanging up", "callId", f.callID, "error", err)
+		r, _ := s.hangup(ctx, tc, f.callID)
+		s.ann.metrics.stepsBy.with(stepHangup, r).Inc()
+	}
+}
+
+func (s *Server) playPrompt(ctx context.Context, tc *tenantClient, callID string, req graph.PlayPromptRequest) error {
+	select {
+	case s.graphSlots <- struct{}{}:
+	case <-ctx.Done():
+		s.metrics.actionsBy.with(graph.OpPlayPrompt, resultDeadline).Inc()
+		return ctx.Err()
+	}
+	defer func() { <-s.graphSlots }()
+	_, err := tc.graph.PlayPrompt(ctx, callID, req)
+	s.metrics.actionsBy.with(graph.OpPlayPrompt, stepResult(err)).Inc()
+	return err
+}

@@ -24,6 +24,11 @@ type job struct {
 	// arrived in, whose app tokens act on its calls.
 	tenant string
 	batch  *graph.Notifications
+	// announce is the answered token of the request's URL and ops the
+	// prompt operations of its notifications, for announced calls
+	// (readAnnounce).
+	announce string
+	ops      []*graph.PromptOperation
 }
 
 // ServeHTTP serves the Graph callback.
@@ -96,6 +101,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if err == nil {
 		err = validateBatch(batch)
 	}
+	var announce string
+	var ops []*graph.PromptOperation
+	if err == nil {
+		announce, ops = s.readAnnounce(r, batch)
+	}
 	// The decoded strings share no memory with the body; the notifications'
 	// Raw bytes do, and only forwarding upstream needs them. Without an
 	// upstream the buffer serves the next request. (A forwarded body is not
@@ -118,7 +128,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusBadRequest, "BadRequest", err.Error())
 		return
 	}
-	j := &job{rt: rt, arrival: arrival, body: body, auth: auth, tenant: tenant, batch: batch}
+	j := &job{rt: rt, arrival: arrival, body: body, auth: auth, tenant: tenant, batch: batch,
+		announce: announce, ops: ops}
 	select {
 	case s.queue <- j:
 	default:

@@ -92,6 +92,12 @@ func (s *Server) process(j *job) {
 		st = func(qs []state.Query, ans []state.Answer) { s.evalState(ctx, j.rt, qs, ans) }
 	}
 	pl := decideBatch(j.batch, j.rt.policy, dryRun, s.calls, j.arrival, tenant, st)
+	// Notifications of announced calls: never upstream; some ask for the
+	// next step (announce.go).
+	var steps []followUp
+	if !dryRun {
+		steps = s.announceFollowUps(j, &pl)
+	}
 	for _, id := range pl.duplicates {
 		s.metrics.duplicates.Inc()
 		s.log.Info("duplicate notification ignored", "callId", id)
@@ -129,6 +135,7 @@ func (s *Server) process(j *job) {
 		results[first] = s.act(ctx, j.rt, tenant, &pl.decided[first])
 	}
 	wg.Wait()
+	s.followUps(ctx, j, steps)
 	for i := range pl.decided {
 		c := &pl.decided[i]
 		if !c.acts(dryRun) {
@@ -195,6 +202,8 @@ func (s *Server) act(ctx context.Context, rt *policyVersion, tenant string, c *d
 	case v1alpha1.ActionRedirect:
 		op = graph.OpRedirect
 		err = tc.graph.Redirect(ctx, callID, redirectRequest(d.Redirect))
+	case v1alpha1.ActionAnnounce:
+		op, err = s.answer(ctx, rt, tc, callID, d.Announce)
 	default:
 		return outcome{resultFailed, fmt.Errorf("unknown action %q", d.Action)}
 	}
@@ -216,8 +225,11 @@ func (s *Server) act(ctx context.Context, rt *policyVersion, tenant string, c *d
 }
 
 func opOf(a v1alpha1.Action) string {
-	if a == v1alpha1.ActionRedirect {
+	switch a {
+	case v1alpha1.ActionRedirect:
 		return graph.OpRedirect
+	case v1alpha1.ActionAnnounce:
+		return graph.OpAnswer
 	}
 	return graph.OpReject
 }
