@@ -24,11 +24,16 @@ func main() {
 	flag.StringVar(&o.CAFile, "ca-file", "", "PEM file of extra roots trusted for Graph, the token authority and the OpenID configuration")
 	flag.StringVar(&o.CredentialsDir, "credentials-dir", receiver.DefaultCredentialsDir, "directory holding the bot Secret's client-secret, or tls.crt and tls.key (used when the policy source carries no Secret)")
 	flag.StringVar(&o.StateDir, "state-dir", receiver.DefaultStateDir, "directory holding the policy's state key (file key: hashes callers in the state store, signs announcement steps; absent: a random key of this process) and the state store's redis-username, redis-password and redis-ca.crt, read on every policy apply")
+	flag.StringVar(&o.Server.CallbackURL, "callback-url", "", "the public https URL Graph reaches the callback at (the policy's status.receiver.callbackURL): Announce answers calls with it and serves ConfigMap prompts under {callback-url}/prompts/; without it Announce decisions reject the call")
 	flag.BoolVar(&o.LogCallerNumbers, "log-caller-numbers", false, "log callers' numbers in full instead of their last four digits")
 	flag.IntVar(&o.MaxConnections, "max-connections", 0, "cap on open callback connections; at the cap the longest-idle one is closed (0: sized from the container memory limit)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "receiver: unexpected arguments %q\n", flag.Args())
+		os.Exit(2)
+	}
+	if err := receiver.CheckCallbackURL(o.Server.CallbackURL); err != nil {
+		fmt.Fprintf(os.Stderr, "receiver: %v\n", err)
 		os.Exit(2)
 	}
 	o.Logger = slog.New(slog.NewJSONHandler(os.Stderr, nil))
