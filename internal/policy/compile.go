@@ -572,6 +572,7 @@ func (c *compiler) compileCallers(path string, cm *v1alpha1.CallerMatch, r *rule
 			l := c.list(fmt.Sprintf("%s.numberLists[%d]", path, i), nl.ConfigMapKeyRef)
 			if l != nil {
 				c.ix.add(set, l.exact, l.prefix)
+				c.ix.addTimed(set, l.exactTimed, l.prefixTimed)
 				entries += l.entries()
 			}
 		}

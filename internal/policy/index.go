@@ -1,8 +1,11 @@
 package policy
 
 import (
+	"cmp"
+	"math"
 	"math/bits"
 	"slices"
+	"time"
 )
 
 // A number set holds the entries of the numbers, numberPrefixes and
@@ -37,6 +40,14 @@ type numberIndex struct {
 	// combos[c] lists the sets of combination c in ascending order; combos[0]
 	// is empty.
 	combos [][]uint16
+	// timed is set when some entry expires.
+	timed bool
+}
+
+// unixSeconds is t in seconds of the Unix epoch, clamped to what a uint32
+// holds (1970 to 2106), the unit of expiries in the index.
+func unixSeconds(t time.Time) uint32 {
+	return uint32(min(max(t.Unix(), 0), math.MaxUint32))
 }
 
 // keyTable is a set of numberKeys, each with the combination of sets that
@@ -49,11 +60,6 @@ type numberIndex struct {
 // reads one new line: a search of a million keys in random order costs
 // less than a binary search of the sorted keys (BenchmarkIndex: 0.17-0.21
 // µs against 0.24-0.27 on a loaded machine).
-//
-// It has room for an expiry per entry (a list line's expires=): a parallel
-// []uint32 of the minute each key stops matching, made only when some entry
-// has one, 0 for never; a key that sets hold until different times would
-// keep, like other, its later combinations apart.
 type keyTable struct {
 	// keys[1:] are the distinct keys; keys[0] is unused.
 	keys []uint64
@@ -63,10 +69,18 @@ type keyTable struct {
 	combo []uint32
 	other []uint64
 	all   uint32
+	// Keys of list entries with an expiry (expires=) change combination
+	// over time: from second s (of the Unix epoch) on, keys[i] has
+	// timedCombo[j] where timed[j] is i<<32|s, sorted; the combination above
+	// holds before the first. A table without expiries has neither, and
+	// costs a lookup one nil check; one with some, 12 bytes an expiring key.
+	timed      []uint64
+	timedCombo []uint32
 }
 
-// find returns the combination of sets that holds k, 0 when none does.
-func (t *keyTable) find(k uint64) uint32 {
+// find returns the combination of sets that holds k at second now, 0 when
+// none does.
+func (t *keyTable) find(k uint64, now uint32) uint32 {
 	keys := t.keys
 	i := 1
 	for i < len(keys) {
@@ -87,23 +101,34 @@ func (t *keyTable) find(k uint64) uint32 {
 	if i == 0 || keys[i] != k {
 		return 0
 	}
+	c := t.all
 	if t.combo != nil {
-		return t.combo[i]
-	}
-	if t.other != nil {
+		c = t.combo[i]
+	} else if t.other != nil {
 		if j := lowerBound(t.other, uint64(i)<<32); j < len(t.other) && t.other[j]>>32 == uint64(i) {
-			return uint32(t.other[j])
+			c = uint32(t.other[j])
 		}
 	}
-	return t.all
+	if t.timed != nil {
+		// The last change of keys[i] at or before now, if any.
+		if j := lowerBound(t.timed, uint64(i)<<32|uint64(now)+1) - 1; j >= 0 && t.timed[j]>>32 == uint64(i) {
+			c = t.timedCombo[j]
+		}
+	}
+	return c
 }
 
 func (t *keyTable) len() int { return max(len(t.keys)-1, 0) }
 
-// lookup adds to bits every set that holds the number with these digits.
-func (ix *numberIndex) lookup(digits []byte, bits *setBits) {
+// lookup adds to bits every set that holds the number with these digits at
+// the given time (list entries expire).
+func (ix *numberIndex) lookup(digits []byte, at time.Time, bits *setBits) {
+	var now uint32
+	if ix.timed {
+		now = unixSeconds(at)
+	}
 	if ix.exact.len() > 0 && len(digits) <= maxKeyDigits {
-		if c := ix.exact.find(numberKey(digits)); c != 0 {
+		if c := ix.exact.find(numberKey(digits), now); c != 0 {
 			bits.addAll(ix.combos[c])
 		}
 	}
@@ -119,7 +144,7 @@ func (ix *numberIndex) lookup(digits []byte, bits *setBits) {
 		if ix.prefixLens&(1<<(i+1)) == 0 || i >= 2 && ix.prefixLead[i+1][lead>>6]&(1<<(lead&63)) == 0 {
 			continue
 		}
-		if c := ix.prefix.find(k); c != 0 {
+		if c := ix.prefix.find(k, now); c != 0 {
 			bits.addAll(ix.combos[c])
 		}
 	}
@@ -132,11 +157,33 @@ type indexBuilder struct {
 	exact, prefix []pendingKeys
 }
 
-// pendingKeys are keys of one set. The slice may be shared with other sets
-// (a list that several rules name is parsed once); build sorts it.
+// pendingKeys are keys of one set: keys that never expire, or timed keys,
+// which do. The slice may be shared with other sets (a list that several
+// rules name is parsed once); build sorts it.
 type pendingKeys struct {
-	set  uint16
-	keys []uint64
+	set   uint16
+	keys  []uint64
+	timed []timedKey
+}
+
+// timedKey is a key that stops matching at second until of the Unix epoch.
+type timedKey struct {
+	key   uint64
+	until uint32
+}
+
+func (p *pendingKeys) len() int {
+	if p.timed != nil {
+		return len(p.timed)
+	}
+	return len(p.keys)
+}
+
+func (p *pendingKeys) key(i int) uint64 {
+	if p.timed != nil {
+		return p.timed[i].key
+	}
+	return p.keys[i]
 }
 
 func (b *indexBuilder) newSet() int32 {
@@ -148,10 +195,20 @@ func (b *indexBuilder) newSet() int32 {
 // keys may come in several calls), which keeps every combination sorted.
 func (b *indexBuilder) add(set int32, exact, prefix []uint64) {
 	if len(exact) > 0 {
-		b.exact = append(b.exact, pendingKeys{uint16(set), exact})
+		b.exact = append(b.exact, pendingKeys{set: uint16(set), keys: exact})
 	}
 	if len(prefix) > 0 {
-		b.prefix = append(b.prefix, pendingKeys{uint16(set), prefix})
+		b.prefix = append(b.prefix, pendingKeys{set: uint16(set), keys: prefix})
+	}
+}
+
+// addTimed adds keys that expire to a set, in the same order as add.
+func (b *indexBuilder) addTimed(set int32, exact, prefix []timedKey) {
+	if len(exact) > 0 {
+		b.exact = append(b.exact, pendingKeys{set: uint16(set), timed: exact})
+	}
+	if len(prefix) > 0 {
+		b.prefix = append(b.prefix, pendingKeys{set: uint16(set), timed: prefix})
 	}
 }
 
@@ -169,6 +226,7 @@ func (b *indexBuilder) build() numberIndex {
 		}
 	}
 	ix.combos = in.combos
+	ix.timed = ix.exact.timed != nil || ix.prefix.timed != nil
 	return ix
 }
 
@@ -182,8 +240,9 @@ func (in *interner) table(pending []pendingKeys) keyTable {
 	}
 	for _, p := range pending {
 		slices.Sort(p.keys)
+		slices.SortFunc(p.timed, func(a, b timedKey) int { return cmp.Compare(a.key, b.key) })
 	}
-	n, count := 0, map[uint32]int{}
+	n, changes, count := 0, 0, map[uint32]int{}
 	m := newMerger(pending)
 	for {
 		_, c, ok := m.next(in)
@@ -192,6 +251,7 @@ func (in *interner) table(pending []pendingKeys) keyTable {
 		}
 		n++
 		count[c]++
+		changes += len(m.changes)
 	}
 	t := keyTable{keys: make([]uint64, n+1)}
 	for c, k := range count {
@@ -205,6 +265,10 @@ func (in *interner) table(pending []pendingKeys) keyTable {
 		t.combo = make([]uint32, n+1)
 	} else if others > 0 {
 		t.other = make([]uint64, 0, others)
+	}
+	if changes > 0 {
+		t.timed = make([]uint64, 0, changes)
+		t.timedCombo = make([]uint32, 0, changes)
 	}
 	m = newMerger(pending)
 	// An in-order walk of the tree visits its nodes in sorted order.
@@ -222,27 +286,71 @@ func (in *interner) table(pending []pendingKeys) keyTable {
 		case c != t.all:
 			t.other = append(t.other, uint64(i)<<32|uint64(c))
 		}
+		for _, ch := range m.changes {
+			t.timed = append(t.timed, uint64(i)<<32|uint64(ch.from))
+			t.timedCombo = append(t.timedCombo, ch.combo)
+		}
 		walk(2*i + 1)
 	}
 	walk(1)
 	slices.Sort(t.other)
+	sortTimed(t.timed, t.timedCombo)
 	return t
 }
 
+// sortTimed sorts timed, which the walk filled in key order, not node
+// order, and its combinations with it.
+func sortTimed(timed []uint64, combos []uint32) {
+	if len(timed) == 0 {
+		return
+	}
+	type entry struct {
+		at    uint64
+		combo uint32
+	}
+	es := make([]entry, len(timed))
+	for j := range timed {
+		es[j] = entry{timed[j], combos[j]}
+	}
+	slices.SortFunc(es, func(a, b entry) int { return cmp.Compare(a.at, b.at) })
+	for j, e := range es {
+		timed[j], combos[j] = e.at, e.combo
+	}
+}
+
 // merger yields the distinct keys of sorted pending keys in order, each
-// with its combination of sets.
+// with its combination of sets, and in changes how that combination changes
+// as the key's timed entries expire.
 type merger struct {
 	pending []pendingKeys
 	pos     []int
 	// heap holds the pending slices not read to the end, by their next
 	// key, then by their index: a key's sets come out in ascending order.
 	heap []int
+
+	changes []change
+	// expiring holds, while next merges a key, the sets that stop holding
+	// it and when (the latest of a set's entries; a set holding the key
+	// with no expiry is not in it).
+	expiring []setExpiry
+	live     []uint16
+}
+
+// change: from second from on, a key has combination combo.
+type change struct {
+	from  uint32
+	combo uint32
+}
+
+type setExpiry struct {
+	set   uint16
+	until uint32
 }
 
 func newMerger(pending []pendingKeys) *merger {
 	m := &merger{pending: pending, pos: make([]int, len(pending))}
 	for i, p := range pending {
-		if len(p.keys) > 0 {
+		if p.len() > 0 {
 			m.heap = append(m.heap, i)
 			m.up(len(m.heap) - 1)
 		}
@@ -255,24 +363,67 @@ func (m *merger) next(in *interner) (key uint64, combo uint32, ok bool) {
 		return 0, 0, false
 	}
 	key = m.key(m.heap[0])
+	m.changes, m.expiring = m.changes[:0], m.expiring[:0]
+	// lastSet is the last set merged and never whether it holds key with no
+	// expiry: a set's slices come one after the other.
+	lastSet, never := -1, false
 	for len(m.heap) > 0 && m.key(m.heap[0]) == key {
 		i := m.heap[0]
-		combo = in.extend(combo, m.pending[i].set)
-		keys := m.pending[i].keys
-		for m.pos[i] < len(keys) && keys[m.pos[i]] == key {
+		p := &m.pending[i]
+		combo = in.extend(combo, p.set)
+		if int(p.set) != lastSet {
+			lastSet, never = int(p.set), false
+		}
+		until := uint32(0)
+		for m.pos[i] < p.len() && p.key(m.pos[i]) == key {
+			if p.timed != nil {
+				until = max(until, p.timed[m.pos[i]].until)
+			}
 			m.pos[i]++
 		}
-		if m.pos[i] == len(keys) {
+		switch e := &m.expiring; {
+		case never:
+		case p.timed == nil:
+			never = true
+			if n := len(*e); n > 0 && (*e)[n-1].set == p.set {
+				*e = (*e)[:n-1]
+			}
+		case len(*e) > 0 && (*e)[len(*e)-1].set == p.set:
+			(*e)[len(*e)-1].until = max((*e)[len(*e)-1].until, until)
+		default:
+			*e = append(*e, setExpiry{p.set, until})
+		}
+		if m.pos[i] == p.len() {
 			last := len(m.heap) - 1
 			m.heap[0] = m.heap[last]
 			m.heap = m.heap[:last]
 		}
 		m.down(0)
 	}
+	if len(m.expiring) > 0 {
+		m.timeline(in, combo)
+	}
 	return key, combo, true
 }
 
-func (m *merger) key(i int) uint64 { return m.pending[i].keys[m.pos[i]] }
+// timeline fills changes from the key's combination and its expiring sets.
+func (m *merger) timeline(in *interner, combo uint32) {
+	slices.SortFunc(m.expiring, func(a, b setExpiry) int { return cmp.Compare(a.until, b.until) })
+	m.live = append(m.live[:0], in.combos[combo]...)
+	for j := 0; j < len(m.expiring); {
+		from := m.expiring[j].until
+		for ; j < len(m.expiring) && m.expiring[j].until == from; j++ {
+			m.live = slices.DeleteFunc(m.live, func(s uint16) bool { return s == m.expiring[j].set })
+		}
+		c := uint32(0)
+		for _, s := range m.live {
+			c = in.extend(c, s)
+		}
+		m.changes = append(m.changes, change{from, c})
+	}
+}
+
+func (m *merger) key(i int) uint64 { return m.pending[i].key(m.pos[i]) }
 
 func (m *merger) less(a, b int) bool {
 	ka, kb := m.key(a), m.key(b)

@@ -2,10 +2,13 @@ package policy
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestIndexAgainstNaive builds number sets of random exact numbers and
@@ -39,7 +42,7 @@ func TestIndexAgainstNaive(t *testing.T) {
 	for range 20000 {
 		num := digits(1 + r.IntN(maxKeyDigits+4))
 		var got setBits
-		ix.lookup([]byte(num), &got)
+		ix.lookup([]byte(num), wed, &got)
 		for i, s := range sets {
 			want := false
 			for _, e := range s.exact {
@@ -55,19 +58,32 @@ func TestIndexAgainstNaive(t *testing.T) {
 	}
 }
 
-// indexModel is the index as the simplest code says it: per set, a map of
-// exact numbers and a list of prefixes, as digit strings.
+// indexModel is the index as the simplest code says it: per set, exact
+// numbers and prefixes as digit strings, each with the second it expires
+// (never when it does not).
 type indexModel []struct {
-	exact  map[string]bool
-	prefix []string
+	exact  []modelEntry
+	prefix []modelEntry
 }
 
-func (m indexModel) sets(num string) []int32 {
+type modelEntry struct {
+	digits string
+	until  uint64
+}
+
+const never = math.MaxUint64
+
+func (m indexModel) sets(num string) []int32 { return m.setsAt(num, unixSeconds(wed)) }
+
+func (m indexModel) setsAt(num string, now uint32) []int32 {
 	var sets []int32
 	for i, s := range m {
-		hit := s.exact[num] && len(num) <= maxKeyDigits
-		for _, p := range s.prefix {
-			hit = hit || strings.HasPrefix(num, p)
+		hit := false
+		for _, e := range s.exact {
+			hit = hit || e.digits == num && len(num) <= maxKeyDigits && uint64(now) < e.until
+		}
+		for _, e := range s.prefix {
+			hit = hit || strings.HasPrefix(num, e.digits) && uint64(now) < e.until
 		}
 		if hit {
 			sets = append(sets, int32(i))
@@ -77,30 +93,52 @@ func (m indexModel) sets(num string) []int32 {
 }
 
 // buildIndex builds an index and its model of sets given as entries: digit
-// strings, a prefix ending in '*'.
+// strings, a prefix ending in '*', either followed by @ and the second it
+// expires.
 func buildIndex(sets [][]string) (numberIndex, indexModel) {
 	var b indexBuilder
 	model := make(indexModel, len(sets))
 	for i, entries := range sets {
-		model[i].exact = map[string]bool{}
-		var exact, prefix []uint64
+		var (
+			exact, prefix           []uint64
+			exactTimed, prefixTimed []timedKey
+		)
 		for _, e := range entries {
-			if p, ok := strings.CutSuffix(e, "*"); ok {
-				model[i].prefix = append(model[i].prefix, p)
-				prefix = append(prefix, numberKey([]byte(p)))
+			until := uint64(never)
+			if d, at, ok := strings.Cut(e, "@"); ok {
+				e = d
+				until, _ = strconv.ParseUint(at, 10, 32)
+			}
+			p, isPrefix := strings.CutSuffix(e, "*")
+			k := numberKey([]byte(p))
+			switch {
+			case isPrefix && until != never:
+				prefixTimed = append(prefixTimed, timedKey{k, uint32(until)})
+			case isPrefix:
+				prefix = append(prefix, k)
+			case until != never:
+				exactTimed = append(exactTimed, timedKey{k, uint32(until)})
+			default:
+				exact = append(exact, k)
+			}
+			if isPrefix {
+				model[i].prefix = append(model[i].prefix, modelEntry{p, until})
 			} else {
-				model[i].exact[e] = true
-				exact = append(exact, numberKey([]byte(e)))
+				model[i].exact = append(model[i].exact, modelEntry{p, until})
 			}
 		}
-		b.add(b.newSet(), exact, prefix)
+		set := b.newSet()
+		b.add(set, exact, prefix)
+		b.addTimed(set, exactTimed, prefixTimed)
 	}
 	return b.build(), model
 }
 
-func lookupSets(ix *numberIndex, num string) []int32 {
+func lookupSets(ix *numberIndex, num string) []int32 { return lookupSetsAt(ix, num, wed) }
+
+func lookupSetsAt(ix *numberIndex, num string, at time.Time) []int32 {
 	var bits setBits
-	ix.lookup([]byte(num), &bits)
+	ix.lookup([]byte(num), at, &bits)
 	var sets []int32
 	for s := range int32(maxSets) {
 		if bits.has(s) {
@@ -224,18 +262,24 @@ func TestIndexSharedList(t *testing.T) {
 }
 
 // FuzzIndex compares the index with the model on sets and numbers made of
-// few distinct digits, so that entries, prefixes and numbers collide.
+// few distinct digits, so that entries, prefixes and numbers collide, and
+// expiries (an entry's @second) of few distinct seconds, looked up at a
+// second around them.
 func FuzzIndex(f *testing.F) {
-	f.Add([]byte("0123\n01*\n0\n;012\n0123*\n"), "0123")
-	f.Add([]byte("1\n1\n;1*\n;11\n"), "11")
-	f.Add([]byte("222222222222222222\n2222222222222222222\n;2*\n"), "222222222222222222")
-	f.Fuzz(func(t *testing.T, spec []byte, num string) {
+	f.Add([]byte("0123\n01*\n0\n;012\n0123*\n"), "0123", uint8(0))
+	f.Add([]byte("1\n1\n;1*\n;11\n"), "11", uint8(0))
+	f.Add([]byte("222222222222222222\n2222222222222222222\n;2*\n"), "222222222222222222", uint8(0))
+	f.Add([]byte("0123@5\n01*@3\n0123@7\n;0123\n;012*@5\n0123@2\n"), "0123", uint8(4))
+	f.Add([]byte("11@1\n11\n;1*@2\n1*@4\n"), "11", uint8(3))
+	f.Fuzz(func(t *testing.T, spec []byte, num string, now uint8) {
 		var sets [][]string
 		for _, set := range strings.Split(string(spec), ";") {
 			var entries []string
 			for _, e := range strings.Split(set, "\n") {
-				digits := strings.TrimSuffix(e, "*")
-				if digits == "" || len(digits) > maxKeyDigits || strings.Trim(digits, "0123") != "" {
+				entry, at, timed := strings.Cut(e, "@")
+				digits := strings.TrimSuffix(entry, "*")
+				if digits == "" || len(digits) > maxKeyDigits || strings.Trim(digits, "0123") != "" ||
+					timed && (len(at) != 1 || at[0] < '0' || at[0] > '9') {
 					continue
 				}
 				entries = append(entries, e)
@@ -249,8 +293,9 @@ func FuzzIndex(f *testing.F) {
 			return
 		}
 		ix, model := buildIndex(sets)
-		if got, want := lookupSets(&ix, num), model.sets(num); !slices.Equal(got, want) {
-			t.Fatalf("%q is in sets %v, the model says %v", num, got, want)
+		sec := uint32(now % 12)
+		if got, want := lookupSetsAt(&ix, num, time.Unix(int64(sec), 0)), model.setsAt(num, sec); !slices.Equal(got, want) {
+			t.Fatalf("%q at second %d is in sets %v, the model says %v", num, sec, got, want)
 		}
 	})
 }
@@ -278,7 +323,7 @@ func BenchmarkIndex(b *testing.B) {
 	bld.add(bld.newSet(), keys, []uint64{numberKey([]byte("1900"))})
 	ix := bld.build()
 	var bits setBits
-	if ix.lookup(numbers[1], &bits); !bits.has(0) {
+	if ix.lookup(numbers[1], wed, &bits); !bits.has(0) {
 		b.Fatal("a listed number is not in the index")
 	}
 	for _, c := range []struct {
@@ -290,7 +335,7 @@ func BenchmarkIndex(b *testing.B) {
 			i, start := 0, cpuTime()
 			for b.Loop() {
 				var bits setBits
-				ix.lookup(c.numbers[i&(len(c.numbers)-1)], &bits)
+				ix.lookup(c.numbers[i&(len(c.numbers)-1)], wed, &bits)
 				i++
 			}
 			b.ReportMetric(float64(cpuTime()-start)/float64(i), "cpu-ns/op")
@@ -346,5 +391,40 @@ func TestIndexCombinationsStored(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestIndexExpiriesAgainstModel: random sets whose entries expire at a few
+// distinct seconds, looked up at every second around them.
+func TestIndexExpiriesAgainstModel(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	digits := func(n int) string {
+		var sb strings.Builder
+		for range n {
+			sb.WriteByte(byte('0' + r.IntN(2)))
+		}
+		return sb.String()
+	}
+	for round := range 50 {
+		sets := make([][]string, 1+r.IntN(5))
+		for i := range sets {
+			for range r.IntN(30) {
+				e := digits(1 + r.IntN(6))
+				if r.IntN(3) == 0 {
+					e += "*"
+				}
+				if r.IntN(2) == 0 {
+					e += fmt.Sprintf("@%d", r.IntN(6))
+				}
+				sets[i] = append(sets[i], e)
+			}
+		}
+		ix, model := buildIndex(sets)
+		for range 200 {
+			num, sec := digits(1+r.IntN(7)), uint32(r.IntN(8))
+			if got, want := lookupSetsAt(&ix, num, time.Unix(int64(sec), 0)), model.setsAt(num, sec); !slices.Equal(got, want) {
+				t.Fatalf("round %d: %s at second %d is in sets %v, the model says %v (sets %q)", round, num, sec, got, want, sets)
+			}
+		}
 	}
 }

@@ -2,7 +2,9 @@ package policy
 
 import (
 	"fmt"
+	"math"
 	"strings"
+	"time"
 )
 
 // maxListEntries is the limit on number list entries (docs/matching.md) across a policy.
@@ -12,10 +14,12 @@ const maxListEntries = 1_000_000
 // would otherwise yield a message per line.
 const maxListErrors = 10
 
-// parsedList is a number list as keys: exact numbers and prefixes.
+// parsedList is a number list as keys: exact numbers and prefixes, those
+// that never expire and those that do.
 type parsedList struct {
-	exact, prefix []uint64
-	errs          []listError
+	exact, prefix           []uint64
+	exactTimed, prefixTimed []timedKey
+	errs                    []listError
 	// more counts the errors past maxListErrors.
 	more int
 }
@@ -25,12 +29,19 @@ type listError struct {
 	msg  string
 }
 
-func (l *parsedList) entries() int { return len(l.exact) + len(l.prefix) }
+func (l *parsedList) entries() int {
+	return len(l.exact) + len(l.prefix) + len(l.exactTimed) + len(l.prefixTimed)
+}
+
+// expiresField starts the last field of an entry that expires.
+const expiresField = "expires="
 
 // parseList reads a number list: one entry a line, an E.164 number or a
 // prefix ending in '*', written any way NormalizeNumber reads (a tel: URI,
-// fullwidth or other digits, a byte order mark before the first line); blank
-// lines and '#' comments (also after an entry) are ignored.
+// fullwidth or other digits, a byte order mark before the first line),
+// optionally followed by " expires=" and an RFC 3339 time or a date (00:00
+// UTC) from which the entry matches nothing; blank lines and '#' comments
+// (also after an entry) are ignored.
 func parseList(text string) *parsedList {
 	l := &parsedList{}
 	// Entries are about 13 bytes a line; sizing once avoids regrowing a
@@ -50,7 +61,14 @@ func parseList(text string) *parsedList {
 		if line == "" {
 			continue
 		}
-		key, prefix, err := entryKey(line)
+		entry, until, timed, err := cutExpiry(line)
+		var (
+			key    uint64
+			prefix bool
+		)
+		if err == "" {
+			key, prefix, err = entryKey(entry)
+		}
 		if err != "" {
 			if len(l.errs) < maxListErrors {
 				l.errs = append(l.errs, listError{n, fmt.Sprintf("%q: %s", line, err)})
@@ -59,13 +77,44 @@ func parseList(text string) *parsedList {
 			}
 			continue
 		}
-		if prefix {
+		switch {
+		case timed && prefix:
+			l.prefixTimed = append(l.prefixTimed, timedKey{key, until})
+		case timed:
+			l.exactTimed = append(l.exactTimed, timedKey{key, until})
+		case prefix:
 			l.prefix = append(l.prefix, key)
-		} else {
+		default:
 			l.exact = append(l.exact, key)
 		}
 	}
 	return l
+}
+
+// cutExpiry splits a list line into its entry and its expiry, if its last
+// field is expires=. An expiry after what the index holds (2106) is none.
+// Fractions of a second are dropped: the index counts whole seconds.
+func cutExpiry(line string) (entry string, until uint32, timed bool, msg string) {
+	i := strings.LastIndexAny(line, " \t")
+	field := line[i+1:]
+	if !strings.HasPrefix(field, expiresField) {
+		return line, 0, false, ""
+	}
+	entry = strings.TrimSpace(line[:max(i, 0)])
+	if entry == "" {
+		return "", 0, false, "no number or prefix before " + expiresField
+	}
+	v := field[len(expiresField):]
+	t, err := time.Parse(time.RFC3339, v)
+	if err != nil {
+		if t, err = time.Parse(time.DateOnly, v); err != nil {
+			return "", 0, false, fmt.Sprintf("expires=%q: want an RFC 3339 time such as 2027-01-31T00:00:00Z or a date such as 2027-01-31 (00:00 UTC)", v)
+		}
+	}
+	if s := t.Unix(); s >= math.MaxUint32 {
+		return entry, 0, false, ""
+	}
+	return entry, unixSeconds(t), true, ""
 }
 
 // entryKey normalizes a number, or a prefix when it ends in '*', into a

@@ -271,7 +271,7 @@ func (ev *evalState) read() {
 	if ev.numOK {
 		// Eagerly: nearly every policy has a number rule, and a lookup that
 		// Decide's loop would trigger keeps inSet from being inlined.
-		ev.p.index.lookup(ev.digits(), &ev.sets)
+		ev.p.index.lookup(ev.digits(), ev.at, &ev.sets)
 	}
 }
 
