@@ -377,6 +377,7 @@ func (s *Server) answer(ctx context.Context, rt *policyVersion, tc *tenantClient
 	if err != nil && !errors.Is(err, graph.ErrAlreadyDone) {
 		s.ann.disarm(callID)
 	}
+	s.ann.metrics.stepsBy.with(stepAnswer, stepResult(err)).Inc()
 	return graph.OpAnswer, err
 }
 
