@@ -34,8 +34,28 @@ const (
 	EventUpdatedNotification = "notification.updated"
 	EventDeletedNotification = "notification.deleted"
 	EventMissed              = "missed"
+	// EventOperationNotification is the notification of an operation's
+	// end (a playPromptOperation).
+	EventOperationNotification = "notification.operation"
+	// EventCallerHangup is the caller hanging up (control API).
+	EventCallerHangup = "hangup.caller"
 	// Action attempts are recorded under the action's name: "reject",
-	// "redirect" or "answer", with the status Graph answered.
+	// "redirect", "answer", "playPrompt" or "hangup" (DELETE of the call),
+	// with the status Graph answered.
+)
+
+// Who ended a call (CallRecord.EndedBy).
+const (
+	EndedByBot    = "bot"
+	EndedByCaller = "caller"
+	EndedByMissed = "missed"
+)
+
+// Statuses of a prompt (PromptRecord.Status): Graph's operation statuses.
+const (
+	PromptRunning   = graph.OperationRunning
+	PromptCompleted = graph.OperationCompleted
+	PromptFailed    = graph.OperationFailed
 )
 
 // PlaceCallRequest is the body of POST /emulator/calls.
@@ -84,14 +104,33 @@ type Event struct {
 	Detail string    `json:"detail,omitempty"`
 }
 
+// PromptRecord is one prompt a playPrompt played, or tried to.
+type PromptRecord struct {
+	URI         string `json:"uri"`
+	OperationID string `json:"operationId"`
+	// SHA256 is the hex digest of the bytes fetched ("" when none were).
+	SHA256     string    `json:"sha256"`
+	DurationMs int64     `json:"durationMs"`
+	StartedAt  time.Time `json:"startedAt"`
+	// CompletedAt is nil while the prompt plays.
+	CompletedAt *time.Time `json:"completedAt"`
+	// Status is running, completed or failed.
+	Status string `json:"status"`
+	// Detail says why a prompt failed.
+	Detail string `json:"detail,omitempty"`
+}
+
 // CallRecord is what the emulator knows of a call: GET /emulator/calls/{id}.
 type CallRecord struct {
-	ID          string `json:"id"`
-	AppID       string `json:"appId"`
-	TenantID    string `json:"tenantId"`
+	ID       string `json:"id"`
+	AppID    string `json:"appId"`
+	TenantID string `json:"tenantId"`
+	// CallbackURI is where the call's notifications go: the placement's
+	// (or the bot's registered callback), then an answer's callbackUri.
 	CallbackURI string `json:"callbackUri"`
-	// State is incoming until acted on, then terminated (reject, missed),
-	// redirecting (redirect) or established (answer).
+	// State is incoming until acted on, then terminated (reject, missed,
+	// hang-up), redirecting (redirect) or establishing and established
+	// (answer).
 	State string `json:"state"`
 	// Action is reject, redirect, answer or "" (none yet, or missed).
 	Action          string                            `json:"action"`
@@ -108,11 +147,22 @@ type CallRecord struct {
 	ActedAt time.Time `json:"-"`
 	// Latency is ActedAt - NotifiedAt (JSON: nanoseconds).
 	Latency time.Duration `json:"latencyNs,omitzero"`
-	History []Event       `json:"history"`
+	// AnsweredAt is when an answer was accepted (JSON: null until then).
+	AnsweredAt time.Time `json:"-"`
+	// Prompts are those played (or tried) on the call, in the order they
+	// started: a prompt played twice shows twice.
+	Prompts []PromptRecord `json:"prompts"`
+	// EndedBy is bot (reject, redirect, DELETE), caller (hung up), missed,
+	// or "" while the call lasts.
+	EndedBy string `json:"endedBy"`
+	// EndedAt is when the call ended (JSON: null until then).
+	EndedAt time.Time `json:"-"`
+	History []Event   `json:"history"`
 }
 
-// MarshalJSON writes notifiedAt and actedAt as null rather than leaving
-// them out: the Contract lists them, and tools index them directly.
+// MarshalJSON writes notifiedAt, actedAt, answeredAt and endedAt as null
+// rather than leaving them out: the Contract lists them, and tools index
+// them directly.
 func (r CallRecord) MarshalJSON() ([]byte, error) {
 	type plain CallRecord // without this method
 	optional := func(t time.Time) *time.Time {
@@ -125,7 +175,9 @@ func (r CallRecord) MarshalJSON() ([]byte, error) {
 		plain
 		NotifiedAt *time.Time `json:"notifiedAt"`
 		ActedAt    *time.Time `json:"actedAt"`
-	}{plain(r), optional(r.NotifiedAt), optional(r.ActedAt)})
+		AnsweredAt *time.Time `json:"answeredAt"`
+		EndedAt    *time.Time `json:"endedAt"`
+	}{plain(r), optional(r.NotifiedAt), optional(r.ActedAt), optional(r.AnsweredAt), optional(r.EndedAt)})
 }
 
 // UnmarshalJSON reads what MarshalJSON writes.
@@ -135,16 +187,20 @@ func (r *CallRecord) UnmarshalJSON(data []byte) error {
 		plain
 		NotifiedAt *time.Time `json:"notifiedAt"`
 		ActedAt    *time.Time `json:"actedAt"`
+		AnsweredAt *time.Time `json:"answeredAt"`
+		EndedAt    *time.Time `json:"endedAt"`
 	}
 	if err := json.Unmarshal(data, &v); err != nil {
 		return err
 	}
 	*r = CallRecord(v.plain)
-	if v.NotifiedAt != nil {
-		r.NotifiedAt = *v.NotifiedAt
-	}
-	if v.ActedAt != nil {
-		r.ActedAt = *v.ActedAt
+	for _, f := range []struct {
+		src *time.Time
+		dst *time.Time
+	}{{v.NotifiedAt, &r.NotifiedAt}, {v.ActedAt, &r.ActedAt}, {v.AnsweredAt, &r.AnsweredAt}, {v.EndedAt, &r.EndedAt}} {
+		if f.src != nil {
+			*f.dst = *f.src
+		}
 	}
 	return nil
 }
@@ -158,6 +214,15 @@ type call struct {
 	resource            map[string]any // immutable once placed
 	timer               *time.Timer
 	rec                 CallRecord
+	// ops are the call's running playPrompt operations.
+	ops map[string]*operation
+}
+
+// live reports whether the call has not ended: incoming, or answered and
+// not yet hung up. The caller holds Server.mu.
+func (c *call) live() bool {
+	return c.rec.EndedBy == "" && !strings.EqualFold(c.rec.State, graph.StateTerminated) &&
+		!strings.EqualFold(c.rec.State, graph.StateRedirecting)
 }
 
 // commsNotifications is the Graph notification body; resourceData is the
@@ -367,8 +432,10 @@ func (s *Server) newCall(req placeCallBody) (*call, error) {
 			CallbackURI: callback,
 			State:       state,
 			PlacedAt:    time.Now(),
+			Prompts:     []PromptRecord{},
 			History:     []Event{},
 		},
+		ops: map[string]*operation{},
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -546,19 +613,19 @@ func (s *Server) act(c *call, req actionRequest) error {
 	if !rec.NotifiedAt.IsZero() {
 		rec.Latency = req.receivedAt.Sub(rec.NotifiedAt)
 	}
-	var change string
 	var data map[string]any
 	switch req.kind {
 	case actionReject:
 		rec.State, rec.Reason = graph.StateTerminated, req.reason
-		change, data = graph.ChangeDeleted, endedResource(c, graph.ResultInfo{Code: rejectSIPCode(req.reason), Message: "The call was rejected by the application, reason " + req.reason + "."})
+		data = endedResource(c, graph.ResultInfo{Code: rejectSIPCode(req.reason), Message: "The call was rejected by the application, reason " + req.reason + "."})
 	case actionRedirect:
 		rec.State, rec.RedirectTargets, rec.RedirectTimeout = graph.StateRedirecting, req.targets, req.timeout
-		change, data = graph.ChangeDeleted, endedResource(c, graph.ResultInfo{Code: 302, Message: "The call was redirected by the application."})
+		data = endedResource(c, graph.ResultInfo{Code: 302, Message: "The call was redirected by the application."})
 	case actionAnswer:
-		rec.State = graph.StateEstablished
-		change, data = graph.ChangeUpdated, maps.Clone(c.resource)
-		data["state"] = graph.StateEstablished
+		rec.State, rec.AnsweredAt = graph.StateEstablishing, req.receivedAt
+	}
+	if req.kind != actionAnswer {
+		rec.EndedBy, rec.EndedAt = EndedByBot, req.receivedAt
 	}
 	rec.History = append(rec.History, Event{At: time.Now(), Event: req.kind, Status: req.status})
 	s.log.Info("call acted on", "callId", c.id, "action", req.kind, "reason", req.reason, "latency", rec.Latency)
@@ -566,22 +633,74 @@ func (s *Server) act(c *call, req actionRequest) error {
 	if req.callbackURI != "" {
 		callback = req.callbackURI
 	}
+	if req.kind == actionAnswer {
+		// The call's later notifications go to the answer's callbackUri
+		// (exactly as given, query included), else where they went.
+		c.callbackURI, rec.CallbackURI = callback, callback
+		s.goLocked(func() { s.establish(c) })
+		return nil
+	}
 	if c.silent {
 		return nil
 	}
-	event := EventDeletedNotification
-	if change == graph.ChangeUpdated {
-		event = EventUpdatedNotification
-	}
 	s.goLocked(func() {
-		body, err := json.Marshal(notification(change, data))
+		body, err := json.Marshal(notification(graph.ChangeDeleted, data))
 		if err != nil {
 			s.log.Error("encoding notification", "callId", c.id, "err", err)
 			return
 		}
-		s.deliverTo(s.ctx, c, callback, event, body)
+		s.deliverTo(s.ctx, c, callback, EventDeletedNotification, body)
 	})
 	return nil
+}
+
+// establish moves an answered call to established, notifying the bot of
+// establishing and then established as Graph does (an updated notification
+// each, the call's state in a resourceData of its own).
+func (s *Server) establish(c *call) {
+	if !c.silent {
+		s.deliver(s.ctx, c, EventUpdatedNotification, callStateBody(c, graph.ChangeUpdated, graph.StateEstablishing, nil))
+	}
+	s.mu.Lock()
+	if !strings.EqualFold(c.rec.State, graph.StateEstablishing) {
+		// Hung up meanwhile.
+		s.mu.Unlock()
+		return
+	}
+	c.rec.State = graph.StateEstablished
+	s.mu.Unlock()
+	if !c.silent {
+		s.deliver(s.ctx, c, EventUpdatedNotification, callStateBody(c, graph.ChangeUpdated, graph.StateEstablished, nil))
+	}
+}
+
+// callStateBody is a notification of the call's state, shaped as Graph's
+// answer and delete examples record them; result, if set, is the
+// resultInfo of a terminated call.
+func callStateBody(c *call, change, state string, result map[string]any) []byte {
+	data := map[string]any{
+		"@odata.type": graph.ODataCall,
+		"@odata.id":   "/communications/calls/" + c.id,
+		"@odata.etag": etag(),
+		"state":       state,
+	}
+	if result != nil {
+		data["resultInfo"] = result
+	}
+	body, err := json.Marshal(commsNotifications{
+		ODataType: graph.ODataCommsNotifications,
+		Value: []commsNotification{{
+			ODataType:    graph.ODataCommsNotification,
+			ChangeType:   change,
+			ResourceURL:  "/communications/calls/" + c.id,
+			ResourceData: data,
+		}},
+	})
+	if err != nil {
+		// Strings and maps of strings: cannot fail.
+		panic(fmt.Sprintf("emulator: encoding a call state notification: %v", err))
+	}
+	return body
 }
 
 // miss ends a call nobody acted on, as Graph does after 15 s.
@@ -593,6 +712,7 @@ func (s *Server) miss(c *call) {
 	}
 	c.rec.State = graph.StateTerminated
 	c.rec.Missed = true
+	c.rec.EndedBy, c.rec.EndedAt = EndedByMissed, time.Now()
 	c.rec.History = append(c.rec.History, Event{At: time.Now(), Event: EventMissed})
 	s.log.Info("call missed", "callId", c.id, "after", s.cfg.MissedAfter)
 	if c.silent {
@@ -672,7 +792,16 @@ func snapshot(r CallRecord) CallRecord {
 	for i := range r.History {
 		r.History[i].At = r.History[i].At.UTC()
 	}
-	for _, t := range []*time.Time{&r.PlacedAt, &r.NotifiedAt, &r.ActedAt} {
+	r.Prompts = slices.Clone(r.Prompts)
+	for i := range r.Prompts {
+		p := &r.Prompts[i]
+		p.StartedAt = p.StartedAt.UTC()
+		if p.CompletedAt != nil {
+			done := p.CompletedAt.UTC()
+			p.CompletedAt = &done
+		}
+	}
+	for _, t := range []*time.Time{&r.PlacedAt, &r.NotifiedAt, &r.ActedAt, &r.AnsweredAt, &r.EndedAt} {
 		if !t.IsZero() {
 			*t = t.UTC()
 		}
@@ -680,16 +809,15 @@ func snapshot(r CallRecord) CallRecord {
 	return r
 }
 
-// ForgetEnded drops the records of calls that can no longer be acted on
-// (rejected, redirected, answered or missed) and returns how many it
-// dropped: a long load test need not keep them all, nor have the garbage
-// collector scan them.
+// ForgetEnded drops the records of calls that ended (rejected, redirected,
+// hung up or missed) and returns how many it dropped: a long load test
+// need not keep them all, nor have the garbage collector scan them.
 func (s *Server) ForgetEnded() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	kept := s.order[:0]
 	for _, id := range s.order {
-		if strings.EqualFold(s.calls[id].rec.State, graph.StateIncoming) {
+		if c := s.calls[id]; c.live() || len(c.ops) > 0 {
 			kept = append(kept, id)
 			continue
 		}

@@ -2,11 +2,13 @@
 // Entra ID a calling bot talks to: the token service (client secret and
 // certificate assertions, with the discovery documents MSAL reads), the
 // OpenID configuration and keys that sign Graph's callback tokens, the call
-// actions (reject, redirect, answer) and a control API to place calls, inject
-// faults and read what happened.
+// actions (reject, redirect, answer, playPrompt, hang up) and a control API
+// to place calls, hang them up as the caller, inject faults and read what
+// happened.
 //
-// It imports nothing of callguard but the Graph wire types, so that it cannot
-// share the receiver's mistakes. Tests start it in-process (New, Start, then
+// It imports nothing of callguard but the Graph wire types and the check of
+// the WAV files Graph plays, so that it cannot share the receiver's
+// mistakes. Tests start it in-process (New, Start, then
 // URL and Client); cmd/graph-emulator serves it as a binary.
 package emulator
 
@@ -19,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -116,6 +119,9 @@ type Config struct {
 	// CallbackCAs are PEM certificates trusted for https callbacks besides
 	// the system roots, when CallbackClient is nil.
 	CallbackCAs []byte
+	// PromptSpeed plays prompts this many times faster than their length
+	// (1 when zero): tests need not wait for real seconds.
+	PromptSpeed float64
 	// Logger receives structured logs (discarded when nil).
 	Logger *slog.Logger
 }
@@ -193,6 +199,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MissedAfter <= 0 {
 		cfg.MissedAfter = DefaultMissedAfter
+	}
+	switch {
+	case cfg.PromptSpeed == 0:
+		cfg.PromptSpeed = 1
+	case !(cfg.PromptSpeed > 0) || math.IsInf(cfg.PromptSpeed, 0):
+		return nil, fmt.Errorf("prompt speed %v: want a positive number", cfg.PromptSpeed)
 	}
 	log := cfg.Logger
 	if log == nil {
@@ -370,12 +382,15 @@ func (s *Server) routeAll() {
 		s.handle("POST /"+v+"/communications/calls/{id}/reject", routeGraph, s.handleAction(actionReject, false))
 		s.handle("POST /"+v+"/communications/calls/{id}/redirect", routeGraph, s.handleAction(actionRedirect, false))
 		s.handle("POST /"+v+"/communications/calls/{id}/answer", routeGraph, s.handleAction(actionAnswer, false))
+		s.handle("POST /"+v+"/communications/calls/{id}/playPrompt", routeGraph, s.handlePlayPrompt)
+		s.handle("DELETE /"+v+"/communications/calls/{id}", routeGraph, s.handleHangup)
 	}
 	s.handle("POST /beta/app/calls/{id}/reject", routeGraph, s.handleAction(actionReject, true))
 	// Control API.
 	s.handle("POST /emulator/calls", routeControl, s.handlePlaceCall)
 	s.handle("GET /emulator/calls", routeControl, s.handleListCalls)
 	s.handle("GET /emulator/calls/{id}", routeControl, s.handleGetCall)
+	s.handle("POST /emulator/calls/{id}/hangup", routeControl, s.handleCallerHangup)
 	s.handle("POST /emulator/faults", routeControl, s.handleAddFault)
 	s.handle("GET /emulator/faults", routeControl, s.handleListFaults)
 	s.handle("DELETE /emulator/faults", routeControl, s.handleClearFaults)

@@ -210,37 +210,14 @@ type actionRequest struct {
 
 // handleAction serves reject, redirect and answer. Checks run in Graph's
 // order: token (401), the application permission the action needs (403,
-// graph.ActionPermissions), call (404), ownership (403), body (400), state
-// (409: acting twice, or on a call that is no longer incoming).
+// graph.ActionPermissions), call (404), ownership (403)
+// (authorizeCallAction), body (400), state (409: acting twice, or on a call
+// that is no longer incoming).
 func (s *Server) handleAction(kind string, commsOperation bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		received := time.Now()
-		id := r.PathValue("id")
-		claims, authErr := s.authenticate(r)
-		c := s.lookupCall(id)
-		fail := func(status int, code, msg string) {
-			if c != nil {
-				s.addEvent(c, kind, status, msg)
-			}
-			s.log.Info("graph action refused", "action", kind, "callId", id, "status", status, "code", code, "message", msg)
-			writeGraphError(w, r, status, code, msg)
-		}
-		if authErr != nil {
-			w.Header().Set("WWW-Authenticate", fmt.Sprintf(`Bearer realm="", authorization_uri="%s/common/oauth2/authorize", client_id="%s"`, s.baseURL(r), graphAppID))
-			fail(http.StatusUnauthorized, codeInvalidToken, authErr.Error())
-			return
-		}
-		if req, ok := graph.ActionPermissions(graph.CallAction(kind)); ok && !req.SatisfiedBy(claims.Roles) {
-			fail(http.StatusForbidden, codeAccessDenied, fmt.Sprintf("Application %s is not authorized to %s calls: the access token's roles hold none of %s.",
-				claims.AppID, kind, strings.Join(req.AnyOf, ", ")))
-			return
-		}
-		if c == nil {
-			fail(http.StatusNotFound, codeNotFound, fmt.Sprintf("Call %s was not found.", id))
-			return
-		}
-		if !strings.EqualFold(claims.AppID, c.appID) || !strings.EqualFold(claims.TenantID, c.tenantID) {
-			fail(http.StatusForbidden, codeAccessDenied, fmt.Sprintf("Application %s of tenant %s is not allowed to act on call %s.", claims.AppID, claims.TenantID, id))
+		c, fail, ok := s.authorizeCallAction(w, r, kind, graph.CallAction(kind))
+		if !ok {
 			return
 		}
 		req, err := parseAction(kind, r, w)
@@ -318,6 +295,16 @@ func parseAction(kind string, r *http.Request, w http.ResponseWriter) (actionReq
 			if !slices.Contains(modalities, m) {
 				return req, fmt.Errorf("Invalid value '%s' in acceptedModalities: must be one of %s.", m, strings.Join(modalities, ", "))
 			}
+		}
+		var media struct {
+			ODataType string `json:"@odata.type"`
+		}
+		if err := json.Unmarshal(b.MediaConfig, &media); err != nil {
+			return req, fmt.Errorf("mediaConfig must be an object: %w.", describeJSONError(err))
+		}
+		if !strings.EqualFold(media.ODataType, graph.ODataServiceHostedMediaConfig) {
+			// The emulator hosts no media sessions for bots.
+			return req, fmt.Errorf("mediaConfig of type %q is not supported here: answer with %s.", media.ODataType, graph.ODataServiceHostedMediaConfig)
 		}
 		req.callbackURI = b.CallbackURI
 	}
