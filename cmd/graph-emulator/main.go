@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"os"
 	"os/signal"
@@ -40,6 +41,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	listen := fs.String("listen", "127.0.0.1:8443", "`ADDR` to serve HTTPS on (port 0 picks a free port)")
 	stateDir := fs.String("state-dir", "", "`DIR` where ca.crt (and ca.key, reused on restart) are kept (required)")
 	missedAfter := fs.Duration("missed-after", emulator.DefaultMissedAfter, "end a call nobody acted on after this long")
+	promptSpeed := fs.Float64("prompt-speed", 1, "play prompts `N` times faster than their length (tests)")
 	var bots []emulator.Bot
 	fs.Func("bot", "register a bot: `appId=UUID,tenantId=UUID,secret=S[,cert=PATH][,callback=URL][,legacy=true][,roles=A|B|…]` (repeatable; roles are the application permissions granted, every calling permission when left out, none with roles=)", func(v string) error {
 		b, err := parseBot(v)
@@ -64,7 +66,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return nil
 	})
 	var callbackCAs []byte
-	fs.Func("callback-ca", "trust the PEM CA certificates in `FILE` for https callbacks, besides the system roots (repeatable)", func(v string) error {
+	fs.Func("callback-ca", "trust the PEM CA certificates in `FILE` for https callbacks and prompt fetches, besides the system roots (repeatable)", func(v string) error {
 		pem, err := os.ReadFile(v)
 		if err != nil {
 			return err
@@ -81,6 +83,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *stateDir == "" {
 		return errors.New("--state-dir is required: the CA clients must trust is written there")
 	}
+	if !(*promptSpeed > 0) || math.IsInf(*promptSpeed, 0) {
+		return fmt.Errorf("--prompt-speed %v: want a positive number", *promptSpeed)
+	}
 
 	log := slog.New(slog.NewJSONHandler(stderr, nil))
 	srv, err := emulator.New(emulator.Config{
@@ -89,6 +94,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		StateDir:    *stateDir,
 		Bots:        bots,
 		MissedAfter: *missedAfter,
+		PromptSpeed: *promptSpeed,
 		Logger:      log,
 
 		CallbackResolve: resolve,

@@ -6,8 +6,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +19,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/callguard/callguard/internal/graph"
+	"github.com/callguard/callguard/internal/wav"
 )
 
 const (
@@ -87,6 +93,10 @@ func TestRunRejectsBadFlags(t *testing.T) {
 		{"resolve bad port", []string{"--state-dir", dir, "--resolve", "hotline.callguard.test:https:10.213.0.1"}, "not a port"},
 		{"callback CA missing", []string{"--state-dir", dir, "--callback-ca", filepath.Join(dir, "none.crt")}, "no such file"},
 		{"callback CA not PEM", []string{"--state-dir", dir, "--callback-ca", notPEM}, "no PEM certificate"},
+		{"prompt speed zero", []string{"--state-dir", dir, "--prompt-speed", "0"}, "--prompt-speed 0: want a positive number"},
+		{"prompt speed negative", []string{"--state-dir", dir, "--prompt-speed", "-2"}, "want a positive number"},
+		{"prompt speed infinite", []string{"--state-dir", dir, "--prompt-speed", "+Inf"}, "want a positive number"},
+		{"prompt speed not a number", []string{"--state-dir", dir, "--prompt-speed", "fast"}, "invalid value"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -236,5 +246,113 @@ func TestParseBotRoles(t *testing.T) {
 		if (b.Roles == nil) != (tt.want == nil) || strings.Join(b.Roles, "|") != strings.Join(tt.want, "|") {
 			t.Errorf("parseBot(%q).Roles = %#v, want %#v", tt.spec, b.Roles, tt.want)
 		}
+	}
+}
+
+// TestRunPlaysPromptsAtPromptSpeed: with --prompt-speed 300 and the bot's
+// CA given by --callback-ca, a 30 s prompt fetched from the bot's https
+// server is played in a tenth of a second, and its end notified to the
+// bot's callback.
+func TestRunPlaysPromptsAtPromptSpeed(t *testing.T) {
+	notes := make(chan []byte, 16)
+	prompt := wav.Tone(30 * time.Second)
+	bot := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/prompt.wav" {
+			_, _ = w.Write(prompt)
+			return
+		}
+		body, _ := io.ReadAll(r.Body)
+		notes <- body
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer bot.Close()
+	dir := t.TempDir()
+	caFile := filepath.Join(dir, "bot-ca.crt")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: bot.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	stateDir := filepath.Join(dir, "state")
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	stdout, stdoutW := io.Pipe()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--listen", "127.0.0.1:0", "--state-dir", stateDir, "--prompt-speed", "300",
+			"--callback-ca", caFile, "--bot", testBot + ",callback=" + bot.URL + "/calls"}, stdoutW, io.Discard)
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+	base := readReady(t, stdout)
+	hc := clientFor(t, stateDir)
+	call := func(method, path, token, body string, want int) []byte {
+		t.Helper()
+		req, err := http.NewRequestWithContext(t.Context(), method, base+path, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Content-Type", "application/json")
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		out, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != want {
+			t.Fatalf("%s %s: %d %s, want %d", method, path, resp.StatusCode, out, want)
+		}
+		return out
+	}
+	next := func(what string) *graph.Notification {
+		t.Helper()
+		select {
+		case b := <-notes:
+			n, err := graph.DecodeNotifications(b)
+			if err != nil || len(n.Value) != 1 {
+				t.Fatalf("%s: %s (%v)", what, b, err)
+			}
+			return &n.Value[0]
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no %s notification within 10s", what)
+			return nil
+		}
+	}
+
+	resp, err := hc.PostForm(base+"/"+testTenant+"/oauth2/v2.0/token", url.Values{
+		"grant_type": {"client_credentials"}, "client_id": {testApp}, "client_secret": {"s3cret"}, "scope": {base + "/.default"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tok struct {
+		AccessToken string `json:"access_token"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&tok)
+	resp.Body.Close()
+	if err != nil || tok.AccessToken == "" {
+		t.Fatalf("token: %d %v", resp.StatusCode, err)
+	}
+	var placed graph.Call
+	if err := json.Unmarshal(call(http.MethodPost, "/emulator/calls", "", `{"appId":"`+testApp+`"}`, http.StatusCreated), &placed); err != nil {
+		t.Fatal(err)
+	}
+	next("created")
+	call(http.MethodPost, "/v1.0/communications/calls/"+placed.ID+"/answer", tok.AccessToken,
+		`{"acceptedModalities":["audio"],"mediaConfig":{"@odata.type":"#microsoft.graph.serviceHostedMediaConfig"}}`, http.StatusAccepted)
+	for !next("established").IsCallEstablished() {
+	}
+	call(http.MethodPost, "/v1.0/communications/calls/"+placed.ID+"/playPrompt", tok.AccessToken,
+		`{"clientContext":"c1","prompts":[{"mediaInfo":{"uri":"`+bot.URL+`/prompt.wav"}}]}`, http.StatusOK)
+	// At speed 1 the prompt would play for 30 s, past next's 10 s.
+	n := next("operation")
+	op, err := n.PromptOperation()
+	if err != nil || op == nil || !op.Succeeded() || op.ClientContext != "c1" {
+		t.Fatalf("operation notification %s: %+v, %v", n.Raw, op, err)
 	}
 }
