@@ -1,6 +1,7 @@
 package policycli
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
@@ -8,6 +9,10 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/callguard/callguard/internal/policy"
 	"github.com/callguard/callguard/internal/wav"
 )
 
@@ -123,7 +128,7 @@ func TestTestAnnounce(t *testing.T) {
 		{
 			name: "configmap prompt, table",
 			args: []string{"--number", "+14255550124", "-o", "table"},
-			stdout: "CALL ID           ACTION     REASON   RULE     MODE      PROMPT" + strings.Repeat(" ", 2+len("sha256:")+len(sha)-len("PROMPT")) + "MAX SECONDS\n" +
+			stdout: "CALL ID           ACTION     REASON   RULE     MODE      PROMPT" + strings.Repeat(" ", 3+len("sha256:")+len(sha)-len("PROMPT")) + "MAX SECONDS\n" +
 				"callpolicy-test   Announce   -        closed   Enforce   sha256:" + sha + "   30\n",
 		},
 		{
@@ -154,5 +159,38 @@ func TestWriteAnnounceTable(t *testing.T) {
 		"c2        Allow      -        (default)       Enforce   -                                          -\n"
 	if code != 0 || stdout.String() != want {
 		t.Errorf("exit %d\nstdout:\n%s\nwant:\n%s\nstderr: %s", code, stdout.String(), want, stderr.String())
+	}
+}
+
+// TestTestAnnounceAgainstCluster reads an Announce rule's prompt from its
+// ConfigMap in the cluster: the same decision as offline; without the
+// ConfigMap the policy does not compile.
+func TestTestAnnounceAgainstCluster(t *testing.T) {
+	cluster(t)
+	prompt := wav.Tone(time.Second)
+	b, err := policy.LoadFilesFrom(strings.NewReader(announcePolicy(prompt)), "-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := newNamespace(t)
+	create(t, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "prompts"}, BinaryData: map[string][]byte{"closed.wav": prompt}})
+	callPolicy(t, ns, "hotline", b.Source.Spec, "", "")
+	bare := newNamespace(t)
+	callPolicy(t, bare, "hotline", b.Source.Spec, "", "")
+
+	for _, number := range []string{"+14255550123", "+14255550124"} {
+		var want, offlineErr strings.Builder
+		if code := Run([]string{"test", "-f", "-", "--number", number}, strings.NewReader(announcePolicy(prompt)), &want, &offlineErr); code != 0 {
+			t.Fatalf("offline: exit %d, stderr %s", code, offlineErr.String())
+		}
+		code, got, stderr := kubectl(t, context.Background(), "test", "hotline", "-n", ns, "--number", number)
+		if code != 0 || got != want.String() || stderr != "" {
+			t.Errorf("%s: exit %d\nstdout: %s\nwant (offline): %s\nstderr: %s", number, code, got, want.String(), stderr)
+		}
+	}
+	code, out, stderr := kubectl(t, context.Background(), "test", "hotline", "-n", bare, "--number", "+14255550124")
+	want := "error: CallPolicy " + bare + "/hotline: spec.rules[1].announce.prompt.configMapKeyRef: configmap prompts key closed.wav: not found"
+	if code != 2 || out != "" || !strings.Contains(stderr, want) {
+		t.Errorf("without the ConfigMap: exit %d, stdout %q\nstderr: %s\nwant: %s", code, out, stderr, want)
 	}
 }

@@ -93,8 +93,8 @@ func (k *kube) callPolicy(ctx context.Context, name string) (*v1alpha1.CallPolic
 	return cp, u, nil
 }
 
-// compilePolicy reads a CallPolicy and the ConfigMaps its numberLists name
-// from the cluster and compiles it as the operator does, reporting problems
+// compilePolicy reads a CallPolicy and the ConfigMaps its numberLists and
+// announce prompts name from the cluster and compiles it as the operator does, reporting problems
 // on stderr. On failure it returns the exit status: exitInvalid when the
 // policy or a list does not compile, exitError when the cluster could not
 // be read.
@@ -104,20 +104,42 @@ func (k *kube) compilePolicy(s streams, name string) (*policy.Policy, int) {
 		fmt.Fprintf(s.stderr, "error: %v\n", err)
 		return nil, exitError
 	}
-	src := &policy.Source{Namespace: cp.Namespace, Name: cp.Name, Spec: cp.Spec, Lists: map[policy.ListRef]string{}}
+	src := &policy.Source{Namespace: cp.Namespace, Name: cp.Name, Spec: cp.Spec, Lists: map[policy.ListRef]string{}, Prompts: map[policy.ListRef][]byte{}}
 	configMaps := map[string]*corev1.ConfigMap{}
+	// configMap reads a ConfigMap once; nil when it does not exist, which
+	// the compiler reports for the list or prompt that names it.
+	configMap := func(name string) (*corev1.ConfigMap, bool) {
+		cm, seen := configMaps[name]
+		if seen {
+			return cm, true
+		}
+		cm, err := k.core.CoreV1().ConfigMaps(cp.Namespace).Get(s.ctx, name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+			cm = nil
+		case err != nil:
+			fmt.Fprintf(s.stderr, "error: get ConfigMap %q in namespace %q: %v\n", name, cp.Namespace, err)
+			return nil, false
+		}
+		configMaps[name] = cm
+		return cm, true
+	}
+	for _, ref := range policy.PromptRefs(&cp.Spec) {
+		cm, ok := configMap(ref.Name)
+		if !ok {
+			return nil, exitError
+		}
+		if cm == nil {
+			continue
+		}
+		if b, found := cm.BinaryData[ref.Key]; found {
+			src.Prompts[ref] = b
+		}
+	}
 	for _, ref := range policy.ListRefs(&cp.Spec) {
-		cm, seen := configMaps[ref.Name]
-		if !seen {
-			cm, err = k.core.CoreV1().ConfigMaps(cp.Namespace).Get(s.ctx, ref.Name, metav1.GetOptions{})
-			switch {
-			case apierrors.IsNotFound(err):
-				cm = nil // the compiler reports the list as not found
-			case err != nil:
-				fmt.Fprintf(s.stderr, "error: get ConfigMap %q in namespace %q: %v\n", ref.Name, cp.Namespace, err)
-				return nil, exitError
-			}
-			configMaps[ref.Name] = cm
+		cm, ok := configMap(ref.Name)
+		if !ok {
+			return nil, exitError
 		}
 		if cm == nil {
 			continue
