@@ -20,7 +20,8 @@ import (
 // maxRules matches the CRD's MaxItems for spec.rules.
 const maxRules = 512
 
-// ListRef names a ConfigMap key that callers.numberLists refers to.
+// ListRef names a ConfigMap key that callers.numberLists or an
+// announce.prompt refers to.
 type ListRef struct{ Name, Key string }
 
 // Source is everything a policy compiles from.
@@ -29,6 +30,24 @@ type Source struct {
 	Spec            v1alpha1.CallPolicySpec
 	// Lists holds the text of each referenced ConfigMap key.
 	Lists map[ListRef]string
+	// Prompts holds the bytes of each ConfigMap key that an announce.prompt
+	// names (PromptRefs): the binaryData value, a WAV file. A compiled
+	// policy keeps these slices: they must not be modified.
+	Prompts map[ListRef][]byte
+}
+
+// PromptRefs returns every ConfigMap key the spec's announce prompts name,
+// deduplicated and sorted.
+func PromptRefs(spec *v1alpha1.CallPolicySpec) []ListRef {
+	var refs []ListRef
+	for _, r := range spec.Rules {
+		if r.Announce != nil && r.Announce.Prompt.ConfigMapKeyRef != nil {
+			ref := r.Announce.Prompt.ConfigMapKeyRef
+			refs = append(refs, ListRef{Name: ref.Name, Key: ref.Key})
+		}
+	}
+	slices.SortFunc(refs, compareRefs)
+	return slices.Compact(refs)
 }
 
 // ListRefs returns every list the spec refers to, deduplicated and sorted.
@@ -88,7 +107,7 @@ func Compile(src *Source) (*Policy, error) {
 	if len(c.errs) > 0 {
 		return nil, &CompileError{Errors: c.errs}
 	}
-	hash, err := sourceHash(src.Namespace, src.Name, spec, src.Lists)
+	hash, err := sourceHash(src.Namespace, src.Name, spec, src.Lists, src.Prompts)
 	if err != nil {
 		return nil, fmt.Errorf("compile policy: %w", err)
 	}
@@ -100,6 +119,7 @@ func Compile(src *Source) (*Policy, error) {
 		warnings:  c.warns,
 		hash:      hash,
 		celErrors: new(atomic.Uint64),
+		prompts:   c.prompts,
 	}
 	p.compileState()
 	return p, nil
@@ -209,6 +229,11 @@ type compiler struct {
 	limitReached bool
 	// emptyMatch is the index of the first rule whose match is empty, or -1.
 	emptyMatch int
+	// prompts are the checked ConfigMap prompts by their hex sha256, and
+	// promptBytes their total.
+	prompts     map[string][]byte
+	promptsSeen map[ListRef]checkedPrompt
+	promptBytes int
 }
 
 func (c *compiler) errorf(path, format string, args ...any) {
@@ -258,7 +283,11 @@ func (c *compiler) validateSpec() {
 		c.upstreamURL("spec.upstream.url", s.Upstream.URL)
 	}
 	c.enum("spec.mode", string(s.Mode), string(v1alpha1.ModeEnforce), string(v1alpha1.ModeDryRun))
-	c.action("spec.defaultAction", s.DefaultAction)
+	if s.DefaultAction == v1alpha1.ActionAnnounce {
+		c.errorf("spec.defaultAction", "defaultAction must be Allow, Reject or Redirect: Announce is for rules")
+	} else {
+		c.action("spec.defaultAction", s.DefaultAction)
+	}
 	if s.DefaultReason != "" {
 		c.reason("spec.defaultReason", s.DefaultReason)
 		if s.DefaultReason != v1alpha1.ReasonNone && s.DefaultAction != v1alpha1.ActionReject {
@@ -282,8 +311,11 @@ func (c *compiler) validateSpec() {
 	}
 	// The CRD's rules for expose and autoscaling, with its messages.
 	if e := s.Receiver.Expose; e != nil {
-		if (e.Ingress != nil) == (e.HTTPRoute != nil) {
-			c.errorf("spec.receiver.expose", "exactly one of ingress or httpRoute must be set")
+		if n := btoi(e.Ingress != nil) + btoi(e.HTTPRoute != nil) + btoi(e.URL != ""); n != 1 {
+			c.errorf("spec.receiver.expose", "exactly one of ingress, httpRoute or url must be set")
+		}
+		if e.URL != "" {
+			c.publicURL("spec.receiver.expose.url", e.URL)
 		}
 		if in := e.Ingress; in != nil {
 			c.length("spec.receiver.expose.ingress.host", in.Host, 1, 253)
@@ -322,6 +354,25 @@ func (c *compiler) validateSpec() {
 		if t := a.TargetCPUUtilizationPercentage; t != nil && (*t < 1 || *t > 100) {
 			c.errorf("spec.receiver.autoscaling.targetCPUUtilizationPercentage", "must be 1 to 100, got %d", *t)
 		}
+	}
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// publicURL checks an https URL with a host, as the CRD's rule does, with
+// its message.
+func (c *compiler) publicURL(path, v string) {
+	u, err := url.Parse(v)
+	switch {
+	case len(v) > 2048:
+		c.errorf(path, "must be at most 2048 characters long, got %d", len(v))
+	case !strings.HasPrefix(v, "https://") || err != nil || u.Hostname() == "":
+		c.errorf(path, "must be an https:// URL")
 	}
 }
 
@@ -449,7 +500,8 @@ func (c *compiler) compileRule(i int, names map[string]int) rule {
 	} else {
 		names[sr.Name] = i
 	}
-	c.action(path+".action", sr.Action)
+	c.enum(path+".action", string(sr.Action), string(v1alpha1.ActionAllow), string(v1alpha1.ActionReject), string(v1alpha1.ActionRedirect),
+		string(v1alpha1.ActionAnnounce))
 	if sr.Reason != "" {
 		c.reason(path+".reason", sr.Reason)
 		if sr.Action != v1alpha1.ActionReject {
@@ -468,6 +520,11 @@ func (c *compiler) compileRule(i int, names map[string]int) rule {
 		redirect:  sr.Redirect,
 		types:     allTypes,
 		numberSet: -1,
+	}
+	if (sr.Action == v1alpha1.ActionAnnounce) != (sr.Announce != nil) {
+		c.errorf(path+".announce", "announce is required when action is Announce and not allowed otherwise")
+	} else if sr.Announce != nil {
+		r.announce = c.announce(path+".announce", sr.Announce)
 	}
 	if sr.BlockFor != nil {
 		if d := sr.BlockFor.Duration; d < time.Minute || d > 720*time.Hour {

@@ -9,11 +9,13 @@ import (
 	"strings"
 
 	"github.com/callguard/callguard/api/v1alpha1"
+	"github.com/callguard/callguard/internal/wav"
 )
 
 // The resolved policy travels to the receivers in ConfigMaps: one manifest
-// (policy.json and lists.json), plus the number lists, gzipped, in shard
-// ConfigMaps of at most MaxShardBytes each. A shard is named after the hash
+// (policy.json, lists.json and prompts.json), plus the number lists,
+// gzipped, and the announce prompts in shard ConfigMaps of at most
+// MaxShardBytes each. A shard is named after the hash
 // of its bytes and never changes, so a receiver that has the manifest either
 // finds exactly the bytes it names or nothing: it can switch to a version
 // only once every shard of it is there and matches.
@@ -25,9 +27,14 @@ const (
 	// lists, [{"name", "key", "sha256", "shards": [{"configMap", "sha256"}]}]
 	// sorted by name and key; sha256 is that of the list's text.
 	ConfigMapKeyLists = "lists.json"
+	// ConfigMapKeyPrompts (in the manifest's data, when the policy has
+	// ConfigMap prompts) lists them as lists.json does its lists: sha256 is
+	// that of the WAV file, whose bytes the shards hold as they are (PCM
+	// hardly compresses).
+	ConfigMapKeyPrompts = "prompts.json"
 	// ShardKey is the binaryData key of a shard ConfigMap: a part of one
 	// list's gzip stream (gzipped without a modification time, so that equal
-	// text gives equal bytes and equal shard names).
+	// text gives equal bytes and equal shard names), or of one prompt.
 	ShardKey = "part"
 	// MaxShardBytes keeps a shard under the API server's 1 MiB object limit
 	// with room for its metadata.
@@ -44,7 +51,7 @@ type storedPolicy struct {
 	Spec      v1alpha1.CallPolicySpec `json:"spec"`
 }
 
-// storedList is one number list in the manifest.
+// storedList is one number list, or one prompt, in the manifest.
 type storedList struct {
 	Name   string       `json:"name"`
 	Key    string       `json:"key"`
@@ -64,47 +71,60 @@ type Shard struct {
 }
 
 // EncodeConfigMaps renders the resolved policy (defaulted spec plus the
-// number lists it refers to) as the manifest's data and the shards it names,
-// each called shardPrefix-<hash of its bytes>, and returns the policy's hash,
-// the one Policy.Hash returns for the same Source. It does not validate:
-// Compile first. Lists not referenced by the spec are left out; a referenced
-// list missing from the Source is an error.
+// number lists and prompts it refers to) as the manifest's data and the
+// shards it names, each called shardPrefix-<hash of its bytes>, and returns
+// the policy's hash, the one Policy.Hash returns for the same Source. It
+// does not validate: Compile first. Lists and prompts not referenced by the
+// spec are left out; a referenced one missing from the Source is an error.
 func EncodeConfigMaps(src *Source, shardPrefix string) (data map[string]string, shards []Shard, hash string, err error) {
 	if src == nil {
 		return nil, nil, "", errors.New("encode policy configmaps: no source")
 	}
 	spec := src.Spec.DeepCopy()
 	applyDefaults(spec)
-	pj, lists, err := canonical(src.Namespace, src.Name, spec, src.Lists)
+	pj, lists, prompts, err := canonical(src.Namespace, src.Name, spec, src.Lists, src.Prompts)
 	if err != nil {
 		return nil, nil, "", fmt.Errorf("encode policy configmaps: %w", err)
 	}
 	data = map[string]string{ConfigMapKeyPolicy: string(pj)}
-	if len(lists) == 0 {
-		return data, nil, hashOf(pj, lists), nil
-	}
+	hash = hashOf(pj, lists, prompts)
 	seen := map[string]bool{}
-	for i := range lists {
-		gz := Gzip([]byte(src.Lists[ListRef{Name: lists[i].Name, Key: lists[i].Key}]))
-		for len(gz) > 0 {
-			n := min(len(gz), MaxShardBytes)
-			part := gz[:n:n]
-			gz = gz[n:]
+	// split stores b in shards and names them in the manifest's entry.
+	split := func(b []byte, e *storedList) {
+		for len(b) > 0 {
+			n := min(len(b), MaxShardBytes)
+			part := b[:n:n]
+			b = b[n:]
 			sum := sha256.Sum256(part)
 			name := shardName(shardPrefix, sum)
-			lists[i].Shards = append(lists[i].Shards, storedPart{ConfigMap: name, SHA256: hex.EncodeToString(sum[:])})
+			e.Shards = append(e.Shards, storedPart{ConfigMap: name, SHA256: hex.EncodeToString(sum[:])})
 			if !seen[name] {
 				seen[name] = true
 				shards = append(shards, Shard{Name: name, Data: part})
 			}
 		}
 	}
-	lj, err := json.Marshal(lists)
-	if err != nil {
-		return nil, nil, "", fmt.Errorf("encode policy configmaps: marshal number lists: %w", err)
+	if len(lists) > 0 {
+		for i := range lists {
+			split(Gzip([]byte(src.Lists[ListRef{Name: lists[i].Name, Key: lists[i].Key}])), &lists[i])
+		}
+		lj, err := json.Marshal(lists)
+		if err != nil {
+			return nil, nil, "", fmt.Errorf("encode policy configmaps: marshal number lists: %w", err)
+		}
+		data[ConfigMapKeyLists] = string(lj)
 	}
-	data[ConfigMapKeyLists] = string(lj)
-	return data, shards, hashOf(pj, lists), nil
+	if len(prompts) > 0 {
+		for i := range prompts {
+			split(src.Prompts[ListRef{Name: prompts[i].Name, Key: prompts[i].Key}], &prompts[i])
+		}
+		pj, err := json.Marshal(prompts)
+		if err != nil {
+			return nil, nil, "", fmt.Errorf("encode policy configmaps: marshal prompts: %w", err)
+		}
+		data[ConfigMapKeyPrompts] = string(pj)
+	}
+	return data, shards, hash, nil
 }
 
 // shardName names a shard after its bytes: 64 bits of the hash keep names
@@ -116,13 +136,17 @@ func shardName(prefix string, sum [sha256.Size]byte) string {
 // ShardNames returns the shard ConfigMaps a manifest names, in order and
 // without repeats.
 func ShardNames(data map[string]string) ([]string, error) {
-	lists, err := manifestLists(data)
+	lists, err := manifestLists(data, ConfigMapKeyLists)
+	if err != nil {
+		return nil, err
+	}
+	prompts, err := manifestLists(data, ConfigMapKeyPrompts)
 	if err != nil {
 		return nil, err
 	}
 	var names []string
 	seen := map[string]bool{}
-	for _, l := range lists {
+	for _, l := range append(lists, prompts...) {
 		for _, p := range l.Shards {
 			if !seen[p.ConfigMap] {
 				seen[p.ConfigMap] = true
@@ -133,14 +157,16 @@ func ShardNames(data map[string]string) ([]string, error) {
 	return names, nil
 }
 
-func manifestLists(data map[string]string) ([]storedList, error) {
-	lj, ok := data[ConfigMapKeyLists]
+// manifestLists reads the manifest's lists.json or prompts.json; a
+// manifest without the key has none.
+func manifestLists(data map[string]string, key string) ([]storedList, error) {
+	lj, ok := data[key]
 	if !ok {
 		return nil, nil
 	}
 	var lists []storedList
 	if err := json.Unmarshal([]byte(lj), &lists); err != nil {
-		return nil, fmt.Errorf("decode policy configmap: %s: %w", ConfigMapKeyLists, err)
+		return nil, fmt.Errorf("decode policy configmap: %s: %w", key, err)
 	}
 	return lists, nil
 }
@@ -148,8 +174,10 @@ func manifestLists(data map[string]string) ([]storedList, error) {
 // DecodeConfigMaps reads back what EncodeConfigMaps wrote: data is the
 // manifest's, and shard returns the bytes under ShardKey of the shard
 // ConfigMap it is given the name of. Every shard must hash to what the
-// manifest says, and every list's text too, or nothing is returned: a
-// receiver keeps its old version rather than decide by a partial one.
+// manifest says, and every list's text and every prompt too, or nothing is
+// returned: a receiver keeps its old version rather than decide by a
+// partial one. A manifest without prompts.json (written before prompts
+// existed) has no prompts.
 func DecodeConfigMaps(data map[string]string, shard func(configMap string) ([]byte, error)) (*Source, error) {
 	pj, ok := data[ConfigMapKeyPolicy]
 	if !ok {
@@ -159,7 +187,11 @@ func DecodeConfigMaps(data map[string]string, shard func(configMap string) ([]by
 	if err := json.Unmarshal([]byte(pj), &sp); err != nil {
 		return nil, fmt.Errorf("decode policy configmap: %s: %w", ConfigMapKeyPolicy, err)
 	}
-	lists, err := manifestLists(data)
+	lists, err := manifestLists(data, ConfigMapKeyLists)
+	if err != nil {
+		return nil, err
+	}
+	prompts, err := manifestLists(data, ConfigMapKeyPrompts)
 	if err != nil {
 		return nil, err
 	}
@@ -191,19 +223,61 @@ func DecodeConfigMaps(data map[string]string, shard func(configMap string) ([]by
 		}
 		src.Lists[ListRef{Name: l.Name, Key: l.Key}] = text
 	}
+	if len(prompts) > 0 {
+		src.Prompts = make(map[ListRef][]byte, len(prompts))
+	}
+	total = 0
+	for _, l := range prompts {
+		b, err := decodePrompt(l, shard, min(wav.MaxSize, maxPromptsBytes-total))
+		if err != nil {
+			return nil, fmt.Errorf("decode policy configmap: prompt %s key %s: %w", l.Name, l.Key, err)
+		}
+		total += int64(len(b))
+		src.Prompts[ListRef{Name: l.Name, Key: l.Key}] = b
+	}
 	return src, nil
 }
 
+// decodePrompt reads a prompt's shards, at most limit bytes, and checks
+// them and it against the manifest.
+func decodePrompt(l storedList, shard func(configMap string) ([]byte, error), limit int64) ([]byte, error) {
+	var b []byte
+	for _, p := range l.Shards {
+		part, err := shard(p.ConfigMap)
+		if err != nil {
+			return nil, fmt.Errorf("shard %s: %w", p.ConfigMap, err)
+		}
+		if sum := sha256.Sum256(part); hex.EncodeToString(sum[:]) != p.SHA256 {
+			return nil, fmt.Errorf("shard %s holds %d bytes that do not match the manifest's sha256 %s", p.ConfigMap, len(part), p.SHA256)
+		}
+		if int64(len(b)+len(part)) > limit {
+			return nil, fmt.Errorf("more than %d bytes", limit)
+		}
+		if b == nil {
+			// The manifest cannot say the size; the shards are full but
+			// for the last.
+			b = make([]byte, 0, min(int64(len(l.Shards))*int64(len(part)), limit))
+		}
+		b = append(b, part...)
+	}
+	if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != l.SHA256 {
+		return nil, fmt.Errorf("its bytes do not match the manifest's sha256 %s", l.SHA256)
+	}
+	return b, nil
+}
+
 // canonical renders the policy as the bytes that are stored and hashed, and
-// the referenced lists (with their texts' hashes, without shards) in order.
-func canonical(namespace, name string, spec *v1alpha1.CallPolicySpec, lists map[ListRef]string) (policyJSON []byte, stored []storedList, err error) {
+// the referenced lists (with their texts' hashes, without shards) and
+// prompts (with their hashes) in order.
+func canonical(namespace, name string, spec *v1alpha1.CallPolicySpec, lists map[ListRef]string,
+	prompts map[ListRef][]byte) (policyJSON []byte, storedLists, storedPrompts []storedList, err error) {
 	policyJSON, err = json.Marshal(storedPolicy{Namespace: namespace, Name: name, Spec: *spec})
 	if err != nil {
-		return nil, nil, fmt.Errorf("marshal policy: %w", err)
+		return nil, nil, nil, fmt.Errorf("marshal policy: %w", err)
 	}
-	refs := ListRefs(spec)
-	stored = make([]storedList, 0, len(refs))
 	var missing []string
+	refs := ListRefs(spec)
+	storedLists = make([]storedList, 0, len(refs))
 	for _, r := range refs {
 		text, ok := lists[r]
 		if !ok {
@@ -211,30 +285,48 @@ func canonical(namespace, name string, spec *v1alpha1.CallPolicySpec, lists map[
 			continue
 		}
 		sum := sha256String(text)
-		stored = append(stored, storedList{Name: r.Name, Key: r.Key, SHA256: hex.EncodeToString(sum[:])})
+		storedLists = append(storedLists, storedList{Name: r.Name, Key: r.Key, SHA256: hex.EncodeToString(sum[:])})
 	}
 	if len(missing) > 0 {
-		return nil, nil, fmt.Errorf("number lists not found: %s", strings.Join(missing, ", "))
+		return nil, nil, nil, fmt.Errorf("number lists not found: %s", strings.Join(missing, ", "))
 	}
-	return policyJSON, stored, nil
+	for _, r := range PromptRefs(spec) {
+		b, ok := prompts[r]
+		if !ok {
+			missing = append(missing, fmt.Sprintf("configmap %s key %s", r.Name, r.Key))
+			continue
+		}
+		sum := sha256.Sum256(b)
+		storedPrompts = append(storedPrompts, storedList{Name: r.Name, Key: r.Key, SHA256: hex.EncodeToString(sum[:])})
+	}
+	if len(missing) > 0 {
+		return nil, nil, nil, fmt.Errorf("announce prompts not found: %s", strings.Join(missing, ", "))
+	}
+	return policyJSON, storedLists, storedPrompts, nil
 }
 
-// hashOf hashes the policy and its lists' texts (by their hashes), not the
-// compressed bytes or the shards' names, so that the hash does not depend on
-// the compressor (which may change between Go releases) or the shard size.
-func hashOf(policyJSON []byte, lists []storedList) string {
+// hashOf hashes the policy and its lists' texts and prompts (by their
+// hashes), not the compressed bytes or the shards' names, so that the hash
+// does not depend on the compressor (which may change between Go releases)
+// or the shard size. Prompts are hashed after a marker that no list entry
+// writes, and only when there are some, so that policies without prompts
+// hash as before prompts existed.
+func hashOf(policyJSON []byte, lists, prompts []storedList) string {
 	h := sha256.New()
 	h.Write(policyJSON)
 	for _, l := range lists {
 		fmt.Fprintf(h, "\x00%d:%s%d:%s%s", len(l.Name), l.Name, len(l.Key), l.Key, l.SHA256)
 	}
+	for _, p := range prompts {
+		fmt.Fprintf(h, "\x01%d:%s%d:%s%s", len(p.Name), p.Name, len(p.Key), p.Key, p.SHA256)
+	}
 	return "sha256:" + hex.EncodeToString(h.Sum(nil))
 }
 
-func sourceHash(namespace, name string, spec *v1alpha1.CallPolicySpec, lists map[ListRef]string) (string, error) {
-	pj, stored, err := canonical(namespace, name, spec, lists)
+func sourceHash(namespace, name string, spec *v1alpha1.CallPolicySpec, lists map[ListRef]string, prompts map[ListRef][]byte) (string, error) {
+	pj, storedLists, storedPrompts, err := canonical(namespace, name, spec, lists, prompts)
 	if err != nil {
 		return "", err
 	}
-	return hashOf(pj, stored), nil
+	return hashOf(pj, storedLists, storedPrompts), nil
 }

@@ -40,6 +40,17 @@
 //     available. An expression may be of type bool or dyn; one evaluation
 //     may cost at most 100,000 units (cel-go's runtime cost), and exceeding
 //     it, like any evaluation error or a non-bool result, counts as no match.
+//   - callers.repeat and blockFor need a state store: DecideIn has none, so
+//     there no repeat condition holds and no caller is blocked (a caller's
+//     first call); Prepare and Resolve decide with the store. The caller's
+//     key is its normalized number (a phone id that does not normalize:
+//     the id, trimmed), else its identity's id lower-cased; anonymous and
+//     encrypted callers, and unknown ones without an id, have none.
+//   - A list entry's expires= counts whole seconds (a fraction is dropped);
+//     of duplicate entries the one that expires last, or never, counts.
+//   - Announce prompts from ConfigMaps are binaryData only, checked with
+//     wav.Check, at most 64 MiB together in one policy; a prompt longer
+//     than its maxSeconds is a warning.
 //   - Compile applies the CRD's defaults (v1alpha1's Default* constants,
 //     which the CRD's markers repeat) and repeats its validations, at the
 //     same field paths and, for its CEL rules, with the same messages, so

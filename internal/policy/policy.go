@@ -64,6 +64,9 @@ type Policy struct {
 	record    bool
 	keep      time.Duration
 	keepCalls int
+
+	// prompts are the bytes of the ConfigMap prompts by their hex sha256.
+	prompts map[string][]byte
 }
 
 // rule is a compiled rule. A nil or zero field was not given, unless its
@@ -73,6 +76,7 @@ type rule struct {
 	action   v1alpha1.Action
 	reason   v1alpha1.RejectReason
 	redirect *v1alpha1.RedirectSpec
+	announce *Announcement
 
 	// types has a bit per identity type the caller may have: all of them
 	// when identityTypes is not given.
@@ -161,6 +165,7 @@ func (p *Policy) decision(call *graph.Call, r *rule, tenant string) Decision {
 		Mode:     p.spec.Mode,
 		Tenant:   tenant,
 		Redirect: r.redirect,
+		Announce: r.announce,
 	}
 }
 

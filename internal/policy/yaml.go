@@ -19,7 +19,7 @@ import (
 )
 
 // Bundle is what policy YAML files hold: one CallPolicy with the number lists
-// it refers to, and the Secrets given alongside (the receiver's standalone
+// and announce prompts it refers to, and the Secrets given alongside (the receiver's standalone
 // mode reads its Graph credentials from them).
 type Bundle struct {
 	Source *Source
@@ -41,7 +41,7 @@ type position struct {
 }
 
 // LoadYAML reads multi-document YAML holding exactly one CallPolicy, the
-// ConfigMaps its numberLists name and optionally Secrets (stringData or
+// ConfigMaps its numberLists and announce prompts name and optionally Secrets (stringData or
 // data). Other kinds, and kind List, are looked into and otherwise ignored.
 // Errors name the file, line, document and field path. Unknown fields are
 // errors, as with kubectl's strict validation, since they are mostly typos.
@@ -333,6 +333,18 @@ func (l *loader) bundle() (*Bundle, error) {
 		if found {
 			src.Lists[ref] = text
 			b.listPos[ref] = cm.pos[ref.Key]
+		}
+	}
+	// Announce prompts are binaryData (base64 in YAML); one in data is
+	// not found, as in the cluster.
+	for _, ref := range PromptRefs(&src.Spec) {
+		if cm, ok := cms[ref.Name]; ok {
+			if b, ok := cm.binary[ref.Key]; ok {
+				if src.Prompts == nil {
+					src.Prompts = map[ListRef][]byte{}
+				}
+				src.Prompts[ref] = b
+			}
 		}
 	}
 	secrets, err := byName(l.secrets, ns, "Secret")
