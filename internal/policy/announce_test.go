@@ -324,3 +324,35 @@ binaryData:
 		t.Errorf("Locate = %s, want policy.yaml:24", where)
 	}
 }
+
+// FuzzDecodePrompts: prompts.json and a shard as anyone who may write
+// ConfigMaps in the namespace could make them. Decoding never panics, and a
+// prompt it returns is what the manifest's hash vouches for, within the
+// size limit.
+func FuzzDecodePrompts(f *testing.F) {
+	src := announceSource(wav.Tone(100 * time.Millisecond))
+	data, shards, _, err := EncodeConfigMaps(src, "p")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(data[ConfigMapKeyPrompts], shards[0].Data)
+	f.Add(`[{"name":"a","key":"b","sha256":"00","shards":[{"configMap":"p-x","sha256":"00"}]}]`, []byte("RIFF"))
+	f.Add(`[{"name":"a","key":"b","sha256":"`+hexSHA256(nil)+`","shards":[]}]`, []byte(nil))
+	f.Fuzz(func(t *testing.T, prompts string, shard []byte) {
+		in := map[string]string{ConfigMapKeyPolicy: data[ConfigMapKeyPolicy], ConfigMapKeyPrompts: prompts}
+		back, err := DecodeConfigMaps(in, func(string) ([]byte, error) { return shard, nil })
+		if err != nil {
+			return
+		}
+		var stored []storedList
+		if err := json.Unmarshal([]byte(prompts), &stored); err != nil {
+			t.Fatalf("decoded a manifest encoding/json refuses: %v", err)
+		}
+		for _, l := range stored {
+			b, ok := back.Prompts[ListRef{Name: l.Name, Key: l.Key}]
+			if !ok || hexSHA256(b) != l.SHA256 || len(b) > wav.MaxSize {
+				t.Fatalf("prompt %s/%s decoded without matching the manifest's hash", l.Name, l.Key)
+			}
+		}
+	})
+}
