@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -185,27 +186,21 @@ func promptClient(caFile string) (*http.Client, error) {
 // checkPrompts fetches the URLs at once (each distinct URL once) and
 // returns a problem for each that Graph could not play, in the order given.
 func checkPrompts(ctx context.Context, client *http.Client, urls []promptURL) []policy.FieldError {
-	results := map[string]error{}
-	var (
-		mu sync.Mutex
-		wg sync.WaitGroup
-	)
+	var distinct []string
 	for _, u := range urls {
-		if _, dup := results[u.url]; dup {
-			continue
+		if !slices.Contains(distinct, u.url) {
+			distinct = append(distinct, u.url)
 		}
-		results[u.url] = nil
-		wg.Go(func() {
-			err := checkPrompt(ctx, client, u.url)
-			mu.Lock()
-			results[u.url] = err
-			mu.Unlock()
-		})
+	}
+	errs := make([]error, len(distinct))
+	var wg sync.WaitGroup
+	for i, u := range distinct {
+		wg.Go(func() { errs[i] = checkPrompt(ctx, client, u) })
 	}
 	wg.Wait()
 	var problems []policy.FieldError
 	for _, u := range urls {
-		if err := results[u.url]; err != nil {
+		if err := errs[slices.Index(distinct, u.url)]; err != nil {
 			problems = append(problems, policy.FieldError{Path: u.path, Message: err.Error()})
 		}
 	}
