@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -40,6 +41,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.URL.Path != rt.callbackPath {
+		if strings.HasPrefix(r.URL.Path, strings.TrimRight(rt.callbackPath, "/")+promptsDir) {
+			s.servePrompt(w, r, rt)
+			return
+		}
 		s.refuse(w, http.StatusNotFound, "NotFound", "no such path")
 		return
 	}
