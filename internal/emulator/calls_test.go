@@ -412,10 +412,16 @@ func FuzzControlAndGraphBodies(f *testing.F) {
 		`{"targets":[{"identity":{"user":{"id":"u"}}}],"timeout":20}`,
 		`{"mediaConfig":{},"acceptedModalities":["audio"]}`,
 		`[{"a":[]}]`, `{"appId":null}`, `{"call":{"id":""}}`, "\x00", `{"source":"x"}`,
+		`{"clientContext":"c","prompts":[{"mediaInfo":{"uri":"https://127.0.0.1:1/p.wav","resourceId":"r"}}]}`,
+		`{"prompts":[{"mediaInfo":{"uri":"http://[::1"}}]}`,
 	} {
 		f.Add(seed)
 	}
 	if _, err := s.PlaceCall(f.Context(), PlaceCallRequest{AppID: appID, Call: map[string]any{"id": "target"}}); err != nil {
+		f.Fatal(err)
+	}
+	// An established call takes prompts (which fail to fetch at once).
+	if _, err := s.PlaceCall(f.Context(), PlaceCallRequest{AppID: appID, Call: map[string]any{"id": "playing", "state": "established"}}); err != nil {
 		f.Fatal(err)
 	}
 	endpoints := []struct {
@@ -428,6 +434,7 @@ func FuzzControlAndGraphBodies(f *testing.F) {
 		{"/v1.0/communications/calls/target/redirect", []int{202, 400, 409}},
 		{"/beta/communications/calls/target/answer", []int{202, 400, 409}},
 		{"/beta/app/calls/target/reject", []int{200, 400, 409}},
+		{"/v1.0/communications/calls/playing/playPrompt", []int{200, 400}},
 	}
 	f.Fuzz(func(t *testing.T, body string) {
 		for _, e := range endpoints {
