@@ -194,3 +194,32 @@ func TestTestAnnounceAgainstCluster(t *testing.T) {
 		t.Errorf("without the ConfigMap: exit %d, stdout %q\nstderr: %s\nwant: %s", code, out, stderr, want)
 	}
 }
+
+// TestTestStateless decides a policy with callers.repeat and blockFor as
+// for a caller's first call, and says so on stderr.
+func TestTestStateless(t *testing.T) {
+	pol := policyHeader + `    - name: redial
+      action: Reject
+      reason: busy
+      match: {callers: {repeat: {calls: 2, within: 10m}}}
+    - name: robocallers
+      action: Reject
+      blockFor: 1h
+      match: {callers: {numbers: ["+14255550123"]}}
+`
+	for _, tt := range []struct{ number, want string }{
+		{"+14255550123", `{"callId":"callpolicy-test","action":"Reject","reason":"none","rule":"robocallers","mode":"Enforce"}` + "\n"},
+		{"+14255550111", `{"callId":"callpolicy-test","action":"Allow","reason":"","rule":"","mode":"Enforce"}` + "\n"},
+	} {
+		var stdout, stderr strings.Builder
+		code := Run([]string{"test", "-f", "-", "--number", tt.number}, strings.NewReader(pol), &stdout, &stderr)
+		if code != 0 || stdout.String() != tt.want || !strings.Contains(stderr.String(), "note: test keeps no state: callers.repeat never holds") {
+			t.Errorf("%s: exit %d\nstdout: %s\nwant:   %s\nstderr: %s", tt.number, code, stdout.String(), tt.want, stderr.String())
+		}
+	}
+	// A policy that keeps no state gets no note.
+	var stdout, stderr strings.Builder
+	if code := Run([]string{"test", "-f", sample, "--number", "+14255550111"}, nil, &stdout, &stderr); code != 0 || stderr.Len() != 0 {
+		t.Errorf("sample policy: exit %d, stderr %s", code, stderr.String())
+	}
+}

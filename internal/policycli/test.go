@@ -120,6 +120,9 @@ func runTest(s streams, args []string) int {
 		printProblems(s.stderr, "warning", b.Locate, p.Warnings())
 	}
 
+	if p.Stateful() {
+		fmt.Fprintln(s.stderr, "note: test keeps no state: callers.repeat never holds and no caller is under a temporary block (blockFor), as for a caller's first call")
+	}
 	calls, ok := readCalls(s, number, notification, callF)
 	if !ok {
 		return exitInvalid
