@@ -87,8 +87,12 @@ func TestAnnounceRetries(t *testing.T) {
 		path func(id string) emulator.FaultRule
 		want int
 	}{
-		{graph.OpAnswer, func(string) emulator.FaultRule { return emulator.FaultRule{Path: "/v1.0/communications/calls/*/answer"} }, 202},
-		{graph.OpPlayPrompt, func(string) emulator.FaultRule { return emulator.FaultRule{Path: "/v1.0/communications/calls/*/playPrompt"} }, 200},
+		{graph.OpAnswer, func(string) emulator.FaultRule {
+			return emulator.FaultRule{Path: "/v1.0/communications/calls/*/answer"}
+		}, 202},
+		{graph.OpPlayPrompt, func(string) emulator.FaultRule {
+			return emulator.FaultRule{Path: "/v1.0/communications/calls/*/playPrompt"}
+		}, 200},
 		{graph.OpHangup, func(id string) emulator.FaultRule {
 			return emulator.FaultRule{Path: "/v1.0/communications/calls/" + id, Method: http.MethodDelete}
 		}, 204},
