@@ -91,6 +91,17 @@ func listPolicy(b *testing.B, n int) (*Policy, []string) {
 	return mustCompile(b, src), numbers
 }
 
+// expiringList is text with an expiry (far ahead) on every tenth line.
+func expiringList(text string) string {
+	lines := strings.SplitAfter(text, "\n")
+	for i := 0; i < len(lines); i += 10 {
+		if l := strings.TrimSuffix(lines[i], "\n"); l != "" {
+			lines[i] = l + " expires=2100-01-01\n"
+		}
+	}
+	return strings.Join(lines, "")
+}
+
 func benchDecide(b *testing.B, p *Policy, call *graph.Call, wantRule string) {
 	b.Helper()
 	benchDecideIn(b, p, call, "", wantRule)
@@ -171,6 +182,22 @@ func BenchmarkDecide(b *testing.B) {
 			b.Run("miss", func(b *testing.B) { benchDecide(b, p, phoneCall("+14255550100"), "") })
 		})
 	}
+	b.Run("list=1M-expires", func(b *testing.B) {
+		// Every tenth entry expires (in 2100): what a list with expiries
+		// costs a lookup, for entries that expire and entries that do not.
+		p, numbers := listPolicy(b, 1_000_000)
+		src := testSource(p.Spec().Rules...)
+		src.Lists = map[ListRef]string{{"robocallers", "numbers.txt"}: expiringList(benchListText(1_000_000))}
+		p = mustCompile(b, src)
+		b.Run("hit-expiring", func(b *testing.B) { benchDecide(b, p, phoneCall(numbers[500_000]), "robocallers") })
+		b.Run("hit", func(b *testing.B) { benchDecide(b, p, phoneCall(numbers[500_001]), "robocallers") })
+		b.Run("miss", func(b *testing.B) { benchDecide(b, p, phoneCall("+14255550100"), "") })
+	})
+}
+
+func benchListText(n int) string {
+	text, _ := benchList(n)
+	return text
 }
 
 // BenchmarkBaselineLinearScan is the naive matcher the index replaces:

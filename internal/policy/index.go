@@ -30,6 +30,9 @@ func (b *setBits) addAll(sets []uint16) {
 // about 30), and combinations of sets per key only for keys whose sets
 // differ.
 type numberIndex struct {
+	// timed is set when some entry expires. It comes first, in the cache
+	// line lookup reads anyway.
+	timed bool
 	exact, prefix keyTable
 	// prefixLens has bit L set when some prefix has L digits.
 	prefixLens uint32
@@ -40,8 +43,6 @@ type numberIndex struct {
 	// combos[c] lists the sets of combination c in ascending order; combos[0]
 	// is empty.
 	combos [][]uint16
-	// timed is set when some entry expires.
-	timed bool
 }
 
 // unixSeconds is t in seconds of the Unix epoch, clamped to what a uint32
@@ -101,21 +102,33 @@ func (t *keyTable) find(k uint64, now uint32) uint32 {
 	if i == 0 || keys[i] != k {
 		return 0
 	}
-	c := t.all
-	if t.combo != nil {
-		c = t.combo[i]
-	} else if t.other != nil {
-		if j := lowerBound(t.other, uint64(i)<<32); j < len(t.other) && t.other[j]>>32 == uint64(i) {
-			c = uint32(t.other[j])
-		}
-	}
 	if t.timed != nil {
-		// The last change of keys[i] at or before now, if any.
-		if j := lowerBound(t.timed, uint64(i)<<32|uint64(now)+1) - 1; j >= 0 && t.timed[j]>>32 == uint64(i) {
-			c = t.timedCombo[j]
+		return t.findTimed(i, now)
+	}
+	return t.comboOf(i)
+}
+
+// comboOf returns the combination of keys[i] before any of its entries
+// expires.
+func (t *keyTable) comboOf(i int) uint32 {
+	if t.combo != nil {
+		return t.combo[i]
+	}
+	if t.other != nil {
+		if j := lowerBound(t.other, uint64(i)<<32); j < len(t.other) && t.other[j]>>32 == uint64(i) {
+			return uint32(t.other[j])
 		}
 	}
-	return c
+	return t.all
+}
+
+// findTimed returns the combination of keys[i] at second now: that of its
+// last change at or before now, if any.
+func (t *keyTable) findTimed(i int, now uint32) uint32 {
+	if j := lowerBound(t.timed, uint64(i)<<32|uint64(now)+1) - 1; j >= 0 && t.timed[j]>>32 == uint64(i) {
+		return t.timedCombo[j]
+	}
+	return t.comboOf(i)
 }
 
 func (t *keyTable) len() int { return max(len(t.keys)-1, 0) }
