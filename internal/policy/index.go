@@ -32,7 +32,7 @@ func (b *setBits) addAll(sets []uint16) {
 type numberIndex struct {
 	// timed is set when some entry expires. It comes first, in the cache
 	// line lookup reads anyway.
-	timed bool
+	timed         bool
 	exact, prefix keyTable
 	// prefixLens has bit L set when some prefix has L digits.
 	prefixLens uint32
