@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"time"
 
 	jsonv2 "github.com/go-json-experiment/json"
@@ -58,7 +59,8 @@ func parseUnblock(body []byte) (string, error) {
 		}
 		return n, nil
 	case req.ID != "":
-		return req.ID, nil
+		// As the store knows it: object ids are GUIDs, in either case.
+		return strings.ToLower(strings.TrimSpace(req.ID)), nil
 	}
 	return "", nil
 }

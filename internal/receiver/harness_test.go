@@ -2,6 +2,7 @@ package receiver_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"encoding/pem"
@@ -114,6 +115,8 @@ type env struct {
 	upstream   *recorder
 	// sink takes notifications of calls placed for direct posting.
 	sink *httptest.Server
+	// caFile trusts the emulator (and the upstream bot), for more receivers.
+	caFile string
 }
 
 type envOptions struct {
@@ -127,6 +130,10 @@ type envOptions struct {
 	maxConnections int
 	// requestBudget replaces receiver.DefaultRequestBudget.
 	requestBudget time.Duration
+	// stateDir is the receiver's --state-dir (default: none).
+	stateDir string
+	// extra is the first policy's Extra.
+	extra string
 }
 
 func startEnv(t *testing.T, o envOptions) *env {
@@ -153,9 +160,9 @@ func startEnv(t *testing.T, o envOptions) *env {
 	bot := local.Bot(e.callback)
 	bot.Legacy = o.legacy
 	emu, caFile := local.StartEmulator(t, upstreamCA, bot)
-	e.emu = emu
+	e.emu, e.caFile = emu, caFile
 
-	e.params = policyParams{Emulator: emu.URL(), APIVersion: "v1.0", Mode: "Enforce", FlipReason: "busy", FlipNumber: "+14255550900"}
+	e.params = policyParams{Emulator: emu.URL(), APIVersion: "v1.0", Mode: "Enforce", FlipReason: "busy", FlipNumber: "+14255550900", Extra: o.extra}
 	if o.mode != "" {
 		e.params.Mode = o.mode
 	}
@@ -176,6 +183,7 @@ func startEnv(t *testing.T, o envOptions) *env {
 		ShutdownGrace:  o.grace,
 		MaxConnections: o.maxConnections,
 		RequestBudget:  o.requestBudget,
+		StateDir:       cmp.Or(o.stateDir, filepath.Join(e.dir, "no-state")),
 		Server:         receiver.Config{Deadline: o.deadline, GraphBackoff: 20 * time.Millisecond},
 	}})
 	e.srv, e.ops = e.rcv.Server, e.rcv.Ops
