@@ -233,10 +233,14 @@ func (s *Server) play(ctx context.Context, c *call, op *operation) {
 		s.endPrompt(c, i, digest, info.Duration, PromptFailed, "the call ended while the prompt played")
 		break
 	}
-	s.mu.Lock()
-	delete(c.ops, op.id)
-	s.mu.Unlock()
 	s.log.Info("prompt operation ended", "callId", c.id, "operationId", op.id, "status", status)
+	// Running until its notification was sent, so that a hang-up's
+	// notifications follow it.
+	defer func() {
+		s.mu.Lock()
+		delete(c.ops, op.id)
+		s.mu.Unlock()
+	}()
 	if c.silent {
 		return
 	}
@@ -266,8 +270,8 @@ func (s *Server) play(ctx context.Context, c *call, op *operation) {
 	s.deliver(s.ctx, c, EventOperationNotification, body)
 }
 
-// fetchPrompt GETs a prompt over https, as Graph does: plain http, an
-// unreachable host, a non-2xx answer or a file over wav.MaxSize fail.
+// fetchPrompt GETs a prompt over https, as Graph does: plain http (also
+// when redirected to), an unreachable host or a non-2xx answer fail.
 func (s *Server) fetchPrompt(ctx context.Context, uri string) ([]byte, error) {
 	u, err := url.Parse(uri)
 	if err != nil {
@@ -281,7 +285,7 @@ func (s *Server) fetchPrompt(ctx context.Context, uri string) ([]byte, error) {
 		return nil, fmt.Errorf("prompt request: %w", err)
 	}
 	req.Header.Set("User-Agent", "callguard-graph-emulator")
-	resp, err := s.callbackClient.Do(req)
+	resp, err := s.promptClient.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("fetching the prompt: %w", err)
 	}
@@ -404,4 +408,20 @@ func (s *Server) end(c *call, who string, at time.Time, status int) error {
 		s.deliver(s.ctx, c, EventDeletedNotification, callStateBody(c, graph.ChangeDeleted, graph.StateTerminated, result))
 	})
 	return nil
+}
+
+// newPromptClient is the callback client, trusting the same roots, that
+// follows redirects to https URLs only.
+func newPromptClient(callbacks *http.Client) *http.Client {
+	c := *callbacks
+	c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
+		if !strings.EqualFold(req.URL.Scheme, "https") {
+			return fmt.Errorf("redirected to %s: Graph fetches prompts over https only", req.URL.Redacted())
+		}
+		if len(via) >= 10 {
+			return errors.New("stopped after 10 redirects")
+		}
+		return nil
+	}
+	return &c
 }

@@ -32,7 +32,8 @@ func (h hit) notification(t *testing.T) *graph.Notification {
 }
 
 // tlsBot is a bot behind https (httptest's certificate) that records
-// notifications and serves prompts: /prompts/NAME answers prompts[NAME].
+// notifications and serves prompts: /prompts/NAME answers prompts[NAME],
+// /prompts/to-http/NAME redirects to it over plain http.
 type tlsBot struct {
 	*httptest.Server
 	hits    chan hit
@@ -44,6 +45,10 @@ func newTLSBot(t *testing.T, prompts map[string][]byte) *tlsBot {
 	b := &tlsBot{hits: make(chan hit, 64), prompts: prompts}
 	b.Server = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if name, ok := strings.CutPrefix(r.URL.Path, "/prompts/"); ok {
+			if target, ok := strings.CutPrefix(name, "to-http/"); ok {
+				http.Redirect(w, r, "http://"+r.Host+"/prompts/"+target, http.StatusFound)
+				return
+			}
 			p, found := b.prompts[name]
 			if !found {
 				http.NotFound(w, r)
@@ -220,6 +225,7 @@ func TestPlayPrompt(t *testing.T) {
 	}{
 		{"played", bot.URL + "/prompts/ok", "completed", "completedSuccessfully", 200, 0, hex.EncodeToString(okSum[:]), 2000},
 		{"plain http", strings.Replace(bot.URL, "https:", "http:", 1) + "/prompts/ok", "failed", "unknown", 400, 8536, "", 0},
+		{"redirected to http", bot.URL + "/prompts/to-http/ok", "failed", "unknown", 400, 8536, "", 0},
 		{"not found", bot.URL + "/prompts/none", "failed", "unknown", 400, 8536, "", 0},
 		{"unreachable", "https://127.0.0.1:1/prompt.wav", "failed", "unknown", 400, 8536, "", 0},
 		{"not a WAV", bot.URL + "/prompts/text", "failed", "unknown", 400, 8535, hex.EncodeToString(textSum[:]), 0},

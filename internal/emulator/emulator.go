@@ -161,6 +161,9 @@ type Server struct {
 	mux            *http.ServeMux
 	routes         map[string]routeKind
 	callbackClient *http.Client
+	// promptClient fetches prompts: callbackClient, redirected to https
+	// only.
+	promptClient *http.Client
 
 	// ctx is cancelled by Close to abort notification deliveries.
 	ctx    context.Context
@@ -249,6 +252,7 @@ func New(cfg Config) (*Server, error) {
 			return nil, err
 		}
 	}
+	s.promptClient = newPromptClient(s.callbackClient)
 	if s.ca, err = loadOrCreateCA(cfg.StateDir); err != nil {
 		return nil, err
 	}
