@@ -62,13 +62,22 @@ var actionPermissions = map[CallAction]PermissionRequirement{
 	CallReject: {For: string(CallReject), Doc: docsBase + "call-reject"},
 	// Least privileged Calls.Initiate.All, no higher one.
 	CallRedirect: {For: string(CallRedirect), AnyOf: []string{PermissionCallsInitiate}, Doc: docsBase + "call-redirect"},
-	// Least privileged Calls.JoinGroupCall.All, higher
-	// Calls.JoinGroupCallAsGuest.All, as the table lists them.
+	// https://learn.microsoft.com/en-us/graph/api/call-answer: least
+	// privileged Calls.JoinGroupCall.All, higher
+	// Calls.JoinGroupCallAsGuest.All, as the table lists them (app-hosted
+	// media would also need Calls.AccessMedia.All; callguard answers with
+	// service-hosted media).
 	CallAnswer: {For: string(CallAnswer), AnyOf: []string{PermissionCallsJoinGroupCall, PermissionCallsJoinGroupCallAsGuest}, Doc: docsBase + "call-answer"},
-	// Least privileged Calls.Initiate.All, higher Calls.AccessMedia.All
-	// (only needed with app-hosted media).
+	// https://learn.microsoft.com/en-us/graph/api/call-playprompt: least
+	// privileged Calls.Initiate.All, higher Calls.AccessMedia.All (only
+	// needed with app-hosted media). Microsoft notes that Graph checks
+	// them when the call is created rather than on this request; the
+	// operator's check and the emulator require them all the same.
 	CallPlayPrompt: {For: string(CallPlayPrompt), AnyOf: []string{PermissionCallsInitiate, PermissionCallsAccessMedia}, Doc: docsBase + "call-playprompt"},
-	CallHangUp:     {For: "hang up", AnyOf: []string{PermissionCallsInitiate, PermissionCallsAccessMedia}, Doc: docsBase + "call-delete"},
+	// https://learn.microsoft.com/en-us/graph/api/call-delete (DELETE
+	// /communications/calls/{id}): Calls.Initiate.All, then
+	// Calls.AccessMedia.All, with the same note as playPrompt.
+	CallHangUp: {For: "hang up", AnyOf: []string{PermissionCallsInitiate, PermissionCallsAccessMedia}, Doc: docsBase + "call-delete"},
 }
 
 // callerIdentityPermissions are those of which an app needs one for the
