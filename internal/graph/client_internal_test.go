@@ -43,3 +43,17 @@ func TestBackoffDelayGrowsWithJitterAndCap(t *testing.T) {
 		t.Fatalf("backoffDelay(100) = %v beyond the cap", d)
 	}
 }
+
+// TestLastSegment: the operation id PlayPrompt falls back on, from the
+// Location of Graph's answer.
+func TestLastSegment(t *testing.T) {
+	for in, want := range map[string]string{
+		"https://graph.microsoft.com/v1.0/communications/calls/c1/operations/0fe0623f": "0fe0623f",
+		"https://graph.microsoft.com/v1.0/communications/calls/c1/operations/op/":      "op",
+		"": "", "https://graph.microsoft.com": "", "%zz": "",
+	} {
+		if got := lastSegment(in); got != want {
+			t.Errorf("lastSegment(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
