@@ -263,28 +263,36 @@ func BenchmarkCompile(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			text, _ := benchList(n)
-			src := testSource(append(benchRules(49, false, false), reject("robocallers", callers(v1alpha1.CallerMatch{
-				NumberLists: []v1alpha1.NumberList{{ConfigMapKeyRef: v1alpha1.ConfigMapKeyReference{Name: "robocallers", Key: "numbers.txt"}}},
-			})))...)
-			src.Lists = map[ListRef]string{{"robocallers", "numbers.txt"}: text}
-			var peak, retained uint64
-			b.ReportAllocs()
-			for b.Loop() {
-				var p *Policy
-				runtime.GC()
-				base := heapObjects()
-				peak = max(peak, peakHeap(func() { p = mustCompile(b, src) }))
-				runtime.GC()
-				after := heapObjects()
-				retained = after - min(base, after)
-				runtime.KeepAlive(p)
-			}
-			// peak is what compiling needs on top of the source; retained is
-			// what the compiled policy keeps.
-			b.ReportMetric(float64(peak)/(1<<20), "peak-heap-MiB")
-			b.ReportMetric(float64(retained)/(1<<20), "policy-heap-MiB")
+			benchCompileList(b, text)
 		})
 	}
+	// Every tenth entry expires: what expiries cost to compile and keep.
+	b.Run("list=1M-expires", func(b *testing.B) { benchCompileList(b, expiringList(benchListText(1_000_000))) })
+}
+
+// benchCompileList compiles 49 rules and a list rule of text, and reports
+// the heap compiling needs and the heap the policy keeps.
+func benchCompileList(b *testing.B, text string) {
+	src := testSource(append(benchRules(49, false, false), reject("robocallers", callers(v1alpha1.CallerMatch{
+		NumberLists: []v1alpha1.NumberList{{ConfigMapKeyRef: v1alpha1.ConfigMapKeyReference{Name: "robocallers", Key: "numbers.txt"}}},
+	})))...)
+	src.Lists = map[ListRef]string{{"robocallers", "numbers.txt"}: text}
+	var peak, retained uint64
+	b.ReportAllocs()
+	for b.Loop() {
+		var p *Policy
+		runtime.GC()
+		base := heapObjects()
+		peak = max(peak, peakHeap(func() { p = mustCompile(b, src) }))
+		runtime.GC()
+		after := heapObjects()
+		retained = after - min(base, after)
+		runtime.KeepAlive(p)
+	}
+	// peak is what compiling needs on top of the source; retained is
+	// what the compiled policy keeps.
+	b.ReportMetric(float64(peak)/(1<<20), "peak-heap-MiB")
+	b.ReportMetric(float64(retained)/(1<<20), "policy-heap-MiB")
 }
 
 // peakHeap runs f and returns the most heap (objects, live or not yet

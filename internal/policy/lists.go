@@ -47,6 +47,11 @@ func parseList(text string) *parsedList {
 	// Entries are about 13 bytes a line; sizing once avoids regrowing a
 	// million-entry slice.
 	l.exact = make([]uint64, 0, len(text)/13+1)
+	// Entries that expire are sized too: regrowing them left garbage of
+	// five times their size (the whole scan costs a compile about 1%).
+	if n := strings.Count(text, expiresField); n > 0 {
+		l.exactTimed = make([]timedKey, 0, n)
+	}
 	for n := 1; len(text) > 0; n++ {
 		line := text
 		if i := strings.IndexByte(text, '\n'); i >= 0 {
@@ -105,11 +110,14 @@ func cutExpiry(line string) (entry string, until uint32, timed bool, msg string)
 		return "", 0, false, "no number or prefix before " + expiresField
 	}
 	v := field[len(expiresField):]
-	t, err := time.Parse(time.RFC3339, v)
+	// One layout by the length: a failed parse allocates its error.
+	layout := time.RFC3339
+	if len(v) == len(time.DateOnly) {
+		layout = time.DateOnly
+	}
+	t, err := time.Parse(layout, v)
 	if err != nil {
-		if t, err = time.Parse(time.DateOnly, v); err != nil {
-			return "", 0, false, fmt.Sprintf("expires=%q: want an RFC 3339 time such as 2027-01-31T00:00:00Z or a date such as 2027-01-31 (00:00 UTC)", v)
-		}
+		return "", 0, false, fmt.Sprintf("expires=%q: want an RFC 3339 time such as 2027-01-31T00:00:00Z or a date such as 2027-01-31 (00:00 UTC)", v)
 	}
 	if s := t.Unix(); s >= math.MaxUint32 {
 		return entry, 0, false, ""
