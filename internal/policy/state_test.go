@@ -268,3 +268,17 @@ func TestMaskedIsMaskNumber(t *testing.T) {
 		}
 	}
 }
+
+func TestStateWarnings(t *testing.T) {
+	p := mustCompile(t, testSource(
+		reject("flood", callers(v1alpha1.CallerMatch{Repeat: repeat(3, time.Hour)})),
+		reject("anonymous-flood", callers(v1alpha1.CallerMatch{Repeat: repeat(3, time.Hour), IdentityTypes: []v1alpha1.IdentityType{"anonymous", "encrypted"}})),
+	))
+	// A repeat condition alone is not an empty match: the rule after it is
+	// reachable.
+	want := []FieldError{{"spec.rules[1].match.callers.repeat",
+		"anonymous and encrypted callers have no key to count calls by, so this rule never matches"}}
+	if got := p.Warnings(); !reflect.DeepEqual(got, want) {
+		t.Errorf("warnings = %v, want %v", got, want)
+	}
+}
