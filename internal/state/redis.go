@@ -1,0 +1,423 @@
+package state
+
+import (
+	"context"
+	"crypto/sha1"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+)
+
+// RedisOptions says which Redis-protocol server a Redis store uses and
+// for which policy.
+type RedisOptions struct {
+	// Address is the server's "host:port".
+	Address  string
+	Database int
+	// Username and Password authenticate (ACL user, or Password alone for
+	// requirepass); empty for none.
+	Username, Password string
+	// TLS, when not nil, is the connection's TLS configuration.
+	TLS *tls.Config
+	// KeyPrefix begins every key, then Namespace "/" Name ":": policies
+	// sharing a server count apart.
+	KeyPrefix       string
+	Namespace, Name string
+	// HashKey keys the HMAC-SHA256 that callers are stored under; every
+	// replica of a policy must use the same.
+	HashKey []byte
+}
+
+// Redis is a Store in a Redis-protocol server, shared by every replica of
+// a policy. A caller has at most two keys: its counted calls (a sorted set
+// "c:") and its blocks (a hash "b:"), named by its keyed hash; each expires
+// with the longest window or block it serves.
+type Redis struct {
+	client  *redis.Client
+	hashKey []byte
+	// base is KeyPrefix namespace/name: ; pattern matches its block keys in
+	// SCAN.
+	base, pattern string
+}
+
+// Key kinds after the base.
+const (
+	kindCalls  = "c:"
+	kindBlocks = "b:"
+	kindClaim  = "k:"
+	// maskedField is the blocks hash's field for the masked number; rule
+	// names are DNS labels, so no rule is called "#".
+	maskedField = "#"
+	// scanCount is SCAN's COUNT: the keys a listing reads per round trip.
+	scanCount = 1000
+)
+
+// evalScript records a call and answers a Query; Memory.eval is the same in
+// Go: keep them alike.
+//
+// KEYS: calls, blocks. ARGV: at (ms), record ("1"), call member, keep (ms),
+// keep calls, masked, then per step: rule, static ("1"), calls, within
+// (ms), blockFor (ms). It returns {step, blocked, until, started}.
+const evalScript = `
+local c, b = KEYS[1], KEYS[2]
+local at = tonumber(ARGV[1])
+local function fmt(n) return string.format('%.0f', n) end
+if ARGV[2] == '1' then
+  local keep = tonumber(ARGV[4])
+  redis.call('ZADD', c, 'NX', ARGV[1], ARGV[3])
+  redis.call('ZREMRANGEBYSCORE', c, '-inf', fmt(at - keep))
+  redis.call('ZREMRANGEBYRANK', c, 0, -tonumber(ARGV[5]) - 1)
+  redis.call('PEXPIRE', c, fmt(keep))
+end
+local blocks = {}
+local raw = redis.call('HGETALL', b)
+for i = 1, #raw, 2 do
+  if raw[i] ~= '#' then
+    local s, u = string.match(raw[i + 1], '^(-?%d+):(-?%d+)$')
+    if s then blocks[raw[i]] = {tonumber(s), tonumber(u)} end
+  end
+end
+local counts = {}
+local n = (#ARGV - 6) / 5
+for i = 0, n - 1 do
+  local o = 7 + i * 5
+  local rule, static = ARGV[o], ARGV[o + 1] == '1'
+  local calls, within, blockFor = tonumber(ARGV[o + 2]), tonumber(ARGV[o + 3]), tonumber(ARGV[o + 4])
+  local since, untl = 0, 0
+  if blocks[rule] then since, untl = blocks[rule][1], blocks[rule][2] end
+  local blocked = untl > at
+  local holds = blocked
+  if not holds and static then
+    if calls == 0 then
+      holds = true
+    else
+      local k = counts[within]
+      if k == nil then
+        k = redis.call('ZCOUNT', c, '(' .. fmt(at - within), ARGV[1])
+        counts[within] = k
+      end
+      holds = k >= calls
+    end
+  end
+  if holds then
+    local started = 0
+    if blockFor > 0 then
+      local nu = at + blockFor
+      if blocked then
+        if untl > nu then nu = untl end
+      else
+        since = at
+        started = 1
+      end
+      untl = nu
+      blocks[rule] = {since, untl}
+      local set, last = {'#', ARGV[6]}, untl
+      for r, v in pairs(blocks) do
+        if v[2] > at then
+          set[#set + 1] = r
+          set[#set + 1] = fmt(v[1]) .. ':' .. fmt(v[2])
+          if v[2] > last then last = v[2] end
+        else
+          redis.call('HDEL', b, r)
+        end
+      end
+      redis.call('HSET', b, unpack(set))
+      redis.call('PEXPIRE', b, fmt(last - at))
+    end
+    return {i, blocked and 1 or 0, untl, started}
+  end
+end
+return {-1, 0, 0, 0}
+`
+
+// unblockScript deletes a blocks key (KEYS[1]) and returns how many of its
+// blocks ran past ARGV[1] (ms).
+const unblockScript = `
+local raw = redis.call('HGETALL', KEYS[1])
+local now, n = tonumber(ARGV[1]), 0
+for i = 1, #raw, 2 do
+  if raw[i] ~= '#' then
+    local u = tonumber(string.match(raw[i + 1], ':(-?%d+)$'))
+    if u and u > now then n = n + 1 end
+  end
+end
+redis.call('DEL', KEYS[1])
+return n
+`
+
+// script is a Lua script run by its SHA1, sent whole only when the server
+// does not have it yet (NOSCRIPT: a fresh or restarted server).
+type script struct{ src, sha string }
+
+func newScript(src string) script {
+	sum := sha1.Sum([]byte(src))
+	return script{src: src, sha: hex.EncodeToString(sum[:])}
+}
+
+var (
+	evalLua    = newScript(evalScript)
+	unblockLua = newScript(unblockScript)
+)
+
+// NewRedis makes a Redis store. It does not connect: the first request
+// does, and a server that cannot be reached fails requests, not NewRedis.
+func NewRedis(opts RedisOptions) (*Redis, error) {
+	switch {
+	case opts.Address == "":
+		return nil, errors.New("state: redis: no address")
+	case opts.Database < 0:
+		return nil, fmt.Errorf("state: redis: database %d is negative", opts.Database)
+	case len(opts.HashKey) == 0:
+		return nil, errors.New("state: redis: empty hash key")
+	case opts.Namespace == "" || opts.Name == "":
+		return nil, fmt.Errorf("state: redis: policy %q/%q needs a namespace and a name", opts.Namespace, opts.Name)
+	}
+	base := opts.KeyPrefix + opts.Namespace + "/" + opts.Name + ":"
+	c := redis.NewClient(&redis.Options{
+		Addr:      opts.Address,
+		DB:        opts.Database,
+		Username:  opts.Username,
+		Password:  opts.Password,
+		TLSConfig: opts.TLS,
+		// RESP2 and no client-identity or maintenance handshakes: what every
+		// Redis-protocol server (Valkey, managed ones) understands.
+		Protocol:                 2,
+		DisableIdentity:          true,
+		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
+		// The caller's context bounds every request (the receiver's budget
+		// is 100 ms); one retry replaces a connection the server closed.
+		ContextTimeoutEnabled: true,
+		MaxRetries:            1,
+		DialerRetries:         1,
+		DialTimeout:           2 * time.Second,
+	})
+	return &Redis{
+		client:  c,
+		hashKey: slices.Clone(opts.HashKey),
+		base:    base,
+		pattern: globEscape(base+kindBlocks) + "*",
+	}, nil
+}
+
+// globEscape quotes SCAN MATCH's special characters.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if strings.ContainsRune(`*?[]\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
+// keyName is the key of a hashed caller (or claim) of a kind.
+func (r *Redis) keyName(kind string, k callerKey) string {
+	return r.base + kind + base64.RawURLEncoding.EncodeToString(k[:])
+}
+
+// Eval implements Store: one pipeline of one script call per query.
+func (r *Redis) Eval(ctx context.Context, qs []Query, ans []Answer) error {
+	if len(ans) < len(qs) {
+		return fmt.Errorf("state: eval: %d answers for %d queries", len(ans), len(qs))
+	}
+	if len(qs) == 0 {
+		return nil
+	}
+	h := newHasher(r.hashKey)
+	keys := make([][]string, len(qs))
+	args := make([][]any, len(qs))
+	for i := range qs {
+		q := &qs[i]
+		k := h.key(q.Caller)
+		keys[i] = []string{r.keyName(kindCalls, k), r.keyName(kindBlocks, k)}
+		var member [8]byte
+		binary.BigEndian.PutUint64(member[:], callMember(q.CallID))
+		a := make([]any, 0, 6+5*len(q.Steps))
+		a = append(a, ms(q.At), flag(q.Record), member[:], durMS(q.Keep), max(q.KeepCalls, 1), q.Masked)
+		for j := range q.Steps {
+			s := &q.Steps[j]
+			a = append(a, s.Rule, flag(s.Static), s.Calls, durMS(s.Within), durMS(s.BlockFor))
+		}
+		args[i] = a
+	}
+	cmds, err := r.run(ctx, evalLua, keys, args)
+	if err != nil {
+		return fmt.Errorf("state: eval: %w", err)
+	}
+	for i, cmd := range cmds {
+		v, err := cmd.Int64Slice()
+		if err != nil || len(v) != 4 {
+			return fmt.Errorf("state: eval: script answered %v: %v", cmd.Val(), err)
+		}
+		ans[i] = Answer{Step: int(v[0]), Blocked: v[1] == 1, Until: fromMS(v[2]), Started: v[3] == 1}
+	}
+	return nil
+}
+
+func flag(b bool) string {
+	if b {
+		return "1"
+	}
+	return "0"
+}
+
+// run sends one EVALSHA of s per keys[i], args[i] in one pipeline, and
+// again as EVAL those the server did not have the script for.
+func (r *Redis) run(ctx context.Context, s script, keys [][]string, args [][]any) ([]*redis.Cmd, error) {
+	cmds := make([]*redis.Cmd, len(keys))
+	pipe := r.client.Pipeline()
+	for i := range keys {
+		cmds[i] = pipe.EvalSha(ctx, s.sha, keys[i], args[i]...)
+	}
+	_, _ = pipe.Exec(ctx)
+	var missing []int
+	for i, cmd := range cmds {
+		if err := cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			missing = append(missing, i)
+		}
+	}
+	if len(missing) > 0 {
+		pipe = r.client.Pipeline()
+		for _, i := range missing {
+			cmds[i] = pipe.Eval(ctx, s.src, keys[i], args[i]...)
+		}
+		_, _ = pipe.Exec(ctx)
+	}
+	for _, cmd := range cmds {
+		if err := cmd.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return cmds, nil
+}
+
+// Claim implements Store.
+func (r *Redis) Claim(ctx context.Context, id string, ttl time.Duration) (bool, error) {
+	key := r.keyName(kindClaim, newHasher(r.hashKey).key(id))
+	ok, err := r.client.SetNX(ctx, key, "1", max(ttl, time.Millisecond)).Result()
+	if err != nil {
+		return false, fmt.Errorf("state: claim: %w", err)
+	}
+	return ok, nil
+}
+
+// scan calls page with each page of this policy's blocks keys.
+func (r *Redis) scan(ctx context.Context, page func([]string) error) error {
+	var cursor uint64
+	for {
+		keys, next, err := r.client.Scan(ctx, cursor, r.pattern, scanCount).Result()
+		if err != nil {
+			return err
+		}
+		if len(keys) > 0 {
+			if err := page(keys); err != nil {
+				return err
+			}
+		}
+		if cursor = next; cursor == 0 {
+			return nil
+		}
+	}
+}
+
+// Blocks implements Store.
+func (r *Redis) Blocks(ctx context.Context, now time.Time) ([]Block, error) {
+	at := ms(now)
+	var out []Block
+	err := r.scan(ctx, func(keys []string) error {
+		pipe := r.client.Pipeline()
+		cmds := make([]*redis.MapStringStringCmd, len(keys))
+		for i, k := range keys {
+			cmds[i] = pipe.HGetAll(ctx, k)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return err
+		}
+		for _, cmd := range cmds {
+			fields := cmd.Val()
+			masked := fields[maskedField]
+			for rule, v := range fields {
+				if rule == maskedField {
+					continue
+				}
+				since, until, ok := parseBlock(v)
+				if ok && until > at {
+					out = append(out, Block{Masked: masked, Rule: rule, Since: fromMS(since), Until: fromMS(until)})
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("state: blocks: %w", err)
+	}
+	sortBlocks(out)
+	return out, nil
+}
+
+// parseBlock reads a blocks hash value, "since:until" in ms.
+func parseBlock(v string) (since, until int64, ok bool) {
+	s, u, found := strings.Cut(v, ":")
+	if !found {
+		return 0, 0, false
+	}
+	since, err1 := strconv.ParseInt(s, 10, 64)
+	until, err2 := strconv.ParseInt(u, 10, 64)
+	return since, until, err1 == nil && err2 == nil
+}
+
+// Unblock implements Store.
+func (r *Redis) Unblock(ctx context.Context, caller string) (int, error) {
+	now := ms(time.Now())
+	lift := func(keys []string) (int, error) {
+		ks := make([][]string, len(keys))
+		args := make([][]any, len(keys))
+		for i, k := range keys {
+			ks[i], args[i] = []string{k}, []any{now}
+		}
+		cmds, err := r.run(ctx, unblockLua, ks, args)
+		if err != nil {
+			return 0, err
+		}
+		n := 0
+		for _, cmd := range cmds {
+			c, err := cmd.Int()
+			if err != nil {
+				return 0, err
+			}
+			n += c
+		}
+		return n, nil
+	}
+	if caller != "" {
+		n, err := lift([]string{r.keyName(kindBlocks, newHasher(r.hashKey).key(caller))})
+		if err != nil {
+			return 0, fmt.Errorf("state: unblock: %w", err)
+		}
+		return n, nil
+	}
+	total := 0
+	err := r.scan(ctx, func(keys []string) error {
+		n, err := lift(keys)
+		total += n
+		return err
+	})
+	if err != nil {
+		return total, fmt.Errorf("state: unblock: %w", err)
+	}
+	return total, nil
+}
+
+// Close implements Store: it closes the connection pool.
+func (r *Redis) Close() error { return r.client.Close() }

@@ -1,0 +1,184 @@
+// Package redisserver runs a real redis-server for tests: a child process
+// on a free loopback port, without persistence, stopped when the test ends.
+//
+// The binary is $REDIS_SERVER, else /usr/bin/redis-server, else
+// redis-server from PATH. A machine without one fails the test (it is not
+// skipped): install Debian's redis-server package.
+package redisserver
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// startTimeout bounds how long a started server may take to answer PING.
+const startTimeout = 10 * time.Second
+
+// Server is a running redis-server.
+type Server struct {
+	tb    testing.TB
+	bin   string
+	port  int
+	extra []string
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Start launches a redis-server on a free 127.0.0.1 port with
+// `--save "" --appendonly no` and any extra command-line arguments (such as
+// "--requirepass", "secret"), waits until it answers PING, and stops it
+// when tb ends.
+func Start(tb testing.TB, extra ...string) *Server {
+	tb.Helper()
+	bin, err := binary()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	s := &Server{tb: tb, bin: bin, extra: extra}
+	tb.Cleanup(s.Stop)
+	// The port is free when picked but may be taken before the server binds
+	// it: try a few.
+	for attempt := 0; ; attempt++ {
+		if s.port, err = freePort(); err != nil {
+			tb.Fatalf("redis-server: %v", err)
+		}
+		err = s.start()
+		if err == nil {
+			return s
+		}
+		if attempt == 4 {
+			tb.Fatalf("redis-server: %v", err)
+		}
+	}
+}
+
+// binary finds the redis-server to run.
+func binary() (string, error) {
+	if p := os.Getenv("REDIS_SERVER"); p != "" {
+		return p, nil
+	}
+	if _, err := os.Stat("/usr/bin/redis-server"); err == nil {
+		return "/usr/bin/redis-server", nil
+	}
+	if p, err := exec.LookPath("redis-server"); err == nil {
+		return p, nil
+	}
+	return "", fmt.Errorf("redis-server not found: install Debian's redis-server package (apt-get install redis-server)")
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("pick a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// Addr is the server's "host:port".
+func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
+
+func (s *Server) start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		return nil
+	}
+	args := append([]string{
+		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no",
+		"--dir", s.tb.TempDir(), "--daemonize", "no", "--loglevel", "warning",
+	}, s.extra...)
+	cmd := exec.Command(s.bin, args...)
+	log := &bytes.Buffer{}
+	cmd.Stdout, cmd.Stderr = log, log
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", s.bin, err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	deadline := time.Now().Add(startTimeout)
+	for {
+		select {
+		case <-done:
+			return fmt.Errorf("%s exited at start: %s", s.bin, log.String())
+		default:
+		}
+		if ping(s.Addr()) == nil {
+			s.cmd, s.done = cmd, done
+			return nil
+		}
+		if time.Now().After(deadline) {
+			_ = cmd.Process.Kill()
+			<-done
+			return fmt.Errorf("%s did not answer PING within %s: %s", s.bin, startTimeout, log.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// ping sends PING and expects PONG. A server started with --requirepass
+// answers NOAUTH, which still shows it is up.
+func ping(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write([]byte("PING\r\n")); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		return err
+	}
+	if line != "+PONG\r\n" && !bytes.HasPrefix([]byte(line), []byte("-NOAUTH")) {
+		return fmt.Errorf("PING answered %q", line)
+	}
+	return nil
+}
+
+// Stop stops the server (SIGTERM, then SIGKILL after 5 s). It is a no-op
+// when the server is not running. What it held is lost.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return
+	}
+	_ = s.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-s.done:
+	case <-time.After(5 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.done
+	}
+	s.cmd = nil
+}
+
+// Restart starts a stopped server again on the same address, empty; it
+// fails the test when it cannot.
+func (s *Server) Restart() {
+	s.tb.Helper()
+	s.Stop()
+	var err error
+	// The port was just released: a moment may pass before it binds again.
+	for range 50 {
+		if err = s.start(); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.tb.Fatalf("redis-server restart on %s: %v", s.Addr(), err)
+}
