@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -182,6 +183,7 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 	case opts.Namespace == "" || opts.Name == "":
 		return nil, fmt.Errorf("state: redis: policy %q/%q needs a namespace and a name", opts.Namespace, opts.Name)
 	}
+	quietClient.Do(func() { redis.SetLogger(quiet{}) })
 	base := opts.KeyPrefix + opts.Namespace + "/" + opts.Name + ":"
 	c := redis.NewClient(&redis.Options{
 		Addr:      opts.Address,
@@ -208,6 +210,15 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		pattern: globEscape(base+kindBlocks) + "*",
 	}, nil
 }
+
+// quietClient silences the client's own log, once per process: every error
+// reaches the store's caller, who logs it once per batch instead of one
+// line per failed dial.
+var quietClient sync.Once
+
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
 
 // globEscape quotes SCAN MATCH's special characters.
 func globEscape(s string) string {
