@@ -198,7 +198,9 @@ func (s *Server) PolicyHash() string {
 // Apply makes p the live policy. secret holds the bot's credential Secret
 // (client-secret, or tls.crt and tls.key); it is unused with workload
 // identity. On error the previous policy stays live. The result is counted.
-// A policy applied here keeps its state under no namespace/name.
+// Its source's namespace/name are unknown here, so a policy with
+// state.redis (whose keys carry them) is refused: the policy sources
+// (LoadPolicyFile, LoadConfigMap) apply those.
 func (s *Server) Apply(p *policy.Policy, secret map[string][]byte) error {
 	return s.applied(s.apply(p, secret, policyID{}))
 }

@@ -3,6 +3,8 @@ package receiver
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -167,9 +169,46 @@ func storeConfigOf(p *policy.Policy, spec *v1alpha1.CallPolicySpec, id policyID,
 	return c, true
 }
 
-// openStore makes the store c describes.
+// openStore makes the store c describes. A Redis store connects lazily:
+// a server down at apply does not refuse the policy (state.onError
+// applies to its calls until it answers).
 func openStore(c storeConfig) (state.Store, error) {
-	return nil, errors.New("state store: not built yet")
+	if !c.redis {
+		st, err := state.NewMemory([]byte(c.key), memoryCallers)
+		if err != nil {
+			return nil, fmt.Errorf("state store in memory: %w", err)
+		}
+		return st, nil
+	}
+	o := state.RedisOptions{
+		Address:   c.address,
+		Database:  c.database,
+		Username:  c.username,
+		Password:  c.password,
+		KeyPrefix: c.keyPrefix,
+		Namespace: c.policy.namespace,
+		Name:      c.policy.name,
+		HashKey:   []byte(c.key),
+	}
+	if c.tls {
+		host, _, err := net.SplitHostPort(c.address)
+		if err != nil {
+			return nil, fmt.Errorf("state.redis.address %q: %w", c.address, err)
+		}
+		o.TLS = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
+		if c.ca != "" {
+			pool := x509.NewCertPool()
+			if !pool.AppendCertsFromPEM([]byte(c.ca)) {
+				return nil, fmt.Errorf("state.redis.tls: %s holds no PEM certificate", stateCAFile)
+			}
+			o.TLS.RootCAs = pool
+		}
+	}
+	st, err := state.NewRedis(o)
+	if err != nil {
+		return nil, fmt.Errorf("state.redis: %w", err)
+	}
+	return st, nil
 }
 
 // Results of a round trip to the store (state_requests_total).

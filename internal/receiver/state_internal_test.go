@@ -2,10 +2,12 @@ package receiver
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/callguard/callguard/api/v1alpha1"
 	"github.com/callguard/callguard/internal/graph"
@@ -69,7 +71,8 @@ func TestStateKey(t *testing.T) {
 			}
 			s := New(Config{StateDir: dir})
 			defer s.Close()
-			err := s.Apply(keyPolicy(t, "first", tt.redis), botSecret)
+			hotline := policyID{"telephony", "hotline"}
+			err := s.applied(s.apply(keyPolicy(t, "first", tt.redis), botSecret, hotline))
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("Apply: %v, want an error containing %q", err, tt.wantErr)
@@ -93,7 +96,7 @@ func TestStateKey(t *testing.T) {
 				t.Fatalf("random key of %d bytes, want 32", len(key))
 			}
 			// Another version keeps the key: a process's random key is one.
-			if err := s.Apply(keyPolicy(t, "second", tt.redis), botSecret); err != nil {
+			if err := s.applied(s.apply(keyPolicy(t, "second", tt.redis), botSecret, hotline)); err != nil {
 				t.Fatal(err)
 			}
 			if !bytes.Equal(s.stateKey(), key) {
@@ -110,5 +113,32 @@ func TestStateKey(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestDecideBatchStatelessAllocs: a policy that keeps no state decides a
+// batch with the plan's two slices and nothing for the store.
+func TestDecideBatchStatelessAllocs(t *testing.T) {
+	p := decidePolicy(t, v1alpha1.ModeEnforce)
+	if p.Stateful() {
+		t.Fatal("the policy keeps state")
+	}
+	const runs = 100
+	batches := make([]*graph.Notifications, runs+1)
+	for i := range batches {
+		batches[i] = mustDecode(t, incoming(fmt.Sprintf("call-%d", i), "+14255550001"))
+	}
+	calls := newCallLog(DedupeWindow, 1000)
+	now := time.Now()
+	i := 0
+	allocs := testing.AllocsPerRun(runs, func() {
+		pl := decideBatch(batches[i], p, false, calls, now, "", nil)
+		if len(pl.decided) != 1 {
+			t.Fatalf("decided %d calls, want 1", len(pl.decided))
+		}
+		i++
+	})
+	if allocs > 2 {
+		t.Errorf("decideBatch allocates %v times a batch, want at most 2 (the plan's slices)", allocs)
 	}
 }
