@@ -1,0 +1,176 @@
+package state
+
+import (
+	"context"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/callguard/callguard/test/harness/redisserver"
+)
+
+// benchSteps is a typical stateful policy: a repeat rule that blocks, then
+// the rule that decides otherwise.
+var benchSteps = []Step{
+	{Rule: "floods", Static: true, Calls: 5, Within: time.Hour, BlockFor: time.Hour},
+	{Rule: "allow-rest", Static: true},
+}
+
+// benchBatch fills qs with calls of distinct callers first..first+len-1,
+// call ids unique per round.
+func benchBatch(qs []Query, first, round int, at time.Time, keep time.Duration, keepCalls int) {
+	for i := range qs {
+		c := first + i
+		qs[i] = Query{
+			Caller: "+1" + strconv.Itoa(2000000000+c), Masked: "****", CallID: strconv.Itoa(round) + "-" + strconv.Itoa(c),
+			At: at, Record: true, Keep: keep, KeepCalls: keepCalls, Steps: benchSteps,
+		}
+	}
+}
+
+const benchBatchSize = 50
+
+// BenchmarkEval: one batch of 50 calls of distinct callers (out of 10,000)
+// per op, through Redis on loopback and in memory; ns/query is the cost
+// of one call.
+func BenchmarkEval(b *testing.B) {
+	srv := redisserver.Start(b)
+	r := newTestRedis(b, srv.Addr(), RedisOptions{KeyPrefix: "callguard:", Namespace: "default", Name: "block-floods"})
+	m, err := NewMemory(key, 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, st := range []struct {
+		name string
+		s    Store
+	}{{"redis", r}, {"memory", m}} {
+		b.Run(st.name, func(b *testing.B) {
+			qs := make([]Query, benchBatchSize)
+			ans := make([]Answer, benchBatchSize)
+			ctx := context.Background()
+			at := now()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for i := 0; b.Loop(); i++ {
+				first := i * benchBatchSize % 10_000
+				benchBatch(qs, first, i, at.Add(time.Duration(i)*time.Millisecond), time.Hour, 5)
+				if err := st.s.Eval(ctx, qs, ans); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*benchBatchSize), "ns/query")
+		})
+	}
+}
+
+// million is the callers of the memory benchmarks.
+const million = 1_000_000
+
+// load evaluates one call of each of n callers, in batches of 1,000 from
+// 4 goroutines, with a 24 h window.
+func load(b *testing.B, st Store, n int, at time.Time) {
+	const batch, workers = 1000, 4
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := range workers {
+		wg.Go(func() {
+			qs := make([]Query, batch)
+			ans := make([]Answer, batch)
+			for first := w * batch; first < n; first += workers * batch {
+				k := min(batch, n-first)
+				benchBatch(qs[:k], first, 0, at, 24*time.Hour, 5)
+				if err := st.Eval(context.Background(), qs[:k], ans[:k]); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkRedisMillionCallers: the server's used_memory for 1,000,000
+// callers with one counted call each in a 24 h window (run with
+// -benchtime 1x: an op is the whole load).
+func BenchmarkRedisMillionCallers(b *testing.B) {
+	for range b.N {
+		b.StopTimer()
+		srv := redisserver.Start(b)
+		r := newTestRedis(b, srv.Addr(), RedisOptions{KeyPrefix: "callguard:", Namespace: "default", Name: "block-floods"})
+		adm := admin(b, srv.Addr(), 0)
+		used := func() float64 {
+			info := adm.Info(context.Background(), "memory").Val()
+			for _, line := range strings.Split(info, "\r\n") {
+				if v, ok := strings.CutPrefix(line, "used_memory:"); ok {
+					n, _ := strconv.ParseFloat(v, 64)
+					return n
+				}
+			}
+			b.Fatal("no used_memory in INFO memory")
+			return 0
+		}
+		before := used()
+		b.StartTimer()
+		start := time.Now()
+		load(b, r, million, now())
+		took := time.Since(start)
+		b.StopTimer()
+		after := used()
+		keys := adm.DBSize(context.Background()).Val()
+		if keys != million {
+			b.Fatalf("%d keys for %d callers", keys, million)
+		}
+		b.ReportMetric((after-before)/million, "bytes/caller")
+		b.ReportMetric((after-before)/(1<<20), "used-MiB")
+		b.ReportMetric(million/took.Seconds(), "calls/s")
+		srv.Stop()
+	}
+}
+
+// heap is the live heap after a collection.
+func heap() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return ms.HeapAlloc
+}
+
+// BenchmarkMemoryMillionCallers: the memory store's heap for 1,000,000
+// callers with one counted call each, and at its bound: 1,500,000 callers
+// into a store of DefaultMaxCallers (run with -benchtime 1x).
+func BenchmarkMemoryMillionCallers(b *testing.B) {
+	for _, tc := range []struct {
+		name    string
+		callers int
+	}{{"1M", million}, {"1.5M-into-bound", million + million/2}} {
+		b.Run(tc.name, func(b *testing.B) {
+			for range b.N {
+				b.StopTimer()
+				before := heap()
+				m, err := NewMemory(key, 0)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				load(b, m, tc.callers, now())
+				b.StopTimer()
+				after := heap()
+				if len(m.idx) != min(tc.callers, DefaultMaxCallers) {
+					b.Fatalf("%d callers remembered", len(m.idx))
+				}
+				b.ReportMetric(float64(after-before)/float64(len(m.idx)), "bytes/caller")
+				b.ReportMetric(float64(after-before)/(1<<20), "heap-MiB")
+				b.ReportMetric(float64(len(m.idx)), "callers")
+				runtime.KeepAlive(m)
+			}
+		})
+	}
+}
