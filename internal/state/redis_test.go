@@ -397,21 +397,48 @@ func TestRedisOneRoundTripPerBatch(t *testing.T) {
 	}
 }
 
+// aclCommands are the commands a Redis store sends, its scripts included.
+const aclCommands = "evalsha eval set scan hgetall select zadd zremrangebyscore zremrangebyrank zcount pexpire hset hdel del"
+
 // TestRedisOptions: the database, ACL user and password reach the server;
 // bad options are refused by NewRedis.
 func TestRedisOptions(t *testing.T) {
-	srv := redisserver.Start(t, "--user", "default", "off", "--user", "callguard", "on", ">s3cret", "~*", "+@all")
+	// The user may run only the commands docs/state.md lists, on its
+	// prefix's keys.
+	acl := []string{"--user", "default", "off", "--user", "callguard", "on", ">s3cret", "~callguard:*"}
+	for _, c := range strings.Fields(aclCommands) {
+		acl = append(acl, "+"+c)
+	}
+	srv := redisserver.Start(t, acl...)
 	ctx := context.Background()
 	q := []Query{{Caller: "+14255550123", CallID: "1", At: now(), Record: true, Keep: time.Hour, KeepCalls: 2,
 		Steps: []Step{{Rule: "r", Static: true, Calls: 2, Within: time.Hour}}}}
-	good := newTestRedis(t, srv.Addr(), RedisOptions{Username: "callguard", Password: "s3cret", Database: 3})
+	good := newTestRedis(t, srv.Addr(), RedisOptions{KeyPrefix: "callguard:", Username: "callguard", Password: "s3cret", Database: 3})
+	q[0].Steps[0].BlockFor = time.Hour
+	q[0].Steps[0].Calls = 0
+	if err := good.Eval(ctx, q, make([]Answer, 1)); err != nil {
+		t.Fatalf("with the ACL user: %v", err)
+	}
+	if ok, err := good.Claim(ctx, "x", time.Minute); err != nil || !ok {
+		t.Fatalf("claim with the ACL user: %v, %v", ok, err)
+	}
+	if bs, err := good.Blocks(ctx, time.Now()); err != nil || len(bs) != 1 {
+		t.Fatalf("blocks with the ACL user: %v, %v", bs, err)
+	}
+	if n, err := good.Unblock(ctx, ""); err != nil || n != 1 {
+		t.Fatalf("unblock with the ACL user: %d, %v", n, err)
+	}
 	if err := good.Eval(ctx, q, make([]Answer, 1)); err != nil {
 		t.Fatalf("with the ACL user: %v", err)
 	}
 	adm := redis.NewClient(&redis.Options{Addr: srv.Addr(), Username: "callguard", Password: "s3cret", DB: 3, Protocol: 2})
 	defer adm.Close()
-	if n := adm.DBSize(ctx).Val(); n != 1 {
-		t.Fatalf("database 3 holds %d keys, want 1", n)
+	// The calls key, the blocks key and the claim.
+	if keys, _, err := adm.Scan(ctx, 0, "callguard:*", 100).Result(); err != nil || len(keys) != 3 {
+		t.Fatalf("database 3 holds %q, %v; want 3 keys", keys, err)
+	}
+	if bad := newTestRedis(t, srv.Addr(), RedisOptions{KeyPrefix: "other:", Username: "callguard", Password: "s3cret"}); bad.Eval(ctx, q, make([]Answer, 1)) == nil {
+		t.Fatal("keys outside the user's pattern were written")
 	}
 	bad := newTestRedis(t, srv.Addr(), RedisOptions{Username: "callguard", Password: "wrong"})
 	if err := bad.Eval(ctx, q, make([]Answer, 1)); err == nil {
