@@ -2,13 +2,22 @@ package receiver_test
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -68,6 +77,7 @@ func stateExtra(p stateParams) string {
 type stateEnv struct {
 	*env
 	params   stateParams
+	stateDir string
 	peer     *local.Receiver
 	peerLogs *logSink
 }
@@ -89,7 +99,7 @@ func startStateEnv(t *testing.T, p stateParams, replicas int) *stateEnv {
 		t.Fatal(err)
 	}
 	e := startEnv(t, envOptions{stateDir: dir, extra: stateExtra(p)})
-	se := &stateEnv{env: e, params: p, peer: e.rcv, peerLogs: e.logs}
+	se := &stateEnv{env: e, params: p, stateDir: dir, peer: e.rcv, peerLogs: e.logs}
 	if replicas > 1 {
 		se.peerLogs = &logSink{}
 		se.peer = local.StartReceiver(t, local.Options{Options: receiver.Options{
@@ -433,4 +443,136 @@ func TestBlocksEndpoints(t *testing.T) {
 			t.Errorf("GET /blocks/unblock: %d, want 405", resp.StatusCode)
 		}
 	})
+}
+
+// TestStateRedisCredentials: the store's user name and password come from
+// the state dir, as the operator mounts them.
+func TestStateRedisCredentials(t *testing.T) {
+	tests := []struct {
+		name string
+		// files are written to the state dir beside the key.
+		files  map[string]string
+		wantOK bool
+	}{
+		{name: "user and password", files: map[string]string{"redis-username": "callguard", "redis-password": "s3cret"}, wantOK: true},
+		{name: "wrong password", files: map[string]string{"redis-username": "callguard", "redis-password": "guess"}},
+		{name: "no credentials", files: nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rs := redisserver.Start(t, "--user", "callguard", "on", ">s3cret", "~*", "&*", "+@all", "--user", "default", "off")
+			se := startStateEnv(t, stateParams{Redis: rs.Addr()}, 1)
+			for name, v := range tt.files {
+				if err := os.WriteFile(filepath.Join(se.stateDir, name), []byte(v), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// The files are read on apply.
+			p := se.params
+			p.OnError = "Match"
+			se.setState(p)
+			d, rec := se.call(numRepeat, se.rcv)
+			if tt.wantOK {
+				wantDecision(t, "first call", d, rec, "", "Allow", false)
+				if list := blocks(t, se.rcv); len(list) != 0 {
+					t.Fatalf("blocks %+v, want none", list)
+				}
+				return
+			}
+			// Refused by the server: decided as onError Match says.
+			wantDecision(t, "first call", d, rec, "repeat", "Reject", false)
+			if n := se.metric("callguard_receiver_state_errors_total", nil); n != 1 {
+				t.Errorf("state_errors_total = %v, want 1", n)
+			}
+			resp, err := http.Get(se.ops + "/blocks")
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusServiceUnavailable {
+				t.Errorf("GET /blocks with the store refusing: %d, want 503", resp.StatusCode)
+			}
+		})
+	}
+}
+
+// TestStateRedisTLS: with state.redis.tls the store is reached over TLS,
+// trusting the state dir's redis-ca.crt; a server it does not trust is a
+// store that does not answer.
+func TestStateRedisTLS(t *testing.T) {
+	dir := t.TempDir()
+	certPEM, keyPEM := selfSignedCert(t)
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	for name, b := range map[string][]byte{certFile: certPEM, keyFile: keyPEM} {
+		if err := os.WriteFile(name, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsPort := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	redisserver.Start(t, "--tls-port", strconv.Itoa(tlsPort), "--tls-cert-file", certFile, "--tls-key-file", keyFile,
+		"--tls-ca-cert-file", certFile, "--tls-auth-clients", "no")
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(tlsPort))
+
+	for _, trusted := range []bool{true, false} {
+		t.Run(fmt.Sprintf("trusted=%v", trusted), func(t *testing.T) {
+			se := startStateEnv(t, stateParams{}, 1)
+			if trusted {
+				if err := os.WriteFile(filepath.Join(se.stateDir, "redis-ca.crt"), certPEM, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			params := se.env.params
+			params.Extra = stateExtra(se.params) + "  state:\n    onError: Match\n    redis: {address: \"" + addr + "\", tls: {enabled: true}}\n"
+			before := se.srv.PolicyHash()
+			se.writePolicy(params)
+			eventually(t, 10*time.Second, "the TLS policy live", func() bool { return se.srv.PolicyHash() != before })
+			d, rec := se.call(numRepeat, se.rcv)
+			if trusted {
+				wantDecision(t, "over TLS", d, rec, "", "Allow", false)
+				if n := se.metric("callguard_receiver_state_requests_total", map[string]string{"result": "ok"}); n != 1 {
+					t.Errorf("state_requests_total{result=ok} = %v, want 1", n)
+				}
+				return
+			}
+			wantDecision(t, "untrusted server", d, rec, "repeat", "Reject", false)
+			if n := se.metric("callguard_receiver_state_errors_total", nil); n != 1 {
+				t.Errorf("state_errors_total = %v, want 1", n)
+			}
+		})
+	}
+}
+
+// selfSignedCert is a certificate for 127.0.0.1 that is its own CA.
+func selfSignedCert(t *testing.T) (certPEM, keyPEM []byte) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "redis test"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
 }
