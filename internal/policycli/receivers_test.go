@@ -3,12 +3,8 @@ package policycli
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"net"
-	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +18,7 @@ import (
 	"github.com/callguard/callguard/internal/policy"
 	"github.com/callguard/callguard/internal/receiver"
 	"github.com/callguard/callguard/test/harness/local"
+	"github.com/callguard/callguard/test/harness/redisserver"
 )
 
 // receiverPolicy is the receivers' standalone policy file, on the emulator.
@@ -159,37 +156,6 @@ func blockingPolicy(emu, redisAddr string) []byte {
 	return local.PolicyFile{Emulator: emu, Spec: spec}.YAML()
 }
 
-// startRedis runs a real redis-server on a free loopback port until the
-// test ends and returns its address.
-func startRedis(t *testing.T) string {
-	t.Helper()
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t, "127.0.0.1")))
-	_, port, _ := net.SplitHostPort(addr)
-	cmd := exec.Command("/usr/bin/redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", t.TempDir())
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start redis-server: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
-	local.Eventually(t, 10*time.Second, "redis-server answers PING", func() bool {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			return false
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(time.Second))
-		if _, err := c.Write([]byte("PING\r\n")); err != nil {
-			return false
-		}
-		buf := make([]byte, 7)
-		n, _ := io.ReadFull(c, buf)
-		return string(buf[:n]) == "+PONG\r\n"
-	})
-	return addr
-}
-
 // blockingReceivers runs two real receivers of blockingPolicy as the pods
 // hotline-callguard-a and -b of the CallPolicy hotline in a new namespace,
 // sharing a state key (as the operator's Secret gives them), places a call
@@ -254,8 +220,9 @@ func TestBlocksBehindPodProxy(t *testing.T) {
 			unblocked: []string{"1 block lifted (hotline-callguard-a: 1, hotline-callguard-b: 0)\n"},
 		},
 		{
-			name: "redis",
-			pods: [2][]string{{"hotline-callguard-a", "hotline-callguard-b"}, {"hotline-callguard-a", "hotline-callguard-b"}},
+			name:  "redis",
+			redis: true,
+			pods:  [2][]string{{"hotline-callguard-a", "hotline-callguard-b"}, {"hotline-callguard-a", "hotline-callguard-b"}},
 			// Both pods are asked at once: either lifts it from the store.
 			unblocked: []string{
 				"1 block lifted (hotline-callguard-a: 1, hotline-callguard-b: 0)\n",
@@ -268,7 +235,7 @@ func TestBlocksBehindPodProxy(t *testing.T) {
 			start := time.Now()
 			var redisAddr string
 			if tt.redis {
-				redisAddr = startRedis(t)
+				redisAddr = redisserver.Start(t).Addr()
 			}
 			ns := blockingReceivers(t, redisAddr)
 
