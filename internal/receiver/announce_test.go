@@ -31,6 +31,7 @@ import (
 	"github.com/callguard/callguard/internal/receiver"
 	"github.com/callguard/callguard/internal/wav"
 	"github.com/callguard/callguard/test/harness/local"
+	"github.com/callguard/callguard/test/harness/redisserver"
 )
 
 // Callers the announce rules decide.
@@ -116,6 +117,8 @@ type announceOptions struct {
 	backstopDivisor int
 	// maxConnections caps each receiver's callback connections.
 	maxConnections int
+	// redis is the address of a state store the receivers share ("": none).
+	redis string
 	// receivers is how many receivers to listen for (1 when 0): their
 	// callback URLs are known before the emulator starts.
 	receivers int
@@ -167,7 +170,11 @@ func startAnnounceEnv(t *testing.T, o announceOptions) (*announceEnv, []net.List
 		mode = "Enforce"
 	}
 	e.policy = filepath.Join(dir, "policy.yaml")
-	local.WriteFile(t, e.policy, local.PolicyFile{Emulator: emu.URL(), Spec: `  mode: ` + mode + `
+	state := ""
+	if o.redis != "" {
+		state = "  state:\n    redis: {address: \"" + o.redis + "\"}\n"
+	}
+	local.WriteFile(t, e.policy, local.PolicyFile{Emulator: emu.URL(), Spec: state + `  mode: ` + mode + `
   defaultAction: Allow
   rules:
 ` + announceRules, Extra: promptsConfigMap()}.YAML())
@@ -422,6 +429,29 @@ func TestAnnounceRedelivered(t *testing.T) {
 	}
 	if n := a.metric(t, actionsMetric, action(graph.OpHangup, "failed")); n != 0 {
 		t.Errorf("%v hang-ups failed", n)
+	}
+}
+
+// TestAnnounceSharedStorePlaysOnce: with a state store the replicas share,
+// the play step is claimed there: an established notification delivered to
+// a second replica after the first played the prompt is not played again.
+func TestAnnounceSharedStorePlaysOnce(t *testing.T) {
+	rs := redisserver.Start(t)
+	e, lns := startAnnounceEnv(t, announceOptions{receivers: 2, redis: rs.Addr()})
+	proxy := newRecordingProxy(t, "https://"+lns[0].Addr().String(), e.certPEM)
+	a := e.startReceiver(lns[0], proxy.URL+"/api/calls")
+	b := e.startReceiver(lns[1], proxy.URL+"/api/calls")
+	id := e.place(numAnnounce)
+	checkPlayedOnce(t, e.ended(id), promptClosed)
+	a.waitMetric(t, actionsMetric, action(graph.OpPlayPrompt, "success"), 1)
+	established := proxy.matching(id, `"established"`)
+	if len(established) != 1 {
+		t.Fatalf("recorded %d established notifications, want 1", len(established))
+	}
+	redeliver(t, b.url, established[0], e.certPEM)
+	b.waitMetric(t, "callguard_receiver_announce_steps_total", map[string]string{"step": "play", "result": "duplicate"}, 1)
+	if n := b.metric(t, actionsMetric, map[string]string{"operation": graph.OpPlayPrompt}); n != 0 {
+		t.Errorf("B sent %v playPrompts", n)
 	}
 }
 
