@@ -17,10 +17,11 @@ import (
 const DefaultMaxCallers = 1_000_000
 
 // Memory is a Store in process memory, for one receiver replica. It
-// answers exactly as Redis does. It remembers at most maxCallers callers:
-// past that the least recently seen caller is forgotten (its calls and its
-// blocks). A caller with one counted call costs about 120 bytes (see
-// docs/state.md).
+// answers exactly as Redis does. A caller is forgotten once its calls are
+// older than the window and its blocks are over (as Redis keys expire),
+// and, past maxCallers, the least recently seen caller is forgotten first
+// (its calls and its blocks). A caller with one counted call costs about
+// 125 bytes (see docs/state.md).
 type Memory struct {
 	hashKey []byte
 	max     int
@@ -33,6 +34,10 @@ type Memory struct {
 	idx        map[callerKey]int32
 	ents       []entry
 	head, tail int32
+	// free is the slots of expired callers, for reuse; hand is the next
+	// slot a new caller looks at for expiry.
+	free []int32
+	hand int32
 	// blocks holds the blocks of the few callers that have any, by slot.
 	blocks map[int32]*blockSet
 	claims map[callerKey]int64
@@ -44,6 +49,9 @@ type Memory struct {
 type entry struct {
 	key        callerKey
 	prev, next int32
+	// expires is when the caller's calls and blocks are all over (ms): the
+	// longest window or block it serves, like a Redis key's TTL.
+	expires int64
 	// arr is the caller's counted calls, in store order (time, then call).
 	arr []arrival
 }
@@ -121,10 +129,11 @@ func (m *Memory) eval(q *Query, k callerKey) Answer {
 	}
 	if q.Record {
 		if !ok {
-			slot, ok = m.add(k), true
+			slot, ok = m.add(k, at), true
 		}
 		e := &m.ents[slot]
 		e.arr = record(e.arr, arrival{id: callMember(q.CallID), ms: at}, durMS(q.Keep), max(q.KeepCalls, 1))
+		e.expires = max(e.expires, at+durMS(q.Keep))
 	}
 	var arr []arrival
 	if ok {
@@ -171,8 +180,9 @@ func (m *Memory) eval(q *Query, k callerKey) Answer {
 			}
 			until = nu
 			if !ok {
-				slot, ok = m.add(k), true
+				slot, ok = m.add(k, at), true
 			}
+			m.ents[slot].expires = max(m.ents[slot].expires, until)
 			if bs == nil {
 				bs = &blockSet{}
 				m.blocks[slot] = bs
@@ -227,23 +237,54 @@ func (bs *blockSet) set(masked, rule string, since, until, at int64) {
 	bs.rules = append(bs.rules, ruleBlock{rule: rule, since: since, until: until})
 }
 
-// add makes k's slot, the most recently seen, forgetting the least
-// recently seen caller when the store is full.
-func (m *Memory) add(k callerKey) int32 {
-	var slot int32
-	if len(m.idx) >= m.max {
-		slot = m.tail
-		m.unlink(slot)
-		e := &m.ents[slot]
-		delete(m.idx, e.key)
-		delete(m.blocks, slot)
-		e.key, e.arr = k, e.arr[:0]
-	} else {
-		slot = int32(len(m.ents))
-		m.ents = append(m.ents, entry{key: k})
+// expireSweep is how many slots each new caller looks at, in turn, to
+// forget a caller that expired: more than one, so that a full turn takes
+// fewer new callers than there are slots.
+const expireSweep = 2
+
+// freeSlot marks an entry's prev when its slot is free.
+const freeSlot = -2
+
+// add makes k's slot, the most recently seen, at at: it first forgets the
+// callers in the next slots that expired, then, when the store is still
+// full, the least recently seen one.
+func (m *Memory) add(k callerKey, at int64) int32 {
+	for range expireSweep {
+		if len(m.ents) == 0 {
+			break
+		}
+		if int(m.hand) >= len(m.ents) {
+			m.hand = 0
+		}
+		if e := &m.ents[m.hand]; e.prev != freeSlot && e.expires <= at {
+			m.free = append(m.free, m.forget(m.hand))
+			e.prev = freeSlot
+		}
+		m.hand++
 	}
+	var slot int32
+	switch {
+	case len(m.free) > 0:
+		slot = m.free[len(m.free)-1]
+		m.free = m.free[:len(m.free)-1]
+	case len(m.idx) >= m.max:
+		slot = m.forget(m.tail)
+	default:
+		slot = int32(len(m.ents))
+		m.ents = append(m.ents, entry{})
+	}
+	e := &m.ents[slot]
+	e.key, e.arr, e.expires = k, e.arr[:0], 0
 	m.idx[k] = slot
 	m.pushFront(slot)
+	return slot
+}
+
+// forget drops the caller in slot, calls and blocks, and returns the slot.
+func (m *Memory) forget(slot int32) int32 {
+	m.unlink(slot)
+	delete(m.idx, m.ents[slot].key)
+	delete(m.blocks, slot)
 	return slot
 }
 

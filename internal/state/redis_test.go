@@ -207,6 +207,38 @@ func TestMemoryForgetsLeastRecentlySeen(t *testing.T) {
 	}
 }
 
+// TestMemoryForgetsExpiredCallers: a caller whose calls are past the
+// window and whose blocks are over is forgotten as new callers come, its
+// slot reused: the store keeps about the callers of one window.
+func TestMemoryForgetsExpiredCallers(t *testing.T) {
+	m, err := NewMemory(key, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := now()
+	call := func(who string, at time.Duration, blockFor time.Duration) {
+		q := Query{Caller: who, CallID: who, At: t0.Add(at), Record: true, Keep: time.Minute, KeepCalls: 2,
+			Steps: []Step{{Rule: "r", Static: blockFor > 0, BlockFor: blockFor}}}
+		if err := m.Eval(context.Background(), []Query{q}, make([]Answer, 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// old-0 is blocked for an hour; old-1..9 only counted.
+	call("old-0", 0, time.Hour)
+	for i := 1; i < 10; i++ {
+		call("old-"+strconv.Itoa(i), 0, 0)
+	}
+	for i := range 10 {
+		call("new-"+strconv.Itoa(i), 2*time.Minute, 0)
+	}
+	if len(m.ents) != 11 || len(m.idx) != 11 {
+		t.Fatalf("slots %d, callers %d: want the 9 expired callers' slots reused and the blocked one kept", len(m.ents), len(m.idx))
+	}
+	if bs, _ := m.Blocks(context.Background(), t0.Add(2*time.Minute)); len(bs) != 1 {
+		t.Fatalf("the running block was forgotten: %v", bs)
+	}
+}
+
 // TestRedisOutage: a stopped or stalled server fails Eval within the
 // context's budget; once it answers again so does the store.
 func TestRedisOutage(t *testing.T) {
