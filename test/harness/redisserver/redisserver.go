@@ -9,10 +9,12 @@ package redisserver
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"testing"
@@ -28,6 +30,8 @@ type Server struct {
 	bin   string
 	port  int
 	extra []string
+	// tls is set for a server that speaks only TLS.
+	tls bool
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -40,11 +44,32 @@ type Server struct {
 // when tb ends.
 func Start(tb testing.TB, extra ...string) *Server {
 	tb.Helper()
+	return start(tb, false, extra)
+}
+
+// StartTLS is Start for a server that speaks only TLS on Addr, with the
+// PEM certificate chain and key given (clients present no certificate).
+func StartTLS(tb testing.TB, certPEM, keyPEM []byte, extra ...string) *Server {
+	tb.Helper()
+	dir := tb.TempDir()
+	cert, key := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
+	if err := os.WriteFile(cert, certPEM, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	if err := os.WriteFile(key, keyPEM, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	args := append([]string{"--tls-cert-file", cert, "--tls-key-file", key, "--tls-auth-clients", "no"}, extra...)
+	return start(tb, true, args)
+}
+
+func start(tb testing.TB, useTLS bool, extra []string) *Server {
+	tb.Helper()
 	bin, err := binary()
 	if err != nil {
 		tb.Fatal(err)
 	}
-	s := &Server{tb: tb, bin: bin, extra: extra}
+	s := &Server{tb: tb, bin: bin, extra: extra, tls: useTLS}
 	tb.Cleanup(s.Stop)
 	// The port is free when picked but may be taken before the server binds
 	// it: try a few.
@@ -94,11 +119,15 @@ func (s *Server) start() error {
 	if s.cmd != nil {
 		return nil
 	}
-	args := append([]string{
-		"--port", strconv.Itoa(s.port), "--bind", "127.0.0.1",
+	port := []string{"--port", strconv.Itoa(s.port)}
+	if s.tls {
+		port = []string{"--port", "0", "--tls-port", strconv.Itoa(s.port)}
+	}
+	args := append(append(port,
+		"--bind", "127.0.0.1",
 		"--save", "", "--appendonly", "no",
 		"--dir", s.tb.TempDir(), "--daemonize", "no", "--loglevel", "warning",
-	}, s.extra...)
+	), s.extra...)
 	cmd := exec.Command(s.bin, args...)
 	log := &bytes.Buffer{}
 	cmd.Stdout, cmd.Stderr = log, log
@@ -114,7 +143,7 @@ func (s *Server) start() error {
 			return fmt.Errorf("%s exited at start: %s", s.bin, log.String())
 		default:
 		}
-		if ping(s.Addr()) == nil {
+		if ping(s.Addr(), s.tls) == nil {
 			s.cmd, s.done = cmd, done
 			return nil
 		}
@@ -128,9 +157,17 @@ func (s *Server) start() error {
 }
 
 // ping sends PING and expects PONG. A server started with --requirepass
-// answers NOAUTH, which still shows it is up.
-func ping(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
+// answers NOAUTH, which still shows it is up. Over TLS it does not check
+// the certificate: it only waits for the server to listen.
+func ping(addr string, useTLS bool) error {
+	var c net.Conn
+	var err error
+	d := &net.Dialer{Timeout: time.Second}
+	if useTLS {
+		c, err = tls.DialWithDialer(d, "tcp", addr, &tls.Config{InsecureSkipVerify: true}) //nolint:gosec // readiness probe only
+	} else {
+		c, err = d.Dial("tcp", addr)
+	}
 	if err != nil {
 		return err
 	}
