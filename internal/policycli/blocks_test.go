@@ -7,13 +7,17 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	"github.com/callguard/callguard/api/v1alpha1"
 )
@@ -424,4 +428,73 @@ func onlySpaceLines(body []byte) bool {
 		}
 	}
 	return true
+}
+
+// TestBlocksRBAC checks the RBAC the help and the docs give: blocks needs
+// get on pods/proxy, unblock create on it, against the API server's own
+// authorizer.
+func TestBlocksRBAC(t *testing.T) {
+	cluster(t)
+	ip := podIP(t)
+	ns := newNamespace(t)
+	pod := serveBlocks(t, ip, blockEarly+"\n", 1, "")
+	callPolicy(t, ns, "hotline", blockingSpec(t), "", "")
+	receiverDeployment(t, ns, "hotline")
+	receiverPod(t, ns, "hotline", "hotline-callguard-a", corev1.PodRunning, ip, pod.port)
+
+	reads := []rbacv1.PolicyRule{
+		{APIGroups: []string{v1alpha1.GroupVersion.Group}, Resources: []string{"callpolicies"}, Verbs: []string{"get"}},
+		{APIGroups: []string{"apps"}, Resources: []string{"deployments"}, Verbs: []string{"get"}},
+		{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"list"}},
+	}
+	proxy := func(verbs ...string) rbacv1.PolicyRule {
+		return rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"pods/proxy"}, Verbs: verbs}
+	}
+	users := map[string][]rbacv1.PolicyRule{
+		"viewer": append(slices.Clone(reads), proxy("get")),
+		"lifter": append(slices.Clone(reads), proxy("create")),
+	}
+	kubeconfigs := map[string]string{}
+	for user, rules := range users {
+		rbac := core.RbacV1()
+		if _, err := rbac.Roles(ns).Create(context.Background(), &rbacv1.Role{ObjectMeta: metav1.ObjectMeta{Name: user}, Rules: rules}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := rbac.RoleBindings(ns).Create(context.Background(), &rbacv1.RoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: user},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: user},
+			Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: "User", Name: user}},
+		}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		u, err := testEnv.AddUser(envtest.User{Name: user}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kubeconfigs[user] = filepath.Join(t.TempDir(), "kubeconfig")
+		if err := writeKubeconfig(u.Config(), kubeconfigs[user]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		user      string
+		args      []string
+		code      int
+		stdoutHas string
+		stderrHas string
+	}{
+		{"viewer", []string{"blocks", "hotline"}, 0, "****0123", ""},
+		{"viewer", []string{"unblock", "hotline", "--all"}, 1, "0 blocks lifted", `warning: pod hotline-callguard-a: cannot lift its blocks: pods "http:hotline-callguard-a:` + fmt.Sprint(pod.port) + `" is forbidden: User "viewer" cannot create resource "pods/proxy"`},
+		{"lifter", []string{"unblock", "hotline", "--all"}, 0, "1 block lifted (hotline-callguard-a: 1)", ""},
+		{"lifter", []string{"blocks", "hotline"}, 1, "", `warning: pod hotline-callguard-a: cannot read its blocks: pods "http:hotline-callguard-a:` + fmt.Sprint(pod.port) + `" is forbidden: User "lifter" cannot get resource "pods/proxy"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.user+" "+tt.args[0], func(t *testing.T) {
+			var stdout, stderr strings.Builder
+			code := Run(append(tt.args, "-n", ns, "--kubeconfig", kubeconfigs[tt.user]), nil, &stdout, &stderr)
+			if code != tt.code || !strings.Contains(stdout.String(), tt.stdoutHas) || !strings.Contains(stderr.String(), tt.stderrHas) {
+				t.Errorf("exit %d, want %d\nstdout: %s\nwant it to contain %q\nstderr: %s\nwant it to contain %q", code, tt.code, stdout.String(), tt.stdoutHas, stderr.String(), tt.stderrHas)
+			}
+		})
+	}
 }

@@ -256,9 +256,17 @@ func (k *kube) proxyPost(ctx context.Context, pod *corev1.Pod, path string, body
 func proxyError(err error, body []byte) error {
 	var se *apierrors.StatusError
 	var answer struct {
-		Error string `json:"error"`
+		// Error is a receiver's own; Kind and Message the API server's
+		// Status, which client-go leaves undecoded for proxied requests
+		// (its error then says only "unknown").
+		Error   string `json:"error"`
+		Kind    string `json:"kind"`
+		Message string `json:"message"`
 	}
-	if json.Unmarshal(body, &answer) == nil && answer.Error != "" {
+	if json.Unmarshal(body, &answer) == nil && answer.Kind == "Status" && answer.Message != "" {
+		return errors.New(answer.Message)
+	}
+	if answer.Error != "" {
 		if errors.As(err, &se) && se.ErrStatus.Code != 0 {
 			return fmt.Errorf("%s (HTTP %d)", answer.Error, se.ErrStatus.Code)
 		}
