@@ -25,25 +25,23 @@ import (
 	"github.com/callguard/callguard/internal/emulator"
 )
 
-// BenchmarkConnectionFloods floods a receiver capped at floodCap
-// connections with the traffic of issue 18 that needs no credentials (and
-// one that replays a genuine token), while Graph (the emulator) delivers
-// floodCalls genuine notifications spread over 15 s; each must be acted
-// on. A flood keeps its connections in flight from a client process: when
-// the receiver closes one, the client opens another after floodPause.
-// Sub-benchmarks: "none" (the baseline, no flood), "idle" (opened and
-// silent), "slow-header" (a header line a second, never the blank line),
-// "slow-body" (headers promising 1,000 bytes, no token, one byte of body),
-// "slow-body-token" (the same with a replayed genuine token), each with
-// 1.25 × the cap in flight; "unknown-kid" (whole requests with forged
-// tokens, each under a kid Graph never published) with 2 × the cap; "mix"
-// (a quarter of 1.25 × the cap of each slow kind, plus 1 × the cap of
-// forged kids). The receiver child runs as in BenchmarkIdleConnections: a
-// CPU of its own, GOMEMLIMIT at 90 % of 256 MiB and, as root, a memory
-// cgroup of 256 MiB. A run fails unless 99 % of the calls were acted on,
+// BenchmarkConnectionFloods floods a receiver (a cappedReceiver) capped at
+// floodCap connections with the traffic of issue 18 that needs no
+// credentials (and one that replays a genuine token), while Graph (the
+// emulator) delivers floodCalls genuine notifications spread over 15 s;
+// each must be acted on. A flood keeps its connections in flight from a
+// client process: when the receiver closes one, the client opens another
+// after floodPause. Sub-benchmarks: "none" (the baseline, no flood), "idle"
+// (opened and silent), "slow-header" (a header line a second, never the
+// blank line), "slow-body" (headers promising 1,000 bytes, no token, one
+// byte of body), "slow-body-token" (the same with a replayed genuine
+// token), each with 1.25 × the cap in flight; "unknown-kid" (whole requests
+// with forged tokens, each under a kid Graph never published) with 2 × the
+// cap; "mix" (a quarter of 1.25 × the cap of each slow kind, plus 1 × the
+// cap of forged kids). A run fails unless 99 % of the calls were acted on,
 // nothing was OOM-killed and the open count stayed within the cap.
 func BenchmarkConnectionFloods(b *testing.B) {
-	env, err := newIdleEnv()
+	env, err := newConnEnv()
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -68,7 +66,7 @@ func BenchmarkConnectionFloods(b *testing.B) {
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			for range b.N {
-				env.flood(b, tc.parts, forged)
+				flood(b, env, tc.parts, forged)
 			}
 		})
 	}
@@ -148,49 +146,10 @@ func forgedTokens(n int) ([]string, error) {
 
 // flood runs one flood (none: the baseline) against a fresh receiver and
 // reports its figures.
-func (e *idleEnv) flood(b *testing.B, parts []floodPart, forged []string) {
+func flood(b *testing.B, e *connEnv, parts []floodPart, forged []string) {
 	b.StopTimer()
-	e.runs++
-	cg, why := newMemoryCgroup(fmt.Sprintf("callguard-bench-flood-%d-%d", os.Getpid(), e.runs))
-	if cg == nil {
-		b.Logf("no memory cgroup: %s; the receiver runs without a 256 MiB limit (GOMEMLIMIT and the cap as in one)", why)
-	} else {
-		defer func() {
-			if err := cg.remove(); err != nil {
-				b.Logf("removing the cgroup: %v", err)
-			}
-		}()
-		b.Setenv(cgroupEnv, cg.dir)
-	}
-	b.Setenv(maxConnsEnv, strconv.Itoa(floodCap))
-	b.Setenv("GOMEMLIMIT", strconv.Itoa(idleContainerMemory*9/10))
-	c, err := startChild(idleReceiverChild, e.policy, e.caFile, e.emu.URL(), e.handlerCPU)
-	if err != nil {
-		b.Fatal(err)
-	}
-	pid := c.cmd.Process.Pid
-	defer c.stop()
-	var peakKiB, peakOpen atomic.Int64
-	sampling := make(chan struct{})
-	samplerDone := make(chan struct{})
-	go func() {
-		defer close(samplerDone)
-		for {
-			if hwm, _, err := procMemory(pid); err == nil {
-				peakKiB.Store(max(peakKiB.Load(), hwm))
-			}
-			if m, err := scrapeMetrics(c.ops + "/metrics"); err == nil {
-				peakOpen.Store(max(peakOpen.Load(), int64(m["callguard_receiver_connections_open"])))
-			}
-			select {
-			case <-sampling:
-				return
-			case <-c.exited:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
-	}()
+	c := e.startCapped(b, "flood", floodCap, 100*time.Millisecond)
+	defer c.close(b)
 	u, err := url.Parse(c.callback)
 	if err != nil {
 		b.Fatal(err)
@@ -215,25 +174,11 @@ func (e *idleEnv) flood(b *testing.B, parts []floodPart, forged []string) {
 			b.Logf("flood report: %v", err)
 		}
 	}
-	alive := 1.0
-	select {
-	case <-c.exited:
-		alive = 0
-		b.Logf("the receiver exited during the flood (%v)", c.cmd.ProcessState)
-	default:
-	}
-	m := map[string]float64{}
-	if alive == 1 {
-		if m, err = scrapeMetrics(c.ops + "/metrics"); err != nil {
-			b.Logf("receiver metrics: %v", err)
-		}
-	}
-	close(sampling)
-	<-samplerDone
+	alive, peak, _, m := c.end(b)
 	b.Logf("flood %v: %d dials (%d failed), answers %v, closed by the receiver %v; Graph: %d sent, %d acknowledged (first error: %s), %d acted on",
 		parts, report.Dials, report.DialErrors, report.Answers, report.Closed, len(res.ids), res.acked, res.firstErr, decided)
-	if cg != nil {
-		if oom, err := cg.oomKills(); err != nil {
+	if c.cg != nil {
+		if oom, err := c.cg.oomKills(); err != nil {
 			b.Logf("oom_kill: %v", err)
 		} else {
 			b.ReportMetric(float64(oom), "oom_kill")
@@ -241,7 +186,7 @@ func (e *idleEnv) flood(b *testing.B, parts []floodPart, forged []string) {
 				b.Errorf("%d OOM kills in the 256 MiB cgroup", oom)
 			}
 		}
-		if p, err := cg.peak(); err != nil {
+		if p, err := c.cg.peak(); err != nil {
 			b.Logf("cgroup peak: %v", err)
 		} else {
 			b.ReportMetric(float64(p)/(1<<20), "cgroup-peak-MiB")
@@ -252,18 +197,18 @@ func (e *idleEnv) flood(b *testing.B, parts []floodPart, forged []string) {
 	if decided*100 < len(res.ids)*99 {
 		b.Errorf("%d of %d calls acted on, want at least 99 %%", decided, len(res.ids))
 	}
-	if alive == 0 {
+	if !alive {
 		b.Error("the receiver died")
 	}
-	if peakOpen.Load() > floodCap {
-		b.Errorf("%d connections open at the peak, cap %d", peakOpen.Load(), floodCap)
+	if c.peakOpen.Load() > floodCap {
+		b.Errorf("%d connections open at the peak, cap %d", c.peakOpen.Load(), floodCap)
 	}
-	b.ReportMetric(alive, "receiver-alive")
-	b.ReportMetric(float64(peakKiB.Load())/1024, "peak-RSS-MiB")
+	b.ReportMetric(boolMetric(alive), "receiver-alive")
+	b.ReportMetric(float64(peak)/1024, "peak-RSS-MiB")
 	b.ReportMetric(float64(decided), "calls-acted")
 	b.ReportMetric(float64(len(res.ids)), "calls-sent")
 	b.ReportMetric(float64(res.acked), "calls-acked")
-	b.ReportMetric(float64(peakOpen.Load()), "conns-open-peak")
+	b.ReportMetric(float64(c.peakOpen.Load()), "conns-open-peak")
 	b.ReportMetric(m["callguard_receiver_connections_evicted_total"], "conns-evicted")
 	b.ReportMetric(m["callguard_receiver_connections_shed_total"], "conns-shed")
 	b.ReportMetric(float64(report.Dials), "flood-dials")

@@ -4,13 +4,10 @@ package bench
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,7 +15,6 @@ import (
 	"time"
 
 	"github.com/callguard/callguard/internal/emulator"
-	"github.com/callguard/callguard/internal/graph"
 )
 
 // BenchmarkManyTenants: a multi-tenant bot (bot.additionalTenants) whose
@@ -50,7 +46,7 @@ func BenchmarkManyTenants(b *testing.B) {
 	// tenant's token while the calls arrive.
 	cold := map[string]map[string]float64{}
 	for _, kind := range []string{"single", "many"} {
-		m, err := e.measure(kind, manyTenantsWarmup, rate)
+		m, err := measureTenants(e, kind, manyTenantsWarmup, rate)
 		if err != nil {
 			b.Fatalf("%s first run: %v", kind, err)
 		}
@@ -71,7 +67,7 @@ func BenchmarkManyTenants(b *testing.B) {
 			if kind == "many" {
 				b.StartTimer()
 			}
-			m, err := e.measure(kind, n, rate)
+			m, err := measureTenants(e, kind, n, rate)
 			b.StopTimer()
 			if err != nil {
 				b.Fatalf("pair %d, %s: %v", i+1, kind, err)
@@ -107,8 +103,8 @@ func BenchmarkManyTenants(b *testing.B) {
 		}
 		b.ReportMetric(n, prefix+"token-requests")
 	}
-	b.ReportMetric(float64(len(e.tenants)), "tenants")
-	b.ReportMetric(float64(e.emulatorTokenRequests()), "emulator-token-requests")
+	b.ReportMetric(float64(len(e.tenantIDs)), "tenants")
+	b.ReportMetric(float64(emulatorTokenRequests(e.emu)), "emulator-token-requests")
 }
 
 const (
@@ -127,141 +123,55 @@ func manyTenantID(i int) string {
 	return fmt.Sprintf("%08x-0000-4000-8000-%012x", 0x70000000+i, i)
 }
 
-type manyTenantsEnv struct {
-	dir      string
-	emu      *emulator.Server
-	tenants  []string
-	auths    []string // a callback token per tenant
-	children map[string]*child
-	runs     int
-	unpinned func()
-}
-
 // startManyTenants starts the emulator, with the bot registered in every
 // tenant, and two receivers: "single" with the one-tenant bench policy and
-// "many" with the 999 other tenants as bot.additionalTenants.
-func startManyTenants() (_ *manyTenantsEnv, err error) {
-	e := &manyTenantsEnv{children: map[string]*child{}}
+// "many" with the 999 other tenants as bot.additionalTenants, whose calls
+// come from every tenant in turn.
+func startManyTenants() (_ *benchEnv, err error) {
+	s := &benchEnv{tenants: manyTenantsCount}
 	defer func() {
 		if err != nil {
-			e.stop()
+			s.stop()
 		}
 	}()
-	if e.dir, err = os.MkdirTemp("", "callguard-bench-tenants"); err != nil {
+	singlePath, caFile, err := s.prepare()
+	if err != nil {
 		return nil, err
 	}
-	bots := []emulator.Bot{{AppID: appID, TenantID: tenantID, Secret: secret}}
-	for i := range manyTenantsCount {
-		t := manyTenantID(i)
-		e.tenants = append(e.tenants, t)
-		if i > 0 {
-			bots = append(bots, emulator.Bot{AppID: appID, TenantID: t})
-		}
-	}
-	if e.emu, err = emulator.New(emulator.Config{Bots: bots, MissedAfter: time.Hour}); err != nil {
+	policy, err := os.ReadFile(singlePath)
+	if err != nil {
 		return nil, err
 	}
-	if err := e.emu.Start(); err != nil {
-		return nil, err
-	}
-	for _, t := range e.tenants {
-		tok, err := e.emu.SignInboundToken(emulator.InboundClaims(appID, t))
-		if err != nil {
-			return nil, err
-		}
-		e.auths = append(e.auths, "Bearer "+tok)
-	}
-	caFile := filepath.Join(e.dir, "ca.crt")
-	if err := os.WriteFile(caFile, e.emu.CACertPEM(), 0o600); err != nil {
-		return nil, err
-	}
-	single := benchPolicy(e.emu.URL())
 	extra := "    additionalTenants:\n"
-	for _, t := range e.tenants[1:] {
+	for _, t := range s.tenantIDs[1:] {
 		extra += "      - " + t + "\n"
 	}
-	many := []byte(strings.Replace(string(single), "    credentials:", extra+"    credentials:", 1))
-	handlerCPU := -1
-	if os.Getenv(pinEnv) != "0" {
-		if cpu, driver, all, ok := splitCPUs(); ok {
-			if err := pinProcess(driver); err != nil {
-				return nil, err
-			}
-			procs := runtime.GOMAXPROCS(driver.Count())
-			e.unpinned = func() {
-				_ = pinProcess(all)
-				runtime.GOMAXPROCS(procs)
-			}
-			handlerCPU = cpu
-		}
+	manyPath := filepath.Join(s.dir, "many.yaml")
+	if err := os.WriteFile(manyPath, []byte(strings.Replace(string(policy), "    credentials:", extra+"    credentials:", 1)), 0o600); err != nil {
+		return nil, err
 	}
-	for kind, policy := range map[string][]byte{"single": single, "many": many} {
-		path := filepath.Join(e.dir, kind+".yaml")
-		if err := os.WriteFile(path, policy, 0o600); err != nil {
-			return nil, err
-		}
-		c, err := startChild("receiver", path, caFile, e.emu.URL(), handlerCPU)
+	handlerCPU, err := s.pinDriver()
+	if err != nil {
+		return nil, err
+	}
+	s.children = map[string]*child{}
+	for kind, path := range map[string]string{"single": singlePath, "many": manyPath} {
+		c, err := startChild("receiver", path, caFile, s.emu.URL(), handlerCPU)
 		if err != nil {
 			return nil, fmt.Errorf("%s receiver: %w", kind, err)
 		}
-		e.children[kind] = c
+		s.children[kind] = c
 	}
-	return e, nil
+	s.children["many"].tenants = manyTenantsCount
+	return s, nil
 }
 
-func (e *manyTenantsEnv) stop() {
-	for _, c := range e.children {
-		c.stop()
-	}
-	if e.emu != nil {
-		_ = e.emu.Close()
-	}
-	if e.dir != "" {
-		_ = os.RemoveAll(e.dir)
-	}
-	if e.unpinned != nil {
-		e.unpinned()
-	}
-}
-
-// measure registers n calls, spread over the tenants of kind in turn, has a
-// load generator post their notifications paced at rate, each with its
-// tenant's token, checks that every one was rejected on Graph, and returns
-// the run's metrics by unit.
-func (e *manyTenantsEnv) measure(kind string, n int, rate float64) (map[string]float64, error) {
-	c := e.children[kind]
-	e.runs++
-	tenants, auths := e.tenants[:1], e.auths[:1]
-	if kind == "many" {
-		tenants, auths = e.tenants, e.auths
-	}
-	u, err := url.Parse(c.callback)
-	if err != nil {
-		return nil, err
-	}
-	plan := loadPlan{Addr: u.Host, Path: u.Path, Auths: auths, Rate: rate, Conns: benchConcurrency, MaxConns: 64,
-		IDs: make([]string, n), Numbers: make([]string, n)}
-	for i := range n {
-		plan.IDs[i] = fmt.Sprintf("tenants-%s-%d-%d", kind, e.runs, i)
-		plan.Numbers[i] = benchNumber(e.runs*7919 + i)
-		if _, err := e.emu.PlaceCall(context.Background(), emulator.PlaceCallRequest{
-			AppID: appID, TenantID: tenants[i%len(tenants)], CallbackURI: c.callback, Deliver: new(false),
-			Source: &graph.IdentitySet{Phone: &graph.Identity{ID: plan.Numbers[i]}},
-			Call:   map[string]any{"id": plan.IDs[i]},
-		}); err != nil {
-			return nil, err
-		}
-	}
-	runtime.GC()
+// measureTenants makes one run of n notifications to the receiver kind,
+// paced at rate, and returns its metrics by unit.
+func measureTenants(s *benchEnv, kind string, n int, rate float64) (map[string]float64, error) {
+	c := s.children[kind]
 	var cpuBefore time.Duration
-	res, err := runLoad(plan, func() { cpuBefore, _ = c.cpuTime() })
-	if err != nil {
-		return nil, err
-	}
-	if res.Refused > 0 {
-		return nil, fmt.Errorf("%d of %d notifications not acknowledged with 202; first: %s", res.Refused, n, res.Error)
-	}
-	actions, err := c.actionLatencies(plan.IDs, 60*time.Second)
+	res, actions, err := s.drive(c, kind, n, rate, func() { cpuBefore, _ = c.cpuTime() }, func() {})
 	if err != nil {
 		return nil, err
 	}
@@ -269,13 +179,6 @@ func (e *manyTenantsEnv) measure(kind string, n int, rate float64) (map[string]f
 	if err != nil {
 		return nil, err
 	}
-	for i, id := range plan.IDs {
-		rec, _ := e.emu.Call(id)
-		if rec.Action != "reject" || !strings.EqualFold(rec.TenantID, tenants[i%len(tenants)]) {
-			return nil, fmt.Errorf("call %s: Graph has action %q in tenant %s, want reject in %s", id, rec.Action, rec.TenantID, tenants[i%len(tenants)])
-		}
-	}
-	e.emu.ForgetEnded()
 	slices.Sort(actions)
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	return map[string]float64{
@@ -288,9 +191,9 @@ func (e *manyTenantsEnv) measure(kind string, n int, rate float64) (map[string]f
 }
 
 // emulatorTokenRequests counts the token requests the emulator answered.
-func (e *manyTenantsEnv) emulatorTokenRequests() int {
+func emulatorTokenRequests(emu *emulator.Server) int {
 	n := 0
-	for route, byStatus := range e.emu.Stats().Requests {
+	for route, byStatus := range emu.Stats().Requests {
 		if strings.HasSuffix(route, "/oauth2/v2.0/token") {
 			for _, c := range byStatus {
 				n += c

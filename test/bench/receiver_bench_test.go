@@ -59,8 +59,10 @@ const (
 	childPolicyEnv = "CALLGUARD_BENCH_POLICY"
 	childCAEnv     = "CALLGUARD_BENCH_CA"
 	childGraphEnv  = "CALLGUARD_BENCH_GRAPH"
-	cpuProfileEnv  = "CALLGUARD_BENCH_CPUPROFILE"
-	memProfileEnv  = "CALLGUARD_BENCH_MEMPROFILE"
+	// childStateEnv is a receiver child's state dir (Options.StateDir).
+	childStateEnv = "CALLGUARD_BENCH_STATE_DIR"
+	cpuProfileEnv = "CALLGUARD_BENCH_CPUPROFILE"
+	memProfileEnv = "CALLGUARD_BENCH_MEMPROFILE"
 	// childCPUEnv=N pins a child to CPU N.
 	childCPUEnv = "CALLGUARD_BENCH_CPU"
 	// pinEnv=0 leaves the processes where the scheduler puts them.
@@ -101,8 +103,8 @@ func TestMain(m *testing.M) {
 		os.Exit(runBaselineChild())
 	case loadChild:
 		os.Exit(runLoadChild())
-	case idleReceiverChild:
-		os.Exit(runIdleReceiverChild())
+	case cappedReceiverChild:
+		os.Exit(runCappedReceiverChild())
 	case idleClientsChild:
 		os.Exit(runIdleClientsChild())
 	}
@@ -148,6 +150,7 @@ func runReceiverChild() int {
 	err := receiver.Run(ctx, receiver.Options{
 		PolicyFile:    os.Getenv(childPolicyEnv),
 		CAFile:        os.Getenv(childCAEnv),
+		StateDir:      os.Getenv(childStateEnv),
 		Listen:        "127.0.0.1:0",
 		MetricsListen: "127.0.0.1:0",
 		Logger:        log,
@@ -266,14 +269,18 @@ type child struct {
 	firstFailure string
 	exited       chan struct{}
 	warm         bool // had its unmeasured warm-up
+	// tenants is how many of benchEnv's tenants its calls come from in
+	// turn (0: the home tenant only).
+	tenants int
 }
 
 // startChild starts a receiver or baseline child, pinned to cpu unless it
-// is negative.
-func startChild(kind, policyPath, caFile, graphURL string, cpu int) (*child, error) {
+// is negative, with env (KEY=value) added to its environment.
+func startChild(kind, policyPath, caFile, graphURL string, cpu int, env ...string) (*child, error) {
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), childEnv+"="+kind, childPolicyEnv+"="+policyPath,
 		childCAEnv+"="+caFile, childGraphEnv+"="+graphURL, "GOMAXPROCS=1")
+	cmd.Env = append(cmd.Env, env...)
 	if cpu >= 0 {
 		cmd.Env = append(cmd.Env, childCPUEnv+"="+strconv.Itoa(cpu))
 	}
@@ -471,17 +478,26 @@ func (c *child) actionLatencies(ids []string, timeout time.Duration) ([]float64,
 	}
 }
 
-// benchEnv is set up once per test binary: making a 100k-entry policy, the
-// emulator and two children takes a few seconds.
+// benchEnv is the emulator, the children's policy and CA files, and the
+// children, with this process pinned apart from them. benchSetup, the
+// baseline and receiver of the throughput and acknowledgement benchmarks,
+// is set up once per test binary: making a 100k-entry policy, the emulator
+// and two children takes a few seconds.
 type benchEnv struct {
-	once     sync.Once
-	err      error
-	dir      string
-	emu      *emulator.Server
-	children map[string]*child
-	auth     string
-	authAt   time.Time
-	runs     atomic.Int64
+	// tenants, when above 1, registers the bot on the emulator in that many
+	// tenants (manyTenantID), with a callback token signed for each.
+	tenants int
+
+	once      sync.Once
+	err       error
+	dir       string
+	emu       *emulator.Server
+	children  map[string]*child
+	auth      string
+	authAt    time.Time
+	tenantIDs []string // the home tenant first
+	auths     []string // a callback token per tenant of tenantIDs
+	runs      atomic.Int64
 	// unpinned is this process's CPU set before the benchmark pinned it.
 	unpinned  *unix.CPUSet
 	procs     int            // GOMAXPROCS before pinning
@@ -531,12 +547,27 @@ func (s *benchEnv) prepare() (policyPath, caFile string, err error) {
 	if s.stamps, err = holdTimestamping(); err != nil {
 		return "", "", err
 	}
-	s.emu, err = emulator.New(emulator.Config{Bots: []emulator.Bot{{AppID: appID, TenantID: tenantID, Secret: secret}}, MissedAfter: time.Hour})
+	bots := []emulator.Bot{{AppID: appID, TenantID: tenantID, Secret: secret}}
+	s.tenantIDs = []string{tenantID}
+	for i := 1; i < s.tenants; i++ {
+		s.tenantIDs = append(s.tenantIDs, manyTenantID(i))
+		bots = append(bots, emulator.Bot{AppID: appID, TenantID: s.tenantIDs[i]})
+	}
+	s.emu, err = emulator.New(emulator.Config{Bots: bots, MissedAfter: time.Hour})
 	if err != nil {
 		return "", "", err
 	}
 	if err := s.emu.Start(); err != nil {
 		return "", "", err
+	}
+	if s.tenants > 1 {
+		for _, t := range s.tenantIDs {
+			tok, err := s.emu.SignInboundToken(emulator.InboundClaims(appID, t))
+			if err != nil {
+				return "", "", err
+			}
+			s.auths = append(s.auths, "Bearer "+tok)
+		}
 	}
 	caFile = filepath.Join(dir, "ca.crt")
 	if err := os.WriteFile(caFile, s.emu.CACertPEM(), 0o600); err != nil {
@@ -758,13 +789,14 @@ func (s *benchEnv) compare(b *testing.B, rate float64) {
 	b.ReportMetric(median(ratios), "x-baseline-median")
 }
 
-// drive registers n calls on the emulator, has a load generator post their
+// drive registers n calls on the emulator (from c's tenants in turn, each
+// notification with its tenant's token), has a load generator post their
 // notifications to c (paced at rate, or a closed loop if rate is 0; started
 // is called just before it sends, sent once it has every acknowledgement),
-// and checks that every one was acknowledged with 202 and rejected on
-// Graph. It returns the generator's report and the notification-to-action
-// latencies in ms; when some were not acknowledged, the report too with
-// the error.
+// and checks that every one was acknowledged with 202 and rejected (busy)
+// on Graph in its tenant. It returns the generator's report and the
+// notification-to-action latencies in ms; when some were not acknowledged,
+// the report too with the error.
 func (s *benchEnv) drive(c *child, kind string, n int, rate float64, started, sent func()) (*loadResult, []float64, error) {
 	run := s.runs.Add(1)
 	u, err := url.Parse(c.callback)
@@ -777,11 +809,15 @@ func (s *benchEnv) drive(c *child, kind string, n int, rate float64, started, se
 	}
 	plan := loadPlan{Addr: u.Host, Path: u.Path, Auth: auth, Rate: rate, Conns: benchConcurrency, MaxConns: 64,
 		IDs: make([]string, n), Numbers: make([]string, n)}
+	tenants := max(c.tenants, 1)
+	if tenants > 1 {
+		plan.Auths = s.auths[:tenants]
+	}
 	for i := range n {
 		plan.IDs[i] = fmt.Sprintf("bench-%s-%d-%d", kind, run, i)
 		plan.Numbers[i] = benchNumber(int(run)*7919 + i)
 		if _, err := s.emu.PlaceCall(context.Background(), emulator.PlaceCallRequest{
-			AppID: appID, CallbackURI: c.callback, Deliver: new(false),
+			AppID: appID, TenantID: s.tenantIDs[i%tenants], CallbackURI: c.callback, Deliver: new(false),
 			Source: &graph.IdentitySet{Phone: &graph.Identity{ID: plan.Numbers[i]}},
 			Call:   map[string]any{"id": plan.IDs[i]},
 		}); err != nil {
@@ -802,9 +838,10 @@ func (s *benchEnv) drive(c *child, kind string, n int, rate float64, started, se
 	if err != nil {
 		return nil, nil, err
 	}
-	for _, id := range plan.IDs {
-		if rec, _ := s.emu.Call(id); rec.Action != "reject" || rec.Reason != "busy" {
-			return nil, nil, fmt.Errorf("call %s: Graph has action %q reason %q, want reject busy", id, rec.Action, rec.Reason)
+	for i, id := range plan.IDs {
+		rec, _ := s.emu.Call(id)
+		if want := s.tenantIDs[i%tenants]; rec.Action != "reject" || rec.Reason != "busy" || !strings.EqualFold(rec.TenantID, want) {
+			return nil, nil, fmt.Errorf("call %s: Graph has action %q reason %q in tenant %s, want reject busy in %s", id, rec.Action, rec.Reason, rec.TenantID, want)
 		}
 	}
 	s.emu.ForgetEnded()
