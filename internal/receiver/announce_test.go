@@ -119,6 +119,8 @@ type announceOptions struct {
 	maxConnections int
 	// redis is the address of a state store the receivers share ("": none).
 	redis string
+	// upstream is the upstream bot, nil for none.
+	upstream *recorder
 	// receivers is how many receivers to listen for (1 when 0): their
 	// callback URLs are known before the emulator starts.
 	receivers int
@@ -154,7 +156,11 @@ func startAnnounceEnv(t *testing.T, o announceOptions) (*announceEnv, []net.List
 	e.emu = emu
 	dir := t.TempDir()
 	e.caFile = filepath.Join(dir, "ca.crt")
-	if err := os.WriteFile(e.caFile, emu.CACertPEM(), 0o600); err != nil {
+	ca := emu.CACertPEM()
+	if o.upstream != nil {
+		ca = append(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: o.upstream.Certificate().Raw})...)
+	}
+	if err := os.WriteFile(e.caFile, ca, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	// The replicas' shared key (the operator's state Secret).
@@ -173,6 +179,9 @@ func startAnnounceEnv(t *testing.T, o announceOptions) (*announceEnv, []net.List
 	state := ""
 	if o.redis != "" {
 		state = "  state:\n    redis: {address: \"" + o.redis + "\"}\n"
+	}
+	if o.upstream != nil {
+		state += "  upstream: {url: \"" + o.upstream.URL + "\"}\n"
 	}
 	local.WriteFile(t, e.policy, local.PolicyFile{Emulator: emu.URL(), Spec: state + `  mode: ` + mode + `
   defaultAction: Allow
@@ -322,6 +331,27 @@ func TestAnnounceAnyReplica(t *testing.T) {
 	// finds the call ended.
 	a.waitMetric(t, "callguard_receiver_announce_steps_total", map[string]string{"step": "backstop", "result": "already_done"}, 1)
 	a.waitMetric(t, "callguard_receiver_announce_calls_in_progress", nil, 0)
+}
+
+// TestAnnounceNeverUpstream: no notification of an announced call reaches
+// the upstream bot, at the replica that answered it or at another one that
+// never decided it; an allowed call's still do.
+func TestAnnounceNeverUpstream(t *testing.T) {
+	up := newRecorder(t)
+	e, lns := startAnnounceEnv(t, announceOptions{receivers: 2, upstream: up})
+	bURL := "https://" + lns[1].Addr().String() + "/api/calls"
+	e.startReceiver(lns[0], bURL)
+	b := e.startReceiver(lns[1], bURL)
+	id := e.place(numAnnounce)
+	checkPlayedOnce(t, e.ended(id), promptClosed)
+	allowed := e.place("+14255550777")
+	eventually(t, 10*time.Second, "the allowed call forwarded", func() bool { return len(up.forCall(t, allowed)) > 0 })
+	// B withholds all five: establishing, established, the prompt's
+	// completion, terminating and terminated.
+	b.waitMetric(t, "callguard_receiver_notifications_withheld_total", nil, 5)
+	if got := up.forCall(t, id); len(got) != 0 {
+		t.Errorf("%d notifications of the announced call reached upstream", len(got))
+	}
 }
 
 // recordingProxy stands between Graph and a receiver and keeps the
