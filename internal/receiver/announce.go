@@ -597,7 +597,9 @@ func (s *Server) followUps(ctx context.Context, j *job, steps []followUp) {
 // without a store the claim is this process's, so two replicas that both
 // receive the established notification may each play it once).
 func (s *Server) play(ctx context.Context, j *job, tc *tenantClient, f followUp) {
-	ttl := time.Until(f.tok.expires())
+	// Claimed for as long as the token is valid (a redelivery after that
+	// is refused anyway), and never for less than a second.
+	ttl := max(time.Until(f.tok.expires()), time.Second)
 	first := true
 	if st := j.rt.store; st != nil {
 		ok, err := st.Claim(ctx, f.callID+":play", ttl)
