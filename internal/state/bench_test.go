@@ -21,12 +21,12 @@ var benchSteps = []Step{
 
 // benchBatch fills qs with calls of distinct callers first..first+len-1,
 // call ids unique per round.
-func benchBatch(qs []Query, first, round int, at time.Time, keep time.Duration, keepCalls int) {
+func benchBatch(qs []Query, first, round int, at time.Time, keep time.Duration, keepCalls int, steps []Step) {
 	for i := range qs {
 		c := first + i
 		qs[i] = Query{
 			Caller: "+1" + strconv.Itoa(2000000000+c), Masked: "****", CallID: strconv.Itoa(round) + "-" + strconv.Itoa(c),
-			At: at, Record: true, Keep: keep, KeepCalls: keepCalls, Steps: benchSteps,
+			At: at, Record: true, Keep: keep, KeepCalls: keepCalls, Steps: steps,
 		}
 	}
 }
@@ -56,7 +56,7 @@ func BenchmarkEval(b *testing.B) {
 			b.ResetTimer()
 			for i := 0; b.Loop(); i++ {
 				first := i * benchBatchSize % 10_000
-				benchBatch(qs, first, i, at.Add(time.Duration(i)*time.Millisecond), time.Hour, 5)
+				benchBatch(qs, first, i, at.Add(time.Duration(i)*time.Millisecond), time.Hour, 5, benchSteps)
 				if err := st.s.Eval(ctx, qs, ans); err != nil {
 					b.Fatal(err)
 				}
@@ -69,68 +69,90 @@ func BenchmarkEval(b *testing.B) {
 // million is the callers of the memory benchmarks.
 const million = 1_000_000
 
-// load evaluates one call of each of n callers, in batches of 1,000 from
-// 4 goroutines, with a 24 h window.
-func load(b *testing.B, st Store, n int, at time.Time) {
+// sizes are the loads of the memory benchmarks: distinct callers, each
+// with calls counted calls (a second apart) in a 24 h window.
+var sizes = []struct {
+	name           string
+	callers, calls int
+}{
+	{"callers=1M/calls=1", million, 1},
+	{"callers=200k/calls=5", 200_000, 5},
+}
+
+// loadSteps count calls and block nobody in the memory benchmarks.
+var loadSteps = []Step{
+	{Rule: "floods", Static: true, Calls: 10, Within: 24 * time.Hour},
+	{Rule: "allow-rest", Static: true},
+}
+
+// load evaluates calls calls of each of n callers, in batches of 1,000
+// from 4 goroutines, with a 24 h window.
+func load(b *testing.B, st Store, n, calls int, at time.Time) {
 	const batch, workers = 1000, 4
-	var wg sync.WaitGroup
-	errs := make(chan error, workers)
-	for w := range workers {
-		wg.Go(func() {
-			qs := make([]Query, batch)
-			ans := make([]Answer, batch)
-			for first := w * batch; first < n; first += workers * batch {
-				k := min(batch, n-first)
-				benchBatch(qs[:k], first, 0, at, 24*time.Hour, 5)
-				if err := st.Eval(context.Background(), qs[:k], ans[:k]); err != nil {
-					errs <- err
-					return
+	for round := range calls {
+		var wg sync.WaitGroup
+		errs := make(chan error, workers)
+		for w := range workers {
+			wg.Go(func() {
+				qs := make([]Query, batch)
+				ans := make([]Answer, batch)
+				for first := w * batch; first < n; first += workers * batch {
+					k := min(batch, n-first)
+					benchBatch(qs[:k], first, round, at.Add(time.Duration(round)*time.Second), 24*time.Hour, 10, loadSteps)
+					if err := st.Eval(context.Background(), qs[:k], ans[:k]); err != nil {
+						errs <- err
+						return
+					}
 				}
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		b.Fatal(err)
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			b.Fatal(err)
+		}
 	}
 }
 
-// BenchmarkRedisMillionCallers: the server's used_memory for 1,000,000
-// callers with one counted call each in a 24 h window (run with
-// -benchtime 1x: an op is the whole load).
+// BenchmarkRedisMillionCallers: the server's used_memory for distinct
+// callers in a 24 h window (run with -benchtime 1x: an op is the whole
+// load).
 func BenchmarkRedisMillionCallers(b *testing.B) {
-	for range b.N {
-		b.StopTimer()
-		srv := redisserver.Start(b)
-		r := newTestRedis(b, srv.Addr(), RedisOptions{KeyPrefix: "callguard:", Namespace: "default", Name: "block-floods"})
-		adm := admin(b, srv.Addr(), 0)
-		used := func() float64 {
-			info := adm.Info(context.Background(), "memory").Val()
-			for _, line := range strings.Split(info, "\r\n") {
-				if v, ok := strings.CutPrefix(line, "used_memory:"); ok {
-					n, _ := strconv.ParseFloat(v, 64)
-					return n
+	for _, sz := range sizes {
+		b.Run(sz.name, func(b *testing.B) {
+			for range b.N {
+				b.StopTimer()
+				srv := redisserver.Start(b)
+				r := newTestRedis(b, srv.Addr(), RedisOptions{KeyPrefix: "callguard:", Namespace: "default", Name: "block-floods"})
+				adm := admin(b, srv.Addr(), 0)
+				used := func() float64 {
+					info := adm.Info(context.Background(), "memory").Val()
+					for _, line := range strings.Split(info, "\r\n") {
+						if v, ok := strings.CutPrefix(line, "used_memory:"); ok {
+							n, _ := strconv.ParseFloat(v, 64)
+							return n
+						}
+					}
+					b.Fatal("no used_memory in INFO memory")
+					return 0
 				}
+				before := used()
+				b.StartTimer()
+				start := time.Now()
+				load(b, r, sz.callers, sz.calls, now())
+				took := time.Since(start)
+				b.StopTimer()
+				after := used()
+				if keys := adm.DBSize(context.Background()).Val(); keys != int64(sz.callers) {
+					b.Fatalf("%d keys for %d callers", keys, sz.callers)
+				}
+				b.ReportMetric((after-before)/float64(sz.callers), "bytes/caller")
+				b.ReportMetric((after-before)/(1<<20), "used-MiB")
+				b.ReportMetric(float64(sz.callers*sz.calls)/took.Seconds(), "calls/s")
+				srv.Stop()
+				b.StartTimer()
 			}
-			b.Fatal("no used_memory in INFO memory")
-			return 0
-		}
-		before := used()
-		b.StartTimer()
-		start := time.Now()
-		load(b, r, million, now())
-		took := time.Since(start)
-		b.StopTimer()
-		after := used()
-		keys := adm.DBSize(context.Background()).Val()
-		if keys != million {
-			b.Fatalf("%d keys for %d callers", keys, million)
-		}
-		b.ReportMetric((after-before)/million, "bytes/caller")
-		b.ReportMetric((after-before)/(1<<20), "used-MiB")
-		b.ReportMetric(million/took.Seconds(), "calls/s")
-		srv.Stop()
+		})
 	}
 }
 
@@ -143,15 +165,16 @@ func heap() uint64 {
 	return ms.HeapAlloc
 }
 
-// BenchmarkMemoryMillionCallers: the memory store's heap for 1,000,000
-// callers with one counted call each, and at its bound: 1,500,000 callers
-// into a store of DefaultMaxCallers (run with -benchtime 1x).
+// BenchmarkMemoryMillionCallers: the memory store's heap for distinct
+// callers in a 24 h window, and at its bound: 1,500,000 callers into a
+// store of DefaultMaxCallers (run with -benchtime 1x).
 func BenchmarkMemoryMillionCallers(b *testing.B) {
-	for _, tc := range []struct {
-		name    string
-		callers int
-	}{{"1M", million}, {"1.5M-into-bound", million + million/2}} {
-		b.Run(tc.name, func(b *testing.B) {
+	cases := append(sizes[:len(sizes):len(sizes)], struct {
+		name           string
+		callers, calls int
+	}{"callers=1.5M-into-bound/calls=1", million + million/2, 1})
+	for _, sz := range cases {
+		b.Run(sz.name, func(b *testing.B) {
 			for range b.N {
 				b.StopTimer()
 				before := heap()
@@ -160,16 +183,17 @@ func BenchmarkMemoryMillionCallers(b *testing.B) {
 					b.Fatal(err)
 				}
 				b.StartTimer()
-				load(b, m, tc.callers, now())
+				load(b, m, sz.callers, sz.calls, now())
 				b.StopTimer()
 				after := heap()
-				if len(m.idx) != min(tc.callers, DefaultMaxCallers) {
+				if len(m.idx) != min(sz.callers, DefaultMaxCallers) {
 					b.Fatalf("%d callers remembered", len(m.idx))
 				}
 				b.ReportMetric(float64(after-before)/float64(len(m.idx)), "bytes/caller")
 				b.ReportMetric(float64(after-before)/(1<<20), "heap-MiB")
 				b.ReportMetric(float64(len(m.idx)), "callers")
 				runtime.KeepAlive(m)
+				b.StartTimer()
 			}
 		})
 	}
