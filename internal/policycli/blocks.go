@@ -49,12 +49,14 @@ Usage:
   kubectl callpolicy unblock NAME [-n NAMESPACE] (--number E164 | --id ID | --all)
 
 --number lifts every block of the caller with this number (under any rule),
---id those of a caller known by its identity id (a user, guest or application:
-blocks lists it as is), --all every block of the policy. The request goes to every running
-receiver pod of the CallPolicy NAME through the API server's pod proxy, since
-without spec.state.redis each pod holds its own blocks. It needs create on
-pods/proxy (a POST through the proxy), besides what decisions needs. It prints
-how many blocks were lifted, in total and per pod.
+--id those of a caller known by its identity id (a user, guest or
+application: blocks lists it as is), --all every block of the policy. The
+request goes to every running receiver pod of the CallPolicy NAME through the
+API server's pod proxy, since without spec.state.redis each pod holds its own
+blocks. RBAC: create on pods/proxy (a POST through the proxy; get, which
+blocks and decisions need, does not allow it), get on callpolicies and
+deployments, list on pods. It prints how many blocks were lifted, in total and
+per pod.
 
 Exit status: 0; 1 (as kubectl) on a usage error, when the CallPolicy does not
 exist or the cluster cannot be reached, or when a pod that may hold blocks

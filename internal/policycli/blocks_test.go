@@ -379,7 +379,7 @@ func TestUnblock(t *testing.T) {
 func TestBlocksHelp(t *testing.T) {
 	for verb, want := range map[string][]string{
 		"blocks":  {"kubectl callpolicy blocks NAME", "get on\npods/proxy", "-o, --output string", "kubectl flags:", "--namespace"},
-		"unblock": {"kubectl callpolicy unblock NAME", "create on\npods/proxy", "--number string", "--id string", "--all", "kubectl flags:"},
+		"unblock": {"kubectl callpolicy unblock NAME", "RBAC: create on pods/proxy", "--number string", "--id string", "--all", "kubectl flags:"},
 	} {
 		var stdout, stderr strings.Builder
 		if code := Run([]string{verb, "--help"}, nil, &stdout, &stderr); code != 0 || stderr.Len() != 0 {
