@@ -75,7 +75,7 @@ func TestReplicaCounts(t *testing.T) {
 			if got := deploymentReplicas(cp); !ptr.Equal(got, tt.deployment) {
 				t.Errorf("deploymentReplicas = %v, want %v", ptr.Deref(got, -1), ptr.Deref(tt.deployment, -1))
 			}
-			if got := buildDeployment(cp, "img", "", "").Spec.Replicas; !ptr.Equal(got, tt.deployment) {
+			if got := buildDeployment(cp, "img", podInputs{}).Spec.Replicas; !ptr.Equal(got, tt.deployment) {
 				t.Errorf("buildDeployment replicas = %v, want %v", ptr.Deref(got, -1), ptr.Deref(tt.deployment, -1))
 			}
 			if got := floorReplicas(cp); got != tt.floor {

@@ -120,6 +120,7 @@ func (r *CallPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 			forgetConditions(req.NamespacedName)
 			r.forgetWritten(req.NamespacedName)
 			graphAccessChecks.forget(req.NamespacedName)
+			forgetStateCheck(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -128,6 +129,7 @@ func (r *CallPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		forgetConditions(req.NamespacedName)
 		r.forgetWritten(req.NamespacedName)
 		graphAccessChecks.forget(req.NamespacedName)
+		forgetStateCheck(req.NamespacedName)
 		return ctrl.Result{}, nil
 	}
 
@@ -153,6 +155,8 @@ func (r *CallPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 
 	steps := []func(context.Context, *callsv1alpha1.CallPolicy, *reconcileState) error{
 		r.reconcileSources,
+		// Before anything can stall: StateShared is about the store alone.
+		r.reconcileStateShared,
 		r.reconcilePolicy,
 		r.reconcileRBAC,
 		// After the ServiceAccount, whose token workload identity exchanges.
@@ -161,6 +165,8 @@ func (r *CallPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		r.reconcileService,
 		// Before the pods: they start with their traffic limited.
 		r.reconcileNetworkPolicy,
+		// Before the pods, which mount it.
+		r.reconcileStateSecret,
 		r.reconcileDeployment,
 		r.reconcileAutoscaling,
 		r.reconcilePodDisruptionBudget,
@@ -192,6 +198,11 @@ type reconcileState struct {
 	credentialsHash string
 	caHash          string
 	lists           map[policy.ListRef]string
+	prompts         map[policy.ListRef][]byte
+	// redis is what spec.state.redis refers to, stateCheck the last check
+	// of the store (nil keeps the status' StateShared).
+	redis      *redisSource
+	stateCheck *stateCheck
 	// publishedKey identifies the inputs read; published is the version
 	// written, or, read before the lists, the last one if they are unchanged.
 	publishedKey string
@@ -241,6 +252,9 @@ func (r *CallPolicyReconciler) reconcileSources(ctx context.Context, cp *callsv1
 		st.caHash = hashData(map[string][]byte{ref.Key: []byte(pem)})
 		st.caPEM = []byte(pem)
 	}
+	if err := r.readRedisSources(ctx, cp, st); err != nil {
+		return err
+	}
 
 	if key, ok := r.publishedKey(ctx, cp); ok {
 		if st.published = r.lastPublished(client.ObjectKeyFromObject(cp), key); st.published != nil {
@@ -256,6 +270,14 @@ func (r *CallPolicyReconciler) reconcileSources(ctx context.Context, cp *callsv1
 		}
 		st.lists[ref] = text
 	}
+	st.prompts = map[policy.ListRef][]byte{}
+	for _, ref := range policy.PromptRefs(&cp.Spec) {
+		b, err := r.promptBytes(ctx, cp, st, ref)
+		if err != nil {
+			return err
+		}
+		st.prompts[ref] = b
+	}
 	return nil
 }
 
@@ -265,13 +287,9 @@ func (r *CallPolicyReconciler) reconcileSources(ctx context.Context, cp *callsv1
 // list that does not decompress, stalls the policy, naming the field that
 // refers to it.
 func (r *CallPolicyReconciler) configMapKey(ctx context.Context, cp *callsv1alpha1.CallPolicy, st *reconcileState, field, name, key string, list bool) (string, error) {
-	cm := &corev1.ConfigMap{}
-	err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: name}, cm)
-	if apierrors.IsNotFound(err) {
-		return "", st.stall(stalled(ReasonConfigMapNotFound, "%s: ConfigMap %q not found in namespace %q", field, name, cp.Namespace))
-	}
+	cm, err := r.configMap(ctx, cp, st, field, name)
 	if err != nil {
-		return "", fmt.Errorf("get ConfigMap %q for %s: %w", name, field, err)
+		return "", err
 	}
 	if !list {
 		if text, ok := cm.Data[key]; ok {
@@ -286,6 +304,49 @@ func (r *CallPolicyReconciler) configMapKey(ctx context.Context, cp *callsv1alph
 		return text, nil
 	}
 	return "", st.stall(stalled(ReasonConfigMapNotFound, "%s: ConfigMap %q has no key %q", field, name, key))
+}
+
+// configMap reads a ConfigMap in the policy's namespace; a missing one
+// stalls the policy, naming the field that refers to it.
+func (r *CallPolicyReconciler) configMap(ctx context.Context, cp *callsv1alpha1.CallPolicy, st *reconcileState, field, name string) (*corev1.ConfigMap, error) {
+	cm := &corev1.ConfigMap{}
+	err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: name}, cm)
+	if apierrors.IsNotFound(err) {
+		return nil, st.stall(stalled(ReasonConfigMapNotFound, "%s: ConfigMap %q not found in namespace %q", field, name, cp.Namespace))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get ConfigMap %q for %s: %w", name, field, err)
+	}
+	return cm, nil
+}
+
+// promptBytes reads an announcement prompt: a binaryData key of a
+// ConfigMap, named in the error by the first rule that refers to it.
+func (r *CallPolicyReconciler) promptBytes(ctx context.Context, cp *callsv1alpha1.CallPolicy, st *reconcileState, ref policy.ListRef) ([]byte, error) {
+	field := promptField(cp, ref)
+	cm, err := r.configMap(ctx, cp, st, field, ref.Name)
+	if err != nil {
+		return nil, err
+	}
+	if b, ok := cm.BinaryData[ref.Key]; ok {
+		return b, nil
+	}
+	if _, ok := cm.Data[ref.Key]; ok {
+		return nil, st.stall(stalled(ReasonInvalidPolicy, "%s: ConfigMap %q has key %q in data: a prompt is a WAV file in binaryData (kubectl create configmap --from-file puts it there)", field, ref.Name, ref.Key))
+	}
+	return nil, st.stall(stalled(ReasonConfigMapNotFound, "%s: ConfigMap %q has no key %q", field, ref.Name, ref.Key))
+}
+
+// promptField is the path of the first announce prompt naming ref.
+func promptField(cp *callsv1alpha1.CallPolicy, ref policy.ListRef) string {
+	for i, rule := range cp.Spec.Rules {
+		if rule.Announce != nil {
+			if c := rule.Announce.Prompt.ConfigMapKeyRef; c != nil && c.Name == ref.Name && c.Key == ref.Key {
+				return fmt.Sprintf("spec.rules[%d].announce.prompt.configMapKeyRef", i)
+			}
+		}
+	}
+	return "spec.rules"
 }
 
 func (r *CallPolicyReconciler) reconcileRBAC(ctx context.Context, cp *callsv1alpha1.CallPolicy, st *reconcileState) error {
@@ -305,7 +366,11 @@ func (r *CallPolicyReconciler) reconcileDeployment(ctx context.Context, cp *call
 	if cp.Spec.Receiver.Image == "" && r.ReceiverImage == "" {
 		return st.stall(stalled(ReasonNoReceiverImage, "spec.receiver.image is empty and the operator has no --receiver-image"))
 	}
-	dep := buildDeployment(cp, r.ReceiverImage, st.credentialsHash, st.caHash)
+	in := podInputs{credentialsHash: st.credentialsHash, caHash: st.caHash, callbackURL: callbackURL(cp)}
+	if st.redis != nil {
+		in.stateHash = st.redis.hash
+	}
+	dep := buildDeployment(cp, r.ReceiverImage, in)
 	if cp.Spec.Receiver.Autoscaling != nil {
 		// dep has no spec.replicas: the autoscaler's (autoscaling.go).
 		if err := r.handOverReplicas(ctx, cp, dep); err != nil {
@@ -433,6 +498,8 @@ func (r *CallPolicyReconciler) summarize(cp *callsv1alpha1.CallPolicy, st *recon
 		// Bounded: the message quotes what the authority answered.
 		set(ConditionGraphAccess, ga.status, ga.reason, summarizeProblems([]string{ga.message}, 1, maxConditionMessage))
 	}
+
+	setStateShared(cp, st, set, func(t string) { meta.RemoveStatusCondition(&cp.Status.Conditions, t) })
 
 	// While autoscaling, as many as the autoscaler last asked for.
 	want := wantReplicas(cp, st.deployment)

@@ -167,10 +167,19 @@ func buildPodDisruptionBudget(cp *callsv1alpha1.CallPolicy) *policyv1.PodDisrupt
 	}
 }
 
-// buildDeployment returns the receiver Deployment. credentialsHash is the hash
-// of the credentials Secret ("" with workload identity), caHash that of the
-// CA bundle ("" without one).
-func buildDeployment(cp *callsv1alpha1.CallPolicy, defaultImage, credentialsHash, caHash string) *appsv1.Deployment {
+// podInputs is what the receiver pods are made from besides the spec.
+type podInputs struct {
+	// credentialsHash is the hash of the credentials Secret ("" with
+	// workload identity), caHash that of the CA bundle ("" without one),
+	// stateHash that of the state store's credentials and CA ("" without
+	// spec.state.redis): a change rolls the receivers.
+	credentialsHash, caHash, stateHash string
+	// callbackURL is status.receiver.callbackURL ("" when not exposed).
+	callbackURL string
+}
+
+// buildDeployment returns the receiver Deployment.
+func buildDeployment(cp *callsv1alpha1.CallPolicy, defaultImage string, in podInputs) *appsv1.Deployment {
 	image := defaultImage
 	if cp.Spec.Receiver.Image != "" {
 		image = cp.Spec.Receiver.Image
@@ -202,7 +211,7 @@ func buildDeployment(cp *callsv1alpha1.CallPolicy, defaultImage, credentialsHash
 		})
 		mounts = append(mounts, corev1.VolumeMount{Name: credentialsVolume, MountPath: credentialsDir, ReadOnly: true})
 		args = append(args, "--credentials-dir", credentialsDir)
-		podAnnotations[credentialsHashAnnotation] = credentialsHash
+		podAnnotations[credentialsHashAnnotation] = in.credentialsHash
 	}
 	if ref := cp.Spec.Graph.CABundle; ref != nil {
 		volumes = append(volumes, corev1.Volume{
@@ -214,7 +223,26 @@ func buildDeployment(cp *callsv1alpha1.CallPolicy, defaultImage, credentialsHash
 		})
 		mounts = append(mounts, corev1.VolumeMount{Name: caVolume, MountPath: caDir, ReadOnly: true})
 		args = append(args, "--ca-file", caDir+"/"+caFile)
-		podAnnotations[caHashAnnotation] = caHash
+		podAnnotations[caHashAnnotation] = in.caHash
+	}
+	if needsStateKey(cp) {
+		volumes = append(volumes, corev1.Volume{
+			Name: stateVolume,
+			VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+				Sources:     stateVolumeSources(cp),
+				DefaultMode: ptr.To[int32](0o440),
+			}},
+		})
+		mounts = append(mounts, corev1.VolumeMount{Name: stateVolume, MountPath: stateDir, ReadOnly: true})
+		args = append(args, "--state-dir", stateDir)
+		if redisSpec(cp) != nil {
+			podAnnotations[stateHashAnnot] = in.stateHash
+		}
+	}
+	if in.callbackURL != "" {
+		// Announce answers calls with it and serves ConfigMap prompts
+		// under it.
+		args = append(args, "--callback-url", in.callbackURL)
 	}
 	if cp.Spec.Bot.Credentials.WorkloadIdentity != nil {
 		podLabels[workloadIdentityUseLabel] = "true"

@@ -87,7 +87,7 @@ func TestBuildDeployment(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cp := tt.cp()
-			d := buildDeployment(cp, "operator/default:1", "sha256:abc", "sha256:ca")
+			d := buildDeployment(cp, "operator/default:1", podInputs{credentialsHash: "sha256:abc", caHash: "sha256:ca"})
 			pt := d.Spec.Template
 			if pt.Spec.Containers[0].SecurityContext == nil || !*pt.Spec.Containers[0].SecurityContext.ReadOnlyRootFilesystem {
 				t.Errorf("container not read-only")

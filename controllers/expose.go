@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"strings"
 
 	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -17,6 +18,7 @@ import (
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
+	"github.com/callguard/callguard/internal/policy"
 )
 
 // ReasonGatewayAPINotInstalled stalls a policy asking for an HTTPRoute in a
@@ -50,8 +52,9 @@ func GatewayAPIInstalled(cfg *rest.Config) (bool, error) {
 	return false, nil
 }
 
-// callbackURL is the https URL Graph calls when the policy is exposed: the
-// Ingress' host, or the HTTPRoute's first hostname, and the callback path.
+// callbackURL is the https URL Graph calls when the policy is exposed:
+// expose.url as written, or the Ingress' host, or the HTTPRoute's first
+// hostname, and the callback path.
 // Graph calls only https URLs, so TLS is terminated at the ingress controller
 // or the Gateway (or in front of them) whether or not tlsSecretName is set.
 func callbackURL(cp *callsv1alpha1.CallPolicy) string {
@@ -59,6 +62,8 @@ func callbackURL(cp *callsv1alpha1.CallPolicy) string {
 	switch {
 	case e == nil:
 		return ""
+	case e.URL != "":
+		return e.URL
 	case e.Ingress != nil && e.Ingress.Host != "":
 		return "https://" + e.Ingress.Host + callbackPath(cp)
 	case e.HTTPRoute != nil && len(e.HTTPRoute.Hostnames) > 0:
@@ -67,12 +72,33 @@ func callbackURL(cp *callsv1alpha1.CallPolicy) string {
 	return ""
 }
 
+// promptsPath is the path prefix under which the receivers serve the
+// policy's ConfigMap prompts for Graph to fetch; "" when it has none.
+func promptsPath(cp *callsv1alpha1.CallPolicy) string {
+	if len(policy.PromptRefs(&cp.Spec)) == 0 {
+		return ""
+	}
+	return strings.TrimRight(callbackPath(cp), "/") + "/prompts"
+}
+
 // buildIngress routes host + the callback path to the receivers' Service.
 // The path matches Exact: Graph posts to exactly that URL, and the receiver
-// serves nothing else on its callback port, so nothing else of it is
-// published (a Prefix match would forward /api/calls/anything to it).
+// serves nothing else on its callback port but the prompts (a Prefix match
+// of the callback path would forward /api/calls/anything to it).
 func buildIngress(cp *callsv1alpha1.CallPolicy) *networkingv1.Ingress {
 	in := cp.Spec.Receiver.Expose.Ingress
+	backend := networkingv1.IngressBackend{Service: &networkingv1.IngressServiceBackend{
+		Name: childName(cp),
+		Port: networkingv1.ServiceBackendPort{Name: "http"},
+	}}
+	paths := []networkingv1.HTTPIngressPath{{
+		Path:     callbackPath(cp),
+		PathType: ptr.To(networkingv1.PathTypeExact),
+		Backend:  backend,
+	}}
+	if p := promptsPath(cp); p != "" {
+		paths = append(paths, networkingv1.HTTPIngressPath{Path: p, PathType: ptr.To(networkingv1.PathTypePrefix), Backend: backend})
+	}
 	ing := &networkingv1.Ingress{
 		TypeMeta:   metav1.TypeMeta{APIVersion: "networking.k8s.io/v1", Kind: "Ingress"},
 		ObjectMeta: objectMeta(cp, childName(cp)),
@@ -80,14 +106,7 @@ func buildIngress(cp *callsv1alpha1.CallPolicy) *networkingv1.Ingress {
 			Rules: []networkingv1.IngressRule{{
 				Host: in.Host,
 				IngressRuleValue: networkingv1.IngressRuleValue{HTTP: &networkingv1.HTTPIngressRuleValue{
-					Paths: []networkingv1.HTTPIngressPath{{
-						Path:     callbackPath(cp),
-						PathType: ptr.To(networkingv1.PathTypeExact),
-						Backend: networkingv1.IngressBackend{Service: &networkingv1.IngressServiceBackend{
-							Name: childName(cp),
-							Port: networkingv1.ServiceBackendPort{Name: "http"},
-						}},
-					}},
+					Paths: paths,
 				}},
 			}},
 		},
@@ -112,6 +131,16 @@ func buildHTTPRoute(cp *callsv1alpha1.CallPolicy) *gatewayv1.HTTPRoute {
 	for i := range hr.ParentRefs {
 		hr.ParentRefs[i].DeepCopyInto(&parents[i])
 	}
+	matches := []gatewayv1.HTTPRouteMatch{{Path: &gatewayv1.HTTPPathMatch{
+		Type:  ptr.To(gatewayv1.PathMatchExact),
+		Value: ptr.To(callbackPath(cp)),
+	}}}
+	if p := promptsPath(cp); p != "" {
+		matches = append(matches, gatewayv1.HTTPRouteMatch{Path: &gatewayv1.HTTPPathMatch{
+			Type:  ptr.To(gatewayv1.PathMatchPathPrefix),
+			Value: ptr.To(p),
+		}})
+	}
 	return &gatewayv1.HTTPRoute{
 		TypeMeta:   metav1.TypeMeta{APIVersion: gatewayv1.GroupVersion.String(), Kind: "HTTPRoute"},
 		ObjectMeta: objectMeta(cp, childName(cp)),
@@ -119,10 +148,7 @@ func buildHTTPRoute(cp *callsv1alpha1.CallPolicy) *gatewayv1.HTTPRoute {
 			CommonRouteSpec: gatewayv1.CommonRouteSpec{ParentRefs: parents},
 			Hostnames:       append([]gatewayv1.Hostname(nil), hr.Hostnames...),
 			Rules: []gatewayv1.HTTPRouteRule{{
-				Matches: []gatewayv1.HTTPRouteMatch{{Path: &gatewayv1.HTTPPathMatch{
-					Type:  ptr.To(gatewayv1.PathMatchExact),
-					Value: ptr.To(callbackPath(cp)),
-				}}},
+				Matches: matches,
 				BackendRefs: []gatewayv1.HTTPBackendRef{{BackendRef: gatewayv1.BackendRef{
 					BackendObjectReference: gatewayv1.BackendObjectReference{
 						Name: gatewayv1.ObjectName(childName(cp)),

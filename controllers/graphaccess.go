@@ -60,13 +60,13 @@ var (
 )
 
 // policyActionCalls maps each action a policy can take to the Graph call
-// actions the receivers perform for it. Announce (answer, play a prompt,
-// hang up) is the action a later version adds.
+// actions the receivers perform for it: Announce answers the call, plays
+// the prompt and hangs up.
 var policyActionCalls = map[callsv1alpha1.Action][]graph.CallAction{
 	callsv1alpha1.ActionAllow:    nil,
 	callsv1alpha1.ActionReject:   {graph.CallReject},
 	callsv1alpha1.ActionRedirect: {graph.CallRedirect},
-	"Announce":                   {graph.CallAnswer, graph.CallPlayPrompt, graph.CallHangUp},
+	callsv1alpha1.ActionAnnounce: {graph.CallAnswer, graph.CallPlayPrompt, graph.CallHangUp},
 }
 
 // policyCallActions lists the Graph call actions a policy can take, from its

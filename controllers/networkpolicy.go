@@ -147,6 +147,25 @@ func urlPorts(cp *callsv1alpha1.CallPolicy) []int32 {
 	return slices.Compact(ports)
 }
 
+// redisPort is the port of spec.state.redis.address, if any; the receivers
+// reach the store on it (its address is often a name, which no IP block
+// can name, so the port alone opens it).
+func redisPort(cp *callsv1alpha1.CallPolicy) []int32 {
+	rs := redisSpec(cp)
+	if rs == nil {
+		return nil
+	}
+	_, p, err := net.SplitHostPort(rs.Address)
+	if err != nil {
+		return nil
+	}
+	n, err := strconv.ParseInt(p, 10, 32)
+	if err != nil || n <= 0 || n >= 65536 {
+		return nil
+	}
+	return []int32{int32(n)}
+}
+
 // buildNetworkPolicy returns the receivers' NetworkPolicy:
 //   - in, callback port: from callbackFrom (empty: from anywhere);
 //   - in, metrics port: from metricsFrom (empty: from the namespaces in
@@ -154,7 +173,7 @@ func urlPorts(cp *callsv1alpha1.CallPolicy) []int32 {
 //     API server's addresses (its pod proxy serves `kubectl callpolicy
 //     decisions`); nobody else;
 //   - out: DNS (53/UDP, 53/TCP) and 443 anywhere, the ports of the URLs the
-//     policy names, and the API server's addresses on its ports (the
+//     policy names and of its state store, and the API server's addresses on its ports (the
 //     receivers watch their policy ConfigMap; network plugins that apply
 //     policy after the Service's address is translated see those).
 func buildNetworkPolicy(cp *callsv1alpha1.CallPolicy, scrapers []string, api apiServer) *networkingv1.NetworkPolicy {
@@ -196,7 +215,9 @@ func buildNetworkPolicy(cp *callsv1alpha1.CallPolicy, scrapers []string, api api
 	}
 
 	out := []networkingv1.NetworkPolicyPort{port(tcp, 443)}
-	for _, p := range urlPorts(cp) {
+	extra := append(urlPorts(cp), redisPort(cp)...)
+	slices.Sort(extra)
+	for _, p := range slices.Compact(extra) {
 		if p != 443 {
 			out = append(out, port(tcp, p))
 		}

@@ -138,7 +138,7 @@ func TestAPIServerFromSlice(t *testing.T) {
 
 func TestDeploymentSpreadsReceiversAcrossNodes(t *testing.T) {
 	cp := testPolicy("telephony", "hotline")
-	tsc := buildDeployment(cp, "img", "", "").Spec.Template.Spec.TopologySpreadConstraints
+	tsc := buildDeployment(cp, "img", podInputs{}).Spec.Template.Spec.TopologySpreadConstraints
 	if len(tsc) != 1 {
 		t.Fatalf("topologySpreadConstraints = %+v", tsc)
 	}

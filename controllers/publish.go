@@ -63,7 +63,7 @@ func (p *published) shardNames() []string {
 func (r *CallPolicyReconciler) publishedKey(ctx context.Context, cp *callsv1alpha1.CallPolicy) (string, bool) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s/%d", cp.UID, cp.Generation)
-	for _, ref := range policy.ListRefs(&cp.Spec) {
+	for _, ref := range append(policy.ListRefs(&cp.Spec), policy.PromptRefs(&cp.Spec)...) {
 		m := configMapMetadata()
 		if err := r.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: ref.Name}, m); err != nil {
 			return "", false
@@ -98,14 +98,18 @@ func (r *CallPolicyReconciler) lastPublished(cp types.NamespacedName, key string
 func (r *CallPolicyReconciler) reconcilePolicy(ctx context.Context, cp *callsv1alpha1.CallPolicy, st *reconcileState) error {
 	pub := st.published
 	if pub == nil {
-		src := &policy.Source{Namespace: cp.Namespace, Name: cp.Name, Spec: *cp.Spec.DeepCopy(), Lists: st.lists}
+		src := &policy.Source{Namespace: cp.Namespace, Name: cp.Name, Spec: *cp.Spec.DeepCopy(), Lists: st.lists, Prompts: st.prompts}
+		problems := unservedPrompts(cp)
 		compiled, err := policy.Compile(src)
 		if err != nil {
 			var ce *policy.CompileError
-			if errors.As(err, &ce) {
-				return st.stall(&stalledError{reason: ReasonInvalidPolicy, problems: fieldProblems(ce.Errors)})
+			if !errors.As(err, &ce) {
+				return fmt.Errorf("compile policy: %w", err)
 			}
-			return fmt.Errorf("compile policy: %w", err)
+			problems = append(problems, fieldProblems(ce.Errors)...)
+		}
+		if len(problems) > 0 {
+			return st.stall(&stalledError{reason: ReasonInvalidPolicy, problems: problems})
 		}
 		data, shards, hash, err := policy.EncodeConfigMaps(src, policyConfigMapName(cp))
 		if err != nil {
@@ -159,6 +163,21 @@ func (r *CallPolicyReconciler) reconcilePolicy(ctx context.Context, cp *callsv1a
 	st.policyHash = pub.hash
 	st.rules = pub.rules
 	return nil
+}
+
+// unservedPrompts refuses ConfigMap prompts of a policy that is not exposed:
+// Graph fetches them from the receivers under the public callback URL.
+func unservedPrompts(cp *callsv1alpha1.CallPolicy) []string {
+	if cp.Spec.Receiver.Expose != nil {
+		return nil
+	}
+	var out []string
+	for i, rule := range cp.Spec.Rules {
+		if rule.Announce != nil && rule.Announce.Prompt.ConfigMapKeyRef != nil {
+			out = append(out, fmt.Sprintf("spec.rules[%d].announce.prompt.configMapKeyRef: a prompt kept in a ConfigMap is served by the receivers under the public callback URL: set spec.receiver.expose", i))
+		}
+	}
+	return out
 }
 
 // ensureShard creates a shard unless it is there. Shards are immutable and

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"slices"
 
 	appsv1 "k8s.io/api/apps/v1"
 	autoscalingv2 "k8s.io/api/autoscaling/v2"
@@ -31,8 +32,8 @@ import (
 // Field indexes over CallPolicies, so that a changed ConfigMap or Secret
 // finds the policies that use it without listing every policy.
 const (
-	indexListConfigMaps = ".spec.configMaps" // number lists and the CA bundle
-	indexSecret         = ".spec.bot.credentials.secretRef.name"
+	indexListConfigMaps = ".spec.configMaps" // number lists, prompts and the CA bundles
+	indexSecret         = ".spec.secrets"    // the bot's credentials and the state store's
 )
 
 // SetupWithManager registers the reconciler, its indexes and its watches.
@@ -41,29 +42,37 @@ func (r *CallPolicyReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Ma
 	if err := idx.IndexField(ctx, &callsv1alpha1.CallPolicy{}, indexListConfigMaps, func(o client.Object) []string {
 		cp := o.(*callsv1alpha1.CallPolicy)
 		var names []string
-		seen := map[string]bool{}
 		if ref := cp.Spec.Graph.CABundle; ref != nil {
-			seen[ref.Name] = true
 			names = append(names, ref.Name)
 		}
-		for _, ref := range policy.ListRefs(&cp.Spec) {
-			if !seen[ref.Name] {
-				seen[ref.Name] = true
-				names = append(names, ref.Name)
-			}
+		if rs := redisSpec(cp); rs != nil && rs.TLS != nil && rs.TLS.CABundle != nil {
+			names = append(names, rs.TLS.CABundle.Name)
 		}
-		return names
+		for _, ref := range append(policy.ListRefs(&cp.Spec), policy.PromptRefs(&cp.Spec)...) {
+			names = append(names, ref.Name)
+		}
+		slices.Sort(names)
+		return slices.Compact(names)
 	}); err != nil {
 		return fmt.Errorf("index number list ConfigMaps: %w", err)
 	}
 	if err := idx.IndexField(ctx, &callsv1alpha1.CallPolicy{}, indexSecret, func(o client.Object) []string {
 		cp := o.(*callsv1alpha1.CallPolicy)
+		var names []string
 		if ref := cp.Spec.Bot.Credentials.SecretRef; ref != nil {
-			return []string{ref.Name}
+			names = append(names, ref.Name)
 		}
-		return nil
+		if rs := redisSpec(cp); rs != nil {
+			for _, ref := range []*callsv1alpha1.SecretKeyReference{rs.UsernameSecretRef, rs.PasswordSecretRef} {
+				if ref != nil {
+					names = append(names, ref.Name)
+				}
+			}
+		}
+		slices.Sort(names)
+		return slices.Compact(names)
 	}); err != nil {
-		return fmt.Errorf("index credentials Secrets: %w", err)
+		return fmt.Errorf("index Secrets: %w", err)
 	}
 
 	if r.APIReader == nil {
@@ -90,6 +99,8 @@ func (r *CallPolicyReconciler) SetupWithManager(ctx context.Context, mgr ctrl.Ma
 		// reconciler reads the few it uses through APIReader. Their data,
 		// often large and often secret, never enters the cache.
 		Owns(&corev1.ConfigMap{}, builder.OnlyMetadata).
+		// The state key's Secret: one deleted is made again.
+		Owns(&corev1.Secret{}, builder.OnlyMetadata).
 		WatchesMetadata(&corev1.ConfigMap{}, handler.EnqueueRequestsFromMapFunc(r.policiesUsing(indexListConfigMaps))).
 		WatchesMetadata(&corev1.Secret{}, handler.EnqueueRequestsFromMapFunc(r.policiesUsing(indexSecret))).
 		WithOptions(controller.Options{MaxConcurrentReconciles: max(r.MaxConcurrentReconciles, 1)})
