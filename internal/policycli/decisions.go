@@ -31,7 +31,8 @@ the API server's pod proxy, so kubectl's own authentication and RBAC apply
 the receivers run with --log-caller-numbers. A pod that cannot be reached is
 reported on stderr and the others are still shown.
 
--o table (the default) prints TIME (UTC), POD, CALLER, RULE, ACTION, REASON,
+-o table (the default) prints TIME (UTC), POD, CALLER, RULE ("(blocked)" after
+it when the caller was under the rule's temporary block), ACTION, REASON,
 RESULT (what Graph or the upstream bot answered) and LATENCY (notification to
 outcome); -o wide adds TENANT, the tenant the call arrived in (multi-tenant
 bots); -o json prints the receivers' JSON lines, "tenant" included, with a
@@ -362,7 +363,7 @@ func (p *decisionPrinter) print(ds []decision) error {
 				d.Time.UTC().Format("2006-01-02T15:04:05.000Z"),
 				d.pod,
 				caller(&d),
-				ruleName(d.Rule),
+				decidingRule(&d),
 				orDash(d.Action),
 				orDash(d.Reason),
 				orDash(d.Result),
@@ -377,6 +378,15 @@ func (p *decisionPrinter) print(ds []decision) error {
 	}
 	_, err := p.w.Write(buf.Bytes())
 	return err
+}
+
+// decidingRule is the rule's name, marked when the rule decided because
+// the caller was under its temporary block rather than by its match.
+func decidingRule(d *decision) string {
+	if d.Blocked {
+		return ruleName(d.Rule) + " (blocked)"
+	}
+	return ruleName(d.Rule)
 }
 
 // caller is the masked number of a phone caller, else the caller's type.

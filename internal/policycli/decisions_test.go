@@ -20,6 +20,8 @@ var (
 	lineB1 = `{"time":"2026-03-04T20:41:08.5Z","callId":"c2","callChainId":"x2","callerType":"user","callerNumber":"","rule":"","action":"Allow","mode":"Enforce","result":"none","policy":"sha256:aa","latencyMs":0.31}`
 	lineA2 = `{"time":"2026-03-04T20:41:09Z","callId":"c3","callChainId":"x3","callerType":"phone","callerNumber":"****0199","rule":"after-hours-video","action":"Redirect","mode":"Enforce","result":"failed","error":"graph: 403 Forbidden","policy":"sha256:aa","latencyMs":15.5}`
 	lineB2 = `{"time":"2026-03-04T20:41:10.25Z","callId":"c4","callChainId":"x4","callerType":"anonymous","callerNumber":"","rule":"anonymous-guests","action":"Reject","reason":"forbidden","mode":"DryRun","result":"dry_run","policy":"sha256:aa","latencyMs":0.9}`
+	// lineB3 was decided by its rule's temporary block.
+	lineB3 = `{"time":"2026-03-04T20:41:11Z","callId":"c5","callChainId":"x5","callerType":"phone","callerNumber":"****0123","rule":"robocallers","action":"Reject","reason":"busy","blocked":true,"mode":"Enforce","result":"success","policy":"sha256:aa","latencyMs":0.5}`
 )
 
 // linesAfter serves the lines whose time is after since, as a receiver does.
@@ -64,7 +66,7 @@ func TestDecisions(t *testing.T) {
 	spec, _ := sampleSpec(t)
 
 	a := servePod(t, ip, linesAfter(lineA1, lineA2), "")
-	b := servePod(t, ip, linesAfter(lineB1, lineB2), "")
+	b := servePod(t, ip, linesAfter(lineB1, lineB2, lineB3), "")
 	callPolicy(t, ns, "hotline", spec, "", "")
 	receiverDeployment(t, ns, "hotline")
 	receiverPod(t, ns, "hotline", "hotline-callguard-a", corev1.PodRunning, ip, a.port)
@@ -95,11 +97,12 @@ func TestDecisions(t *testing.T) {
 			name: "table, merged by time",
 			args: []string{"decisions", "hotline", "-n", ns},
 			stdout: "" +
-				"TIME                       POD                   CALLER      RULE                ACTION     REASON      RESULT    LATENCY\n" +
-				"2026-03-04T20:41:07.123Z   hotline-callguard-a   ****0123    robocallers         Reject     busy        success   1.42ms\n" +
-				"2026-03-04T20:41:08.500Z   hotline-callguard-b   user        (default)           Allow      -           none      0.31ms\n" +
-				"2026-03-04T20:41:09.000Z   hotline-callguard-a   ****0199    after-hours-video   Redirect   -           failed    15.50ms\n" +
-				"2026-03-04T20:41:10.250Z   hotline-callguard-b   anonymous   anonymous-guests    Reject     forbidden   dry_run   0.90ms\n",
+				"TIME                       POD                   CALLER      RULE                    ACTION     REASON      RESULT    LATENCY\n" +
+				"2026-03-04T20:41:07.123Z   hotline-callguard-a   ****0123    robocallers             Reject     busy        success   1.42ms\n" +
+				"2026-03-04T20:41:08.500Z   hotline-callguard-b   user        (default)               Allow      -           none      0.31ms\n" +
+				"2026-03-04T20:41:09.000Z   hotline-callguard-a   ****0199    after-hours-video       Redirect   -           failed    15.50ms\n" +
+				"2026-03-04T20:41:10.250Z   hotline-callguard-b   anonymous   anonymous-guests        Reject     forbidden   dry_run   0.90ms\n" +
+				"2026-03-04T20:41:11.000Z   hotline-callguard-b   ****0123    robocallers (blocked)   Reject     busy        success   0.50ms\n",
 			stderrHas: warnings,
 			queries:   []string{""},
 		},
@@ -107,25 +110,26 @@ func TestDecisions(t *testing.T) {
 			name: "wide: the tenant the call arrived in",
 			args: []string{"decisions", "hotline", "-n", ns, "-o", "wide"},
 			stdout: "" +
-				"TIME                       POD                   CALLER      RULE                ACTION     REASON      RESULT    LATENCY   TENANT\n" +
-				"2026-03-04T20:41:07.123Z   hotline-callguard-a   ****0123    robocallers         Reject     busy        success   1.42ms    3c1f8a2e-5b7d-4e9a-8f60-1d2c3b4a5e6f\n" +
-				"2026-03-04T20:41:08.500Z   hotline-callguard-b   user        (default)           Allow      -           none      0.31ms    -\n" +
-				"2026-03-04T20:41:09.000Z   hotline-callguard-a   ****0199    after-hours-video   Redirect   -           failed    15.50ms   -\n" +
-				"2026-03-04T20:41:10.250Z   hotline-callguard-b   anonymous   anonymous-guests    Reject     forbidden   dry_run   0.90ms    -\n",
+				"TIME                       POD                   CALLER      RULE                    ACTION     REASON      RESULT    LATENCY   TENANT\n" +
+				"2026-03-04T20:41:07.123Z   hotline-callguard-a   ****0123    robocallers             Reject     busy        success   1.42ms    3c1f8a2e-5b7d-4e9a-8f60-1d2c3b4a5e6f\n" +
+				"2026-03-04T20:41:08.500Z   hotline-callguard-b   user        (default)               Allow      -           none      0.31ms    -\n" +
+				"2026-03-04T20:41:09.000Z   hotline-callguard-a   ****0199    after-hours-video       Redirect   -           failed    15.50ms   -\n" +
+				"2026-03-04T20:41:10.250Z   hotline-callguard-b   anonymous   anonymous-guests        Reject     forbidden   dry_run   0.90ms    -\n" +
+				"2026-03-04T20:41:11.000Z   hotline-callguard-b   ****0123    robocallers (blocked)   Reject     busy        success   0.50ms    -\n",
 			stderrHas: warnings,
 			queries:   []string{""},
 		},
 		{
 			name:      "json lines with the pod",
 			args:      []string{"decisions", "hotline", "-n", ns, "-o", "json"},
-			stdout:    withPod("hotline-callguard-a", lineA1) + withPod("hotline-callguard-b", lineB1) + withPod("hotline-callguard-a", lineA2) + withPod("hotline-callguard-b", lineB2),
+			stdout:    withPod("hotline-callguard-a", lineA1) + withPod("hotline-callguard-b", lineB1) + withPod("hotline-callguard-a", lineA2) + withPod("hotline-callguard-b", lineB2) + withPod("hotline-callguard-b", lineB3),
 			stderrHas: warnings,
 			queries:   []string{""},
 		},
 		{
 			name:      "since a time is passed to the pods",
 			args:      []string{"decisions", "hotline", "-n", ns, "-o", "json", "--since", "2026-03-04T20:41:08.5Z"},
-			stdout:    withPod("hotline-callguard-a", lineA2) + withPod("hotline-callguard-b", lineB2),
+			stdout:    withPod("hotline-callguard-a", lineA2) + withPod("hotline-callguard-b", lineB2) + withPod("hotline-callguard-b", lineB3),
 			stderrHas: warnings,
 			queries:   []string{"since=" + url.QueryEscape("2026-03-04T20:41:08.5Z")},
 		},
