@@ -3,6 +3,7 @@ package state_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -439,6 +440,46 @@ func TestConcurrentEval(t *testing.T) {
 			steps[0].Calls++
 			if a := eval(t, st, q("last"))[0]; a.Step != -1 {
 				t.Fatalf("redelivered last call counted again: %+v", a)
+			}
+		})
+	}
+}
+
+// TestBadQueries: queries a store cannot answer are refused with an
+// error naming what is wrong, by both stores alike, and change nothing.
+func TestBadQueries(t *testing.T) {
+	ok := state.Query{Caller: caller, CallID: "a", At: base(), Record: true, Keep: minute, KeepCalls: 2, Steps: repeat3}
+	for _, k := range kinds(t) {
+		t.Run(k.name, func(t *testing.T) {
+			st := k.open(t)
+			for _, tc := range []struct {
+				name, want string
+				edit       func(q *state.Query)
+			}{
+				{"no keep", "keep", func(q *state.Query) { q.Keep = 0 }},
+				{"no keepCalls", "keepCalls", func(q *state.Query) { q.KeepCalls = 0 }},
+				{"empty rule", `rule name ""`, func(q *state.Query) { q.Steps = []state.Step{{Static: true}} }},
+				{"rule named #", `rule name "#"`, func(q *state.Query) { q.Steps = []state.Step{{Rule: "#", Static: true}} }},
+				{"negative calls", "calls -1", func(q *state.Query) { q.Steps = []state.Step{{Rule: "r", Calls: -1}} }},
+				{"no window", "within 0s", func(q *state.Query) { q.Steps = []state.Step{{Rule: "r", Calls: 2}} }},
+				{"negative blockFor", "blockFor -1m0s", func(q *state.Query) { q.Steps = []state.Step{{Rule: "r", BlockFor: -minute}} }},
+			} {
+				q := ok
+				tc.edit(&q)
+				err := st.Eval(context.Background(), []state.Query{ok, q}, make([]state.Answer, 2))
+				if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "query 1") {
+					t.Errorf("%s: %v, want an error about query 1's %s", tc.name, err, tc.want)
+				}
+			}
+			if err := st.Eval(context.Background(), []state.Query{ok}, make([]state.Answer, 0)); err == nil {
+				t.Error("no room for the answers: no error")
+			}
+			// Nothing was recorded: this is the caller's first call.
+			steps := []state.Step{{Rule: "r", Static: true, Calls: 2, Within: minute}}
+			q := ok
+			q.Steps = steps
+			if a := eval(t, st, q)[0]; a.Step != -1 {
+				t.Fatalf("a refused batch counted calls: %+v", a)
 			}
 		})
 	}

@@ -101,8 +101,8 @@ func NewMemory(hashKey []byte, maxCallers int) (*Memory, error) {
 
 // Eval implements Store.
 func (m *Memory) Eval(ctx context.Context, qs []Query, ans []Answer) error {
-	if len(ans) < len(qs) {
-		return fmt.Errorf("state: eval: %d answers for %d queries", len(ans), len(qs))
+	if err := checkQueries(qs, ans); err != nil {
+		return fmt.Errorf("state: eval: %w", err)
 	}
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("state: eval: %w", err)
@@ -132,7 +132,7 @@ func (m *Memory) eval(q *Query, k callerKey) Answer {
 			slot, ok = m.add(k, at), true
 		}
 		e := &m.ents[slot]
-		e.arr = record(e.arr, arrival{id: callMember(q.CallID), ms: at}, durMS(q.Keep), max(q.KeepCalls, 1))
+		e.arr = record(e.arr, arrival{id: callMember(q.CallID), ms: at}, durMS(q.Keep), q.KeepCalls)
 		e.expires = max(e.expires, at+durMS(q.Keep))
 	}
 	var arr []arrival

@@ -239,8 +239,8 @@ func (r *Redis) keyName(kind string, k callerKey) string {
 
 // Eval implements Store: one pipeline of one script call per query.
 func (r *Redis) Eval(ctx context.Context, qs []Query, ans []Answer) error {
-	if len(ans) < len(qs) {
-		return fmt.Errorf("state: eval: %d answers for %d queries", len(ans), len(qs))
+	if err := checkQueries(qs, ans); err != nil {
+		return fmt.Errorf("state: eval: %w", err)
 	}
 	if len(qs) == 0 {
 		return nil
@@ -255,7 +255,7 @@ func (r *Redis) Eval(ctx context.Context, qs []Query, ans []Answer) error {
 		var member [8]byte
 		binary.BigEndian.PutUint64(member[:], callMember(q.CallID))
 		a := make([]any, 0, 6+5*len(q.Steps))
-		a = append(a, ms(q.At), flag(q.Record), member[:], durMS(q.Keep), max(q.KeepCalls, 1), q.Masked)
+		a = append(a, ms(q.At), flag(q.Record), member[:], durMS(q.Keep), q.KeepCalls, q.Masked)
 		for j := range q.Steps {
 			s := &q.Steps[j]
 			a = append(a, s.Rule, flag(s.Static), s.Calls, durMS(s.Within), durMS(s.BlockFor))
