@@ -243,3 +243,21 @@ func TestLintPromptURLs(t *testing.T) {
 		t.Errorf("the http server got %d requests, want none", n)
 	}
 }
+
+// TestCheckPromptRefuses refuses what is not an https URL before any
+// request, whatever the compiler let through.
+func TestCheckPromptRefuses(t *testing.T) {
+	plain := servePrompts(t, false)
+	client, err := promptClient("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, raw := range []string{plain.URL + "/good.wav", "https:///good.wav", "ftp://prompts.example.com/good.wav", "https://[::1"} {
+		if err := checkPrompt(t.Context(), client, raw); err == nil {
+			t.Errorf("%s: no error", raw)
+		}
+	}
+	if n := plain.total(); n != 0 {
+		t.Errorf("the http server got %d requests, want none", n)
+	}
+}
