@@ -2,6 +2,7 @@ package receiver
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -9,9 +10,13 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	"github.com/callguard/callguard/api/v1alpha1"
 	"github.com/callguard/callguard/internal/graph"
 	"github.com/callguard/callguard/internal/policy"
+	"github.com/callguard/callguard/internal/state"
+	"github.com/callguard/callguard/test/harness/redisserver"
 )
 
 // keyPolicy is a policy that applies without reaching anything; redis
@@ -140,5 +145,76 @@ func TestDecideBatchStatelessAllocs(t *testing.T) {
 	})
 	if allocs > 2 {
 		t.Errorf("decideBatch allocates %v times a batch, want at most 2 (the plan's slices)", allocs)
+	}
+}
+
+// BenchmarkDecideBatch decides one-call batches of distinct callers by a
+// policy without state and by one with a repeat rule, its store in memory
+// or in a real redis-server on loopback (a round trip a batch).
+func BenchmarkDecideBatch(b *testing.B) {
+	compile := func(m v1alpha1.Match) *policy.Policy {
+		p, err := policy.Compile(&policy.Source{Namespace: "telephony", Name: "hotline", Spec: v1alpha1.CallPolicySpec{
+			Bot: v1alpha1.BotSpec{AppID: "6d2a7b1e-0c1f-4a51-9a43-2f0f4c3b9e10", TenantID: "0b3f5c1d-8a2e-4a77-b0c4-7f3e2d1a9c55",
+				Credentials: v1alpha1.Credentials{WorkloadIdentity: &v1alpha1.WorkloadIdentity{}}},
+			Rules: []v1alpha1.Rule{{Name: "r", Action: v1alpha1.ActionReject, Match: m}},
+		}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return p
+	}
+	stateless := compile(v1alpha1.Match{Callers: &v1alpha1.CallerMatch{Numbers: []string{"+14255550001"}}})
+	repeat := compile(v1alpha1.Match{Callers: &v1alpha1.CallerMatch{
+		Repeat: &v1alpha1.RepeatMatch{Calls: 3, Within: metav1.Duration{Duration: 10 * time.Minute}}}})
+	store, err := state.NewMemory([]byte("0123456789abcdef"), memoryCallers)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rs := redisserver.Start(b)
+	shared, err := state.NewRedis(state.RedisOptions{Address: rs.Addr(), KeyPrefix: "callguard:",
+		Namespace: "telephony", Name: "hotline", HashKey: []byte("0123456789abcdef")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer shared.Close()
+	evalIn := func(st state.Store) stateEval {
+		return func(qs []state.Query, ans []state.Answer) {
+			if err := st.Eval(context.Background(), qs, ans); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	const batches = 4096
+	bodies := make([]*graph.Notifications, batches)
+	for i := range bodies {
+		n, err := graph.DecodeNotifications([]byte(`{"value":[` + incoming(fmt.Sprintf("call-%d", i), fmt.Sprintf("+1425555%04d", i)) + `]}`))
+		if err != nil {
+			b.Fatal(err)
+		}
+		bodies[i] = n
+	}
+	for _, bc := range []struct {
+		name string
+		p    *policy.Policy
+		st   stateEval
+	}{{"stateless", stateless, nil}, {"memory store", repeat, evalIn(store)}, {"redis store", repeat, evalIn(shared)}} {
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			calls := newCallLog(DedupeWindow, batches)
+			now := time.Now()
+			i := 0
+			for b.Loop() {
+				if i == batches {
+					// The ids come round: a fresh call log decides them again.
+					b.StopTimer()
+					calls, now, i = newCallLog(DedupeWindow, batches), now.Add(time.Second), 0
+					b.StartTimer()
+				}
+				if pl := decideBatch(bodies[i], bc.p, false, calls, now, "", bc.st); len(pl.decided) != 1 {
+					b.Fatalf("decided %d calls, want 1", len(pl.decided))
+				}
+				i++
+			}
+		})
 	}
 }

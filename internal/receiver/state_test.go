@@ -576,3 +576,31 @@ func selfSignedCert(t *testing.T) (certPEM, keyPEM []byte) {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
 		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder})
 }
+
+// TestStateStoreFollowsSettings: a version that changes only the rules
+// keeps the store's counts; one that changes the store's settings starts
+// on the new store.
+func TestStateStoreFollowsSettings(t *testing.T) {
+	rs := redisserver.Start(t)
+	se := startStateEnv(t, stateParams{Redis: rs.Addr()}, 1)
+	for i := range 2 {
+		d, rec := se.call(numRepeat, se.rcv)
+		wantDecision(t, fmt.Sprintf("call %d", i+1), d, rec, "", "Allow", false)
+	}
+	// Only onError changes: the third call is still the third.
+	p := se.params
+	p.OnError = "Match"
+	se.setState(p)
+	d, rec := se.call(numRepeat, se.rcv)
+	wantDecision(t, "third call after a reload", d, rec, "repeat", "Reject", false)
+
+	// Another key prefix is another store: the count starts again.
+	params := se.env.params
+	params.Extra = stateExtra(stateParams{Repeat: numRepeat, BlockNumber: numBlock}) +
+		"  state:\n    redis: {address: \"" + rs.Addr() + "\", keyPrefix: \"other:\"}\n"
+	before := se.srv.PolicyHash()
+	se.writePolicy(params)
+	eventually(t, 10*time.Second, "the new key prefix live", func() bool { return se.srv.PolicyHash() != before })
+	d, rec = se.call(numRepeat, se.rcv)
+	wantDecision(t, "first call under the new prefix", d, rec, "", "Allow", false)
+}
