@@ -141,6 +141,11 @@ func TestGraphAccess(t *testing.T) {
 		cp.Spec.Rules = []callsv1alpha1.Rule{{Name: "divert", Action: callsv1alpha1.ActionRedirect,
 			Redirect: &callsv1alpha1.RedirectSpec{Targets: []callsv1alpha1.RedirectTarget{{Phone: "+14255550199"}}}}}
 	}
+	announce := func(cp *callsv1alpha1.CallPolicy) {
+		cp.Spec.Rules = []callsv1alpha1.Rule{{Name: "withheld", Action: callsv1alpha1.ActionAnnounce,
+			Announce: &callsv1alpha1.AnnounceSpec{Prompt: callsv1alpha1.PromptSource{URL: "https://prompts.example.com/withheld.wav"}},
+			Match:    callsv1alpha1.Match{Callers: &callsv1alpha1.CallerMatch{IdentityTypes: []callsv1alpha1.IdentityType{callsv1alpha1.IdentityAnonymous}}}}}
+	}
 	tests := []struct {
 		name, app  string
 		creds      callsv1alpha1.Credentials
@@ -173,8 +178,14 @@ func TestGraphAccess(t *testing.T) {
 			wantStatus: metav1.ConditionFalse, wantReason: ReasonPermissionsMissing,
 			wantIn: append([]string{"caller identities", "no roles"}, graph.CallingPermissions...)},
 		// Neither rejecting nor redirecting answers: the answer permissions
-		// are not needed yet.
+		// are not needed.
 		{name: "no-answer-permission", app: gaAppNoJoin, creds: secretRef("secret"), mutate: redirect,
+			wantStatus: metav1.ConditionTrue, wantReason: ReasonPermissionsGranted},
+		// Announcing answers the call: the same app is refused.
+		{name: "announce-without-answer-permission", app: gaAppNoJoin, creds: secretRef("secret"), mutate: announce,
+			wantStatus: metav1.ConditionFalse, wantReason: ReasonPermissionsMissing,
+			wantIn: []string{graph.PermissionCallsJoinGroupCall + " or " + graph.PermissionCallsJoinGroupCallAsGuest + " (for answer)"}},
+		{name: "announce", app: gaAppSecret, creds: secretRef("secret"), mutate: announce,
 			wantStatus: metav1.ConditionTrue, wantReason: ReasonPermissionsGranted},
 		{name: "unreachable", app: gaAppSecret, creds: secretRef("secret"),
 			mutate:     func(cp *callsv1alpha1.CallPolicy) { cp.Spec.Graph.AuthorityHost = closed },
@@ -357,9 +368,9 @@ func TestPolicyCallActions(t *testing.T) {
 	if got := policyCallActions(cp); len(got) != 0 {
 		t.Errorf("DryRun: %v, want none", got)
 	}
-	// Announce, to come: answer, play the prompt, hang up.
+	// Announce: answer, play the prompt, hang up.
 	cp = testPolicy("ns", "p")
-	cp.Spec.Rules = []callsv1alpha1.Rule{{Name: "announce", Action: "Announce"}}
+	cp.Spec.Rules = []callsv1alpha1.Rule{{Name: "announce", Action: callsv1alpha1.ActionAnnounce}}
 	cp.Spec.DefaultAction = callsv1alpha1.ActionAllow
 	want := []graph.CallAction{graph.CallAnswer, graph.CallHangUp, graph.CallPlayPrompt}
 	if got := policyCallActions(cp); !slices.Equal(got, want) {

@@ -9,8 +9,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	"sigs.k8s.io/yaml"
@@ -54,6 +56,11 @@ func invalidSpecs() []invalidSpec {
 		}
 	}
 	expose := func(s *callsv1alpha1.CallPolicySpec, e callsv1alpha1.ExposeSpec) { s.Receiver.Expose = &e }
+	urlPrompt := callsv1alpha1.PromptSource{URL: "https://prompts.example.com/closed.wav"}
+	announce := func(p callsv1alpha1.PromptSource) *callsv1alpha1.AnnounceSpec { return &callsv1alpha1.AnnounceSpec{Prompt: p} }
+	toAnnounce := func(s *callsv1alpha1.CallPolicySpec, p callsv1alpha1.PromptSource) {
+		s.Rules[0].Action, s.Rules[0].Reason, s.Rules[0].Announce = callsv1alpha1.ActionAnnounce, "", announce(p)
+	}
 	return []invalidSpec{
 		{"duplicate rule names", func(s *callsv1alpha1.CallPolicySpec) { s.Rules[1].Name = s.Rules[0].Name }, "spec.rules[1].name"},
 		{"rule name not a DNS label", func(s *callsv1alpha1.CallPolicySpec) { s.Rules[0].Name = "Premium Rate" }, "spec.rules[0].name"},
@@ -126,6 +133,36 @@ func invalidSpecs() []invalidSpec {
 			expose(s, callsv1alpha1.ExposeSpec{Ingress: ingress(), HTTPRoute: route()})
 		}, "spec.receiver.expose"},
 		{"expose with neither", func(s *callsv1alpha1.CallPolicySpec) { expose(s, callsv1alpha1.ExposeSpec{}) }, "spec.receiver.expose"},
+		{"expose with url and ingress", func(s *callsv1alpha1.CallPolicySpec) {
+			expose(s, callsv1alpha1.ExposeSpec{URL: "https://calls.example.com/api/calls", Ingress: ingress()})
+		}, "spec.receiver.expose"},
+		{"expose url not https", func(s *callsv1alpha1.CallPolicySpec) {
+			expose(s, callsv1alpha1.ExposeSpec{URL: "http://calls.example.com/api/calls"})
+		}, "spec.receiver.expose.url"},
+		{"Announce rule without announce", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Rules[0].Action, s.Rules[0].Reason = callsv1alpha1.ActionAnnounce, ""
+		}, "spec.rules[0].announce"},
+		{"announce on a Reject rule", func(s *callsv1alpha1.CallPolicySpec) { s.Rules[0].Announce = announce(urlPrompt) }, "spec.rules[0].announce"},
+		{"prompt with configMapKeyRef and url", func(s *callsv1alpha1.CallPolicySpec) {
+			toAnnounce(s, callsv1alpha1.PromptSource{URL: urlPrompt.URL, ConfigMapKeyRef: &callsv1alpha1.ConfigMapKeyReference{Name: "prompts", Key: "closed.wav"}})
+		}, "spec.rules[0].announce.prompt"},
+		{"prompt with neither", func(s *callsv1alpha1.CallPolicySpec) { toAnnounce(s, callsv1alpha1.PromptSource{}) }, "spec.rules[0].announce.prompt"},
+		{"prompt url not https", func(s *callsv1alpha1.CallPolicySpec) {
+			toAnnounce(s, callsv1alpha1.PromptSource{URL: "http://prompts.example.com/closed.wav"})
+		}, "spec.rules[0].announce.prompt.url"},
+		{"defaultAction Announce", func(s *callsv1alpha1.CallPolicySpec) { s.DefaultAction = callsv1alpha1.ActionAnnounce }, "spec.defaultAction"},
+		{"blockFor on an Allow rule", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Rules[0].Action, s.Rules[0].Reason = callsv1alpha1.ActionAllow, ""
+			s.Rules[0].BlockFor = &metav1.Duration{Duration: time.Hour}
+		}, "spec.rules[0].blockFor"},
+		{"blockFor under 1m", func(s *callsv1alpha1.CallPolicySpec) { s.Rules[0].BlockFor = &metav1.Duration{Duration: 30 * time.Second} }, "spec.rules[0].blockFor"},
+		{"blockFor over 720h", func(s *callsv1alpha1.CallPolicySpec) { s.Rules[0].BlockFor = &metav1.Duration{Duration: 721 * time.Hour} }, "spec.rules[0].blockFor"},
+		{"repeat within under 1m", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Rules[0].Match.Callers.Repeat = &callsv1alpha1.RepeatMatch{Calls: 3, Within: metav1.Duration{Duration: 59 * time.Second}}
+		}, "spec.rules[0].match.callers.repeat.within"},
+		{"repeat within over 24h", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Rules[0].Match.Callers.Repeat = &callsv1alpha1.RepeatMatch{Calls: 3, Within: metav1.Duration{Duration: 25 * time.Hour}}
+		}, "spec.rules[0].match.callers.repeat.within"},
 		{"ingress without host", func(s *callsv1alpha1.CallPolicySpec) {
 			expose(s, callsv1alpha1.ExposeSpec{Ingress: &callsv1alpha1.IngressExpose{ClassName: "nginx"}})
 		}, "spec.receiver.expose.ingress.host"},
