@@ -34,8 +34,12 @@ import (
 // loadPlan is what the parent asks of a load generator (on its stdin).
 type loadPlan struct {
 	Addr string // host:port of the handler
-	Path string
-	Auth string // Authorization header value
+	// Addrs, when set, replace Addr: notification i goes to
+	// Addrs[i%len(Addrs)] (handlers sharing the load), each with
+	// connections of its own (Conns and MaxConns each).
+	Addrs []string
+	Path  string
+	Auth  string // Authorization header value
 	// Auths, when set, replace Auth: notification i carries
 	// Auths[i%len(Auths)] (tokens of several tenants).
 	Auths []string
@@ -59,6 +63,9 @@ type loadResult struct {
 	Error   string        // the first transport error, if any
 	// Acks are the acknowledgement times, sorted.
 	Acks []time.Duration
+	// Sent are when each notification's write began (Unix ns), by index:
+	// the start of its time to the Graph action the emulator records.
+	Sent []int64
 	// Late are how late paced notifications were sent, sorted.
 	Late []time.Duration
 	CPU  time.Duration // this process's CPU time while sending
@@ -96,6 +103,9 @@ func runLoadChild() int {
 
 func generateLoad(plan loadPlan, ready func() error) (*loadResult, error) {
 	n := len(plan.IDs)
+	if len(plan.Addrs) == 0 {
+		plan.Addrs = []string{plan.Addr}
+	}
 	reqs := make([][]byte, n)
 	for i := range n {
 		body := benchBody(plan.IDs[i], plan.Numbers[i])
@@ -104,15 +114,17 @@ func generateLoad(plan loadPlan, ready func() error) (*loadResult, error) {
 			auth = plan.Auths[i%len(plan.Auths)]
 		}
 		reqs[i] = append(fmt.Appendf(nil, "POST %s HTTP/1.1\r\nHost: %s\r\nAuthorization: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n",
-			plan.Path, plan.Addr, auth, len(body)), body...)
+			plan.Path, plan.Addrs[i%len(plan.Addrs)], auth, len(body)), body...)
 	}
-	g := &loadGen{plan: plan, reqs: reqs, acks: make([]time.Duration, n)}
-	for range plan.Conns {
-		if _, err := g.dial(); err != nil {
-			return nil, err
+	g := &loadGen{plan: plan, reqs: reqs, acks: make([]time.Duration, n), sent: make([]int64, n), conns: make([][]*loadConn, len(plan.Addrs))}
+	defer g.closeAll()
+	for t := range plan.Addrs {
+		for range plan.Conns {
+			if _, err := g.dial(t); err != nil {
+				return nil, err
+			}
 		}
 	}
-	defer g.closeAll()
 	if err := ready(); err != nil {
 		return nil, err
 	}
@@ -127,7 +139,7 @@ func generateLoad(plan loadPlan, ready func() error) (*loadResult, error) {
 	} else {
 		g.closedLoop()
 	}
-	res := &loadResult{Elapsed: time.Since(start), Refused: int(g.refused.Load()), Acks: g.acks, Late: late,
+	res := &loadResult{Elapsed: time.Since(start), Refused: int(g.refused.Load()), Acks: g.acks, Sent: g.sent, Late: late,
 		CPU: selfCPU() - cpu0}
 	if e := g.firstErr.Load(); e != nil {
 		res.Error = e.(error).Error()
@@ -141,29 +153,33 @@ type loadGen struct {
 	plan     loadPlan
 	reqs     [][]byte
 	acks     []time.Duration
+	sent     []int64
 	refused  atomic.Int64
 	firstErr atomic.Value
-	conns    []*loadConn
+	conns    [][]*loadConn // by target (plan.Addrs)
 }
 
-func (g *loadGen) dial() (*loadConn, error) {
-	lc := &loadConn{addr: g.plan.Addr}
+func (g *loadGen) dial(target int) (*loadConn, error) {
+	lc := &loadConn{addr: g.plan.Addrs[target]}
 	if err := lc.dial(); err != nil {
 		return nil, err
 	}
-	g.conns = append(g.conns, lc)
+	g.conns[target] = append(g.conns[target], lc)
 	return lc, nil
 }
 
 func (g *loadGen) closeAll() {
-	for _, lc := range g.conns {
-		lc.close()
+	for _, conns := range g.conns {
+		for _, lc := range conns {
+			lc.close()
+		}
 	}
 }
 
 // send posts notification i on lc and records its acknowledgement.
 func (g *loadGen) send(lc *loadConn, i int) {
 	t0 := time.Now()
+	g.sent[i] = t0.UnixNano()
 	status, arrived, err := lc.roundTrip(g.reqs[i])
 	g.acks[i] = arrived.Sub(t0)
 	if err != nil || status != http.StatusAccepted {
@@ -175,46 +191,54 @@ func (g *loadGen) send(lc *loadConn, i int) {
 	}
 }
 
-// closedLoop keeps one notification in flight on each connection.
+// closedLoop keeps one notification in flight on each connection, each
+// target's connections taking its notifications in turn.
 func (g *loadGen) closedLoop() {
-	var next atomic.Int64
 	var wg sync.WaitGroup
-	for _, lc := range g.conns {
-		wg.Go(func() {
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= len(g.reqs) {
-					return
+	targets := len(g.conns)
+	for t, conns := range g.conns {
+		var next atomic.Int64
+		for _, lc := range conns {
+			wg.Go(func() {
+				for {
+					i := (int(next.Add(1))-1)*targets + t
+					if i >= len(g.reqs) {
+						return
+					}
+					g.send(lc, i)
 				}
-				g.send(lc, i)
-			}
-		})
+			})
+		}
 	}
 	wg.Wait()
 }
 
-// paced sends notification i at start + i/rate on an idle connection,
-// opening another while all are busy, and returns how late each was sent.
+// paced sends notification i at start + i/rate on an idle connection of
+// its target, opening another while all are busy, and returns how late
+// each was sent.
 func (g *loadGen) paced(start time.Time) ([]time.Duration, error) {
 	interval := time.Duration(float64(time.Second) / g.plan.Rate)
 	late := make([]time.Duration, len(g.reqs))
-	idle := make(chan *loadConn, max(g.plan.MaxConns, len(g.conns)))
+	idle := make([]chan *loadConn, len(g.conns)) // by target
 	work := map[*loadConn]chan int{}
 	var wg sync.WaitGroup
-	worker := func(lc *loadConn) {
+	worker := func(t int, lc *loadConn) {
 		ch := make(chan int, 1)
 		work[lc] = ch
 		go func() {
 			for i := range ch {
 				g.send(lc, i)
 				wg.Done()
-				idle <- lc
+				idle[t] <- lc
 			}
 		}()
 	}
-	for _, lc := range g.conns {
-		worker(lc)
-		idle <- lc
+	for t, conns := range g.conns {
+		idle[t] = make(chan *loadConn, max(g.plan.MaxConns, len(conns)))
+		for _, lc := range conns {
+			worker(t, lc)
+			idle[t] <- lc
+		}
 	}
 	defer func() {
 		for _, ch := range work {
@@ -226,18 +250,19 @@ func (g *loadGen) paced(start time.Time) ([]time.Duration, error) {
 		if d := time.Until(due); d > 0 {
 			time.Sleep(d)
 		}
+		t := i % len(g.conns)
 		var lc *loadConn
 		select {
-		case lc = <-idle:
+		case lc = <-idle[t]:
 		default:
-			if len(g.conns) < g.plan.MaxConns {
+			if len(g.conns[t]) < g.plan.MaxConns {
 				var err error
-				if lc, err = g.dial(); err != nil {
+				if lc, err = g.dial(t); err != nil {
 					return nil, err
 				}
-				worker(lc)
+				worker(t, lc)
 			} else {
-				lc = <-idle
+				lc = <-idle[t]
 			}
 		}
 		late[i] = time.Since(due)

@@ -1,0 +1,435 @@
+//go:build linux
+
+package bench
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/callguard/callguard/internal/emulator"
+	"github.com/callguard/callguard/internal/graph"
+	"github.com/callguard/callguard/test/harness/redisserver"
+)
+
+// BenchmarkRepeatCallers measures a policy that counts calls in a shared
+// store: the bench policy with a first rule that rejects (forbidden) a
+// caller's third call within 10 minutes (match.callers.repeat), and
+// state.redis, decided by two receiver children sharing one real
+// redis-server, against the same load on the bench policy alone (no repeat
+// rule, no store: the baseline), in pairs of runs (baseline, then repeat),
+// as BenchmarkReceiverAcknowledgement does.
+//
+// Each run sends its notifications paced at Graph's per-tenant ceiling
+// (3,400/s, or CALLGUARD_BENCH_RATE) from one load generator, alternately
+// to the two receivers. One notification position in repeatEvery belongs to
+// a repeating caller, who calls three times repeatGap notifications apart
+// (about 0.3 s; repeatGap is odd, so a caller's calls alternate between the
+// receivers and the third is decided where the second was not); every other
+// caller calls once. Every call is counted in the store. The benchmark
+// fails unless Graph (the emulator) has every call rejected, each repeating
+// caller's third with forbidden and every other call with busy. The store
+// is flushed before each run, so that no count carries over.
+//
+// Metrics (medians over the pairs; the baseline's prefixed "baseline-"):
+// p50 and p99 acknowledgement; p99-action-ms, from the load generator's
+// write of a notification to the arrival of its reject at the emulator (the
+// emulator's record); p99-receiver-action-ms, the receivers' own log of
+// arrival to Graph's answer; the receivers' CPU per notification (both
+// together); for the repeat runs, the store's round trips per decided call
+// (callguard_receiver_state_requests_total), redis-server's commands per
+// call (INFO stats total_commands_processed, less the benchmark's own) and
+// its CPU per call (INFO cpu), and the calls decided without the store
+// (state_errors_total). The receivers share the handler's CPU (one each,
+// GOMAXPROCS=1); redis-server runs on the driver's CPUs with the emulator and
+// the load generator, as a store elsewhere would.
+//
+//	go test ./test/bench -run '^$' -bench RepeatCallers -benchtime 170000x
+//
+// makes five pairs of 10 s runs (34,000 notifications each); CALLGUARD_BENCH_PAIRS
+// sets the pairs.
+func BenchmarkRepeatCallers(b *testing.B) {
+	b.StopTimer()
+	e := startRepeatEnv(b)
+	defer e.stop()
+	rate := float64(benchRate)
+	if r, err := strconv.ParseFloat(os.Getenv(rateEnv), 64); err == nil && r > 0 {
+		rate = r
+	}
+	// The warm-up's first calls find no connection to the store yet; its
+	// calls decided without the store's answer are reported, not failed.
+	var warmErrors float64
+	for _, kind := range repeatKinds {
+		m, err := e.run(b, kind, benchWarmup, rate, false)
+		if err != nil {
+			b.Fatalf("%s warm-up: %v", kind, err)
+		}
+		warmErrors += m["state-errors"]
+	}
+	pairs := benchPairs
+	if p, err := strconv.Atoi(os.Getenv(pairsEnv)); err == nil && p > 0 {
+		pairs = p
+	}
+	pairs = min(pairs, b.N)
+	// Other work on the machine shares its CPUs with the receivers and
+	// the driver: the 1-minute load averages are figures too.
+	load0 := loadAverage()
+	runs := map[string][]map[string]float64{}
+	for i := range pairs {
+		n := b.N / pairs
+		if i < b.N%pairs {
+			n++
+		}
+		for _, kind := range repeatKinds {
+			m, err := e.run(b, kind, n, rate, true)
+			if err != nil {
+				b.Fatalf("pair %d, %s: %v", i+1, kind, err)
+			}
+			runs[kind] = append(runs[kind], m)
+		}
+	}
+	for _, kind := range repeatKinds {
+		prefix := ""
+		if kind == "baseline" {
+			prefix = "baseline-"
+		}
+		for unit := range runs[kind][0] {
+			var col []float64
+			for _, m := range runs[kind] {
+				col = append(col, m[unit])
+			}
+			b.ReportMetric(median(col), prefix+unit)
+		}
+	}
+	b.ReportMetric(warmErrors, "warmup-state-errors")
+	for unit, load := range map[string]string{"load1-start": load0, "load1-end": loadAverage()} {
+		if v, err := strconv.ParseFloat(strings.Fields(load)[0], 64); err == nil {
+			b.ReportMetric(v, unit)
+		}
+	}
+}
+
+// repeatKinds are the policies in the order each pair runs them.
+var repeatKinds = []string{"baseline", "repeat"}
+
+const (
+	// repeatGap is how many notifications apart a repeating caller's
+	// calls are: odd, so that they alternate between the two receivers.
+	repeatGap = 1001
+	// repeatEvery: one notification position in repeatEvery is a
+	// repeating caller's.
+	repeatEvery = 10
+	// repeatReason is the repeat rule's reject reason; the bench policy's
+	// list rejects with busy.
+	repeatReason = "forbidden"
+)
+
+// repeatEnv is the emulator, a redis-server, and two receivers of each
+// policy ("baseline-0", "baseline-1", "repeat-0", "repeat-1").
+type repeatEnv struct {
+	s     *benchEnv
+	redis *redis.Client
+	runs  int
+}
+
+func startRepeatEnv(b *testing.B) *repeatEnv {
+	e := &repeatEnv{s: &benchEnv{}}
+	ok := false
+	defer func() {
+		if !ok {
+			e.stop()
+		}
+	}()
+	basePath, caFile, err := e.s.prepare()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cpu, err := e.s.pinDriver()
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Started after pinning: redis-server inherits the driver's CPUs.
+	password := rand.Text()
+	srv := redisserver.Start(b, "--requirepass", password)
+	e.redis = redis.NewClient(&redis.Options{Addr: srv.Addr(), Password: password})
+	stateDir := filepath.Join(e.s.dir, "state")
+	if err := os.Mkdir(stateDir, 0o700); err != nil {
+		b.Fatal(err)
+	}
+	for name, content := range map[string]string{"key": rand.Text(), "redis-password": password} {
+		if err := os.WriteFile(filepath.Join(stateDir, name), []byte(content), 0o600); err != nil {
+			b.Fatal(err)
+		}
+	}
+	base, err := os.ReadFile(basePath)
+	if err != nil {
+		b.Fatal(err)
+	}
+	repeatPath := filepath.Join(e.s.dir, "repeat.yaml")
+	if err := os.WriteFile(repeatPath, repeatPolicy(base, srv.Addr()), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	e.s.children = map[string]*child{}
+	for _, kind := range repeatKinds {
+		path := basePath
+		if kind == "repeat" {
+			path = repeatPath
+		}
+		for i := range 2 {
+			c, err := startChild("receiver", path, caFile, e.s.emu.URL(), cpu, childStateEnv+"="+stateDir)
+			if err != nil {
+				b.Fatalf("%s receiver %d: %v", kind, i, err)
+			}
+			e.s.children[fmt.Sprintf("%s-%d", kind, i)] = c
+		}
+	}
+	ok = true
+	return e
+}
+
+func (e *repeatEnv) stop() {
+	if e.redis != nil {
+		_ = e.redis.Close()
+	}
+	e.s.stop()
+}
+
+// repeatPolicy is the bench policy with the repeat rule first, and the
+// store.
+func repeatPolicy(base []byte, redisAddr string) []byte {
+	return []byte(strings.Replace(string(base), "  rules:\n", `  state:
+    redis: {address: "`+redisAddr+`"}
+  rules:
+    - name: repeat
+      action: Reject
+      reason: `+repeatReason+`
+      match: {callers: {repeat: {calls: 3, within: 10m}}}
+`, 1))
+}
+
+// repeatLoad is the callers of a run: notification i's caller, and whether
+// it is a repeating caller's third call.
+type repeatLoad struct {
+	numbers            []string
+	third              []bool
+	callers, repeaters int
+}
+
+// repeatCallers lays out n notifications: in each block of 3 × repeatGap,
+// position p < repeatGap with p%repeatEvery == 0 starts a repeating caller
+// (calls at p, p+repeatGap and p+2×repeatGap), while the run has room for
+// all three; every other position is a caller of its own.
+func repeatCallers(n int) (repeatLoad, error) {
+	l := repeatLoad{numbers: make([]string, n), third: make([]bool, n)}
+	for i := range n {
+		if l.numbers[i] != "" {
+			continue
+		}
+		num := benchNumber(l.callers)
+		l.callers++
+		l.numbers[i] = num
+		if p := i % (3 * repeatGap); p < repeatGap && p%repeatEvery == 0 && i+2*repeatGap < n {
+			l.numbers[i+repeatGap], l.numbers[i+2*repeatGap] = num, num
+			l.third[i+2*repeatGap] = true
+			l.repeaters++
+		}
+	}
+	// Callers are distinct numbers of the bench policy's list.
+	if l.callers > benchListSize {
+		return l, fmt.Errorf("%d callers in a run, the list has %d numbers: make the runs shorter", l.callers, benchListSize)
+	}
+	return l, nil
+}
+
+// repeatStats is what the store and its server have done so far.
+type repeatStats struct {
+	commands, scripts, cpuSec, requests, errors float64
+}
+
+func (e *repeatEnv) stats(kind string) (repeatStats, error) {
+	var st repeatStats
+	for i := range 2 {
+		ops := e.s.children[fmt.Sprintf("%s-%d", kind, i)].ops + "/metrics"
+		n, err := metricSum(ops, "callguard_receiver_state_requests_total")
+		if err != nil {
+			return st, err
+		}
+		st.requests += n
+		if n, err = metricSum(ops, "callguard_receiver_state_errors_total"); err != nil {
+			return st, err
+		}
+		st.errors += n
+	}
+	info, err := e.redis.Info(context.Background(), "stats", "cpu", "commandstats").Result()
+	if err != nil {
+		return st, fmt.Errorf("redis INFO: %w", err)
+	}
+	fields := map[string]float64{}
+	for line := range strings.Lines(info) {
+		k, v, ok := strings.Cut(strings.TrimSpace(line), ":")
+		if !ok {
+			continue
+		}
+		if f, err := strconv.ParseFloat(v, 64); err == nil {
+			fields[k] = f
+		}
+		// cmdstat_evalsha:calls=N,usec=…
+		if cmd, ok := strings.CutPrefix(k, "cmdstat_"); ok && (cmd == "eval" || cmd == "evalsha") {
+			calls, _, _ := strings.Cut(strings.TrimPrefix(v, "calls="), ",")
+			if f, err := strconv.ParseFloat(calls, 64); err == nil {
+				st.scripts += f
+			}
+		}
+	}
+	st.commands = fields["total_commands_processed"]
+	st.cpuSec = fields["used_cpu_sys"] + fields["used_cpu_user"]
+	return st, nil
+}
+
+// run sends n notifications of kind's policy, paced at rate, alternately to
+// its two receivers, checks that Graph has every call rejected and, if
+// strict, each with its reason, and returns the run's metrics by unit. The benchmark's timer runs while the repeat
+// policy's notifications are sent.
+func (e *repeatEnv) run(b *testing.B, kind string, n int, rate float64, strict bool) (map[string]float64, error) {
+	e.runs++
+	load, err := repeatCallers(n)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.redis.FlushAll(context.Background()).Err(); err != nil {
+		return nil, fmt.Errorf("redis FLUSHALL: %w", err)
+	}
+	auth, err := e.s.token()
+	if err != nil {
+		return nil, err
+	}
+	cs := []*child{e.s.children[kind+"-0"], e.s.children[kind+"-1"]}
+	plan := loadPlan{Path: "/api/calls", Auth: auth, Rate: rate, Conns: benchConcurrency, MaxConns: 64,
+		IDs: make([]string, n), Numbers: load.numbers}
+	ids := make([][]string, len(cs)) // by receiver
+	for _, c := range cs {
+		u, err := url.Parse(c.callback)
+		if err != nil {
+			return nil, err
+		}
+		plan.Addrs = append(plan.Addrs, u.Host)
+		plan.Path = u.Path
+	}
+	for i := range n {
+		plan.IDs[i] = fmt.Sprintf("repeat-%s-%d-%d", kind, e.runs, i)
+		ids[i%len(cs)] = append(ids[i%len(cs)], plan.IDs[i])
+		if _, err := e.s.emu.PlaceCall(context.Background(), emulator.PlaceCallRequest{
+			AppID: appID, CallbackURI: cs[i%len(cs)].callback, Deliver: new(false),
+			Source: &graph.IdentitySet{Phone: &graph.Identity{ID: load.numbers[i]}},
+			Call:   map[string]any{"id": plan.IDs[i]},
+		}); err != nil {
+			return nil, err
+		}
+	}
+	runtime.GC()
+	before, err := e.stats(kind)
+	if err != nil {
+		return nil, err
+	}
+	var cpuBefore time.Duration
+	var cpuErr error
+	res, err := runLoad(plan, func() {
+		cpuBefore, cpuErr = childrenCPU(cs)
+		if kind == "repeat" {
+			b.StartTimer()
+		}
+	})
+	b.StopTimer()
+	if err != nil {
+		return nil, err
+	}
+	if cpuErr != nil {
+		return nil, cpuErr
+	}
+	if res.Refused > 0 {
+		return nil, fmt.Errorf("%d of %d notifications not acknowledged with 202; first: %s", res.Refused, n, res.Error)
+	}
+	var logged []float64
+	for j, c := range cs {
+		l, err := c.actionLatencies(ids[j], 60*time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("receiver %d: %w", j, err)
+		}
+		logged = append(logged, l...)
+	}
+	cpuAfter, err := childrenCPU(cs)
+	if err != nil {
+		return nil, err
+	}
+	after, err := e.stats(kind)
+	if err != nil {
+		return nil, err
+	}
+	actions := make([]float64, n)
+	for i, id := range plan.IDs {
+		rec, _ := e.s.emu.Call(id)
+		want := "busy"
+		if kind == "repeat" && load.third[i] {
+			want = repeatReason
+		}
+		if rec.Action != "reject" || strict && rec.Reason != want {
+			what := "not a repeating caller's third call"
+			if load.third[i] {
+				what = "a repeating caller's third call"
+			}
+			return nil, fmt.Errorf("call %s (%s, caller %s): Graph has action %q reason %q, want reject %s (%v calls of the run decided without the store's answer)",
+				id, what, load.numbers[i], rec.Action, rec.Reason, want, after.errors-before.errors)
+		}
+		actions[i] = float64(rec.ActedAt.UnixNano()-res.Sent[i]) / 1e6
+	}
+	e.s.emu.ForgetEnded()
+	slices.Sort(actions)
+	slices.Sort(logged)
+	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+	m := map[string]float64{
+		"p50-ack-ms":             ms(percentile(res.Acks, 0.50)),
+		"p99-ack-ms":             ms(percentile(res.Acks, 0.99)),
+		"p99-action-ms":          percentile(actions, 0.99),
+		"p99-receiver-action-ms": percentile(logged, 0.99),
+		"p99-late-ms":            ms(percentile(res.Late, 0.99)),
+		"cpu-us/notification":    float64((cpuAfter - cpuBefore).Microseconds()) / float64(n),
+		"callers":                float64(load.callers),
+		"repeating-callers":      float64(load.repeaters),
+	}
+	if kind == "repeat" {
+		// Each one checked above: the third call of each repeating caller.
+		m["repeat-rejects"] = float64(load.repeaters)
+		m["store-round-trips/call"] = (after.requests - before.requests) / float64(n)
+		// Less the INFO that read the first figure; the commands a
+		// script runs count too.
+		m["redis-commands/call"] = (after.commands - before.commands - 1) / float64(n)
+		m["redis-scripts/call"] = (after.scripts - before.scripts) / float64(n)
+		m["redis-cpu-us/call"] = (after.cpuSec - before.cpuSec) * 1e6 / float64(n)
+		m["state-errors"] = after.errors - before.errors
+	}
+	return m, nil
+}
+
+// childrenCPU is the children's CPU time so far, together.
+func childrenCPU(cs []*child) (time.Duration, error) {
+	var sum time.Duration
+	for _, c := range cs {
+		t, err := c.cpuTime()
+		if err != nil {
+			return 0, err
+		}
+		sum += t
+	}
+	return sum, nil
+}
