@@ -604,3 +604,44 @@ func TestStateStoreFollowsSettings(t *testing.T) {
 	d, rec = se.call(numRepeat, se.rcv)
 	wantDecision(t, "first call under the new prefix", d, rec, "", "Allow", false)
 }
+
+// TestStateStoreHangs: a store that takes connections but never answers
+// costs a batch its 100 ms budget, then onError decides; the round trip
+// counts as a timeout.
+func TestStateStoreHangs(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			// Read and never answer.
+			go func() { _, _ = io.Copy(io.Discard, c) }()
+		}
+	}()
+	se := startStateEnv(t, stateParams{Redis: ln.Addr().String(), OnError: "Match"}, 1)
+	d, rec := se.call(numRepeat, se.rcv)
+	wantDecision(t, "store hanging", d, rec, "repeat", "Reject", false)
+	if n := se.metric("callguard_receiver_state_requests_total", map[string]string{"result": "timeout"}); n != 1 {
+		t.Errorf("state_requests_total{result=timeout} = %v, want 1", n)
+	}
+	// The budget, not the call's 15 s deadline, ended the wait.
+	families, err := se.srv.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range families {
+		if mf.GetName() != "callguard_receiver_state_seconds" {
+			continue
+		}
+		h := mf.GetMetric()[0].GetHistogram()
+		if h.GetSampleCount() != 1 || h.GetSampleSum() > 5 {
+			t.Errorf("state_seconds: %d round trips taking %vs, want one cut short by the budget", h.GetSampleCount(), h.GetSampleSum())
+		}
+	}
+}
