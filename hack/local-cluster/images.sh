@@ -5,7 +5,10 @@
 #
 #   hack/local-cluster/images.sh [OPERATOR_TAG] [EMULATOR_TAG]
 #
-# Defaults: callguard:dev and callguard-graph-emulator:dev. The binaries are
+# Defaults: callguard:dev and callguard-graph-emulator:dev. It also packs
+# localhost/callguard/redis:local, Debian's redis-server (the demo's and the
+# e2e's state store): the binary of the redis-server package with the loader
+# and the shared libraries ldd names, each at its own path. The Go binaries are
 # built like the Dockerfile builds them (CGO_ENABLED=0, -trimpath,
 # -ldflags="-s -w"), so both ways give the same binaries. The image tarballs
 # are kept in ${XDG_CACHE_HOME:-$HOME/.cache}/callguard/cluster/v1.37.2/images.
@@ -66,14 +69,30 @@ say "packing ${operator_tag} (/manager, /receiver)"
 say "packing ${emulator_tag} (/graph-emulator)"
 "${cache}/bin/pack" --tag "${emulator_tag}" --out "${out}/graph-emulator.tar" --entrypoint /graph-emulator "${work}/graph-emulator"
 
+redis_tag=localhost/callguard/redis:local
+if [[ ! -x /usr/bin/redis-server ]]; then
+	say "installing Debian's redis-server package (its binary goes into ${redis_tag})"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends redis-server >/dev/null
+fi
+# Every library ldd resolves (lines "name => /path (addr)") and the loader
+# (a line "/path (addr)"); linux-vdso has no file.
+mapfile -t redis_files < <(ldd /usr/bin/redis-server | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}')
+if [[ ${#redis_files[@]} -eq 0 ]]; then
+	say "ldd /usr/bin/redis-server named no library"
+	exit 1
+fi
+say "packing ${redis_tag} (/redis-server $(dpkg-query -W -f='${Version}' redis-server 2>/dev/null), ${#redis_files[@]} shared libraries)"
+"${cache}/bin/pack" --tag "${redis_tag}" --out "${out}/redis.tar" --entrypoint /redis-server \
+	$(printf -- '--file %s ' "${redis_files[@]}") /usr/bin/redis-server
+
 if [[ -n "${no_import}" ]]; then
 	say "LOCAL_CLUSTER_NO_IMPORT set: tarballs in ${out}, nothing imported"
 	exit 0
 fi
-for tar in operator graph-emulator; do
+for tar in operator graph-emulator redis; do
 	say "importing ${out}/${tar}.tar"
 	ctr --address "${CONTAINERD_ADDRESS}" -n k8s.io images import "${out}/${tar}.tar" >/dev/null
 done
 ctr --address "${CONTAINERD_ADDRESS}" -n k8s.io images ls | awk -v a="${operator_tag}" -v b="${emulator_tag}" \
-	'NR == 1 {print $1, $3, $4; next} index($1, a) || index($1, b) {print $1, $3, $4 $5}'
+	-v c="${redis_tag}" 'NR == 1 {print $1, $3, $4; next} index($1, a) || index($1, b) || index($1, c) {print $1, $3, $4 $5}'
 say "use them with imagePullPolicy: IfNotPresent (or Never); the cluster pulls nothing"

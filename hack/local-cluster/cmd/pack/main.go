@@ -10,6 +10,14 @@
 // at /etc/ssl/certs/ca-certificates.crt when present, like
 // gcr.io/distroless/static:nonroot. Timestamps are fixed, so the same binaries
 // give the same image digest.
+//
+// A dynamically linked binary (a Debian package's, such as redis-server) is
+// packed only with its loader and libraries, each given with --file PATH:
+// copied from the host to the same path in the image (symlinks followed),
+// owned by root. ldd lists them:
+//
+//	pack --tag localhost/callguard/redis:local --out redis.tar \
+//	    --file /lib64/ld-linux-x86-64.so.2 --file /lib/x86_64-linux-gnu/libc.so.6 … /usr/bin/redis-server
 package main
 
 import (
@@ -47,10 +55,12 @@ func main() {
 		user       = flag.String("user", fmt.Sprintf("%d:%d", nonroot, nonroot), "user:group the image runs as")
 		caBundle   = flag.String("ca-bundle", "/etc/ssl/certs/ca-certificates.crt", "CA bundle to copy to /etc/ssl/certs/ca-certificates.crt (empty: none)")
 		args       stringList
+		files      stringList
 	)
 	flag.Var(&args, "arg", "argument appended to the entrypoint (repeatable)")
+	flag.Var(&files, "file", "absolute `PATH` of a host file (a shared library, the dynamic loader) copied to the same path in the image (repeatable)")
 	flag.Usage = func() {
-		fmt.Fprintf(flag.CommandLine.Output(), "usage: pack --tag REF --out FILE.tar [--entrypoint /BIN] [--arg A]... BINARY...\n")
+		fmt.Fprintf(flag.CommandLine.Output(), "usage: pack --tag REF --out FILE.tar [--entrypoint /BIN] [--arg A]... [--file /PATH]... BINARY...\n")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -58,18 +68,18 @@ func main() {
 		flag.Usage()
 		os.Exit(2)
 	}
-	if err := pack(*tag, *out, *entrypoint, *user, *caBundle, args, flag.Args()); err != nil {
+	if err := pack(*tag, *out, *entrypoint, *user, *caBundle, args, files, flag.Args()); err != nil {
 		fmt.Fprintf(os.Stderr, "pack: %v\n", err)
 		os.Exit(1)
 	}
 }
 
-func pack(tag, out, entrypoint, user, caBundle string, args, bins []string) error {
+func pack(tag, out, entrypoint, user, caBundle string, args, files, bins []string) error {
 	ref, err := name.NewTag(tag)
 	if err != nil {
 		return fmt.Errorf("tag %q: %w", tag, err)
 	}
-	layer, err := buildLayer(bins, caBundle)
+	layer, err := buildLayer(bins, files, caBundle)
 	if err != nil {
 		return err
 	}
@@ -129,8 +139,9 @@ func baseNames(paths []string) []string {
 }
 
 // buildLayer returns one uncompressed-in-memory tar layer holding the binaries
-// at the root plus the few files a static image needs.
-func buildLayer(bins []string, caBundle string) (v1.Layer, error) {
+// at the root, the extra files at their own paths, and the few files a static
+// image needs.
+func buildLayer(bins, files []string, caBundle string) (v1.Layer, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	epoch := time.Unix(0, 0).UTC()
@@ -177,6 +188,46 @@ func buildLayer(bins []string, caBundle string) (v1.Layer, error) {
 			return nil, err
 		}
 	}
+	dirs := map[string]bool{"etc": true, "etc/ssl": true, "etc/ssl/certs": true, "tmp": true}
+	given := map[string]bool{}
+	for _, f := range files {
+		if !filepath.IsAbs(f) {
+			return nil, fmt.Errorf("--file %s: want an absolute path", f)
+		}
+		rel := strings.TrimPrefix(filepath.Clean(f), "/")
+		if given[rel] {
+			continue
+		}
+		given[rel] = true
+		var parents []string
+		for d := filepath.Dir(rel); d != "." && !dirs[d]; d = filepath.Dir(d) {
+			parents = append(parents, d)
+		}
+		for i := len(parents) - 1; i >= 0; i-- {
+			dirs[parents[i]] = true
+			if err := dir(parents[i], 0o755); err != nil {
+				return nil, err
+			}
+		}
+		st, err := os.Stat(f) // follows symlinks: the image gets the file itself
+		if err != nil {
+			return nil, fmt.Errorf("--file: %w", err)
+		}
+		if !st.Mode().IsRegular() {
+			return nil, fmt.Errorf("--file %s is not a regular file", f)
+		}
+		data, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("--file: %w", err)
+		}
+		mode := int64(0o644)
+		if st.Mode()&0o111 != 0 {
+			mode = 0o755
+		}
+		if err := file(rel, mode, 0, data); err != nil {
+			return nil, err
+		}
+	}
 	seen := map[string]bool{}
 	for _, b := range bins {
 		base := filepath.Base(b)
@@ -191,7 +242,7 @@ func buildLayer(bins []string, caBundle string) (v1.Layer, error) {
 		if !st.Mode().IsRegular() {
 			return nil, fmt.Errorf("%s is not a regular file", b)
 		}
-		if err := checkStatic(b); err != nil {
+		if err := checkLoader(b, given); err != nil {
 			return nil, err
 		}
 		data, err := os.ReadFile(b)
@@ -211,17 +262,26 @@ func buildLayer(bins []string, caBundle string) (v1.Layer, error) {
 	})
 }
 
-// checkStatic fails for an ELF binary that needs a dynamic loader: the image
-// has no libc. (Build with CGO_ENABLED=0.)
-func checkStatic(path string) error {
+// checkLoader fails for an ELF binary that needs a dynamic loader the image
+// does not get with --file: without one it has no libc. (Build Go binaries
+// with CGO_ENABLED=0.)
+func checkLoader(path string, given map[string]bool) error {
 	f, err := elf.Open(path)
 	if err != nil {
 		return fmt.Errorf("%s is not an ELF binary: %w", path, err)
 	}
 	defer f.Close()
 	for _, p := range f.Progs {
-		if p.Type == elf.PT_INTERP {
-			return fmt.Errorf("%s is dynamically linked; build it with CGO_ENABLED=0", path)
+		if p.Type != elf.PT_INTERP {
+			continue
+		}
+		raw, err := io.ReadAll(p.Open())
+		if err != nil {
+			return fmt.Errorf("%s: reading its interpreter: %w", path, err)
+		}
+		interp := strings.TrimRight(string(raw), "\x00")
+		if !given[strings.TrimPrefix(filepath.Clean(interp), "/")] {
+			return fmt.Errorf("%s is dynamically linked (loader %s): build it with CGO_ENABLED=0, or give the loader and its libraries with --file", path, interp)
 		}
 	}
 	return nil
