@@ -37,10 +37,11 @@ import (
 // a repeating caller, who calls three times repeatGap notifications apart
 // (about 0.3 s; repeatGap is odd, so a caller's calls alternate between the
 // receivers and the third is decided where the second was not); every other
-// caller calls once. Every call is counted in the store. The benchmark
-// fails unless Graph (the emulator) has every call rejected, each repeating
-// caller's third with forbidden and every other call with busy. The store
-// is flushed before each run, so that no count carries over.
+// caller calls once. Every call is counted in the store. Graph (the
+// emulator) must have every call rejected: each repeating caller's third
+// with forbidden and every other call with busy, but for third calls
+// missed because the store did not answer in time (see run). The store is
+// flushed before each run, so that no count carries over.
 //
 // Metrics (medians over the pairs; the baseline's prefixed "baseline-"):
 // p50 and p99 acknowledgement; p99-action-ms, from the load generator's
@@ -48,17 +49,19 @@ import (
 // emulator's record); p99-receiver-action-ms, the receivers' own log of
 // arrival to Graph's answer; the receivers' CPU per notification (both
 // together); for the repeat runs, the store's round trips per decided call
-// (callguard_receiver_state_requests_total), redis-server's commands per
-// call (INFO stats total_commands_processed, less the benchmark's own) and
-// its CPU per call (INFO cpu), and the calls decided without the store
-// (state_errors_total). The receivers share the handler's CPU (one each,
-// GOMAXPROCS=1); redis-server runs on the driver's CPUs with the emulator and
-// the load generator, as a store elsewhere would.
+// (callguard_receiver_state_requests_total), redis-server's script runs
+// (EVALSHA) and commands per call (INFO commandstats and stats; a script's
+// own commands count too) and its CPU per call (INFO cpu), the calls
+// decided without the store (state_errors_total) and the third calls they
+// made it miss; and the 1-minute load average at the start and end. The
+// receivers share the handler's CPU (one each, GOMAXPROCS=1); redis-server
+// runs on the driver's CPUs with the emulator and the load generator, as a
+// store on another machine would not share the receivers' CPU.
 //
 //	go test ./test/bench -run '^$' -bench RepeatCallers -benchtime 170000x
 //
-// makes five pairs of 10 s runs (34,000 notifications each); CALLGUARD_BENCH_PAIRS
-// sets the pairs.
+// makes five pairs of 10 s runs (34,000 notifications each);
+// CALLGUARD_BENCH_PAIRS sets the pairs.
 func BenchmarkRepeatCallers(b *testing.B) {
 	b.StopTimer()
 	e := startRepeatEnv(b)
@@ -67,11 +70,10 @@ func BenchmarkRepeatCallers(b *testing.B) {
 	if r, err := strconv.ParseFloat(os.Getenv(rateEnv), 64); err == nil && r > 0 {
 		rate = r
 	}
-	// The warm-up's first calls find no connection to the store yet; its
-	// calls decided without the store's answer are reported, not failed.
+	// The warm-up's first calls find no connection to the store yet.
 	var warmErrors float64
 	for _, kind := range repeatKinds {
-		m, err := e.run(b, kind, benchWarmup, rate, false)
+		m, err := e.run(b, kind, benchWarmup, rate)
 		if err != nil {
 			b.Fatalf("%s warm-up: %v", kind, err)
 		}
@@ -92,7 +94,7 @@ func BenchmarkRepeatCallers(b *testing.B) {
 			n++
 		}
 		for _, kind := range repeatKinds {
-			m, err := e.run(b, kind, n, rate, true)
+			m, err := e.run(b, kind, n, rate)
 			if err != nil {
 				b.Fatalf("pair %d, %s: %v", i+1, kind, err)
 			}
@@ -298,10 +300,18 @@ func (e *repeatEnv) stats(kind string) (repeatStats, error) {
 }
 
 // run sends n notifications of kind's policy, paced at rate, alternately to
-// its two receivers, checks that Graph has every call rejected and, if
-// strict, each with its reason, and returns the run's metrics by unit. The benchmark's timer runs while the repeat
+// its two receivers, checks Graph's action on every call, and returns the
+// run's metrics by unit.
+//
+// A call the receiver decided without the store's answer (it took over
+// the 100 ms budget: state_errors_total) is decided as state.onError
+// (Ignore) says: the repeat condition does not hold and the call is not
+// counted, so a repeating caller's third call may be rejected busy. Such
+// misses are counted (repeat-misses); the run fails if there are more of
+// them than calls decided without the store, or if any other call was
+// rejected as a repeat. The benchmark's timer runs while the repeat
 // policy's notifications are sent.
-func (e *repeatEnv) run(b *testing.B, kind string, n int, rate float64, strict bool) (map[string]float64, error) {
+func (e *repeatEnv) run(b *testing.B, kind string, n int, rate float64) (map[string]float64, error) {
 	e.runs++
 	load, err := repeatCallers(n)
 	if err != nil {
@@ -376,22 +386,27 @@ func (e *repeatEnv) run(b *testing.B, kind string, n int, rate float64, strict b
 	if err != nil {
 		return nil, err
 	}
+	stateErrors := after.errors - before.errors
 	actions := make([]float64, n)
+	var misses []string
 	for i, id := range plan.IDs {
 		rec, _ := e.s.emu.Call(id)
 		want := "busy"
 		if kind == "repeat" && load.third[i] {
 			want = repeatReason
 		}
-		if rec.Action != "reject" || strict && rec.Reason != want {
-			what := "not a repeating caller's third call"
-			if load.third[i] {
-				what = "a repeating caller's third call"
-			}
-			return nil, fmt.Errorf("call %s (%s, caller %s): Graph has action %q reason %q, want reject %s (%v calls of the run decided without the store's answer)",
-				id, what, load.numbers[i], rec.Action, rec.Reason, want, after.errors-before.errors)
+		if rec.Action != "reject" || rec.Reason != want && !(want == repeatReason && rec.Reason == "busy") {
+			return nil, fmt.Errorf("call %s (caller %s, a repeating caller's third call: %v): Graph has action %q reason %q, want reject %s",
+				id, load.numbers[i], load.third[i], rec.Action, rec.Reason, want)
+		}
+		if rec.Reason != want {
+			misses = append(misses, id)
 		}
 		actions[i] = float64(rec.ActedAt.UnixNano()-res.Sent[i]) / 1e6
+	}
+	if float64(len(misses)) > stateErrors {
+		return nil, fmt.Errorf("%d repeating callers' third calls rejected busy, not %s (first: %s), and only %v calls decided without the store's answer",
+			len(misses), repeatReason, misses[0], stateErrors)
 	}
 	e.s.emu.ForgetEnded()
 	slices.Sort(actions)
@@ -408,15 +423,15 @@ func (e *repeatEnv) run(b *testing.B, kind string, n int, rate float64, strict b
 		"repeating-callers":      float64(load.repeaters),
 	}
 	if kind == "repeat" {
-		// Each one checked above: the third call of each repeating caller.
-		m["repeat-rejects"] = float64(load.repeaters)
+		m["repeat-rejects"] = float64(load.repeaters - len(misses))
+		m["repeat-misses"] = float64(len(misses))
 		m["store-round-trips/call"] = (after.requests - before.requests) / float64(n)
 		// Less the INFO that read the first figure; the commands a
 		// script runs count too.
 		m["redis-commands/call"] = (after.commands - before.commands - 1) / float64(n)
 		m["redis-scripts/call"] = (after.scripts - before.scripts) / float64(n)
 		m["redis-cpu-us/call"] = (after.cpuSec - before.cpuSec) * 1e6 / float64(n)
-		m["state-errors"] = after.errors - before.errors
+		m["state-errors"] = stateErrors
 	}
 	return m, nil
 }
