@@ -45,6 +45,8 @@ type stateParams struct {
 	// Repeat is the caller the repeat rule counts; BlockNumber the one
 	// the block rule matches.
 	Repeat, BlockNumber string
+	// Mode is the first policy's spec.mode (default Enforce).
+	Mode string
 }
 
 // stateExtra is the rules (and state) a stateful policy adds.
@@ -98,7 +100,7 @@ func startStateEnv(t *testing.T, p stateParams, replicas int) *stateEnv {
 	if err := os.WriteFile(filepath.Join(dir, "key"), bytes.Repeat([]byte("k"), 32), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	e := startEnv(t, envOptions{stateDir: dir, extra: stateExtra(p)})
+	e := startEnv(t, envOptions{stateDir: dir, extra: stateExtra(p), mode: p.Mode})
 	se := &stateEnv{env: e, params: p, stateDir: dir, peer: e.rcv, peerLogs: e.logs}
 	if replicas > 1 {
 		se.peerLogs = &logSink{}
@@ -643,5 +645,35 @@ func TestStateStoreHangs(t *testing.T) {
 		if h.GetSampleCount() != 1 || h.GetSampleSum() > 5 {
 			t.Errorf("state_seconds: %d round trips taking %vs, want one cut short by the budget", h.GetSampleCount(), h.GetSampleSum())
 		}
+	}
+}
+
+// TestStateDryRun: DryRun decides as Enforce would, counting calls and
+// starting blocks alike, and sends nothing to Graph.
+func TestStateDryRun(t *testing.T) {
+	se := startStateEnv(t, stateParams{Mode: "DryRun"}, 1)
+	var ids []string
+	for range 3 {
+		id := se.place(numRepeat, se.rcv.Callback)
+		se.logs.decisionFor(t, id)
+		ids = append(ids, id)
+	}
+	id := se.place(numBlock, se.rcv.Callback)
+	se.logs.decisionFor(t, id)
+	ids = append(ids, id)
+	want := []struct{ rule, action string }{{"", "Allow"}, {"", "Allow"}, {"repeat", "Reject"}, {"block", "Reject"}}
+	for i, id := range ids {
+		d := se.logs.decisionFor(t, id)
+		rule, _ := d["rule"].(string)
+		if rule != want[i].rule || d["action"] != want[i].action || d["mode"] != "DryRun" || d["result"] != "dry_run" {
+			t.Errorf("call %d: %v, want rule %q action %s in DryRun", i+1, d, want[i].rule, want[i].action)
+		}
+	}
+	se.waitMetric("callguard_receiver_blocks_started_total", map[string]string{"rule": "block"}, 1)
+	if list := blocks(t, se.rcv); len(list) != 1 || list[0].Rule != "block" {
+		t.Errorf("GET /blocks = %+v, want the block DryRun started", list)
+	}
+	if n := se.graphActions(); n != 0 {
+		t.Errorf("Graph got %d actions in DryRun, want none", n)
 	}
 }

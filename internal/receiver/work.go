@@ -86,7 +86,8 @@ func (s *Server) process(j *job) {
 	tenant := j.tenant
 
 	// Only a policy that keeps state asks the store: the others decide as
-	// fast as ever, with nothing allocated for it.
+	// fast as ever, with nothing allocated for it. DryRun asks too: it
+	// decides as Enforce would, so its counts and blocks are Enforce's.
 	var st stateEval
 	if j.rt.stateful {
 		st = func(qs []state.Query, ans []state.Answer) { s.evalState(ctx, j.rt, qs, ans) }
