@@ -102,6 +102,17 @@ func TestBuildNetworkPolicy(t *testing.T) {
 		}, nil, api,
 			[]rule{{[]string{"TCP/8080"}, nil}, {[]string{"TCP/8081"}, []networkingv1.NetworkPolicyPeer{ipPeer("10.0.0.10/32"), ipPeer("fd00::10/128")}}},
 			[]rule{dns, {[]string{"TCP/443", "TCP/80", "TCP/8443"}, nil}, apiOut}},
+		{"the state store's port", func(cp *callsv1alpha1.CallPolicy) {
+			cp.Spec.State = &callsv1alpha1.StateSpec{Redis: &callsv1alpha1.RedisSpec{Address: "redis.cache.svc.cluster.local:6380"}}
+		}, nil, apiServer{},
+			[]rule{{[]string{"TCP/8080"}, nil}},
+			[]rule{dns, {[]string{"TCP/443", "TCP/6380"}, nil}}},
+		{"a state store on 443 and an upstream on its port: each port once", func(cp *callsv1alpha1.CallPolicy) {
+			cp.Spec.State = &callsv1alpha1.StateSpec{Redis: &callsv1alpha1.RedisSpec{Address: "redis.example.com:443"}}
+			cp.Spec.Upstream = &callsv1alpha1.UpstreamSpec{URL: "https://old-bot.example.com:6379/api/calls"}
+		}, nil, apiServer{},
+			[]rule{{[]string{"TCP/8080"}, nil}},
+			[]rule{dns, {[]string{"TCP/443", "TCP/6379"}, nil}}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			g := NewWithT(t)
