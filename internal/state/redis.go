@@ -180,8 +180,9 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		return nil, fmt.Errorf("state: redis: database %d is negative", opts.Database)
 	case len(opts.HashKey) == 0:
 		return nil, errors.New("state: redis: empty hash key")
-	case opts.Namespace == "" || opts.Name == "":
-		return nil, fmt.Errorf("state: redis: policy %q/%q needs a namespace and a name", opts.Namespace, opts.Name)
+	case opts.Name == "":
+		// A standalone policy may have no namespace; it has a name.
+		return nil, errors.New("state: redis: no policy name")
 	}
 	quietClient.Do(func() { redis.SetLogger(quiet{}) })
 	base := opts.KeyPrefix + opts.Namespace + "/" + opts.Name + ":"

@@ -480,7 +480,6 @@ func TestRedisOptions(t *testing.T) {
 	for _, o := range []RedisOptions{
 		{HashKey: key, Namespace: "ns", Name: "p"},
 		{Address: "x:1", Namespace: "ns", Name: "p"},
-		{Address: "x:1", HashKey: key, Name: "p"},
 		{Address: "x:1", HashKey: key, Namespace: "ns"},
 		{Address: "x:1", HashKey: key, Namespace: "ns", Name: "p", Database: -1},
 	} {
