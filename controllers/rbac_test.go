@@ -48,6 +48,9 @@ func TestNamespacedManagerNeedsOnlyARoleBinding(t *testing.T) {
 	must(t, err)
 	err = direct.List(ctx, &corev1.SecretList{})
 	g.Expect(apierrors.IsForbidden(err)).To(BeTrue(), "listing Secrets cluster-wide: %v; the test's RBAC is wrong", err)
+	// The state key's Secret is made by the manager (a dry run is
+	// authorized as the real thing).
+	g.Expect(direct.Create(ctx, buildStateSecret(cp, make([]byte, stateKeyBytes)), client.DryRunAll)).To(Succeed())
 
 	mgrCtx, cancel := context.WithCancel(ctx)
 	mgr, err := ctrl.NewManager(asManager, ctrl.Options{

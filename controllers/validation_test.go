@@ -57,7 +57,9 @@ func invalidSpecs() []invalidSpec {
 	}
 	expose := func(s *callsv1alpha1.CallPolicySpec, e callsv1alpha1.ExposeSpec) { s.Receiver.Expose = &e }
 	urlPrompt := callsv1alpha1.PromptSource{URL: "https://prompts.example.com/closed.wav"}
-	announce := func(p callsv1alpha1.PromptSource) *callsv1alpha1.AnnounceSpec { return &callsv1alpha1.AnnounceSpec{Prompt: p} }
+	announce := func(p callsv1alpha1.PromptSource) *callsv1alpha1.AnnounceSpec {
+		return &callsv1alpha1.AnnounceSpec{Prompt: p}
+	}
 	toAnnounce := func(s *callsv1alpha1.CallPolicySpec, p callsv1alpha1.PromptSource) {
 		s.Rules[0].Action, s.Rules[0].Reason, s.Rules[0].Announce = callsv1alpha1.ActionAnnounce, "", announce(p)
 	}
@@ -155,8 +157,12 @@ func invalidSpecs() []invalidSpec {
 			s.Rules[0].Action, s.Rules[0].Reason = callsv1alpha1.ActionAllow, ""
 			s.Rules[0].BlockFor = &metav1.Duration{Duration: time.Hour}
 		}, "spec.rules[0].blockFor"},
-		{"blockFor under 1m", func(s *callsv1alpha1.CallPolicySpec) { s.Rules[0].BlockFor = &metav1.Duration{Duration: 30 * time.Second} }, "spec.rules[0].blockFor"},
-		{"blockFor over 720h", func(s *callsv1alpha1.CallPolicySpec) { s.Rules[0].BlockFor = &metav1.Duration{Duration: 721 * time.Hour} }, "spec.rules[0].blockFor"},
+		{"blockFor under 1m", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Rules[0].BlockFor = &metav1.Duration{Duration: 30 * time.Second}
+		}, "spec.rules[0].blockFor"},
+		{"blockFor over 720h", func(s *callsv1alpha1.CallPolicySpec) {
+			s.Rules[0].BlockFor = &metav1.Duration{Duration: 721 * time.Hour}
+		}, "spec.rules[0].blockFor"},
 		{"repeat within under 1m", func(s *callsv1alpha1.CallPolicySpec) {
 			s.Rules[0].Match.Callers.Repeat = &callsv1alpha1.RepeatMatch{Calls: 3, Within: metav1.Duration{Duration: 59 * time.Second}}
 		}, "spec.rules[0].match.callers.repeat.within"},
