@@ -12,6 +12,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -316,7 +317,7 @@ func (r *CallPolicyReconciler) reconcileStateShared(ctx context.Context, cp *cal
 }
 
 // pingRedis dials the store as the receivers do (RESP2, no client-identity
-// handshake, TLS per the spec) and sends AUTH and PING.
+// handshake, TLS per the spec) and sends AUTH, SELECT and PING.
 func pingRedis(ctx context.Context, rs *callsv1alpha1.RedisSpec, src *redisSource) error {
 	ctx, cancel := context.WithTimeout(ctx, stateCheckLimit)
 	defer cancel()
@@ -330,6 +331,7 @@ func pingRedis(ctx context.Context, rs *callsv1alpha1.RedisSpec, src *redisSourc
 		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
 		ContextTimeoutEnabled:    true,
 		MaxRetries:               -1,
+		DialerRetries:            1,
 		DialTimeout:              stateCheckLimit,
 		PoolSize:                 1,
 	}
@@ -348,13 +350,31 @@ func pingRedis(ctx context.Context, rs *callsv1alpha1.RedisSpec, src *redisSourc
 		}
 		opts.TLSConfig = cfg
 	}
+	quietRedis.Do(func() { redis.SetLogger(quiet{}) })
 	c := redis.NewClient(opts)
 	defer func() { _ = c.Close() }()
-	if err := c.Ping(ctx).Err(); err != nil {
+	err := c.Ping(ctx).Err()
+	var reply redis.Error
+	if errors.As(err, &reply) && strings.HasPrefix(reply.Error(), "NOPERM") {
+		// A least-privilege ACL user may not PING: the server answered
+		// after AUTH (a refused AUTH fails the dial), which is all the
+		// check is after.
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("PING: %w", err)
 	}
 	return nil
 }
+
+// quietRedis silences the Redis client's own log, once per process: the
+// check's error is in the condition, and a log line per failed dial would
+// only repeat it.
+var quietRedis sync.Once
+
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
 
 // setStateShared sets or removes the StateShared condition. It never makes
 // Ready False: receivers counting per replica, or deciding by

@@ -2,9 +2,17 @@ package controllers
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/binary"
+	"encoding/pem"
+	"math/big"
 	"net"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -458,6 +466,100 @@ func TestStateSharedRedis(t *testing.T) {
 		wrong.Data = map[string][]byte{"password": []byte(password)}
 	})
 	stateShared("wrong-password", metav1.ConditionTrue, ReasonStoreReachable)
+}
+
+// TestStateSharedRedisACLAndTLS: the least-privilege ACL user (no PING
+// among its commands) and a TLS-only server whose CA the policy names are
+// reachable; the same server checked against the system roots is not.
+func TestStateSharedRedisACLAndTLS(t *testing.T) {
+	g := NewWithT(t)
+	caPEM, certPEM, keyPEM := testRedisCA(t)
+	acl := []string{"--user", "default", "off", "--user", "callguard", "on", ">acl-pass-41", "~callguard:*"}
+	for _, c := range strings.Fields("evalsha eval set scan hgetall select zadd zremrangebyscore zremrangebyrank zcount pexpire hset hdel del") {
+		acl = append(acl, "+"+c)
+	}
+	plain := redisserver.Start(t, acl...)
+	secure := redisserver.StartTLS(t, certPEM, keyPEM, "--requirepass", "tls-pass-52")
+	ctx, ns := sources(t)
+	must(t, k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "redis-acl"},
+		Data: map[string][]byte{"user": []byte("callguard"), "pass": []byte("acl-pass-41"), "tls-pass": []byte("tls-pass-52")}}))
+	must(t, k8s.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "redis-ca"},
+		Data: map[string]string{"ca.crt": string(caPEM)}}))
+	create := func(name string, rs *callsv1alpha1.RedisSpec) {
+		cp := testPolicy(ns, name)
+		repeatRule(cp)
+		cp.Spec.State = &callsv1alpha1.StateSpec{Redis: rs}
+		must(t, k8s.Create(ctx, cp))
+	}
+	create("acl", &callsv1alpha1.RedisSpec{Address: plain.Addr(), Database: 3,
+		UsernameSecretRef: &callsv1alpha1.SecretKeyReference{Name: "redis-acl", Key: "user"},
+		PasswordSecretRef: &callsv1alpha1.SecretKeyReference{Name: "redis-acl", Key: "pass"}})
+	tlsSpec := func(ca *callsv1alpha1.ConfigMapKeyReference) *callsv1alpha1.RedisSpec {
+		return &callsv1alpha1.RedisSpec{Address: secure.Addr(),
+			PasswordSecretRef: &callsv1alpha1.SecretKeyReference{Name: "redis-acl", Key: "tls-pass"},
+			TLS:               &callsv1alpha1.RedisTLS{Enabled: true, CABundle: ca}}
+	}
+	create("tls", tlsSpec(&callsv1alpha1.ConfigMapKeyReference{Name: "redis-ca", Key: "ca.crt"}))
+	create("tls-system-roots", tlsSpec(nil))
+	for _, tt := range []struct {
+		name   string
+		status metav1.ConditionStatus
+		reason string
+		in     string
+	}{
+		{"acl", metav1.ConditionTrue, ReasonStoreReachable, plain.Addr()},
+		{"tls", metav1.ConditionTrue, ReasonStoreReachable, secure.Addr()},
+		{"tls-system-roots", metav1.ConditionFalse, ReasonStoreUnreachable, "certificate"},
+	} {
+		g.Eventually(func(g Gomega) {
+			c := condition(g, ctx, ns, tt.name, ConditionStateShared)
+			g.Expect(c.Status).To(Equal(tt.status), "%s: %s", tt.name, c.Message)
+			g.Expect(c.Reason).To(Equal(tt.reason), "%s: %s", tt.name, c.Message)
+			g.Expect(c.Message).To(ContainSubstring(tt.in))
+		}, eventually, poll).Should(Succeed())
+	}
+	g.Eventually(func(g Gomega) {
+		dep := &appsv1.Deployment{}
+		g.Expect(k8s.Get(ctx, key(ns, "tls-callguard"), dep)).To(Succeed())
+		v := stateVolumeOf(dep)
+		g.Expect(v).NotTo(BeNil())
+		g.Expect(v.Projected.Sources).To(ContainElement(corev1.VolumeProjection{ConfigMap: &corev1.ConfigMapProjection{
+			LocalObjectReference: corev1.LocalObjectReference{Name: "redis-ca"},
+			Items:                []corev1.KeyToPath{{Key: "ca.crt", Path: "redis-ca.crt"}},
+		}}))
+	}, eventually, poll).Should(Succeed())
+}
+
+// testRedisCA is a CA and a server certificate it signed for 127.0.0.1, in
+// PEM.
+func testRedisCA(t *testing.T) (caPEM, certPEM, keyPEM []byte) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(t, err)
+	ca := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	must(t, err)
+	caCert, err := x509.ParseCertificate(caDER)
+	must(t, err)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	must(t, err)
+	leaf := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "redis"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:    x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, leaf, caCert, &key.PublicKey, caKey)
+	must(t, err)
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	must(t, err)
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
 }
 
 // TestStateCheckSchedule: an unreachable store is dialled again within 5
