@@ -45,11 +45,11 @@ const (
 	stepPlayed   = "played"
 )
 
-// Token limits: Graph takes a clientContext of at most 256 characters, and
-// a token read from a request is refused unread past maxTokenLen.
+// Token limits: a played token must fit in Graph's clientContext
+// (graph.MaxClientContext), and a token read from a request is refused
+// unread past maxTokenLen.
 const (
-	maxClientContext = 256
-	maxTokenLen      = 4096
+	maxTokenLen = 4096
 	// macLen is the HMAC-SHA256 truncated to 128 bits.
 	macLen = 16
 	// tokenSlack is how long a token stays valid past the call's
@@ -618,8 +618,8 @@ func (s *Server) play(ctx context.Context, j *job, tc *tenantClient, f followUp)
 	played := announceToken{Step: stepPlayed, Policy: policyDigest(j.rt.policyName()), CallID: f.callID,
 		MaxSeconds: f.tok.MaxSeconds, AnsweredAt: f.tok.AnsweredAt}
 	clientContext, err := signToken(j.rt.stateKey, &played)
-	if err == nil && len(clientContext) > maxClientContext {
-		err = fmt.Errorf("call id of %d characters: the played token is over Graph's %d-character clientContext", len(f.callID), maxClientContext)
+	if err == nil && len(clientContext) > graph.MaxClientContext {
+		err = fmt.Errorf("call id of %d characters: the played token is over Graph's %d-character clientContext", len(f.callID), graph.MaxClientContext)
 	}
 	if err == nil && f.tok.PromptURL == "" && s.cfg.CallbackURL == "" {
 		err = errors.New("a ConfigMap prompt needs --callback-url")

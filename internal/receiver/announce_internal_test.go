@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/callguard/callguard/internal/graph"
 )
 
 var testKey = []byte("0123456789abcdef0123456789abcdef")
@@ -41,8 +43,8 @@ func TestTokenRoundTrip(t *testing.T) {
 			if !strings.HasPrefix(s, "v1.") {
 				t.Errorf("token %q lacks its version", s)
 			}
-			if tt.tok.Step == stepPlayed && len(s) > maxClientContext {
-				t.Errorf("played token of %d characters, over Graph's %d", len(s), maxClientContext)
+			if tt.tok.Step == stepPlayed && len(s) > graph.MaxClientContext {
+				t.Errorf("played token of %d characters, over Graph's %d", len(s), graph.MaxClientContext)
 			}
 			got, err := verifyToken(testKey, s, tt.tok.Step, testPolicy, testCall, now.Add(10*time.Second))
 			if err != nil {
