@@ -102,10 +102,10 @@ func TestAllowedCallFollowUpsAreForwarded(t *testing.T) {
 		return len(e.upstream.forCall(t, id)) == 1
 	})
 	// The upstream bot answers; Graph then notifies the callback (the
-	// receiver) that the call is established.
+	// receiver) that the call is establishing, then established.
 	answer(t, e, id)
-	eventually(t, 10*time.Second, "updated notification upstream", func() bool {
-		return len(e.upstream.forCall(t, id)) == 2
+	eventually(t, 10*time.Second, "updated notifications upstream", func() bool {
+		return len(e.upstream.forCall(t, id)) == 3
 	})
 	n, err := graph.DecodeNotifications(e.upstream.forCall(t, id)[1].body)
 	if err != nil || n.Value[0].ChangeType != graph.ChangeUpdated {
