@@ -1,6 +1,8 @@
 package receiver
 
 import (
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/callguard/callguard/api/v1alpha1"
@@ -54,7 +56,10 @@ func decideBatch(batch *graph.Notifications, p *policy.Policy, dryRun bool, call
 	pl := plan{forward: make([]bool, len(batch.Value))}
 	var pre []prepared
 	if st != nil {
-		pre = prepareBatch(batch, p, calls, arrival, tenant, st)
+		sc := stateScratches.Get().(*stateScratch)
+		defer sc.release()
+		prepareBatch(batch, p, calls, arrival, tenant, st, sc)
+		pre = sc.pre
 	}
 	for i := range batch.Value {
 		n := &batch.Value[i]
@@ -105,16 +110,36 @@ type prepared struct {
 	blockStarted bool
 }
 
+// stateScratch is what deciding a batch with the store uses, reused from
+// batch to batch (the queries' steps included).
+type stateScratch struct {
+	pre []prepared
+	qs  []state.Query
+	at  []int // batch indexes of qs
+	ans []state.Answer
+}
+
+var stateScratches = sync.Pool{New: func() any { return new(stateScratch) }}
+
+// release gives sc back; what it held of the batch (decisions share the
+// policy's redirect and announce specs, queries name callers) is dropped.
+func (sc *stateScratch) release() {
+	clear(sc.pre)
+	clear(sc.ans)
+	for i := range sc.qs {
+		sc.qs[i] = state.Query{Steps: sc.qs[i].Steps[:0]}
+	}
+	stateScratches.Put(sc)
+}
+
 // prepareBatch claims and decides the batch's incoming calls ahead of the
 // rest of decideBatch, so that the calls the store has a say in are asked
-// about together; pre[i] is batch.Value[i]'s. A duplicate is not asked
+// about together; sc.pre[i] is batch.Value[i]'s. A duplicate is not asked
 // about: it is not counted again.
-func prepareBatch(batch *graph.Notifications, p *policy.Policy, calls *callLog, arrival time.Time, tenant string, st stateEval) []prepared {
-	pre := make([]prepared, len(batch.Value))
-	var (
-		qs []state.Query
-		at []int // batch indexes of qs
-	)
+func prepareBatch(batch *graph.Notifications, p *policy.Policy, calls *callLog, arrival time.Time, tenant string, st stateEval, sc *stateScratch) {
+	sc.pre = slices.Grow(sc.pre[:0], len(batch.Value))[:len(batch.Value)]
+	pre := sc.pre
+	qs, at := sc.qs[:0], sc.at[:0]
 	for i := range batch.Value {
 		n := &batch.Value[i]
 		if !n.IsIncomingCall() {
@@ -124,8 +149,8 @@ func prepareBatch(batch *graph.Notifications, p *policy.Policy, calls *callLog, 
 			pre[i].duplicate = true
 			continue
 		}
-		// A query given back (the store had no say) leaves its steps'
-		// array to the next.
+		// A query given back (the store had no say), or left by an
+		// earlier batch, lends its steps' array to the next.
 		if len(qs) < cap(qs) {
 			qs = qs[:len(qs)+1]
 		} else {
@@ -141,14 +166,15 @@ func prepareBatch(batch *graph.Notifications, p *policy.Policy, calls *callLog, 
 		}
 		at = append(at, i)
 	}
+	sc.qs, sc.at = qs, at
 	if len(qs) == 0 {
-		return pre
+		return
 	}
-	ans := make([]state.Answer, len(qs))
+	sc.ans = slices.Grow(sc.ans[:0], len(qs))[:len(qs)]
+	ans := sc.ans
 	st(qs, ans)
 	for k, i := range at {
 		pre[i].d = p.Resolve(batch.Value[i].ResourceData, tenant, &qs[k], ans[k])
 		pre[i].blockStarted = ans[k].Started
 	}
-	return pre
 }
