@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/callguard/callguard/internal/emulator"
+	"github.com/callguard/callguard/internal/graph"
 	"github.com/callguard/callguard/internal/receiver"
 	"github.com/callguard/callguard/internal/state"
 	"github.com/callguard/callguard/test/harness/local"
@@ -675,5 +676,44 @@ func TestStateDryRun(t *testing.T) {
 	}
 	if n := se.graphActions(); n != 0 {
 		t.Errorf("Graph got %d actions in DryRun, want none", n)
+	}
+}
+
+// TestStateOneRoundTripPerBatch: the calls of a batch are asked about in
+// one round trip, counted in their order.
+func TestStateOneRoundTripPerBatch(t *testing.T) {
+	for _, redis := range []bool{true, false} {
+		t.Run(fmt.Sprintf("redis=%v", redis), func(t *testing.T) {
+			se, _ := newStateEnv(t, redis, 1)
+			batch := graph.Notifications{ODataType: graph.ODataCommsNotifications}
+			var ids []string
+			for range 3 {
+				c := se.placeQuiet(numRepeat)
+				ids = append(ids, c.ID)
+				batch.Value = append(batch.Value, graph.Notification{
+					ODataType: graph.ODataCommsNotification, ChangeType: graph.ChangeCreated,
+					ResourceURL: "/communications/calls/" + c.ID, ResourceData: c,
+				})
+			}
+			body, err := json.Marshal(batch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if code, resp := se.post(http.MethodPost, se.genuineAuth(), body); code != http.StatusAccepted {
+				t.Fatalf("batch: %d %s", code, resp)
+			}
+			want := []string{"Allow", "Allow", "Reject"}
+			for i, id := range ids {
+				if d := se.logs.decisionFor(t, id); d["action"] != want[i] {
+					t.Errorf("call %d of the batch: %v, want %s", i+1, d, want[i])
+				}
+			}
+			if rec := se.acted(ids[2]); rec.Action != "reject" {
+				t.Errorf("Graph saw %q for the batch's third call, want reject", rec.Action)
+			}
+			if n := se.metric("callguard_receiver_state_requests_total", nil); n != 1 {
+				t.Errorf("state_requests_total = %v for one batch, want 1", n)
+			}
+		})
 	}
 }
