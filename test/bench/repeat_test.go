@@ -408,6 +408,16 @@ func (e *repeatEnv) run(b *testing.B, kind string, n int, rate float64) (map[str
 		return nil, fmt.Errorf("%d repeating callers' third calls rejected busy, not %s (first: %s), and only %v calls decided without the store's answer",
 			len(misses), repeatReason, misses[0], stateErrors)
 	}
+	var counted int64
+	if kind == "repeat" {
+		if counted, err = e.countedCalls(); err != nil {
+			return nil, err
+		}
+		// A call whose answer came too late may still have been counted.
+		if float64(counted) < float64(n)-stateErrors || counted > int64(n) {
+			return nil, fmt.Errorf("the store holds %d counted calls of %d, %v decided without its answer", counted, n, stateErrors)
+		}
+	}
 	e.s.emu.ForgetEnded()
 	slices.Sort(actions)
 	slices.Sort(logged)
@@ -423,6 +433,7 @@ func (e *repeatEnv) run(b *testing.B, kind string, n int, rate float64) (map[str
 		"repeating-callers":      float64(load.repeaters),
 	}
 	if kind == "repeat" {
+		m["counted/call"] = float64(counted) / float64(n)
 		m["repeat-rejects"] = float64(load.repeaters - len(misses))
 		m["repeat-misses"] = float64(len(misses))
 		m["store-round-trips/call"] = (after.requests - before.requests) / float64(n)
@@ -434,6 +445,36 @@ func (e *repeatEnv) run(b *testing.B, kind string, n int, rate float64) (map[str
 		m["state-errors"] = stateErrors
 	}
 	return m, nil
+}
+
+// countedCalls is how many calls the store holds counted: the members of
+// the bench policy's callers' sorted sets of calls.
+func (e *repeatEnv) countedCalls() (int64, error) {
+	ctx := context.Background()
+	var total int64
+	var cursor uint64
+	for {
+		keys, next, err := e.redis.Scan(ctx, cursor, "callguard:default/bench:c:*", 1000).Result()
+		if err != nil {
+			return 0, fmt.Errorf("redis SCAN: %w", err)
+		}
+		pipe := e.redis.Pipeline()
+		cards := make([]*redis.IntCmd, len(keys))
+		for i, k := range keys {
+			cards[i] = pipe.ZCard(ctx, k)
+		}
+		if len(keys) > 0 {
+			if _, err := pipe.Exec(ctx); err != nil {
+				return 0, fmt.Errorf("redis ZCARD: %w", err)
+			}
+		}
+		for _, c := range cards {
+			total += c.Val()
+		}
+		if cursor = next; cursor == 0 {
+			return total, nil
+		}
+	}
 }
 
 // childrenCPU is the children's CPU time so far, together.
