@@ -410,10 +410,27 @@ func (s *Server) end(c *call, who string, at time.Time, status int) error {
 	return nil
 }
 
+// promptConnsPerHost bounds the connections prompts are fetched on from one
+// server. A burst of answered calls would otherwise open (and
+// TLS-handshake) one per call at once, starving the emulator's own serving
+// of CPU; fetches wait for a connection instead, and reuse it.
+const promptConnsPerHost = 8
+
 // newPromptClient is the callback client, trusting the same roots, that
-// follows redirects to https URLs only.
+// follows redirects to https URLs only, on connections of its own
+// (promptConnsPerHost).
 func newPromptClient(callbacks *http.Client) *http.Client {
 	c := *callbacks
+	base := c.Transport
+	if base == nil {
+		base = http.DefaultTransport
+	}
+	if tr, ok := base.(*http.Transport); ok {
+		tr = tr.Clone()
+		tr.MaxConnsPerHost = promptConnsPerHost
+		tr.MaxIdleConnsPerHost = max(tr.MaxIdleConnsPerHost, promptConnsPerHost)
+		c.Transport = tr
+	}
 	c.CheckRedirect = func(req *http.Request, via []*http.Request) error {
 		if !strings.EqualFold(req.URL.Scheme, "https") {
 			return fmt.Errorf("redirected to %s: Graph fetches prompts over https only", req.URL.Redacted())

@@ -11,16 +11,21 @@ import (
 	"time"
 )
 
+// callbackIdleConns is how many idle connections to one bot host (or prompt
+// server) the emulator keeps.
+const callbackIdleConns = 128
+
 // newCallbackClient is the notification client when Config.CallbackClient is
 // not set: the system roots plus extraCAs for https callbacks, and the
 // callback hosts pinned by resolve ("host:port" → IP address, as curl's
 // --resolve) dialled at that address, so a bot's public https URL can be
 // reached where no DNS names it (TLS still verifies the URL's host name).
 func newCallbackClient(resolve map[string]string, extraCAs []byte) (*http.Client, error) {
-	if len(resolve) == 0 && len(extraCAs) == 0 {
-		return &http.Client{Timeout: deliveryTimeout}, nil
-	}
 	tr := http.DefaultTransport.(*http.Transport).Clone()
+	// Graph keeps its connections to a bot open between notifications; the
+	// default of 2 idle per host would close most of a burst's and open
+	// (and, for prompts, TLS-handshake) a new one per request.
+	tr.MaxIdleConnsPerHost = callbackIdleConns
 	if len(extraCAs) > 0 {
 		pool, err := x509.SystemCertPool()
 		if err != nil || pool == nil {

@@ -558,7 +558,7 @@ func (s *Server) deliverTo(ctx context.Context, c *call, callback, event string,
 }
 
 func (s *Server) post(ctx context.Context, c *call, callback string, body []byte) (int, error) {
-	tok, err := s.SignInboundToken(InboundClaims(c.appID, c.tenantID))
+	tok, err := s.inboundKeys.current().notificationToken(c.appID, c.tenantID)
 	if err != nil {
 		return 0, err
 	}

@@ -25,6 +25,12 @@ const (
 	TenantIDClaim = "http://schemas.microsoft.com/identity/claims/tenantid"
 	// InboundTokenLifetime is how long a callback token is valid.
 	InboundTokenLifetime = 10 * time.Minute
+	// inboundTokenReuse is how long a callback token is sent again on
+	// notifications to the same app and tenant. Graph reuses its tokens
+	// rather than signing one per notification; here an RSA signature per
+	// notification was most of the emulator's CPU in a burst of calls. A
+	// token sent is valid for at least InboundTokenLifetime less this.
+	inboundTokenReuse = 30 * time.Second
 )
 
 // Graph error codes the emulator answers with.

@@ -25,6 +25,17 @@ type signingKey struct {
 	key    *rsa.PrivateKey
 	cert   *x509.Certificate
 	signer jose.Signer
+
+	// tokens are the callback tokens this key signed for notifications,
+	// by app and tenant (notificationToken).
+	mu     sync.Mutex
+	tokens map[[2]string]signedToken
+}
+
+// signedToken is a callback token and when it was signed.
+type signedToken struct {
+	token string
+	at    time.Time
 }
 
 func newSigningKey(subject string) (*signingKey, error) {
@@ -59,7 +70,7 @@ func newSigningKey(subject string) (*signingKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("creating JWT signer: %w", err)
 	}
-	return &signingKey{kid: kid, x5t: x5t, key: key, cert: cert, signer: signer}, nil
+	return &signingKey{kid: kid, x5t: x5t, key: key, cert: cert, signer: signer, tokens: map[[2]string]signedToken{}}, nil
 }
 
 func (k *signingKey) sign(claims map[string]any) (string, error) {
@@ -67,6 +78,32 @@ func (k *signingKey) sign(claims map[string]any) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("signing JWT: %w", err)
 	}
+	return tok, nil
+}
+
+// notificationToken is the callback token of a notification to an app in a
+// tenant: the one signed for them less than inboundTokenReuse ago, else a
+// new one. Signing under the lock makes a burst of notifications wait for
+// one signature rather than each make its own.
+func (k *signingKey) notificationToken(appID, tenantID string) (string, error) {
+	id := [2]string{appID, tenantID}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	now := time.Now()
+	if t, ok := k.tokens[id]; ok && now.Sub(t.at) < inboundTokenReuse {
+		return t.token, nil
+	}
+	tok, err := k.sign(InboundClaims(appID, tenantID))
+	if err != nil {
+		return "", err
+	}
+	// Stale tokens go, so the map holds only the apps notified lately.
+	for other, t := range k.tokens {
+		if now.Sub(t.at) >= inboundTokenReuse {
+			delete(k.tokens, other)
+		}
+	}
+	k.tokens[id] = signedToken{token: tok, at: now}
 	return tok, nil
 }
 
