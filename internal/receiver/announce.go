@@ -404,27 +404,40 @@ func promptResourceID(t *announceToken) string {
 func (s *Server) backstopHangup(tc *tenantClient, callID string) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.Deadline)
 	defer cancel()
-	result, _ := s.hangup(ctx, tc, callID)
+	result, _, _ := s.hangup(ctx, tc, callID)
 	s.ann.metrics.stepsBy.with(stepBackstop, result).Inc()
 	s.log.Info("announced call hung up at its maxSeconds", "callId", callID, "result", result)
 }
 
-// hangup ends a call; one that has ended already counts as done.
-func (s *Server) hangup(ctx context.Context, tc *tenantClient, callID string) (string, error) {
+// hangup ends a call; one that has ended already counts as done. sent is
+// when the request went to Graph (zero if it did not).
+func (s *Server) hangup(ctx context.Context, tc *tenantClient, callID string) (result string, sent time.Time, err error) {
 	select {
 	case s.graphSlots <- struct{}{}:
 	case <-ctx.Done():
 		s.metrics.actionsBy.with(graph.OpHangup, resultDeadline).Inc()
-		return resultDeadline, ctx.Err()
+		return resultDeadline, time.Time{}, ctx.Err()
 	}
 	defer func() { <-s.graphSlots }()
-	err := tc.graph.Hangup(ctx, callID)
-	result := stepResult(err)
+	sent = time.Now()
+	err = tc.graph.Hangup(ctx, callID)
+	result = stepResult(err)
 	s.metrics.actionsBy.with(graph.OpHangup, result).Inc()
 	if result == resultFailed || result == resultDeadline {
 		s.log.Warn("hanging up an announced call", "callId", callID, "error", err)
 	}
-	return result, err
+	return result, sent, err
+}
+
+// logStep logs a play or hangup step taken on a notification: how long
+// after the notification's arrival its request was sent (the receiver's
+// part) and answered (Graph's added).
+func (s *Server) logStep(step, callID, result string, arrival, sent time.Time) {
+	attrs := []any{"callId", callID, "step", step, "result", result}
+	if !sent.IsZero() {
+		attrs = append(attrs, "sentAfter", sent.Sub(arrival))
+	}
+	s.log.Info("announce step", append(attrs, "answeredAfter", time.Since(arrival))...)
 }
 
 // stepResult is the result label of a Graph step's error.
@@ -583,11 +596,12 @@ func (s *Server) followUps(ctx context.Context, j *job, steps []followUp) {
 			s.play(ctx, j, tc, f)
 		case stepHangup:
 			s.ann.disarm(f.callID)
-			result, err := s.hangup(ctx, tc, f.callID)
+			result, sent, err := s.hangup(ctx, tc, f.callID)
 			s.ann.metrics.stepsBy.with(stepHangup, result).Inc()
 			if err == nil {
 				s.ann.metrics.stepTime.WithLabelValues(stepHangup).Observe(time.Since(j.arrival).Seconds())
 			}
+			s.logStep(stepHangup, f.callID, result, j.arrival, sent)
 		}
 	}
 }
@@ -624,12 +638,14 @@ func (s *Server) play(ctx context.Context, j *job, tc *tenantClient, f followUp)
 	if err == nil && f.tok.PromptURL == "" && s.cfg.CallbackURL == "" {
 		err = errors.New("a ConfigMap prompt needs --callback-url")
 	}
+	var sent time.Time
 	if err == nil {
-		err = s.playPrompt(ctx, tc, f.callID, graph.NewPlayPromptRequest(clientContext,
+		sent, err = s.playPrompt(ctx, tc, f.callID, graph.NewPlayPromptRequest(clientContext,
 			graph.MediaInfo{URI: s.promptURI(f.tok), ResourceID: promptResourceID(f.tok)}))
 	}
 	result := stepResult(err)
 	s.ann.metrics.stepsBy.with(stepPlay, result).Inc()
+	s.logStep(stepPlay, f.callID, result, j.arrival, sent)
 	switch result {
 	case resultSuccess, resultAlreadyDone:
 		s.ann.metrics.stepTime.WithLabelValues(stepPlay).Observe(time.Since(j.arrival).Seconds())
@@ -639,20 +655,23 @@ func (s *Server) play(ctx context.Context, j *job, tc *tenantClient, f followUp)
 	default:
 		// The caller would hear silence until the backstop: end it now.
 		s.log.Warn("playing the announcement failed; hanging up", "callId", f.callID, "error", err)
-		r, _ := s.hangup(ctx, tc, f.callID)
+		r, _, _ := s.hangup(ctx, tc, f.callID)
 		s.ann.metrics.stepsBy.with(stepHangup, r).Inc()
 	}
 }
 
-func (s *Server) playPrompt(ctx context.Context, tc *tenantClient, callID string, req graph.PlayPromptRequest) error {
+// playPrompt sends a playPrompt; sent is when the request went to Graph
+// (zero if it did not).
+func (s *Server) playPrompt(ctx context.Context, tc *tenantClient, callID string, req graph.PlayPromptRequest) (sent time.Time, err error) {
 	select {
 	case s.graphSlots <- struct{}{}:
 	case <-ctx.Done():
 		s.metrics.actionsBy.with(graph.OpPlayPrompt, resultDeadline).Inc()
-		return ctx.Err()
+		return time.Time{}, ctx.Err()
 	}
 	defer func() { <-s.graphSlots }()
-	_, err := tc.graph.PlayPrompt(ctx, callID, req)
+	sent = time.Now()
+	_, err = tc.graph.PlayPrompt(ctx, callID, req)
 	s.metrics.actionsBy.with(graph.OpPlayPrompt, stepResult(err)).Inc()
-	return err
+	return sent, err
 }

@@ -3,7 +3,9 @@
 package bench
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"io"
@@ -44,7 +46,10 @@ const announcePrompt = 6 * time.Second
 // emulator's record of each call, the time from the established
 // notification (recorded when the receiver acknowledged it) to the
 // playPrompt request's arrival, and from the prompt's completion
-// notification to the hang-up's (p50, p99, max); and the receiver's heap
+// notification to the hang-up's (p50, p99, max): end to end, the
+// emulator's own serving included. It reports the receiver's part apart,
+// from its "announce step" log lines: the time from the notification's
+// arrival to the request sent (sentAfter). And the receiver's heap
 // (go_memstats_heap_inuse_bytes) idle and while every call is in progress.
 //
 //	go test ./test/bench -run '^$' -bench BenchmarkAnnounce -benchtime 1x
@@ -115,7 +120,8 @@ func BenchmarkAnnounce(b *testing.B) {
 		"--metrics-listen", metricsAddr, "--callback-url", callback, "--state-dir", stateDir,
 		"--credentials-dir", filepath.Join(dir, "none"))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	logFile, err := os.Create(filepath.Join(dir, "receiver.log"))
+	logPath := filepath.Join(dir, "receiver.log")
+	logFile, err := os.Create(logPath)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -142,7 +148,7 @@ func BenchmarkAnnounce(b *testing.B) {
 		}
 		b.Run(name, func(b *testing.B) {
 			for range b.N {
-				runAnnounce(b, emu, ops, &child{cmd: cmd}, pace)
+				runAnnounce(b, emu, ops, &child{cmd: cmd}, logPath, pace)
 			}
 		})
 	}
@@ -195,8 +201,9 @@ func waitReady(b *testing.B, ops string) {
 	}
 }
 
-// runAnnounce announces announceCalls calls at once and reports.
-func runAnnounce(b *testing.B, emu *emulator.Server, ops string, rcv *child, pace time.Duration) {
+// runAnnounce announces announceCalls calls at once and reports; logPath is
+// the receiver's log.
+func runAnnounce(b *testing.B, emu *emulator.Server, ops string, rcv *child, logPath string, pace time.Duration) {
 	idle, err := scrapeMetrics(ops + "/metrics")
 	if err != nil {
 		b.Fatal(err)
@@ -292,12 +299,74 @@ func runAnnounce(b *testing.B, emu *emulator.Server, ops string, rcv *child, pac
 		}
 		b.ReportMetric(quantileBound(stepsBefore[step], after, 0.99)*1000, "receiver-p99-"+step+"-le-ms")
 	}
+	// The receiver's part: from the notification's arrival to the request
+	// sent. A step's line is written once Graph answered, which may be
+	// after the emulator recorded the request.
+	sent := map[string][]time.Duration{}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if sent, err = stepsSent(logPath, ids); err != nil {
+			b.Fatal(err)
+		}
+		if len(sent[stepPlayName]) == len(ids) && len(sent[stepHangupName]) == len(ids) {
+			break
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("receiver log: %d play and %d hangup steps of %d calls", len(sent[stepPlayName]), len(sent[stepHangupName]), len(ids))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, step := range []string{stepPlayName, stepHangupName} {
+		d := sent[step]
+		slices.Sort(d)
+		b.ReportMetric(msOf(percentile(d, 0.99)), "receiver-p99-"+step+"-sent-ms")
+		b.ReportMetric(msOf(d[len(d)-1]), "receiver-max-"+step+"-sent-ms")
+	}
 	const mib = 1 << 20
 	b.ReportMetric(idle["go_memstats_heap_inuse_bytes"]/mib, "idle-heap-MiB")
 	b.ReportMetric(busy["go_memstats_heap_inuse_bytes"]/mib, "in-progress-heap-MiB")
 	b.ReportMetric(busy["callguard_receiver_announce_calls_in_progress"], "calls-in-progress")
 	b.ReportMetric(idle["go_goroutines"], "idle-goroutines")
 	b.ReportMetric(busy["go_goroutines"], "in-progress-goroutines")
+}
+
+// Steps as the receiver's log names them.
+const (
+	stepPlayName   = "play"
+	stepHangupName = "hangup"
+)
+
+// stepsSent reads the receiver's "announce step" log lines of the calls
+// ids and returns, by step, each successful step's sentAfter.
+func stepsSent(logPath string, ids []string) (map[string][]time.Duration, error) {
+	data, err := os.ReadFile(logPath)
+	if err != nil {
+		return nil, fmt.Errorf("receiver log: %w", err)
+	}
+	want := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		want[id] = true
+	}
+	out := map[string][]time.Duration{}
+	for line := range bytes.Lines(data) {
+		var l struct {
+			Msg       string        `json:"msg"`
+			CallID    string        `json:"callId"`
+			Step      string        `json:"step"`
+			Result    string        `json:"result"`
+			SentAfter time.Duration `json:"sentAfter"`
+		}
+		if !bytes.Contains(line, []byte(`"announce step"`)) {
+			continue
+		}
+		if err := json.Unmarshal(line, &l); err != nil {
+			return nil, fmt.Errorf("receiver log line %q: %w", line, err)
+		}
+		if l.Msg == "announce step" && want[l.CallID] && l.Result == "success" {
+			out[l.Step] = append(out[l.Step], l.SentAfter)
+		}
+	}
+	return out, nil
 }
 
 // waitCalls waits until cond holds for every call.
