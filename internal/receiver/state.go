@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -172,7 +173,7 @@ func storeConfigOf(p *policy.Policy, spec *v1alpha1.CallPolicySpec, id policyID,
 // openStore makes the store c describes. A Redis store connects lazily:
 // a server down at apply does not refuse the policy (state.onError
 // applies to its calls until it answers).
-func openStore(c storeConfig) (state.Store, error) {
+func openStore(c storeConfig, log *slog.Logger) (state.Store, error) {
 	if !c.redis {
 		st, err := state.NewMemory([]byte(c.key), memoryCallers)
 		if err != nil {
@@ -208,8 +209,20 @@ func openStore(c storeConfig) (state.Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("state.redis: %w", err)
 	}
+	// Connected before the policy goes live (and the receiver ready), so
+	// that its first calls find the store answering; one that does not
+	// answer in time leaves them to state.onError, as later outages do.
+	wctx, cancel := context.WithTimeout(context.Background(), storeWarmTimeout)
+	defer cancel()
+	if err := st.Warm(wctx); err != nil {
+		log.Warn("the state store did not answer at apply; state.onError applies to calls until it does", "error", err)
+	}
 	return st, nil
 }
+
+// storeWarmTimeout bounds how long applying a policy waits for a new Redis
+// store to answer.
+const storeWarmTimeout = 2 * time.Second
 
 // Results of a round trip to the store (state_requests_total).
 const (

@@ -431,5 +431,38 @@ func (r *Redis) Unblock(ctx context.Context, caller string) (int, error) {
 	return total, nil
 }
 
+// warmConns is how many pipeline connections Warm opens: the batches a
+// receiver usually has in flight at once.
+const warmConns = 4
+
+// Warm connects, authenticates and loads the script before the first call
+// needs them. A store that is not warmed dials on its first batches, and a
+// receiver just started then decides its first second of calls without the
+// store (BenchmarkRepeatCallers). The client's pipeline connections are
+// dialed only by pipelines, so Warm opens them with pipelines, each running
+// the script for no caller: only commands the store always sends, so an ACL
+// user limited to them (docs/state.md) may warm it too.
+func (r *Redis) Warm(ctx context.Context) error {
+	var none callerKey
+	keys := []string{r.keyName(kindCalls, none), r.keyName(kindBlocks, none)}
+	errs := make(chan error, warmConns)
+	for range warmConns {
+		go func() {
+			p := r.client.Pipeline()
+			// Not recording, no steps: it reads one absent key and answers -1.
+			p.Eval(ctx, evalLua.src, keys, "0", "0", "", "0", "0", "")
+			_, err := p.Exec(ctx)
+			errs <- err
+		}()
+	}
+	var first error
+	for range warmConns {
+		if err := <-errs; err != nil && first == nil {
+			first = fmt.Errorf("state: redis: warm up: %w", err)
+		}
+	}
+	return first
+}
+
 // Close implements Store: it closes the connection pool.
 func (r *Redis) Close() error { return r.client.Close() }

@@ -446,6 +446,9 @@ func TestRedisOptions(t *testing.T) {
 	q := []Query{{Caller: "+14255550123", CallID: "1", At: now(), Record: true, Keep: time.Hour, KeepCalls: 2,
 		Steps: []Step{{Rule: "r", Static: true, Calls: 2, Within: time.Hour}}}}
 	good := newTestRedis(t, srv.Addr(), RedisOptions{KeyPrefix: "callguard:", Username: "callguard", Password: "s3cret", Database: 3})
+	if err := good.Warm(ctx); err != nil {
+		t.Fatalf("warming with the ACL user: %v", err)
+	}
 	q[0].Steps[0].BlockFor = time.Hour
 	q[0].Steps[0].Calls = 0
 	if err := good.Eval(ctx, q, make([]Answer, 1)); err != nil {
@@ -503,4 +506,40 @@ func FuzzParseBlock(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestRedisWarm: a warmed store has its connections open and its script
+// loaded, so the first batch is one pipeline of EVALSHA (no NOSCRIPT
+// retry), and an empty server is left empty.
+func TestRedisWarm(t *testing.T) {
+	srv := redisserver.Start(t)
+	r := newTestRedis(t, srv.Addr(), RedisOptions{})
+	adm := admin(t, srv.Addr(), 0)
+	ctx := context.Background()
+	if err := r.Warm(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := adm.DBSize(ctx).Val(); n != 0 {
+		t.Fatalf("warming wrote %d keys", n)
+	}
+	// The admin client's own connection is one of them.
+	if clients := strings.Count(adm.ClientList(ctx).Val(), "\n"); clients < warmConns+1 {
+		t.Fatalf("%d connections after warming, want at least %d", clients-1, warmConns)
+	}
+	rt := &roundTrips{}
+	r.client.AddHook(rt)
+	q := []Query{{Caller: "+14255550100", Masked: "****0100", CallID: "c1", At: now(), Record: true, Keep: time.Hour, KeepCalls: 2,
+		Steps: []Step{{Rule: "r", Static: true, Calls: 2, Within: time.Hour}}}}
+	if err := r.Eval(ctx, q, make([]Answer, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if p := rt.pipelines.Load(); p != 1 {
+		t.Fatalf("first batch after warming: %d pipelines, want 1", p)
+	}
+	srv.Stop()
+	wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if err := r.Warm(wctx); err == nil {
+		t.Fatal("warming a stopped server succeeded")
+	}
 }
