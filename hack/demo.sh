@@ -60,15 +60,15 @@ demo)
 	if kubectl get namespace callguard-demo >/dev/null 2>&1; then
 		kubectl -n callguard-demo rollout restart deployment/hotline-callguard >/dev/null 2>&1 || true
 	fi
-	go run ./hack/demo --kubeconfig "${KUBECONFIG}" --state-dir "${state}/emulator"
 	# "What did it do with my calls?": the plugin, through kubectl's own
-	# credentials and the API server's pod proxy.
+	# credentials and the API server's pod proxy (the demo runs it too).
 	CGO_ENABLED=0 go build -o bin/kubectl-callpolicy ./cmd/kubectl-callpolicy
 	export PATH="${root}/bin:${PATH}"
+	go run ./hack/demo --kubeconfig "${KUBECONFIG}" --state-dir "${state}/emulator"
 	say "kubectl callpolicy status hotline -n callguard-demo"
 	kubectl callpolicy status hotline -n callguard-demo || true
-	say "kubectl callpolicy decisions hotline -n callguard-demo"
-	kubectl callpolicy decisions hotline -n callguard-demo
+	say "kubectl callpolicy decisions hotline -n callguard-demo -o wide   (TENANT: the tenant each call arrived in)"
+	kubectl callpolicy decisions hotline -n callguard-demo -o wide
 	;;
 e2e)
 	setup helm

@@ -52,8 +52,9 @@ func testMillionNumberListIsPublishedAndEnforced(t *testing.T) {
 	if err := cluster.Apply(ctx, objs...); err != nil {
 		t.Fatal(err)
 	}
-	cp := harness.DemoPolicy(mns, emu, 2)
+	cp := samplePolicy.PolicyIn(mns, emu, 2)
 	cp.Name = name
+	cp.Spec.Receiver.Expose = nil
 	cp.Spec.Bot.Credentials.SecretRef.Name = "bot"
 	cp.Spec.Rules = []callsv1alpha1.Rule{{Name: "feeds", Action: callsv1alpha1.ActionReject, Reason: callsv1alpha1.ReasonBusy,
 		Match: callsv1alpha1.Match{Callers: &callsv1alpha1.CallerMatch{NumberLists: refs}}}}

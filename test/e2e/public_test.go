@@ -53,7 +53,7 @@ const (
 var elasticCallback string
 
 func elasticPolicy() *callsv1alpha1.CallPolicy {
-	cp := harness.DemoPolicy(ns, emu, 2)
+	cp := samplePolicy.PolicyIn(ns, emu, 2)
 	cp.Name = elastic
 	cp.Spec.Receiver.Replicas = nil
 	ingress.Expose(cp, pub.Host(elastic), elastic+"-tls")

@@ -33,7 +33,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
@@ -226,16 +225,7 @@ func (e *Emulator) do(ctx context.Context, method, path string, in, out any) err
 
 // Record is the emulator's record of a call (GET /emulator/calls/{id}).
 type Record struct {
-	ID        string        `json:"id"`
-	State     string        `json:"state"`
-	Action    string        `json:"action"`
-	Reason    string        `json:"reason"`
-	Missed    bool          `json:"missed"`
-	LatencyNs time.Duration `json:"latencyNs"`
-	History   []struct {
-		Event  string `json:"event"`
-		Status int    `json:"status"`
-	} `json:"history"`
+	emulator.CallRecord
 }
 
 // Delivered reports whether the created notification reached the bot and
@@ -251,11 +241,35 @@ func (r *Record) Delivered() bool {
 
 // PlaceCall places a call to the demo bot whose callback is callback.
 func (e *Emulator) PlaceCall(ctx context.Context, callback string, source *graph.IdentitySet, modalities []string) (string, error) {
+	return e.PlaceCallIn(ctx, callback, "", source, modalities)
+}
+
+// PlaceCallIn places a call that arrives in tenant (one the demo bot is
+// registered in; "" is its home tenant).
+func (e *Emulator) PlaceCallIn(ctx context.Context, callback, tenant string, source *graph.IdentitySet, modalities []string) (string, error) {
 	var call graph.Call
-	err := e.do(ctx, http.MethodPost, "/emulator/calls", map[string]any{
-		"appId": BotAppID, "callbackUri": callback, "source": source, "requestedModalities": modalities,
+	err := e.do(ctx, http.MethodPost, "/emulator/calls", emulator.PlaceCallRequest{
+		AppID: BotAppID, TenantID: tenant, CallbackURI: callback, Source: source, RequestedModalities: modalities,
 	}, &call)
 	return call.ID, err
+}
+
+// WaitEnded polls a call until it ended (endedBy set) or timeout passed.
+func (e *Emulator) WaitEnded(ctx context.Context, id string, timeout time.Duration) (*Record, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		r, err := e.Call(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if r.EndedBy != "" {
+			return r, nil
+		}
+		if time.Now().After(deadline) {
+			return r, fmt.Errorf("call %s not ended after %s (state %s, action %q)", id, timeout, r.State, r.Action)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // Call returns the emulator's record of a call.
@@ -286,6 +300,8 @@ type Scenario struct {
 	Kind       string
 	Source     *graph.IdentitySet
 	Modalities []string
+	// Tenant is the tenant the call arrives in ("" is the bot's home tenant).
+	Tenant string
 }
 
 func phone(n string) *graph.IdentitySet {
@@ -293,66 +309,22 @@ func phone(n string) *graph.IdentitySet {
 }
 
 // Scenarios are the demo's callers: one for each rule of the sample policy
-// and a few the default decides.
-func Scenarios() []Scenario {
+// but repeat-callers, a few the default decides, and one whose call arrives
+// in the bot's additional tenant.
+func Scenarios(additionalTenant string) []Scenario {
 	audio := []string{"audio"}
 	return []Scenario{
-		{"+14255550100", "phone (VIP)", phone("+14255550100"), audio},
-		{"+1 900 555 0123", "phone (premium rate)", phone("+1 900 555 0123"), audio},
-		{"+12125550143", "phone (robocaller list)", phone("+12125550143"), audio},
-		{"+15550101234", "phone (list range +1555010*)", phone("+15550101234"), audio},
-		{"+447700900123", "phone (UK mobile)", phone("+447700900123"), audio},
-		{"+14255550111", "phone", phone("+14255550111"), audio},
-		{"(anonymous)", "anonymous", nil, audio},
-		{"guest Pat", "guest", &graph.IdentitySet{Guest: &graph.Identity{ID: "3f6e2d90-5b1c-4e53-a7f0-9c0b8d2e4a11", DisplayName: "Pat (Guest)"}}, audio},
-		{"Ada Lovelace", "user", &graph.IdentitySet{User: &graph.Identity{ID: "8a34a46b-3d17-4adc-8dce-dc4e7d572698", DisplayName: "Ada Lovelace", TenantID: BotTenantID}}, []string{"audio", "video"}},
-		{"Scheduler bot", "application", &graph.IdentitySet{Application: &graph.Identity{ID: "0c9d7a52-2b8e-4f0a-8d61-3e5b1f7c2a90", DisplayName: "Scheduler"}}, audio},
-	}
-}
-
-// DemoObjects are the demo's Secret, number list, CA bundle and CallPolicy,
-// pointed at the emulator.
-func DemoObjects(ns string, emu *Emulator, replicas int32) []client.Object {
-	return []client.Object{
-		&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "hotline-bot"},
-			StringData: map[string]string{"client-secret": BotSecret}},
-		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "robocallers"},
-			Data: map[string]string{"numbers.txt": "# reported 2026-11\n+12125550143\n+12125550178\n+1555010*\n"}},
-		&corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "graph-emulator-ca"},
-			Data: map[string]string{"ca.crt": string(emu.CAPEM)}},
-		DemoPolicy(ns, emu, replicas),
-	}
-}
-
-// DemoPolicy is the README's sample policy pointed at the emulator.
-func DemoPolicy(ns string, emu *Emulator, replicas int32) *callsv1alpha1.CallPolicy {
-	callers := func(m callsv1alpha1.CallerMatch) callsv1alpha1.Match { return callsv1alpha1.Match{Callers: &m} }
-	return &callsv1alpha1.CallPolicy{
-		TypeMeta:   metav1.TypeMeta{APIVersion: callsv1alpha1.GroupVersion.String(), Kind: "CallPolicy"},
-		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "hotline"},
-		Spec: callsv1alpha1.CallPolicySpec{
-			Bot: callsv1alpha1.BotSpec{AppID: BotAppID, TenantID: BotTenantID,
-				Credentials: callsv1alpha1.Credentials{SecretRef: &callsv1alpha1.SecretReference{Name: "hotline-bot"}}},
-			Graph: callsv1alpha1.GraphSpec{
-				Endpoint:        emu.URL,
-				AuthorityHost:   emu.URL + "/",
-				OpenIDConfigURL: emu.URL + "/v1/.well-known/OpenIdConfiguration",
-				CABundle:        &callsv1alpha1.ConfigMapKeyReference{Name: "graph-emulator-ca", Key: "ca.crt"},
-			},
-			Rules: []callsv1alpha1.Rule{
-				{Name: "vip-always", Action: callsv1alpha1.ActionAllow, Match: callers(callsv1alpha1.CallerMatch{Numbers: []string{"+14255550100"}})},
-				{Name: "premium-rate", Action: callsv1alpha1.ActionReject, Reason: callsv1alpha1.ReasonForbidden,
-					Match: callers(callsv1alpha1.CallerMatch{NumberPrefixes: []string{"+1900", "+44909"}})},
-				{Name: "robocallers", Action: callsv1alpha1.ActionReject, Reason: callsv1alpha1.ReasonBusy,
-					Match: callers(callsv1alpha1.CallerMatch{NumberLists: []callsv1alpha1.NumberList{{ConfigMapKeyRef: callsv1alpha1.ConfigMapKeyReference{Name: "robocallers", Key: "numbers.txt"}}}})},
-				{Name: "video-to-desk", Action: callsv1alpha1.ActionRedirect,
-					Redirect: &callsv1alpha1.RedirectSpec{Targets: []callsv1alpha1.RedirectTarget{{Phone: "+14255550199"}}, TimeoutSeconds: 30},
-					Match:    callsv1alpha1.Match{Modalities: []callsv1alpha1.Modality{"video"}}},
-				{Name: "anonymous-guests", Action: callsv1alpha1.ActionReject, Reason: callsv1alpha1.ReasonForbidden,
-					Match: callers(callsv1alpha1.CallerMatch{IdentityTypes: []callsv1alpha1.IdentityType{"anonymous", "guest"}})},
-			},
-			Receiver: callsv1alpha1.ReceiverSpec{Replicas: ptr.To(replicas)},
-		},
+		{"+14255550100", "phone (VIP)", phone("+14255550100"), audio, ""},
+		{"+1 900 555 0123", "phone (premium rate)", phone("+1 900 555 0123"), audio, ""},
+		{"+12125550143", "phone (robocaller list)", phone("+12125550143"), audio, ""},
+		{"+15550101234", "phone (list range +1555010*)", phone("+15550101234"), audio, ""},
+		{"+447700900123", "phone (UK mobile)", phone("+447700900123"), audio, ""},
+		{"+14255550111", "phone", phone("+14255550111"), audio, ""},
+		{"(anonymous)", "anonymous", nil, audio, ""},
+		{"guest Pat", "guest", &graph.IdentitySet{Guest: &graph.Identity{ID: "3f6e2d90-5b1c-4e53-a7f0-9c0b8d2e4a11", DisplayName: "Pat (Guest)"}}, audio, ""},
+		{"Ada Lovelace", "user", &graph.IdentitySet{User: &graph.Identity{ID: "8a34a46b-3d17-4adc-8dce-dc4e7d572698", DisplayName: "Ada Lovelace", TenantID: BotTenantID}}, []string{"audio", "video"}, ""},
+		{"Scheduler bot", "application", &graph.IdentitySet{Application: &graph.Identity{ID: "0c9d7a52-2b8e-4f0a-8d61-3e5b1f7c2a90", DisplayName: "Scheduler"}}, audio, ""},
+		{"+12125550178", "phone (robocaller), in the second tenant", phone("+12125550178"), audio, additionalTenant},
 	}
 }
 
@@ -519,6 +491,75 @@ func podReady(p *corev1.Pod) bool {
 		}
 	}
 	return false
+}
+
+// ReceiverMetricsURLs are the metrics URLs of the ready receiver pods of a
+// policy (pod IPs are reachable from the node), by pod name.
+func (c *Cluster) ReceiverMetricsURLs(ctx context.Context, ns, policy string) (map[string]string, error) {
+	pods, err := c.Clientset.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{
+		LabelSelector: labels.SelectorFromSet(callsv1alpha1.ReceiverSelector(policy)).String()})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, p := range pods.Items {
+		if p.Status.PodIP != "" && p.DeletionTimestamp == nil && podReady(&p) {
+			out[p.Name] = "http://" + net.JoinHostPort(p.Status.PodIP, strconv.Itoa(callsv1alpha1.ReceiverMetricsPort)) + "/metrics"
+		}
+	}
+	return out, nil
+}
+
+// WaitReceiversSwitch polls the receivers' metrics URLs (no API server in
+// the loop) until every one reports the same policy hash other than old,
+// and returns it and the time since start.
+func WaitReceiversSwitch(ctx context.Context, urls map[string]string, old string, start time.Time, timeout time.Duration) (string, time.Duration, error) {
+	hc := &http.Client{Timeout: 2 * time.Second}
+	hashes := map[string]string{}
+	for {
+		for pod, u := range urls {
+			if h, err := policyInfoHash(ctx, hc, u); err == nil {
+				hashes[pod] = h
+			}
+		}
+		var hash string
+		all := len(hashes) == len(urls)
+		for _, h := range hashes {
+			all = all && h != old && (hash == "" || h == hash)
+			hash = h
+		}
+		if all {
+			return hash, time.Since(start), nil
+		}
+		if time.Since(start) > timeout {
+			return "", 0, fmt.Errorf("receivers did not all switch from policy %s within %s: %v", old, timeout, hashes)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func policyInfoHash(ctx context.Context, hc *http.Client, url string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, telemetry.MetricPolicyInfo+`{hash="`); ok {
+			if i := strings.IndexByte(rest, '"'); i > 0 {
+				return rest[:i], nil
+			}
+		}
+	}
+	return "", fmt.Errorf("%s: no %s", url, telemetry.MetricPolicyInfo)
 }
 
 // WaitPolicyLive waits until the operator has compiled a policy hash other
