@@ -99,12 +99,18 @@ func must(t *testing.T, err error) {
 // controller wrote in between (its status patches and applies race with us).
 func update(t *testing.T, obj client.Object, mutate func(), opts ...client.UpdateOption) {
 	t.Helper()
+	updateWith(t, k8s, obj, mutate, opts...)
+}
+
+// updateWith is update on the API server c reaches.
+func updateWith(t *testing.T, c client.Client, obj client.Object, mutate func(), opts ...client.UpdateOption) {
+	t.Helper()
 	must(t, retry.RetryOnConflict(retry.DefaultRetry, func() error {
-		if err := k8s.Get(context.Background(), client.ObjectKeyFromObject(obj), obj); err != nil {
+		if err := c.Get(context.Background(), client.ObjectKeyFromObject(obj), obj); err != nil {
 			return err
 		}
 		mutate()
-		return k8s.Update(context.Background(), obj, opts...)
+		return c.Update(context.Background(), obj, opts...)
 	}))
 }
 
@@ -137,15 +143,35 @@ func condition(g Gomega, ctx context.Context, ns, name, typ string) *metav1.Cond
 	return c
 }
 
-// markAvailable plays the Deployment controller, which envtest does not run.
+// liveStatus is the policy, once its status is current.
+func liveStatus(g Gomega, ctx context.Context, ns, name string) *callsv1alpha1.CallPolicy {
+	return liveStatusWith(g, ctx, k8s, ns, name)
+}
+
+// liveStatusWith is liveStatus on the API server c reaches.
+func liveStatusWith(g Gomega, ctx context.Context, c client.Client, ns, name string) *callsv1alpha1.CallPolicy {
+	cp := &callsv1alpha1.CallPolicy{}
+	g.Expect(c.Get(ctx, key(ns, name), cp)).To(Succeed())
+	g.Expect(cp.Status.ObservedGeneration).To(Equal(cp.Generation))
+	return cp
+}
+
+// markAvailable plays the Deployment controller, which envtest does not run,
+// for the receivers of the policy hotline.
 func markAvailable(g Gomega, ctx context.Context, ns string) {
-	dep := &appsv1.Deployment{}
-	g.Expect(k8s.Get(ctx, key(ns, "hotline-callguard"), dep)).To(Succeed())
-	n := *dep.Spec.Replicas
-	dep.Status = appsv1.DeploymentStatus{
-		ObservedGeneration: dep.Generation, Replicas: n, UpdatedReplicas: n, ReadyReplicas: n, AvailableReplicas: n,
+	markAvailableWith(g, ctx, k8s, key(ns, "hotline-callguard"))
+}
+
+// markAvailableWith is markAvailable for the Deployment dep on the API
+// server c reaches.
+func markAvailableWith(g Gomega, ctx context.Context, c client.Client, dep types.NamespacedName) {
+	d := &appsv1.Deployment{}
+	g.Expect(c.Get(ctx, dep, d)).To(Succeed())
+	n := *d.Spec.Replicas
+	d.Status = appsv1.DeploymentStatus{
+		ObservedGeneration: d.Generation, Replicas: n, UpdatedReplicas: n, ReadyReplicas: n, AvailableReplicas: n,
 	}
-	g.Expect(k8s.Status().Update(ctx, dep)).To(Succeed())
+	g.Expect(c.Status().Update(ctx, d)).To(Succeed())
 }
 
 func TestChildrenAreCreatedWithOwnerReferences(t *testing.T) {
@@ -226,14 +252,12 @@ func TestChildrenAreCreatedWithOwnerReferences(t *testing.T) {
 	}, eventually, poll).Should(Succeed())
 	g.Eventually(func(g Gomega) { markAvailable(g, ctx, ns) }, eventually, poll).Should(Succeed())
 	g.Eventually(func(g Gomega) {
-		got := &callsv1alpha1.CallPolicy{}
-		g.Expect(k8s.Get(ctx, key(ns, "hotline"), got)).To(Succeed())
+		got := liveStatus(g, ctx, ns, "hotline")
 		c := meta.FindStatusCondition(got.Status.Conditions, ConditionReady)
 		g.Expect(c).NotTo(BeNil())
 		g.Expect(c.Status).To(Equal(metav1.ConditionTrue))
 		g.Expect(c.Reason).To(Equal(ReasonReceiversAvailable))
 		g.Expect(meta.FindStatusCondition(got.Status.Conditions, ConditionReconciling)).To(BeNil())
-		g.Expect(got.Status.ObservedGeneration).To(Equal(got.Generation))
 		g.Expect(got.Status.Rules).To(Equal(int32(2)))
 		g.Expect(got.Status.PolicyHash).To(HavePrefix("sha256:"))
 		g.Expect(got.Status.Receiver).To(Equal(callsv1alpha1.ReceiverStatus{

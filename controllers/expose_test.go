@@ -3,7 +3,6 @@ package controllers
 import (
 	"context"
 	"encoding/json"
-	"path/filepath"
 	"testing"
 
 	. "github.com/onsi/gomega"
@@ -15,11 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
@@ -151,10 +146,7 @@ func TestBuildHTTPRoute(t *testing.T) {
 // callbackURLStatus is the policy hotline's status.receiver.callbackURL, once
 // its status is current.
 func callbackURLStatus(g Gomega, ctx context.Context, ns string) string {
-	cp := &callsv1alpha1.CallPolicy{}
-	g.Expect(k8s.Get(ctx, key(ns, "hotline"), cp)).To(Succeed())
-	g.Expect(cp.Status.ObservedGeneration).To(Equal(cp.Generation))
-	return cp.Status.Receiver.CallbackURL
+	return liveStatus(g, ctx, ns, "hotline").Status.Receiver.CallbackURL
 }
 
 func TestIngressIsCreatedCorrectedAndDeleted(t *testing.T) {
@@ -308,33 +300,14 @@ func TestCallbackURLIsAWideColumn(t *testing.T) {
 // receivers and is Stalled with GatewayAPINotInstalled naming the field.
 func TestWithoutGatewayAPI(t *testing.T) {
 	g := NewWithT(t)
-	env := &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-	}
-	bare, err := env.Start()
-	must(t, err)
-	t.Cleanup(func() { _ = env.Stop() })
-	c, err := client.New(bare, client.Options{Scheme: scheme})
-	must(t, err)
-
+	bare, c := startAPIServer(t)
 	gatewayAPI, err := GatewayAPIInstalled(bare)
 	must(t, err)
 	if gatewayAPI {
 		t.Fatal("GatewayAPIInstalled = true for an API server without the Gateway API's CRDs")
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	mgr, err := ctrl.NewManager(bare, ctrl.Options{
-		Scheme: scheme, Cache: CacheOptions(nil, gatewayAPI), Metrics: metricsserver.Options{BindAddress: "0"},
-		Controller: config.Controller{SkipNameValidation: ptr.To(true), CacheSyncTimeout: eventually},
-	})
-	must(t, err)
-	r := &CallPolicyReconciler{
-		Client: mgr.GetClient(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("callguard-manager"),
-		ReceiverImage: testReceiverImage, GatewayAPI: gatewayAPI,
-	}
-	must(t, r.SetupWithManager(ctx, mgr))
-	startManager(t, ctx, cancel, mgr, "the manager without the Gateway API")
+	startManager(t, managerOptions{What: "the manager without the Gateway API", Config: bare, GatewayAPI: gatewayAPI})
+	ctx := context.Background()
 
 	const ns = "telephony"
 	must(t, c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}))
@@ -347,12 +320,7 @@ func TestWithoutGatewayAPI(t *testing.T) {
 	routed.Spec.Receiver.Expose = &callsv1alpha1.ExposeSpec{HTTPRoute: testRoute()}
 	must(t, c.Create(ctx, routed))
 
-	get := func(g Gomega, name string) *callsv1alpha1.CallPolicy {
-		cp := &callsv1alpha1.CallPolicy{}
-		g.Expect(c.Get(ctx, key(ns, name), cp)).To(Succeed())
-		g.Expect(cp.Status.ObservedGeneration).To(Equal(cp.Generation))
-		return cp
-	}
+	get := func(g Gomega, name string) *callsv1alpha1.CallPolicy { return liveStatusWith(g, ctx, c, ns, name) }
 	g.Eventually(func(g Gomega) {
 		cp := get(g, "routed")
 		st := meta.FindStatusCondition(cp.Status.Conditions, ConditionStalled)
@@ -368,13 +336,7 @@ func TestWithoutGatewayAPI(t *testing.T) {
 		g.Expect(c.Get(ctx, key(ns, "routed-callguard"), &appsv1.Deployment{})).To(Succeed())
 	}, eventually, poll).Should(Succeed())
 
-	g.Eventually(func(g Gomega) {
-		dep := &appsv1.Deployment{}
-		g.Expect(c.Get(ctx, key(ns, "plain-callguard"), dep)).To(Succeed())
-		n := *dep.Spec.Replicas
-		dep.Status = appsv1.DeploymentStatus{ObservedGeneration: dep.Generation, Replicas: n, UpdatedReplicas: n, ReadyReplicas: n, AvailableReplicas: n}
-		g.Expect(c.Status().Update(ctx, dep)).To(Succeed())
-	}, eventually, poll).Should(Succeed())
+	g.Eventually(func(g Gomega) { markAvailableWith(g, ctx, c, key(ns, "plain-callguard")) }, eventually, poll).Should(Succeed())
 	g.Eventually(func(g Gomega) {
 		cp := get(g, "plain")
 		ready := meta.FindStatusCondition(cp.Status.Conditions, ConditionReady)
@@ -385,18 +347,8 @@ func TestWithoutGatewayAPI(t *testing.T) {
 	}, eventually, poll).Should(Succeed())
 
 	// From httpRoute to ingress: the stall clears.
-	update := func(name string, mutate func(*callsv1alpha1.CallPolicy)) {
-		g.Eventually(func() error {
-			cp := &callsv1alpha1.CallPolicy{}
-			if err := c.Get(ctx, key(ns, name), cp); err != nil {
-				return err
-			}
-			mutate(cp)
-			return c.Update(ctx, cp)
-		}, eventually, poll).Should(Succeed())
-	}
-	update("routed", func(cp *callsv1alpha1.CallPolicy) {
-		cp.Spec.Receiver.Expose = &callsv1alpha1.ExposeSpec{Ingress: &callsv1alpha1.IngressExpose{Host: "routed.example.com"}}
+	updateWith(t, c, routed, func() {
+		routed.Spec.Receiver.Expose = &callsv1alpha1.ExposeSpec{Ingress: &callsv1alpha1.IngressExpose{Host: "routed.example.com"}}
 	})
 	g.Eventually(func(g Gomega) {
 		cp := get(g, "routed")

@@ -11,7 +11,6 @@ import (
 	"io"
 	"math/big"
 	"net"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -23,12 +22,7 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/utils/ptr"
-	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	callsv1alpha1 "github.com/callguard/callguard/api/v1alpha1"
 	"github.com/callguard/callguard/internal/emulator"
@@ -65,16 +59,8 @@ func TestGraphAccess(t *testing.T) {
 	base, maxWait := graphAccessRetryBase, graphAccessRetryMax
 	graphAccessRetryBase, graphAccessRetryMax = 200*time.Millisecond, time.Second
 	t.Cleanup(func() { graphAccessRetryBase, graphAccessRetryMax = base, maxWait })
-	env := &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-	}
-	apiCfg, err := env.Start()
-	must(t, err)
-	t.Cleanup(func() { _ = env.Stop() })
-	c, err := client.New(apiCfg, client.Options{Scheme: scheme})
-	must(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
+	apiCfg, c := startAPIServer(t)
+	ctx := context.Background()
 
 	// What an app's federated credential trusts: the API server's service
 	// account issuer and its keys, read as Entra reads them.
@@ -107,17 +93,7 @@ func TestGraphAccess(t *testing.T) {
 	must(t, emu.Start())
 	t.Cleanup(func() { _ = emu.Close() })
 
-	mgr, err := ctrl.NewManager(apiCfg, ctrl.Options{
-		Scheme: scheme, Cache: CacheOptions(nil, false), Metrics: metricsserver.Options{BindAddress: "0"},
-		Controller: config.Controller{SkipNameValidation: ptr.To(true), CacheSyncTimeout: eventually},
-	})
-	must(t, err)
-	r := &CallPolicyReconciler{
-		Client: mgr.GetClient(), Scheme: mgr.GetScheme(), Recorder: mgr.GetEventRecorder("callguard-manager"),
-		ReceiverImage: testReceiverImage, CheckGraphAccess: true,
-	}
-	must(t, r.SetupWithManager(ctx, mgr))
-	startManager(t, ctx, cancel, mgr, "the manager checking graph access")
+	startManager(t, managerOptions{What: "the manager checking graph access", Config: apiCfg, CheckGraphAccess: true})
 
 	must(t, c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: gaNamespace}}))
 	must(t, c.Create(ctx, &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Namespace: gaNamespace, Name: "emulator-ca"},
@@ -208,14 +184,19 @@ func TestGraphAccess(t *testing.T) {
 		}
 		must(t, c.Create(ctx, cp))
 	}
+	// graphAccess is the policy and its GraphAccess condition.
+	graphAccess := func(g Gomega, name string) (*callsv1alpha1.CallPolicy, *metav1.Condition) {
+		cp := &callsv1alpha1.CallPolicy{}
+		g.Expect(c.Get(ctx, key(gaNamespace, name), cp)).To(Succeed())
+		ga := meta.FindStatusCondition(cp.Status.Conditions, ConditionGraphAccess)
+		g.Expect(ga).NotTo(BeNil())
+		return cp, ga
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			g := NewWithT(t)
 			g.Eventually(func(g Gomega) {
-				cp := &callsv1alpha1.CallPolicy{}
-				g.Expect(c.Get(ctx, key(gaNamespace, tt.name), cp)).To(Succeed())
-				ga := meta.FindStatusCondition(cp.Status.Conditions, ConditionGraphAccess)
-				g.Expect(ga).NotTo(BeNil())
+				cp, ga := graphAccess(g, tt.name)
 				g.Expect(ga.Status).To(Equal(tt.wantStatus), ga.Message)
 				g.Expect(ga.Reason).To(Equal(tt.wantReason), ga.Message)
 				for _, s := range tt.wantIn {
@@ -309,25 +290,17 @@ func TestGraphAccess(t *testing.T) {
 			}
 		}()
 		g.Eventually(func(g Gomega) {
-			cp := &callsv1alpha1.CallPolicy{}
-			g.Expect(c.Get(ctx, key(gaNamespace, "unreachable"), cp)).To(Succeed())
-			ga := meta.FindStatusCondition(cp.Status.Conditions, ConditionGraphAccess)
-			g.Expect(ga).NotTo(BeNil())
+			_, ga := graphAccess(g, "unreachable")
 			g.Expect(ga.Reason).To(Equal(ReasonPermissionsGranted), ga.Message)
 		}, eventually, poll).Should(Succeed())
 	})
 
 	t.Run("fixing the secret is checked at once", func(t *testing.T) {
 		g := NewWithT(t)
-		fixed := &corev1.Secret{}
-		must(t, c.Get(ctx, key(gaNamespace, "wrong-secret"), fixed))
-		fixed.Data = map[string][]byte{"client-secret": []byte(gaSecret)}
-		must(t, c.Update(ctx, fixed))
+		fixed := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: gaNamespace, Name: "wrong-secret"}}
+		updateWith(t, c, fixed, func() { fixed.Data = map[string][]byte{"client-secret": []byte(gaSecret)} })
 		g.Eventually(func(g Gomega) {
-			cp := &callsv1alpha1.CallPolicy{}
-			g.Expect(c.Get(ctx, key(gaNamespace, "wrong-secret"), cp)).To(Succeed())
-			ga := meta.FindStatusCondition(cp.Status.Conditions, ConditionGraphAccess)
-			g.Expect(ga).NotTo(BeNil())
+			cp, ga := graphAccess(g, "wrong-secret")
 			g.Expect(ga.Reason).To(Equal(ReasonPermissionsGranted))
 			g.Expect(meta.FindStatusCondition(cp.Status.Conditions, ConditionStalled)).To(BeNil())
 		}, eventually, poll).Should(Succeed())

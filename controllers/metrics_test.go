@@ -45,14 +45,7 @@ func TestMetricsNeedAnAuthorizedCaller(t *testing.T) {
 	addr := freeAddress(t)
 	mgr, err := ctrl.NewManager(asManager, ctrl.Options{Scheme: scheme, Metrics: MetricsOptions(addr, "")})
 	must(t, err)
-	done := make(chan error, 1)
-	go func() { done <- mgr.Start(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("metrics manager: %v", err)
-		}
-	})
+	runManager(t, ctx, cancel, mgr, "the metrics manager")
 
 	ns := newNamespace(t)
 	token := func(name string) string {

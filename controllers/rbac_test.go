@@ -17,11 +17,8 @@ import (
 	"k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/apiserver/pkg/authentication/serviceaccount"
 	"k8s.io/client-go/rest"
-	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/config"
-	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 )
 
 // TestNamespacedManagerNeedsOnlyARoleBinding: with --namespaces, the
@@ -52,26 +49,9 @@ func TestNamespacedManagerNeedsOnlyARoleBinding(t *testing.T) {
 	// authorized as the real thing).
 	g.Expect(direct.Create(ctx, buildStateSecret(cp, make([]byte, stateKeyBytes)), client.DryRunAll)).To(Succeed())
 
-	mgrCtx, cancel := context.WithCancel(ctx)
-	mgr, err := ctrl.NewManager(asManager, ctrl.Options{
-		Scheme:  scheme,
-		Cache:   CacheOptions([]string{ns}, true),
-		Metrics: metricsserver.Options{BindAddress: "0"},
-		// The suite's manager runs a controller of the same name. Should the
-		// cache not sync, the controller gives up in time for the test to
-		// report it.
-		Controller: config.Controller{SkipNameValidation: ptr.To(true), CacheSyncTimeout: eventually},
+	mgr, r := startManager(t, managerOptions{
+		What: "the namespaced manager", Config: asManager, Namespaces: []string{ns}, GatewayAPI: true,
 	})
-	must(t, err)
-	r := &CallPolicyReconciler{
-		Client:        mgr.GetClient(),
-		Scheme:        mgr.GetScheme(),
-		Recorder:      mgr.GetEventRecorder("callguard-manager"),
-		ReceiverImage: testReceiverImage,
-		GatewayAPI:    true,
-	}
-	must(t, r.SetupWithManager(mgrCtx, mgr))
-	startManager(t, mgrCtx, cancel, mgr, "the namespaced manager")
 
 	// A cache that cannot list what it watches never syncs; the reconcile
 	// would then time out reading the policy instead of returning.

@@ -55,13 +55,6 @@ func stateSecret(g Gomega, ctx context.Context, ns, policyName string) *corev1.S
 	return s
 }
 
-func liveStatus(g Gomega, ctx context.Context, ns, name string) *callsv1alpha1.CallPolicy {
-	cp := &callsv1alpha1.CallPolicy{}
-	g.Expect(k8s.Get(ctx, key(ns, name), cp)).To(Succeed())
-	g.Expect(cp.Status.ObservedGeneration).To(Equal(cp.Generation))
-	return cp
-}
-
 // TestStateSecretIsMadeOnceAndKept: a stateless policy has no state Secret;
 // one with blockFor gets 32 random bytes, owned by the policy, that no later
 // reconcile changes; one deleted by hand is made again.

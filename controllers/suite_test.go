@@ -18,8 +18,10 @@ import (
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -160,9 +162,75 @@ func gatewayAPICRD(name string) (string, error) {
 	return p, nil
 }
 
-// startManager runs a test's own manager until the test ends (cancel stops
+// startAPIServer starts an API server of the test's own (envtest), serving
+// the CallGuard CRDs but not the Gateway API's, stopped when the test ends;
+// for tests whose manager must not share policies with the suite's.
+func startAPIServer(t *testing.T) (*rest.Config, client.Client) {
+	t.Helper()
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join("..", "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+	}
+	apiCfg, err := env.Start()
+	if err != nil {
+		t.Fatalf("start envtest: %v", err)
+	}
+	t.Cleanup(func() { _ = env.Stop() })
+	c, err := client.New(apiCfg, client.Options{Scheme: scheme})
+	if err != nil {
+		t.Fatalf("client: %v", err)
+	}
+	return apiCfg, c
+}
+
+// managerOptions is how a test's own manager differs from the suite's.
+type managerOptions struct {
+	// What names the manager in the test's failures.
+	What string
+	// Config reaches the API server, as the manager's user.
+	Config *rest.Config
+	// Namespaces is the cache's --namespaces (nil: all).
+	Namespaces       []string
+	GatewayAPI       bool
+	CheckGraphAccess bool
+}
+
+// startManager sets the CallPolicy controller up on a manager of the test's
+// own, as cmd/manager does with opts, and runs it until the test ends.
+func startManager(t *testing.T, opts managerOptions) (ctrl.Manager, *CallPolicyReconciler) {
+	t.Helper()
+	mgr, err := ctrl.NewManager(opts.Config, ctrl.Options{
+		Scheme:  scheme,
+		Cache:   CacheOptions(opts.Namespaces, opts.GatewayAPI),
+		Metrics: metricsserver.Options{BindAddress: "0"},
+		// The suite's manager runs a controller of the same name. Should the
+		// cache not sync, the controller gives up in time for the test to
+		// report it.
+		Controller: config.Controller{SkipNameValidation: ptr.To(true), CacheSyncTimeout: eventually},
+	})
+	if err != nil {
+		t.Fatalf("%s: %v", opts.What, err)
+	}
+	r := &CallPolicyReconciler{
+		Client:           mgr.GetClient(),
+		Scheme:           mgr.GetScheme(),
+		Recorder:         mgr.GetEventRecorder("callguard-manager"),
+		ReceiverImage:    testReceiverImage,
+		GatewayAPI:       opts.GatewayAPI,
+		CheckGraphAccess: opts.CheckGraphAccess,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := r.SetupWithManager(ctx, mgr); err != nil {
+		cancel()
+		t.Fatalf("%s: setup: %v", opts.What, err)
+	}
+	runManager(t, ctx, cancel, mgr, opts.What)
+	return mgr, r
+}
+
+// runManager runs a test's own manager until the test ends (cancel stops
 // it), and fails the test if it stops with an error or not within a minute.
-func startManager(t *testing.T, ctx context.Context, cancel context.CancelFunc, mgr ctrl.Manager, what string) {
+func runManager(t *testing.T, ctx context.Context, cancel context.CancelFunc, mgr ctrl.Manager, what string) {
 	t.Helper()
 	done := make(chan error, 1)
 	go func() { done <- mgr.Start(ctx) }()
