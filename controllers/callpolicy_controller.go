@@ -120,7 +120,7 @@ func (r *CallPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 			forgetConditions(req.NamespacedName)
 			r.forgetWritten(req.NamespacedName)
 			graphAccessChecks.forget(req.NamespacedName)
-			forgetStateCheck(req.NamespacedName)
+			stateChecks.forget(req.NamespacedName)
 		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
@@ -129,7 +129,7 @@ func (r *CallPolicyReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		forgetConditions(req.NamespacedName)
 		r.forgetWritten(req.NamespacedName)
 		graphAccessChecks.forget(req.NamespacedName)
-		forgetStateCheck(req.NamespacedName)
+		stateChecks.forget(req.NamespacedName)
 		return ctrl.Result{}, nil
 	}
 

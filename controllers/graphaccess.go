@@ -106,34 +106,40 @@ type graphAccessEntry struct {
 	retries int
 }
 
-// graphAccessCache remembers the last check of each policy, so that a check
-// runs on a change of what it depends on, after graphAccessRecheck, or when
-// the backoff of a failed one has passed, not on every reconcile.
-type graphAccessCache struct {
+// checkCache remembers the last check of each policy (GraphAccess,
+// StateShared), so that a check runs when what it depends on changes or it
+// is due again, not on every reconcile.
+type checkCache[E any] struct {
 	mu      sync.Mutex
-	entries map[types.NamespacedName]graphAccessEntry
+	entries map[types.NamespacedName]E
 }
 
-var graphAccessChecks = &graphAccessCache{entries: map[types.NamespacedName]graphAccessEntry{}}
+func newCheckCache[E any]() *checkCache[E] {
+	return &checkCache[E]{entries: map[types.NamespacedName]E{}}
+}
 
-func (c *graphAccessCache) get(k types.NamespacedName) (graphAccessEntry, bool) {
+func (c *checkCache[E]) get(k types.NamespacedName) (E, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.entries[k]
 	return e, ok
 }
 
-func (c *graphAccessCache) put(k types.NamespacedName, e graphAccessEntry) {
+func (c *checkCache[E]) put(k types.NamespacedName, e E) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.entries[k] = e
 }
 
-func (c *graphAccessCache) forget(k types.NamespacedName) {
+func (c *checkCache[E]) forget(k types.NamespacedName) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.entries, k)
 }
+
+// graphAccessChecks: a check runs on a change of what it depends on, after
+// graphAccessRecheck, or when the backoff of a failed one has passed.
+var graphAccessChecks = newCheckCache[graphAccessEntry]()
 
 // due is how long until the entry's check is to be repeated (≤ 0: now).
 func (e graphAccessEntry) due(now time.Time) time.Duration {

@@ -264,19 +264,9 @@ func (c stateCheck) due(now time.Time) time.Duration {
 	return c.at.Add(wait).Sub(now)
 }
 
-// stateChecks keeps the last check of each policy, so that the store is
-// dialled on a change of the spec or the credentials, or when the last check
-// is old, not on every reconcile.
-var stateChecks = struct {
-	sync.Mutex
-	m map[types.NamespacedName]stateCheck
-}{m: map[types.NamespacedName]stateCheck{}}
-
-func forgetStateCheck(k types.NamespacedName) {
-	stateChecks.Lock()
-	defer stateChecks.Unlock()
-	delete(stateChecks.m, k)
-}
+// stateChecks: the store is dialled on a change of the spec or the
+// credentials, or when the last check is old.
+var stateChecks = newCheckCache[stateCheck]()
 
 // reconcileStateShared checks, when due, that the operator reaches the
 // policy's store: a dial, AUTH with the policy's credentials and a PING
@@ -295,9 +285,7 @@ func (r *CallPolicyReconciler) reconcileStateShared(ctx context.Context, cp *cal
 	digest := hex.EncodeToString(sum[:])
 	k := types.NamespacedName{Namespace: cp.Namespace, Name: cp.Name}
 	now := time.Now()
-	stateChecks.Lock()
-	c, ok := stateChecks.m[k]
-	stateChecks.Unlock()
+	c, ok := stateChecks.get(k)
 	if !ok || c.key != digest || c.due(now) <= 0 {
 		c = stateCheck{key: digest, at: now, status: metav1.ConditionTrue, reason: ReasonStoreReachable,
 			message: fmt.Sprintf("the operator reached the state store at %s: the receivers share repeat counts and temporary blocks", rs.Address)}
@@ -305,9 +293,7 @@ func (r *CallPolicyReconciler) reconcileStateShared(ctx context.Context, cp *cal
 			c.status, c.reason = metav1.ConditionFalse, ReasonStoreUnreachable
 			c.message = fmt.Sprintf("the operator could not reach the state store at %s: %v (the receivers decide calls as spec.state.onError says while they cannot reach it either)", rs.Address, err)
 		}
-		stateChecks.Lock()
-		stateChecks.m[k] = c
-		stateChecks.Unlock()
+		stateChecks.put(k, c)
 	}
 	st.stateCheck = &c
 	if due := max(c.due(now), time.Second); st.requeueAfter == 0 || due < st.requeueAfter {
