@@ -1,6 +1,7 @@
 package emulator
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -12,6 +13,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -201,7 +203,7 @@ func (s *Server) play(ctx context.Context, c *call, op *operation) {
 	status, reason, result := graph.OperationCompleted, graph.CompletionCompletedSuccessfully, promptPlayed
 	for _, uri := range op.uris {
 		i := s.startPrompt(c, PromptRecord{URI: uri, OperationID: op.id, Status: PromptRunning})
-		body, err := s.fetchPrompt(ctx, uri)
+		buf, err := s.fetchPrompt(ctx, uri)
 		if err != nil {
 			if ctx.Err() != nil {
 				status, reason, result = graph.OperationFailed, graph.CompletionMediaOperationCanceled, promptCanceled
@@ -212,9 +214,10 @@ func (s *Server) play(ctx context.Context, c *call, op *operation) {
 			s.endPrompt(c, i, "", 0, PromptFailed, err.Error())
 			break
 		}
-		sum := sha256.Sum256(body)
+		sum := sha256.Sum256(buf.Bytes())
 		digest := hex.EncodeToString(sum[:])
-		info, err := wav.Check(body)
+		info, err := wav.Check(buf.Bytes())
+		promptBuffers.Put(buf)
 		if err != nil {
 			status, reason, result = graph.OperationFailed, graph.CompletionUnknown, promptBadFormat
 			s.endPrompt(c, i, digest, 0, PromptFailed, "not a prompt Graph plays: "+err.Error())
@@ -270,9 +273,15 @@ func (s *Server) play(ctx context.Context, c *call, op *operation) {
 	s.deliver(s.ctx, c, EventOperationNotification, body)
 }
 
+// promptBuffers hold fetched prompts while they are checked. A burst of
+// calls allocated a prompt's size for each, and the collections that
+// garbage set off held up the emulator's serving.
+var promptBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
 // fetchPrompt GETs a prompt over https, as Graph does: plain http (also
-// when redirected to), an unreachable host or a non-2xx answer fail.
-func (s *Server) fetchPrompt(ctx context.Context, uri string) ([]byte, error) {
+// when redirected to), an unreachable host or a non-2xx answer fail. The
+// body is in a buffer of promptBuffers, for the caller to put back.
+func (s *Server) fetchPrompt(ctx context.Context, uri string) (*bytes.Buffer, error) {
 	u, err := url.Parse(uri)
 	if err != nil {
 		return nil, fmt.Errorf("prompt uri: %w", err)
@@ -293,8 +302,15 @@ func (s *Server) fetchPrompt(ctx context.Context, uri string) ([]byte, error) {
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return nil, fmt.Errorf("fetching the prompt: HTTP %d", resp.StatusCode)
 	}
-	body, err := io.ReadAll(io.LimitReader(resp.Body, wav.MaxSize+1))
-	if err != nil {
+	// Sized from Content-Length when it is within bounds, rather than
+	// grown as it comes (the limit holds whatever the header says).
+	body := promptBuffers.Get().(*bytes.Buffer)
+	body.Reset()
+	if n := resp.ContentLength; n > 0 && n <= wav.MaxSize {
+		body.Grow(int(n) + bytes.MinRead)
+	}
+	if _, err := body.ReadFrom(io.LimitReader(resp.Body, wav.MaxSize+1)); err != nil {
+		promptBuffers.Put(body)
 		return nil, fmt.Errorf("reading the prompt: %w", err)
 	}
 	return body, nil
