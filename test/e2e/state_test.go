@@ -223,7 +223,7 @@ func stateErrors(t *testing.T) float64 {
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		for _, line := range strings.Split(string(b), "\n") {
-			if strings.HasPrefix(line, telemetry.Namespace+"_receiver_state_errors_total") {
+			if strings.HasPrefix(line, telemetry.Namespace+"_state_errors_total") {
 				f := strings.Fields(line)
 				v, err := strconv.ParseFloat(f[len(f)-1], 64)
 				if err != nil {
@@ -286,7 +286,7 @@ func testRedisGoneCallsDecidedPerOnError(t *testing.T) {
 		t.Errorf("onError Ignore, robocaller: Graph %q, decision %+v; want reject by robocallers", rec.Action, d)
 	}
 	if after := stateErrors(t); after <= errorsBefore {
-		t.Errorf("%s_receiver_state_errors_total: %v before, %v after calls without a store; want it counted", telemetry.Namespace, errorsBefore, after)
+		t.Errorf("%s_state_errors_total: %v before, %v after calls without a store; want it counted", telemetry.Namespace, errorsBefore, after)
 	}
 
 	patchHotline(t, `[{"op":"replace","path":"/spec/state/onError","value":"Match"}]`)
