@@ -2,14 +2,7 @@ package controllers
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/binary"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"slices"
 	"strings"
@@ -466,13 +459,13 @@ func TestStateSharedRedis(t *testing.T) {
 // reachable; the same server checked against the system roots is not.
 func TestStateSharedRedisACLAndTLS(t *testing.T) {
 	g := NewWithT(t)
-	caPEM, certPEM, keyPEM := testRedisCA(t)
 	acl := []string{"--user", "default", "off", "--user", "callguard", "on", ">acl-pass-41", "~callguard:*"}
 	for _, c := range strings.Fields("evalsha eval set scan hgetall select zadd zremrangebyscore zremrangebyrank zcount pexpire hset hdel del") {
 		acl = append(acl, "+"+c)
 	}
 	plain := redisserver.Start(t, acl...)
-	secure := redisserver.StartTLS(t, certPEM, keyPEM, "--requirepass", "tls-pass-52")
+	secure := redisserver.StartTLS(t, "--requirepass", "tls-pass-52")
+	caPEM := secure.CAPEM()
 	ctx, ns := sources(t)
 	must(t, k8s.Create(ctx, &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "redis-acl"},
 		Data: map[string][]byte{"user": []byte("callguard"), "pass": []byte("acl-pass-41"), "tls-pass": []byte("tls-pass-52")}}))
@@ -521,38 +514,6 @@ func TestStateSharedRedisACLAndTLS(t *testing.T) {
 			Items:                []corev1.KeyToPath{{Key: "ca.crt", Path: "redis-ca.crt"}},
 		}}))
 	}, eventually, poll).Should(Succeed())
-}
-
-// testRedisCA is a CA and a server certificate it signed for 127.0.0.1, in
-// PEM.
-func testRedisCA(t *testing.T) (caPEM, certPEM, keyPEM []byte) {
-	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	must(t, err)
-	ca := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
-	must(t, err)
-	caCert, err := x509.ParseCertificate(caDER)
-	must(t, err)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	must(t, err)
-	leaf := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "redis"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
-		KeyUsage:    x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, leaf, caCert, &key.PublicKey, caKey)
-	must(t, err)
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	must(t, err)
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
 }
 
 // TestStateCheckSchedule: an unreachable store is dialled again within 5

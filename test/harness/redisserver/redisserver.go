@@ -9,8 +9,15 @@ package redisserver
 import (
 	"bufio"
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -30,8 +37,9 @@ type Server struct {
 	bin   string
 	port  int
 	extra []string
-	// tls is set for a server that speaks only TLS.
-	tls bool
+	// tls is set for a server that speaks only TLS, and caPEM is its CA.
+	tls   bool
+	caPEM []byte
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -47,10 +55,15 @@ func Start(tb testing.TB, extra ...string) *Server {
 	return start(tb, false, extra)
 }
 
-// StartTLS is Start for a server that speaks only TLS on Addr, with the
-// PEM certificate chain and key given (clients present no certificate).
-func StartTLS(tb testing.TB, certPEM, keyPEM []byte, extra ...string) *Server {
+// StartTLS is Start for a server that speaks only TLS on Addr (clients
+// present no certificate), with a certificate for 127.0.0.1 from a CA of its
+// own: CAPEM returns it.
+func StartTLS(tb testing.TB, extra ...string) *Server {
 	tb.Helper()
+	caPEM, certPEM, keyPEM, err := newCA()
+	if err != nil {
+		tb.Fatal(err)
+	}
 	dir := tb.TempDir()
 	cert, key := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
 	if err := os.WriteFile(cert, certPEM, 0o600); err != nil {
@@ -60,7 +73,55 @@ func StartTLS(tb testing.TB, certPEM, keyPEM []byte, extra ...string) *Server {
 		tb.Fatal(err)
 	}
 	args := append([]string{"--tls-cert-file", cert, "--tls-key-file", key, "--tls-auth-clients", "no"}, extra...)
-	return start(tb, true, args)
+	s := start(tb, true, args)
+	s.caPEM = caPEM
+	return s
+}
+
+// CAPEM is the PEM certificate of the CA a StartTLS server's certificate
+// comes from (nil for Start's).
+func (s *Server) CAPEM() []byte { return s.caPEM }
+
+// newCA makes a CA and a server certificate for 127.0.0.1 it signed.
+func newCA() (caPEM, certPEM, keyPEM []byte, err error) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	ca := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "redisserver test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	caCert, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	leaf := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "redis"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:    x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, leaf, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), nil
 }
 
 func start(tb testing.TB, useTLS bool, extra []string) *Server {
