@@ -496,3 +496,35 @@ func TestCallWithoutDelivery(t *testing.T) {
 		t.Errorf("notification = %+v", n.Value[0])
 	}
 }
+
+// Graph does not sign a token per notification: a bot's notifications in a
+// tenant carry the same one until it is inboundTokenReuse old or the key
+// rotates.
+func TestNotificationTokenReusedUntilRotation(t *testing.T) {
+	bot := newBotServer(t, false, nil)
+	s := startEmulator(t, bot.URL+"/api/calls", nil)
+	place := func() string {
+		t.Helper()
+		if _, err := s.PlaceCall(t.Context(), PlaceCallRequest{AppID: appID}); err != nil {
+			t.Fatal(err)
+		}
+		return bot.next(t).auth
+	}
+	first, second := place(), place()
+	if first != second {
+		t.Errorf("two notifications within %v carry different tokens", inboundTokenReuse)
+	}
+	if err := s.RotateKeys(); err != nil {
+		t.Fatal(err)
+	}
+	third := place()
+	keys := inboundKeySet(t, s)
+	_, kidBefore := verifyInbound(t, first, keys)
+	claims, kidAfter := verifyInbound(t, third, keys)
+	if third == first || kidAfter == kidBefore {
+		t.Errorf("after a rotation the token is still the old key's (kid %s)", kidAfter)
+	}
+	if exp := time.Unix(int64(claims["exp"].(float64)), 0); time.Until(exp) < InboundTokenLifetime-inboundTokenReuse-time.Minute {
+		t.Errorf("exp = %v, want at least %v from now", exp, InboundTokenLifetime-inboundTokenReuse)
+	}
+}
