@@ -3,7 +3,6 @@ package receiver_test
 import (
 	"bytes"
 	"cmp"
-	"context"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -221,11 +220,23 @@ func (e *announceEnv) startReceiver(ln net.Listener, callbackURL string) *rcv {
 
 func (e *announceEnv) place(number string) string {
 	e.t.Helper()
-	c, err := e.emu.PlaceCall(context.Background(), emulator.PlaceCallRequest{AppID: appID, Source: phone(number)})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return c.ID
+	return (&env{t: e.t, emu: e.emu}).placeCall(number)
+}
+
+// waitPlaying waits until the call's prompt started playing.
+func (e *announceEnv) waitPlaying(id string) {
+	e.t.Helper()
+	eventually(e.t, 10*time.Second, "prompt playing", func() bool {
+		rec, _ := e.emu.Call(id)
+		return len(rec.Prompts) == 1 && !rec.Prompts[0].StartedAt.IsZero()
+	})
+}
+
+// trusting is a TLS client configuration that trusts certPEM.
+func trusting(certPEM []byte) *tls.Config {
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(certPEM)
+	return &tls.Config{RootCAs: roots}
 }
 
 // ended waits until the call ended and returns its record.
@@ -374,10 +385,8 @@ func newRecordingProxy(t *testing.T, target string, certPEM []byte) *recordingPr
 	if err != nil {
 		t.Fatal(err)
 	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(certPEM)
 	rp := httputil.NewSingleHostReverseProxy(&url.URL{Scheme: u.Scheme, Host: u.Host})
-	rp.Transport = &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}
+	rp.Transport = &http.Transport{TLSClientConfig: trusting(certPEM)}
 	p := &recordingProxy{}
 	p.Server = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method == http.MethodPost {
@@ -420,9 +429,7 @@ func redeliver(t *testing.T, base string, r recorded, certPEM []byte) {
 	}
 	req.Header.Set("Authorization", r.auth)
 	req.Header.Set("Content-Type", "application/json")
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(certPEM)
-	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: trusting(certPEM)}}
 	resp, err := c.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -492,10 +499,7 @@ func TestAnnounceCallerHangsUp(t *testing.T) {
 	e, lns := startAnnounceEnv(t, announceOptions{backstopDivisor: 1})
 	a := e.startReceiver(lns[0], e.bot)
 	id := e.place(numAnnounceLong)
-	eventually(t, 10*time.Second, "prompt playing", func() bool {
-		rec, _ := e.emu.Call(id)
-		return len(rec.Prompts) == 1 && !rec.Prompts[0].StartedAt.IsZero()
-	})
+	e.waitPlaying(id)
 	if err := e.emu.CallerHangup(id); err != nil {
 		t.Fatal(err)
 	}
@@ -546,11 +550,8 @@ func TestAnnounceForgedClientContext(t *testing.T) {
 	e, lns := startAnnounceEnv(t, announceOptions{backstopDivisor: 1})
 	a := e.startReceiver(lns[0], e.bot)
 	id := e.place(numAnnounceLong)
-	eventually(t, 10*time.Second, "prompt playing", func() bool {
-		rec, _ := e.emu.Call(id)
-		return len(rec.Prompts) == 1 && !rec.Prompts[0].StartedAt.IsZero()
-	})
-	auth := "Bearer " + mustToken(t, e.emu)
+	e.waitPlaying(id)
+	auth := (&env{t: t, emu: e.emu}).genuineAuth()
 	for i, cc := range []string{
 		"v1.eyJzIjoicGxheWVkIn0.AAAAAAAAAAAAAAAAAAAAAA", // a played token not signed with the key
 		"v1.garbage",
@@ -567,15 +568,6 @@ func TestAnnounceForgedClientContext(t *testing.T) {
 		t.Errorf("%v hang-ups sent", n)
 	}
 	_ = e.emu.CallerHangup(id)
-}
-
-func mustToken(t *testing.T, emu *emulator.Server) string {
-	t.Helper()
-	tok, err := emu.SignInboundToken(emulator.InboundClaims(appID, tenantID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tok
 }
 
 // TestAnnounceDryRun: DryRun decides and logs Announce and sends nothing to
@@ -618,9 +610,7 @@ func TestAnnounceWithoutCallbackURL(t *testing.T) {
 func TestPrompts(t *testing.T) {
 	e, lns := startAnnounceEnv(t, announceOptions{})
 	a := e.startReceiver(lns[0], e.bot)
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(e.certPEM)
-	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	client := &http.Client{Transport: &http.Transport{TLSClientConfig: trusting(e.certPEM)}}
 	base := a.url + "/prompts/"
 	closed := base + sha(promptClosed) + ".wav"
 	tests := []struct {
@@ -688,8 +678,6 @@ func TestPromptFetchesDoNotStarveNotifications(t *testing.T) {
 	const maxConns = 4
 	e, lns := startAnnounceEnv(t, announceOptions{maxConnections: maxConns})
 	a := e.startReceiver(lns[0], e.bot)
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(e.certPEM)
 	u, _ := url.Parse(a.url)
 	for range maxConns {
 		// A small receive window: the receiver's writes stall.
@@ -698,7 +686,7 @@ func TestPromptFetchesDoNotStarveNotifications(t *testing.T) {
 			err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 1024) })
 			return cmp.Or(err, serr)
 		}}
-		c, err := tls.DialWithDialer(d, "tcp", u.Host, &tls.Config{RootCAs: roots})
+		c, err := tls.DialWithDialer(d, "tcp", u.Host, trusting(e.certPEM))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -56,6 +56,8 @@ type policyParams struct {
 	FlipNumber string
 	// Extra is appended to the rules (YAML, already indented).
 	Extra string
+	// AdditionalTenants is spec.bot.additionalTenants.
+	AdditionalTenants []string
 }
 
 // specTemplate is the spec after bot and graph (local.PolicyFile).
@@ -96,7 +98,7 @@ func renderPolicy(t testing.TB, p policyParams) []byte {
 	if err := specTemplate.Execute(&spec, p); err != nil {
 		t.Fatal(err)
 	}
-	return local.PolicyFile{Emulator: p.Emulator, APIVersion: p.APIVersion, Spec: spec.String()}.YAML()
+	return local.PolicyFile{Emulator: p.Emulator, APIVersion: p.APIVersion, AdditionalTenants: p.AdditionalTenants, Spec: spec.String()}.YAML()
 }
 
 // env is a receiver run in-process (receiver.Run) against an emulator over
@@ -134,6 +136,11 @@ type envOptions struct {
 	stateDir string
 	// extra is the first policy's Extra.
 	extra string
+	// bots are registered in the emulator beside the test bot (e.g. its
+	// app in further tenants).
+	bots []emulator.Bot
+	// additionalTenants is the first policy's AdditionalTenants.
+	additionalTenants []string
 }
 
 func startEnv(t *testing.T, o envOptions) *env {
@@ -159,10 +166,11 @@ func startEnv(t *testing.T, o envOptions) *env {
 	}
 	bot := local.Bot(e.callback)
 	bot.Legacy = o.legacy
-	emu, caFile := local.StartEmulator(t, upstreamCA, bot)
+	emu, caFile := local.StartEmulator(t, upstreamCA, append([]emulator.Bot{bot}, o.bots...)...)
 	e.emu, e.caFile = emu, caFile
 
-	e.params = policyParams{Emulator: emu.URL(), APIVersion: "v1.0", Mode: "Enforce", FlipReason: "busy", FlipNumber: "+14255550900", Extra: o.extra}
+	e.params = policyParams{Emulator: emu.URL(), APIVersion: "v1.0", Mode: "Enforce", FlipReason: "busy", FlipNumber: "+14255550900", Extra: o.extra,
+		AdditionalTenants: o.additionalTenants}
 	if o.mode != "" {
 		e.params.Mode = o.mode
 	}
@@ -212,24 +220,30 @@ func (e *env) placeCall(number string) string {
 // test can deliver it itself.
 func (e *env) placeQuiet(number string) *graph.Call {
 	e.t.Helper()
-	c, err := e.emu.PlaceCall(context.Background(), emulator.PlaceCallRequest{
-		AppID: appID, CallbackURI: e.sink.URL, Source: phone(number),
-	})
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return c
+	return e.placeRequest(emulator.PlaceCallRequest{CallbackURI: e.sink.URL, Source: phone(number)})
 }
 
 func (e *env) place(number, callback string) string {
 	e.t.Helper()
-	c, err := e.emu.PlaceCall(context.Background(), emulator.PlaceCallRequest{
-		AppID: appID, CallbackURI: callback, Source: phone(number),
-	})
+	return e.placeRequest(emulator.PlaceCallRequest{CallbackURI: callback, Source: phone(number)}).ID
+}
+
+// placeIn places a call from number in tenant, delivered to the receiver
+// with that tenant's claim, and returns its id.
+func (e *env) placeIn(tenant, number string) string {
+	e.t.Helper()
+	return e.placeRequest(emulator.PlaceCallRequest{TenantID: tenant, Source: phone(number)}).ID
+}
+
+// placeRequest places a call of the test bot's app.
+func (e *env) placeRequest(req emulator.PlaceCallRequest) *graph.Call {
+	e.t.Helper()
+	req.AppID = appID
+	c, err := e.emu.PlaceCall(context.Background(), req)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return c.ID
+	return c
 }
 
 func phone(number string) *graph.IdentitySet {
@@ -279,7 +293,12 @@ func (e *env) token(claims map[string]any) string {
 }
 
 func (e *env) genuineAuth() string {
-	return "Bearer " + e.token(emulator.InboundClaims(appID, tenantID))
+	return e.tenantAuth(tenantID)
+}
+
+// tenantAuth is an Authorization header as Graph sends it from tenant.
+func (e *env) tenantAuth(tenant string) string {
+	return "Bearer " + e.token(emulator.InboundClaims(appID, tenant))
 }
 
 // post sends a callback request and returns the status and body.
@@ -457,7 +476,7 @@ func (l *logSink) decisions(t *testing.T) []map[string]any {
 func (l *logSink) decisionFor(t *testing.T, id string) map[string]any {
 	t.Helper()
 	var found map[string]any
-	eventually(t, 10*time.Second, "decision log of "+id, func() bool {
+	eventually(t, 20*time.Second, "decision log of "+id, func() bool {
 		for _, d := range l.decisions(t) {
 			if d["callId"] == id {
 				found = d

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -67,8 +68,10 @@ type PolicyFile struct {
 	Emulator string
 	// APIVersion is spec.graph.apiVersion (default v1.0).
 	APIVersion string
-	Spec       string
-	Extra      string
+	// AdditionalTenants is spec.bot.additionalTenants.
+	AdditionalTenants []string
+	Spec              string
+	Extra             string
 }
 
 // YAML renders the file.
@@ -87,7 +90,12 @@ spec:
   bot:
     appId: ` + AppID + `
     tenantId: ` + TenantID + `
-    credentials:
+`)
+	if len(p.AdditionalTenants) > 0 {
+		b.WriteString(`    additionalTenants: ["` + strings.Join(p.AdditionalTenants, `", "`) + `"]
+`)
+	}
+	b.WriteString(`    credentials:
       secretRef:
         name: hotline-bot
   graph:
