@@ -88,22 +88,11 @@ func runBlocks(s streams, args []string) int {
 	if !ok {
 		return code
 	}
-	cp, _, err := k.callPolicy(s.ctx, name)
-	if err != nil {
-		fmt.Fprintf(s.stderr, "error: %v\n", err)
-		return exitError
-	}
-	// Its receivers keep no blocks: there is nothing to ask them.
-	if !keepsBlocks(&cp.Spec) {
-		fmt.Fprintf(s.stderr, "CallPolicy %q has no blockFor rule: no caller is under a block.\n", name)
-		return exitOK
-	}
-	results, err := k.eachRunningPod(s, name, func(ctx context.Context, pod *corev1.Pod) ([]byte, error) {
+	_, results, code, ok := k.askBlockKeepers(s, name, func(ctx context.Context, pod *corev1.Pod) ([]byte, error) {
 		return k.proxyGet(ctx, pod, "blocks", nil, "application/jsonl, */*")
 	})
-	if err != nil {
-		fmt.Fprintf(s.stderr, "error: %v\n", err)
-		return exitError
+	if !ok {
+		return code
 	}
 	merged := map[blockKey]*block{}
 	read := 0
@@ -151,8 +140,15 @@ func runBlocks(s streams, args []string) int {
 // parseBlocks reads a pod's JSON lines. A line that cannot be read is an
 // error after the lines that could.
 func parseBlocks(body []byte) ([]state.Block, error) {
+	return parseJSONLines(body, "block", func(b *state.Block, _ []byte) bool { return b.Rule != "" && !b.Until.IsZero() })
+}
+
+// parseJSONLines reads a pod's JSON lines, objects each, into Ts that valid
+// accepts (it may complete them from the line). A line that cannot be read
+// is an error after the lines that could; when none could, the error alone.
+func parseJSONLines[T any](body []byte, what string, valid func(v *T, line []byte) bool) ([]T, error) {
 	var (
-		bs  []state.Block
+		vs  []T
 		bad int
 		err error
 	)
@@ -161,23 +157,23 @@ func parseBlocks(body []byte) ([]state.Block, error) {
 		if len(line) == 0 {
 			continue
 		}
-		var b state.Block
-		if e := json.Unmarshal(line, &b); e != nil || line[0] != '{' || b.Rule == "" || b.Until.IsZero() {
+		var v T
+		if e := json.Unmarshal(line, &v); e != nil || line[0] != '{' || !valid(&v, line) {
 			if bad == 0 {
-				err = fmt.Errorf("line %d is not a block: %.80q", n+1, line)
+				err = fmt.Errorf("line %d is not a %s: %.80q", n+1, what, line)
 			}
 			bad++
 			continue
 		}
-		bs = append(bs, b)
+		vs = append(vs, v)
 	}
 	if bad > 1 {
 		err = fmt.Errorf("%w (and %d more)", err, bad-1)
 	}
-	if bs == nil && err != nil {
+	if vs == nil && err != nil {
 		return nil, err
 	}
-	return bs, err
+	return vs, err
 }
 
 func printBlocks(w io.Writer, format string, list []*block) error {
@@ -270,24 +266,16 @@ func runUnblock(s streams, args []string) int {
 		fmt.Fprintf(s.stderr, "error: %v\n", err)
 		return exitError
 	}
-	cp, _, err := k.callPolicy(s.ctx, name)
-	if err != nil {
-		fmt.Fprintf(s.stderr, "error: %v\n", err)
-		return exitError
-	}
-	if !keepsBlocks(&cp.Spec) {
-		fmt.Fprintf(s.stderr, "CallPolicy %q has no blockFor rule: no caller is under a block.\n", name)
-		fmt.Fprintln(s.stdout, "0 blocks lifted")
-		return exitOK
-	}
-	shared := cp.Spec.State != nil && cp.Spec.State.Redis != nil
-	results, err := k.eachRunningPod(s, name, func(ctx context.Context, pod *corev1.Pod) ([]byte, error) {
+	cp, results, code, ok := k.askBlockKeepers(s, name, func(ctx context.Context, pod *corev1.Pod) ([]byte, error) {
 		return k.proxyPost(ctx, pod, unblockPath, req)
 	})
-	if err != nil {
-		fmt.Fprintf(s.stderr, "error: %v\n", err)
-		return exitError
+	if !ok {
+		if cp != nil {
+			fmt.Fprintln(s.stdout, "0 blocks lifted")
+		}
+		return code
 	}
+	shared := cp.Spec.State != nil && cp.Spec.State.Redis != nil
 	total, asked, failed := 0, 0, 0
 	var per []string
 	for _, r := range results {
@@ -320,6 +308,28 @@ func runUnblock(s streams, args []string) int {
 		return exitError
 	}
 	return exitOK
+}
+
+// askBlockKeepers asks every running receiver pod of the policy with ask
+// (see eachRunningPod), when its receivers may hold blocks. When it returns
+// !ok the command ends with code: on an error (cp nil), or when the
+// receivers keep no blocks, so that there is nothing to ask them.
+func (k *kube) askBlockKeepers(s streams, name string, ask func(context.Context, *corev1.Pod) ([]byte, error)) (cp *v1alpha1.CallPolicy, results []podResult, code int, ok bool) {
+	cp, _, err := k.callPolicy(s.ctx, name)
+	if err != nil {
+		fmt.Fprintf(s.stderr, "error: %v\n", err)
+		return nil, nil, exitError, false
+	}
+	if !keepsBlocks(&cp.Spec) {
+		fmt.Fprintf(s.stderr, "CallPolicy %q has no blockFor rule: no caller is under a block.\n", name)
+		return cp, nil, exitOK, false
+	}
+	results, err = k.eachRunningPod(s.ctx, name, stderrWarn(s), ask)
+	if err != nil {
+		fmt.Fprintf(s.stderr, "error: %v\n", err)
+		return nil, nil, exitError, false
+	}
+	return cp, results, exitOK, true
 }
 
 // keepsBlocks reports whether the policy's receivers may hold blocks: a
@@ -359,22 +369,23 @@ type podResult struct {
 }
 
 // eachRunningPod calls ask on every running receiver pod of the policy at
-// once and returns their answers in pod name order. Pods that are not
-// running are reported on stderr and skipped; a policy without receiver
-// pods gets a warning and no results.
-func (k *kube) eachRunningPod(s streams, policyName string, ask func(context.Context, *corev1.Pod) ([]byte, error)) ([]podResult, error) {
-	pods, err := k.receiverPods(s.ctx, policyName)
+// once, through the API server's pod proxy, and returns their answers in pod
+// name order. Pods that are not running are skipped with a warning about the
+// pod; a policy without receiver pods gets a warning about pod "" and nil
+// results.
+func (k *kube) eachRunningPod(ctx context.Context, policyName string, warn func(pod, msg string), ask func(context.Context, *corev1.Pod) ([]byte, error)) ([]podResult, error) {
+	pods, err := k.receiverPods(ctx, policyName)
 	if err != nil {
 		return nil, err
 	}
 	if len(pods) == 0 {
-		fmt.Fprintf(s.stderr, "warning: CallPolicy %q has no receiver pods (Deployment %q in namespace %q)\n", policyName, deploymentName(policyName), k.namespace)
+		warn("", fmt.Sprintf("CallPolicy %q has no receiver pods (Deployment %q in namespace %q)", policyName, deploymentName(policyName), k.namespace))
 		return nil, nil
 	}
-	var up []*corev1.Pod
+	up := make([]*corev1.Pod, 0, len(pods))
 	for i := range pods {
 		if !running(&pods[i]) {
-			fmt.Fprintf(s.stderr, "warning: pod %s is %s: skipped\n", pods[i].Name, phaseOf(&pods[i]))
+			warn(pods[i].Name, fmt.Sprintf("pod %s is %s: skipped", pods[i].Name, phaseOf(&pods[i])))
 			continue
 		}
 		up = append(up, &pods[i])
@@ -383,8 +394,13 @@ func (k *kube) eachRunningPod(s streams, policyName string, ask func(context.Con
 	var wg sync.WaitGroup
 	for i, pod := range up {
 		results[i].pod = pod.Name
-		wg.Go(func() { results[i].body, results[i].err = ask(s.ctx, pod) })
+		wg.Go(func() { results[i].body, results[i].err = ask(ctx, pod) })
 	}
 	wg.Wait()
 	return results, nil
+}
+
+// stderrWarn writes warnings to stderr.
+func stderrWarn(s streams) func(pod, msg string) {
+	return func(_, msg string) { fmt.Fprintf(s.stderr, "warning: %s\n", msg) }
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"path/filepath"
 	"slices"
@@ -78,14 +77,7 @@ func serveBlocks(t *testing.T, ip, lines string, lifted int, answer string) *blo
 		}
 		fmt.Fprintf(w, `{"unblocked":%d}`+"\n", lifted)
 	})
-	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { _ = srv.Close() })
-	bp.port = ln.Addr().(*net.TCPAddr).Port
+	bp.port = servePodMux(t, ip, mux)
 	return bp
 }
 
@@ -208,17 +200,7 @@ func TestBlocks(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			code, stdout, stderr := kubectl(t, context.Background(), tt.args...)
-			if code != tt.code {
-				t.Errorf("exit %d, want %d; stderr:\n%s", code, tt.code, stderr)
-			}
-			if stdout != tt.stdout {
-				t.Errorf("stdout:\n%s\nwant:\n%s", stdout, tt.stdout)
-			}
-			for _, want := range tt.stderrHas {
-				if !strings.Contains(stderr, want) {
-					t.Errorf("stderr:\n%s\ndoes not contain:\n%s", stderr, want)
-				}
-			}
+			checkRun(t, code, stdout, stderr, tt.code, tt.stdout, tt.stderrHas)
 		})
 	}
 
@@ -348,17 +330,7 @@ func TestUnblock(t *testing.T) {
 				before = len(tt.pod.requests())
 			}
 			code, stdout, stderr := kubectl(t, context.Background(), tt.args...)
-			if code != tt.code {
-				t.Errorf("exit %d, want %d; stderr:\n%s", code, tt.code, stderr)
-			}
-			if stdout != tt.stdout {
-				t.Errorf("stdout:\n%s\nwant:\n%s", stdout, tt.stdout)
-			}
-			for _, want := range tt.stderrHas {
-				if !strings.Contains(stderr, want) {
-					t.Errorf("stderr:\n%s\ndoes not contain:\n%s", stderr, want)
-				}
-			}
+			checkRun(t, code, stdout, stderr, tt.code, tt.stdout, tt.stderrHas)
 			if tt.pod != nil {
 				if got := tt.pod.requests()[before:]; len(got) != 1 || got[0] != tt.body {
 					t.Errorf("the pod was sent %q, want [%q]", got, tt.body)

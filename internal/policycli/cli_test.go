@@ -252,21 +252,28 @@ func TestRun(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
 			code := Run(tt.args, strings.NewReader(tt.stdin), &stdout, &stderr)
-			if code != tt.code {
-				t.Errorf("exit %d, want %d; stderr:\n%s", code, tt.code, stderr.String())
-			}
-			if stdout.String() != tt.stdout {
-				t.Errorf("stdout:\n%s\nwant:\n%s", stdout.String(), tt.stdout)
-			}
-			for _, want := range tt.stderrHas {
-				if !strings.Contains(stderr.String(), want) {
-					t.Errorf("stderr:\n%s\ndoes not contain:\n%s", stderr.String(), want)
-				}
-			}
+			checkRun(t, code, stdout.String(), stderr.String(), tt.code, tt.stdout, tt.stderrHas)
 			if tt.stderrNone && stderr.Len() > 0 {
 				t.Errorf("stderr: %s", stderr.String())
 			}
 		})
+	}
+}
+
+// checkRun checks a run of the plugin: its exit code, its whole stdout,
+// and that its stderr has each of stderrHas.
+func checkRun(t *testing.T, code int, stdout, stderr string, wantCode int, wantStdout string, stderrHas []string) {
+	t.Helper()
+	if code != wantCode {
+		t.Errorf("exit %d, want %d; stderr:\n%s", code, wantCode, stderr)
+	}
+	if stdout != wantStdout {
+		t.Errorf("stdout:\n%s\nwant:\n%s", stdout, wantStdout)
+	}
+	for _, want := range stderrHas {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("stderr:\n%s\ndoes not contain:\n%s", stderr, want)
+		}
 	}
 }
 

@@ -165,7 +165,8 @@ func (p *podServer) decisionQueries() []string {
 	return append([]string(nil), p.queries...)
 }
 
-// servePod serves handler on podIP:0 until the test ends.
+// servePod serves a pod's /decisions and /metrics on podIP:0 until the
+// test ends.
 func servePod(t *testing.T, ip string, decisions func(since string) string, metrics string) *podServer {
 	t.Helper()
 	ps := &podServer{}
@@ -181,6 +182,14 @@ func servePod(t *testing.T, ip string, decisions func(since string) string, metr
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
 		fmt.Fprint(w, metrics)
 	})
+	ps.port = servePodMux(t, ip, mux)
+	return ps
+}
+
+// servePodMux serves mux as a pod's port on ip:0 until the test ends and
+// returns the port.
+func servePodMux(t *testing.T, ip string, mux *http.ServeMux) int {
+	t.Helper()
 	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		t.Fatal(err)
@@ -188,8 +197,7 @@ func servePod(t *testing.T, ip string, decisions func(since string) string, metr
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })
-	ps.port = ln.Addr().(*net.TCPAddr).Port
-	return ps
+	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // receiverDeployment creates the Deployment the operator would make for a

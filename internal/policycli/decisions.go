@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -183,29 +182,7 @@ func (f *fetcher) warn(pod, msg string) {
 // seen and returns the new ones merged by time, with how many pods were read
 // and asked.
 func (f *fetcher) round(ctx context.Context) ([]decision, int, int, error) {
-	pods, err := f.k.receiverPods(ctx, f.policy)
-	if err != nil {
-		return nil, 0, 0, err
-	}
-	if len(pods) == 0 {
-		f.warn("", fmt.Sprintf("CallPolicy %q has no receiver pods (Deployment %q in namespace %q)", f.policy, deploymentName(f.policy), f.k.namespace))
-		return nil, 0, 0, nil
-	}
-	delete(f.warned, "")
-	type result struct {
-		asked bool
-		ds    []decision
-		err   error
-	}
-	results := make([]result, len(pods))
-	var wg sync.WaitGroup
-	for i := range pods {
-		pod := &pods[i]
-		if !running(pod) {
-			f.warn(pod.Name, fmt.Sprintf("pod %s is %s: skipped", pod.Name, phaseOf(pod)))
-			continue
-		}
-		results[i].asked = true
+	results, err := f.k.eachRunningPod(ctx, f.policy, f.warn, func(ctx context.Context, pod *corev1.Pod) ([]byte, error) {
 		params := map[string]string{}
 		since := f.since
 		if t, ok := f.newest[pod.Name]; ok && t.Add(-followOverlap).After(since) {
@@ -214,41 +191,37 @@ func (f *fetcher) round(ctx context.Context) ([]decision, int, int, error) {
 		if !since.IsZero() {
 			params["since"] = since.UTC().Format(time.RFC3339Nano)
 		}
-		wg.Go(func() {
-			body, err := f.k.proxyGet(ctx, pod, "decisions", params, "application/jsonl, */*")
-			if err != nil {
-				results[i].err = err
-				return
-			}
-			results[i].ds, results[i].err = parseDecisions(pod.Name, body)
-		})
+		return f.k.proxyGet(ctx, pod, "decisions", params, "application/jsonl, */*")
+	})
+	if err != nil || results == nil {
+		return nil, 0, 0, err
 	}
-	wg.Wait()
+	// The policy has pods again: warn again when it has none.
+	delete(f.warned, "")
 	var merged []decision
-	read, tried := 0, 0
-	for i, r := range results {
-		if !r.asked {
-			continue
+	read := 0
+	for _, r := range results {
+		var ds []decision
+		if r.err == nil {
+			ds, r.err = parseDecisions(r.pod, r.body)
 		}
-		tried++
-		pod := pods[i].Name
 		switch {
 		case r.err != nil && ctx.Err() == nil:
-			f.warn(pod, fmt.Sprintf("pod %s: cannot read its decisions: %v", pod, r.err))
+			f.warn(r.pod, fmt.Sprintf("pod %s: cannot read its decisions: %v", r.pod, r.err))
 		case r.err == nil:
-			delete(f.warned, pod)
+			delete(f.warned, r.pod)
 		}
-		if r.err == nil || r.ds != nil {
+		if r.err == nil || ds != nil {
 			read++
 		}
-		for _, d := range r.ds {
-			k := decisionKey{pod: pod, callID: d.CallID, at: d.Time.UnixNano()}
+		for _, d := range ds {
+			k := decisionKey{pod: r.pod, callID: d.CallID, at: d.Time.UnixNano()}
 			if _, dup := f.seen[k]; dup {
 				continue
 			}
 			f.seen[k] = struct{}{}
-			if d.Time.After(f.newest[pod]) {
-				f.newest[pod] = d.Time
+			if d.Time.After(f.newest[r.pod]) {
+				f.newest[r.pod] = d.Time
 			}
 			merged = append(merged, d)
 		}
@@ -262,7 +235,7 @@ func (f *fetcher) round(ctx context.Context) ([]decision, int, int, error) {
 	slices.SortStableFunc(merged, func(a, b decision) int {
 		return cmp.Or(a.Time.Compare(b.Time), strings.Compare(a.pod, b.pod))
 	})
-	return merged, read, tried, nil
+	return merged, read, len(results), nil
 }
 
 func phaseOf(pod *corev1.Pod) string {
@@ -278,35 +251,10 @@ func phaseOf(pod *corev1.Pod) string {
 // parseDecisions reads a pod's JSON lines. A line that cannot be read is
 // an error after the lines that could.
 func parseDecisions(pod string, body []byte) ([]decision, error) {
-	var (
-		ds  []decision
-		bad int
-		err error
-	)
-	for n, line := range bytes.Split(body, []byte("\n")) {
-		line = bytes.TrimSpace(line)
-		if len(line) == 0 {
-			continue
-		}
-		var d decision
-		if e := json.Unmarshal(line, &d); e != nil || line[0] != '{' || d.Time.IsZero() {
-			if bad == 0 {
-				err = fmt.Errorf("line %d is not a decision: %.80q", n+1, line)
-			}
-			bad++
-			continue
-		}
-		d.pod = pod
-		d.raw = line
-		ds = append(ds, d)
-	}
-	if bad > 1 {
-		err = fmt.Errorf("%w (and %d more)", err, bad-1)
-	}
-	if ds == nil && err != nil {
-		return nil, err
-	}
-	return ds, err
+	return parseJSONLines(body, "decision", func(d *decision, line []byte) bool {
+		d.pod, d.raw = pod, line
+		return !d.Time.IsZero()
+	})
 }
 
 // withPod is the receiver's line with "pod" first.

@@ -151,17 +151,7 @@ func TestDecisions(t *testing.T) {
 			before := len(a.decisionQueries())
 			start := time.Now()
 			code, stdout, stderr := kubectl(t, context.Background(), tt.args...)
-			if code != tt.code {
-				t.Errorf("exit %d, want %d; stderr:\n%s", code, tt.code, stderr)
-			}
-			if stdout != tt.stdout {
-				t.Errorf("stdout:\n%s\nwant:\n%s", stdout, tt.stdout)
-			}
-			for _, want := range tt.stderrHas {
-				if !strings.Contains(stderr, want) {
-					t.Errorf("stderr:\n%s\ndoes not contain:\n%s", stderr, want)
-				}
-			}
+			checkRun(t, code, stdout, stderr, tt.code, tt.stdout, tt.stderrHas)
 			if tt.queries != nil {
 				if got := a.decisionQueries()[before:]; !equal(got, tt.queries) {
 					t.Errorf("pod a was asked %q, want %q", got, tt.queries)

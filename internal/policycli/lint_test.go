@@ -214,17 +214,7 @@ func TestLintPromptURLs(t *testing.T) {
 			total := srv.total()
 			var stdout, stderr strings.Builder
 			code := Run(append([]string{"lint", "-f", "-"}, tt.args...), strings.NewReader(tt.policy), &stdout, &stderr)
-			if code != tt.code {
-				t.Errorf("exit %d, want %d; stderr:\n%s", code, tt.code, stderr.String())
-			}
-			if stdout.String() != tt.stdout {
-				t.Errorf("stdout:\n%s\nwant:\n%s", stdout.String(), tt.stdout)
-			}
-			for _, want := range tt.stderrHas {
-				if !strings.Contains(stderr.String(), want) {
-					t.Errorf("stderr:\n%s\ndoes not contain:\n%s", stderr.String(), want)
-				}
-			}
+			checkRun(t, code, stdout.String(), stderr.String(), tt.code, tt.stdout, tt.stderrHas)
 			if tt.hits != nil {
 				n := 0
 				for p, want := range tt.hits {
