@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
@@ -111,36 +110,27 @@ func TestBlocks(t *testing.T) {
 	b := serveBlocks(t, ip, blockEarly+"\n"+blockLate+"\n", 0, "")
 	c := serveBlocks(t, ip, blockMiddle+"\nnot json\n", 0, "")
 	callPolicy(t, ns, "hotline", spec, "", "")
-	receiverDeployment(t, ns, "hotline")
-	receiverPod(t, ns, "hotline", "hotline-callguard-a", corev1.PodRunning, ip, a.port)
-	receiverPod(t, ns, "hotline", "hotline-callguard-b", corev1.PodRunning, ip, b.port)
-	receiverPod(t, ns, "hotline", "hotline-callguard-c", corev1.PodRunning, ip, c.port)
-	receiverPod(t, ns, "hotline", "hotline-callguard-d", corev1.PodPending, "", 0)
-	receiverPod(t, ns, "hotline", "hotline-callguard-e", corev1.PodRunning, ip, freePort(t, ip))
+	receivers(t, ns, "hotline", ip, a.port, b.port, c.port, 0, freePort(t, ip))
 
 	// A policy whose pods hold no blocks, one whose only pod does not
 	// answer, and one without receivers.
 	empty := serveBlocks(t, ip, "", 0, "")
 	callPolicy(t, ns, "quiet", spec, "", "")
-	receiverDeployment(t, ns, "quiet")
-	receiverPod(t, ns, "quiet", "quiet-callguard-a", corev1.PodRunning, ip, empty.port)
+	receivers(t, ns, "quiet", ip, empty.port)
 	callPolicy(t, ns, "dark", spec, "", "")
-	receiverDeployment(t, ns, "dark")
-	receiverPod(t, ns, "dark", "dark-callguard-a", corev1.PodRunning, ip, freePort(t, ip))
+	receivers(t, ns, "dark", ip, freePort(t, ip))
 	callPolicy(t, ns, "lonely", spec, "", "")
 	// A policy that keeps no state: its pods answer 404, and are not asked.
 	stateless404 := serveBlocks(t, ip, "", 0, "")
 	callPolicy(t, ns, "plain", stateless, "", "")
-	receiverDeployment(t, ns, "plain")
-	receiverPod(t, ns, "plain", "plain-callguard-a", corev1.PodRunning, ip, stateless404.port)
+	receivers(t, ns, "plain", ip, stateless404.port)
 	// A pod that answers as a receiver does when it cannot read its store.
 	refusing := serveBlocks(t, ip, "", 0, "")
 	refusing.mu.Lock()
 	refusing.status = http.StatusServiceUnavailable
 	refusing.mu.Unlock()
 	callPolicy(t, ns, "refused", spec, "", "")
-	receiverDeployment(t, ns, "refused")
-	receiverPod(t, ns, "refused", "refused-callguard-a", corev1.PodRunning, ip, refusing.port)
+	receivers(t, ns, "refused", ip, refusing.port)
 
 	warnings := []string{
 		"warning: pod hotline-callguard-c: cannot read its blocks: line 2 is not a block",
@@ -228,37 +218,27 @@ func TestUnblock(t *testing.T) {
 	a := serveBlocks(t, ip, "", 2, "")
 	b := serveBlocks(t, ip, "", 1, "")
 	callPolicy(t, ns, "hotline", spec, "", "")
-	receiverDeployment(t, ns, "hotline")
-	receiverPod(t, ns, "hotline", "hotline-callguard-a", corev1.PodRunning, ip, a.port)
-	receiverPod(t, ns, "hotline", "hotline-callguard-b", corev1.PodRunning, ip, b.port)
-	receiverPod(t, ns, "hotline", "hotline-callguard-c", corev1.PodPending, "", 0)
+	receivers(t, ns, "hotline", ip, a.port, b.port, 0)
 
 	// partial: per-replica stores, one pod does not answer.
 	p := serveBlocks(t, ip, "", 1, "")
 	callPolicy(t, ns, "partial", spec, "", "")
-	receiverDeployment(t, ns, "partial")
-	receiverPod(t, ns, "partial", "partial-callguard-a", corev1.PodRunning, ip, p.port)
-	receiverPod(t, ns, "partial", "partial-callguard-b", corev1.PodRunning, ip, freePort(t, ip))
+	receivers(t, ns, "partial", ip, p.port, freePort(t, ip))
 
 	// shared: one Redis store, one pod does not answer, one answers
 	// nonsense, one lifts.
 	s := serveBlocks(t, ip, "", 3, "")
 	bad := serveBlocks(t, ip, "", 0, `{"lifted":1}`)
 	callPolicy(t, ns, "shared", *shared, "", "")
-	receiverDeployment(t, ns, "shared")
-	receiverPod(t, ns, "shared", "shared-callguard-a", corev1.PodRunning, ip, s.port)
-	receiverPod(t, ns, "shared", "shared-callguard-b", corev1.PodRunning, ip, freePort(t, ip))
-	receiverPod(t, ns, "shared", "shared-callguard-c", corev1.PodRunning, ip, bad.port)
+	receivers(t, ns, "shared", ip, s.port, freePort(t, ip), bad.port)
 
 	// sharedDark: one Redis store and no pod answers.
 	callPolicy(t, ns, "shared-dark", *shared, "", "")
-	receiverDeployment(t, ns, "shared-dark")
-	receiverPod(t, ns, "shared-dark", "shared-dark-callguard-a", corev1.PodRunning, ip, freePort(t, ip))
+	receivers(t, ns, "shared-dark", ip, freePort(t, ip))
 	callPolicy(t, ns, "lonely", spec, "", "")
 	plain := serveBlocks(t, ip, "", 5, "")
 	callPolicy(t, ns, "plain", stateless, "", "")
-	receiverDeployment(t, ns, "plain")
-	receiverPod(t, ns, "plain", "plain-callguard-a", corev1.PodRunning, ip, plain.port)
+	receivers(t, ns, "plain", ip, plain.port)
 
 	tests := []struct {
 		name      string
@@ -411,8 +391,7 @@ func TestBlocksRBAC(t *testing.T) {
 	ns := newNamespace(t)
 	pod := serveBlocks(t, ip, blockEarly+"\n", 1, "")
 	callPolicy(t, ns, "hotline", blockingSpec(t), "", "")
-	receiverDeployment(t, ns, "hotline")
-	receiverPod(t, ns, "hotline", "hotline-callguard-a", corev1.PodRunning, ip, pod.port)
+	receivers(t, ns, "hotline", ip, pod.port)
 
 	reads := []rbacv1.PolicyRule{
 		{APIGroups: []string{v1alpha1.GroupVersion.Group}, Resources: []string{"callpolicies"}, Verbs: []string{"get"}},

@@ -200,6 +200,22 @@ func servePodMux(t *testing.T, ip string, mux *http.ServeMux) int {
 	return ln.Addr().(*net.TCPAddr).Port
 }
 
+// receivers creates the Deployment of a policy's receivers and a pod of it
+// per port, named <deployment>-a, -b, …: running at ip:port, or Pending
+// without an IP for port 0.
+func receivers(t *testing.T, ns, policyName, ip string, ports ...int) {
+	t.Helper()
+	receiverDeployment(t, ns, policyName)
+	for i, port := range ports {
+		name := fmt.Sprintf("%s-%c", deploymentName(policyName), 'a'+i)
+		if port == 0 {
+			receiverPod(t, ns, policyName, name, corev1.PodPending, "", 0)
+			continue
+		}
+		receiverPod(t, ns, policyName, name, corev1.PodRunning, ip, port)
+	}
+}
+
 // receiverDeployment creates the Deployment the operator would make for a
 // policy, without pods (envtest runs no controllers).
 func receiverDeployment(t *testing.T, ns, policyName string) {

@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-
 	"github.com/callguard/callguard/test/harness/local"
 )
 
@@ -68,16 +66,11 @@ func TestDecisions(t *testing.T) {
 	a := servePod(t, ip, linesAfter(lineA1, lineA2), "")
 	b := servePod(t, ip, linesAfter(lineB1, lineB2, lineB3), "")
 	callPolicy(t, ns, "hotline", spec, "", "")
-	receiverDeployment(t, ns, "hotline")
-	receiverPod(t, ns, "hotline", "hotline-callguard-a", corev1.PodRunning, ip, a.port)
-	receiverPod(t, ns, "hotline", "hotline-callguard-b", corev1.PodRunning, ip, b.port)
-	receiverPod(t, ns, "hotline", "hotline-callguard-c", corev1.PodPending, "", 0)
-	receiverPod(t, ns, "hotline", "hotline-callguard-d", corev1.PodRunning, ip, freePort(t, ip))
+	receivers(t, ns, "hotline", ip, a.port, b.port, 0, freePort(t, ip))
 
 	// A policy whose only pod does not answer, and one without receivers.
 	callPolicy(t, ns, "dark", spec, "", "")
-	receiverDeployment(t, ns, "dark")
-	receiverPod(t, ns, "dark", "dark-callguard-a", corev1.PodRunning, ip, freePort(t, ip))
+	receivers(t, ns, "dark", ip, freePort(t, ip))
 	callPolicy(t, ns, "lonely", spec, "", "")
 
 	warnings := []string{
@@ -203,8 +196,7 @@ func TestDecisionsFollow(t *testing.T) {
 		return linesAfter(lines...)(since)
 	}, "")
 	callPolicy(t, ns, "hotline", spec, "", "")
-	receiverDeployment(t, ns, "hotline")
-	receiverPod(t, ns, "hotline", "hotline-callguard-a", corev1.PodRunning, ip, a.port)
+	receivers(t, ns, "hotline", ip, a.port)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

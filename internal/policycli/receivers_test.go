@@ -70,9 +70,7 @@ func TestReceiversBehindPodProxy(t *testing.T) {
 		t.Fatal(err)
 	}
 	callPolicy(t, ns, "hotline", b.Source.Spec, p.Hash(), metav1.ConditionTrue)
-	receiverDeployment(t, ns, "hotline")
-	receiverPod(t, ns, "hotline", "hotline-callguard-a", corev1.PodRunning, ip, portA)
-	receiverPod(t, ns, "hotline", "hotline-callguard-b", corev1.PodRunning, ip, portB)
+	receivers(t, ns, "hotline", ip, portA, portB)
 
 	// Three calls, one after the other, alternating between the pods.
 	type placed struct{ id, pod, rule, action, result string }
@@ -177,7 +175,7 @@ func blockingReceivers(t *testing.T, redisAddr string) string {
 		t.Fatal(err)
 	}
 	callPolicy(t, ns, "hotline", b.Source.Spec, "", "")
-	receiverDeployment(t, ns, "hotline")
+	receivers(t, ns, "hotline", ip)
 	var callbacks []string
 	for _, pod := range []string{"hotline-callguard-a", "hotline-callguard-b"} {
 		r := local.StartReceiver(t, local.Options{MetricsHost: ip, Options: receiver.Options{PolicyFile: policyFile, CAFile: caFile, StateDir: stateDir}})

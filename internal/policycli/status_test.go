@@ -6,7 +6,6 @@ import (
 	"strings"
 	"testing"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/callguard/callguard/api/v1alpha1"
@@ -55,19 +54,13 @@ callguard_receiver_policy_reloads_total{result="error"} 1
 	stale := servePod(t, ip, linesAfter(), metricsOf(hashB, ""))
 
 	callPolicy(t, ns, "hotline", spec, hashA, metav1.ConditionTrue)
-	receiverDeployment(t, ns, "hotline")
-	receiverPod(t, ns, "hotline", "hotline-callguard-a", corev1.PodRunning, ip, a.port)
-	receiverPod(t, ns, "hotline", "hotline-callguard-b", corev1.PodRunning, ip, b.port)
+	receivers(t, ns, "hotline", ip, a.port, b.port)
 
 	callPolicy(t, ns, "split", spec, hashA, metav1.ConditionTrue)
-	receiverDeployment(t, ns, "split")
-	receiverPod(t, ns, "split", "split-callguard-a", corev1.PodRunning, ip, a.port)
-	receiverPod(t, ns, "split", "split-callguard-b", corev1.PodRunning, ip, stale.port)
-	receiverPod(t, ns, "split", "split-callguard-c", corev1.PodPending, "", 0)
+	receivers(t, ns, "split", ip, a.port, stale.port, 0)
 
 	callPolicy(t, ns, "broken", spec, hashA, metav1.ConditionFalse)
-	receiverDeployment(t, ns, "broken")
-	receiverPod(t, ns, "broken", "broken-callguard-a", corev1.PodRunning, ip, a.port)
+	receivers(t, ns, "broken", ip, a.port)
 
 	// Ready for generation 1; the spec has changed since.
 	cp := callPolicy(t, ns, "changed", spec, hashA, metav1.ConditionTrue)
