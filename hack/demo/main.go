@@ -1,9 +1,15 @@
 // Command demo shows callguard working on the local cluster: it runs the
-// Graph emulator, applies a CallPolicy exposed through the cluster's ingress
-// controller (spec.receiver.expose.ingress), places scripted calls to its
-// public https callback URL, changes the policy with kubectl and measures how
-// long the change takes to be enforced. `make demo` runs it after bringing
-// the cluster, its add-ons (hack/local-cluster/addons.sh) and the operator up.
+// Graph emulator (the bot registered in its home tenant and in the sample's
+// additional tenant), deploys a Redis pod for the receivers' shared state,
+// applies config/samples exposed through the cluster's ingress controller
+// (spec.receiver.expose.ingress) with its state in that Redis, and a second
+// policy whose Secret holds a wrong client secret (GraphAccess=False). It
+// places scripted calls to the public https callback URL (one arriving in
+// the second tenant), prints the announced call as the emulator recorded
+// it and a repeat caller's block, changes the policy with kubectl and
+// measures how long the change takes to be enforced. `make demo` runs it
+// after bringing the cluster, its add-ons (hack/local-cluster/addons.sh)
+// and the operator up.
 package main
 
 import (

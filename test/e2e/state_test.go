@@ -285,8 +285,9 @@ func testRedisGoneCallsDecidedPerOnError(t *testing.T) {
 	if rec, d := placeAt(t, urls[1], "+12125550143"); rec.Action != "reject" || d.Rule != "robocallers" {
 		t.Errorf("onError Ignore, robocaller: Graph %q, decision %+v; want reject by robocallers", rec.Action, d)
 	}
-	if after := stateErrors(t); after <= errorsBefore {
-		t.Errorf("%s_state_errors_total: %v before, %v after calls without a store; want it counted", telemetry.Namespace, errorsBefore, after)
+	errorsAfter := stateErrors(t)
+	if errorsAfter <= errorsBefore {
+		t.Errorf("%s_state_errors_total: %v before, %v after calls without a store; want it counted", telemetry.Namespace, errorsBefore, errorsAfter)
 	}
 
 	patchHotline(t, `[{"op":"replace","path":"/spec/state/onError","value":"Match"}]`)
@@ -314,7 +315,7 @@ func testRedisGoneCallsDecidedPerOnError(t *testing.T) {
 			t.Fatalf("Redis is back but a caller's %d calls were never rejected by repeat-callers (last: %+v)", i+1, lastD)
 		}
 	}
-	writeFigure(t, fmt.Sprintf("redis-gone state errors %v -> counted; onError Ignore allowed, Match rejected", errorsBefore))
+	writeFigure(t, fmt.Sprintf("redis-gone state_errors_total %v -> %v; onError Ignore: 3 calls of one caller allowed, robocaller rejected; Match: a first call rejected by repeat-callers; Redis back: counting again", errorsBefore, errorsAfter))
 }
 
 // promptSHA256 is the hex sha256 of the sample's announcement.
