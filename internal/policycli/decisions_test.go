@@ -4,6 +4,7 @@ import (
 	"context"
 	"net"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -146,7 +147,7 @@ func TestDecisions(t *testing.T) {
 			code, stdout, stderr := kubectl(t, context.Background(), tt.args...)
 			checkRun(t, code, stdout, stderr, tt.code, tt.stdout, tt.stderrHas)
 			if tt.queries != nil {
-				if got := a.decisionQueries()[before:]; !equal(got, tt.queries) {
+				if got := a.decisionQueries()[before:]; !slices.Equal(got, tt.queries) {
 					t.Errorf("pod a was asked %q, want %q", got, tt.queries)
 				}
 			}
@@ -163,18 +164,6 @@ func TestDecisions(t *testing.T) {
 			}
 		})
 	}
-}
-
-func equal(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestDecisionsFollow polls until interrupted, printing each decision once:

@@ -251,7 +251,7 @@ func TestBlocksBehindPodProxy(t *testing.T) {
 					t.Fatal(err)
 				}
 				if !strings.HasSuffix(bl.Masked, masked) || strings.Contains(bl.Masked, "425555") || bl.Rule != "robocallers" ||
-					!equal(bl.Pods, tt.pods[i]) || bl.Since.Before(start.Add(-time.Second)) || bl.Until.Sub(bl.Since) != time.Hour {
+					!slices.Equal(bl.Pods, tt.pods[i]) || bl.Since.Before(start.Add(-time.Second)) || bl.Until.Sub(bl.Since) != time.Hour {
 					t.Errorf("block %d: %s\nwant the masked number ending %s, rule robocallers, pods %q, one hour from the call", i, lines[i], masked, tt.pods[i])
 				}
 			}

@@ -381,6 +381,16 @@ func (e *env) waitMetric(name string, labels map[string]string, want float64) {
 	}
 }
 
+// statusOf is the status GET url answers, 0 when it cannot be reached.
+func statusOf(url string) int {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
 func hasLabels(m *dto.Metric, want map[string]string) bool {
 	have := map[string]string{}
 	for _, lp := range m.GetLabel() {

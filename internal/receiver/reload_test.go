@@ -245,12 +245,7 @@ func TestShutdownFinishesQueuedWork(t *testing.T) {
 	// Readiness fails while the listeners still serve (the grace period):
 	// only a 503 counts, not a refused connection.
 	eventually(t, grace, "readyz answering 503", func() bool {
-		resp, err := http.Get(e.ops + "/readyz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusServiceUnavailable
+		return statusOf(e.ops+"/readyz") == http.StatusServiceUnavailable
 	})
 	if err := e.rcv.Wait(); err != nil {
 		t.Fatalf("Run returned %v", err)

@@ -363,12 +363,7 @@ func TestStateStoreDown(t *testing.T) {
 	// server may have kept the earlier counts or not).
 	rs.Restart()
 	eventually(t, 10*time.Second, "the store answering again", func() bool {
-		resp, err := http.Get(se.peer.Ops + "/blocks")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
+		return statusOf(se.peer.Ops+"/blocks") == http.StatusOK
 	})
 	const fresh = "+14255550311"
 	p.Repeat = fresh
@@ -429,13 +424,8 @@ func TestBlocksEndpoints(t *testing.T) {
 				t.Errorf("unblock %.40q: %d %s, want %d with a JSON error containing %q", tt.body, code, body, tt.wantCode, tt.want)
 			}
 		}
-		resp, err := http.Get(se.ops + "/blocks/unblock")
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusMethodNotAllowed {
-			t.Errorf("GET /blocks/unblock: %d, want 405", resp.StatusCode)
+		if code := statusOf(se.ops + "/blocks/unblock"); code != http.StatusMethodNotAllowed {
+			t.Errorf("GET /blocks/unblock: %d, want 405", code)
 		}
 	})
 }
@@ -479,13 +469,8 @@ func TestStateRedisCredentials(t *testing.T) {
 			if n := se.metric("callguard_receiver_state_errors_total", nil); n != 1 {
 				t.Errorf("state_errors_total = %v, want 1", n)
 			}
-			resp, err := http.Get(se.ops + "/blocks")
-			if err != nil {
-				t.Fatal(err)
-			}
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusServiceUnavailable {
-				t.Errorf("GET /blocks with the store refusing: %d, want 503", resp.StatusCode)
+			if code := statusOf(se.ops + "/blocks"); code != http.StatusServiceUnavailable {
+				t.Errorf("GET /blocks with the store refusing: %d, want 503", code)
 			}
 		})
 	}
