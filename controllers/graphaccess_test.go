@@ -224,7 +224,7 @@ func TestGraphAccess(t *testing.T) {
 		})
 	}
 
-	t.Run("kubectl get -o wide shows the reason", func(t *testing.T) {
+	t.Run("kubectl get -o wide shows the reason and Entra's error", func(t *testing.T) {
 		body, err := cs.RESTClient().Get().
 			AbsPath("/apis/calls.callguard.dev/v1alpha1/namespaces", gaNamespace, "callpolicies", "wrong-secret").
 			SetHeader("Accept", "application/json;as=Table;v=v1;g=meta.k8s.io").DoRaw(ctx)
@@ -233,19 +233,30 @@ func TestGraphAccess(t *testing.T) {
 		}
 		var table metav1.Table
 		must(t, json.Unmarshal(body, &table))
+		if len(table.Rows) != 1 {
+			t.Fatalf("rows %+v: want one", table.Rows)
+		}
+		// The reason, and Entra's error code in the message.
+		want := map[string]func(any) bool{
+			"Graph Access":         func(v any) bool { return v == ReasonTokenRequestFailed },
+			"Graph Access Message": func(v any) bool { s, _ := v.(string); return strings.Contains(s, "AADSTS7000215") },
+		}
 		for i, col := range table.ColumnDefinitions {
-			if col.Name != "Graph Access" {
+			ok, found := want[col.Name]
+			if !found {
 				continue
 			}
+			delete(want, col.Name)
 			if col.Priority != 1 {
-				t.Errorf("Graph Access has priority %d: want 1 (-o wide only)", col.Priority)
+				t.Errorf("%s has priority %d: want 1 (-o wide only)", col.Name, col.Priority)
 			}
-			if len(table.Rows) != 1 || table.Rows[0].Cells[i] != ReasonTokenRequestFailed {
-				t.Errorf("rows %+v: want the column %s", table.Rows, ReasonTokenRequestFailed)
+			if !ok(table.Rows[0].Cells[i]) {
+				t.Errorf("%s is %q", col.Name, table.Rows[0].Cells[i])
 			}
-			return
 		}
-		t.Errorf("no Graph Access column in %+v", table.ColumnDefinitions)
+		for name := range want {
+			t.Errorf("no %s column in %+v", name, table.ColumnDefinitions)
+		}
 	})
 
 	t.Run("a refusal is a warning event", func(t *testing.T) {

@@ -807,6 +807,7 @@ type ReceiverStatus struct {
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Graph Access",type=string,JSONPath=`.status.conditions[?(@.type=="GraphAccess")].reason`,priority=1
 // +kubebuilder:printcolumn:name="Callback URL",type=string,JSONPath=`.status.receiver.callbackURL`,priority=1
+// +kubebuilder:printcolumn:name="Graph Access Message",type=string,JSONPath=`.status.conditions[?(@.type=="GraphAccess")].message`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type CallPolicy struct {
 	metav1.TypeMeta   `json:",inline"`
