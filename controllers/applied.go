@@ -54,11 +54,14 @@ type childKey struct {
 }
 
 // written is what the reconciler last wrote for one policy: the policy
-// version it published (publish.go) and each child's last apply. It lives
-// as long as the policy does.
+// version it published (publish.go) and each child's last apply, and the
+// sources it last read. It lives as long as the policy does.
 type written struct {
 	published *published
 	children  map[childKey]appliedChild
+	// sources are the Secrets and ConfigMaps it refers to as last read
+	// (sources.go).
+	sources map[childKey]sourceRead
 }
 
 // withWritten runs f on the record of owner, made if there is none, under
@@ -71,7 +74,7 @@ func (r *CallPolicyReconciler) withWritten(owner types.NamespacedName, f func(*w
 	}
 	w := r.written[owner]
 	if w == nil {
-		w = &written{children: map[childKey]appliedChild{}}
+		w = &written{children: map[childKey]appliedChild{}, sources: map[childKey]sourceRead{}}
 		r.written[owner] = w
 	}
 	f(w)

@@ -43,7 +43,8 @@ type CallPolicyReconciler struct {
 	// APIReader reads the Secrets and ConfigMaps a policy refers to straight
 	// from the API server: the cache holds only their metadata, so the
 	// manager neither keeps every Secret of the cluster in memory nor grows
-	// with them (SetupWithManager defaults it to the manager's).
+	// with them (SetupWithManager defaults it to the manager's). What it
+	// read is reused while unchanged (sources.go).
 	APIReader client.Reader
 	Scheme    *runtime.Scheme
 	Recorder  events.EventRecorder
@@ -209,7 +210,9 @@ type reconcileState struct {
 	published    *published
 	policyHash   string
 	rules        int
-	deployment   *appsv1.Deployment
+	// sourcesRead are the Secrets and ConfigMaps read (sources.go).
+	sourcesRead map[childKey]bool
+	deployment  *appsv1.Deployment
 	// exposed is status.receiver.callbackURL once reconcileExpose has run
 	// ("" when not exposed); nil keeps the status' value.
 	exposed *string
@@ -227,7 +230,7 @@ type reconcileState struct {
 func (r *CallPolicyReconciler) reconcileSources(ctx context.Context, cp *callsv1alpha1.CallPolicy, st *reconcileState) error {
 	if ref := cp.Spec.Bot.Credentials.SecretRef; ref != nil {
 		secret := &corev1.Secret{}
-		err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: ref.Name}, secret)
+		err := r.readSource(ctx, cp, st, ref.Name, secret)
 		if apierrors.IsNotFound(err) {
 			return st.stall(stalled(ReasonSecretNotFound, "spec.bot.credentials.secretRef.name: Secret %q not found in namespace %q", ref.Name, cp.Namespace))
 		}
@@ -278,6 +281,7 @@ func (r *CallPolicyReconciler) reconcileSources(ctx context.Context, cp *callsv1
 		}
 		st.prompts[ref] = b
 	}
+	r.keepSources(cp, st)
 	return nil
 }
 
@@ -310,7 +314,7 @@ func (r *CallPolicyReconciler) configMapKey(ctx context.Context, cp *callsv1alph
 // stalls the policy, naming the field that refers to it.
 func (r *CallPolicyReconciler) configMap(ctx context.Context, cp *callsv1alpha1.CallPolicy, st *reconcileState, field, name string) (*corev1.ConfigMap, error) {
 	cm := &corev1.ConfigMap{}
-	err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: name}, cm)
+	err := r.readSource(ctx, cp, st, name, cm)
 	if apierrors.IsNotFound(err) {
 		return nil, st.stall(stalled(ReasonConfigMapNotFound, "%s: ConfigMap %q not found in namespace %q", field, name, cp.Namespace))
 	}

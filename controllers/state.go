@@ -155,7 +155,7 @@ func (r *CallPolicyReconciler) readRedisSources(ctx context.Context, cp *callsv1
 // secretKey reads one key of a Secret in the policy's namespace.
 func (r *CallPolicyReconciler) secretKey(ctx context.Context, cp *callsv1alpha1.CallPolicy, st *reconcileState, field string, ref *callsv1alpha1.SecretKeyReference) ([]byte, error) {
 	secret := &corev1.Secret{}
-	err := r.APIReader.Get(ctx, types.NamespacedName{Namespace: cp.Namespace, Name: ref.Name}, secret)
+	err := r.readSource(ctx, cp, st, ref.Name, secret)
 	if apierrors.IsNotFound(err) {
 		return nil, st.stall(stalled(ReasonSecretNotFound, "%s.name: Secret %q not found in namespace %q", field, ref.Name, cp.Namespace))
 	}
