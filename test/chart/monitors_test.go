@@ -40,7 +40,17 @@ func TestMonitorsSelectTheReceivers(t *testing.T) {
 	if err := c.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{"hotline-bot-secret.yaml", "robocallers-configmap.yaml", "calls_v1alpha1_callpolicy.yaml"} {
+	// Every object of the samples' kustomization, so the sample policy
+	// finds what it names.
+	var kust struct{ Resources []string }
+	b, err := os.ReadFile(filepath.Join(root, "config", "samples", "kustomization.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := yaml.Unmarshal(b, &kust); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range kust.Resources {
 		b, err := os.ReadFile(filepath.Join(root, "config", "samples", f))
 		if err != nil {
 			t.Fatal(err)
