@@ -40,8 +40,10 @@ func (c *countingReader) take() map[string]int {
 	return out
 }
 
-// cached waits until the manager's cache has obj's resourceVersion, as the
-// API server has it now.
+// cached waits until the manager's cache has obj as the API server has it
+// now: its generation for an object that has one (a CallPolicy, whose
+// resourceVersion the suite's manager keeps moving with status patches),
+// else its resourceVersion.
 func cached(t *testing.T, obj client.Object) {
 	t.Helper()
 	g := NewWithT(t)
@@ -52,6 +54,10 @@ func cached(t *testing.T, obj client.Object) {
 	m.SetGroupVersionKind(gvk)
 	g.Eventually(func(g Gomega) {
 		g.Expect(testMgr.GetClient().Get(context.Background(), client.ObjectKeyFromObject(obj), m)).To(Succeed())
+		if obj.GetGeneration() != 0 {
+			g.Expect(m.Generation).To(Equal(obj.GetGeneration()))
+			return
+		}
 		g.Expect(m.ResourceVersion).To(Equal(obj.GetResourceVersion()))
 	}, eventually, poll).Should(Succeed())
 }
