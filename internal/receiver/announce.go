@@ -271,7 +271,7 @@ func newAnnouncer(m *metrics, backstop func(time.Duration) time.Duration) *annou
 		stepTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "announce_step_seconds",
 			Help:    "Time from the notification that starts a step (established: play; the prompt's completion: hangup) to Graph's success answer.",
-			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 15},
+			Buckets: graphLatencyBuckets,
 		}, []string{"step"}),
 		prompts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "prompt_requests_total",

@@ -146,6 +146,10 @@ func (m *metrics) notification(changeType string) {
 	m.byChangeType[3].Inc()
 }
 
+// graphLatencyBuckets are the buckets of the times up to Graph's answer
+// (decisions and announcement steps): from 5 ms to Graph's 15 s deadline.
+var graphLatencyBuckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 15}
+
 func newMetrics(queueDepth func() float64) *metrics {
 	m := &metrics{
 		registry: prometheus.NewRegistry(),
@@ -179,12 +183,12 @@ func newMetrics(queueDepth func() float64) *metrics {
 		}, []string{"operation", "status"}),
 		actions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: telemetry.MetricGraphActions,
-			Help: "Reject and redirect actions, by operation and final result (success, already_done, failed, deadline).",
+			Help: "Graph actions (reject, redirect; answer, playPrompt, hangup for announcements), by operation and final result (success, already_done, failed, deadline, …).",
 		}, []string{"operation", "result"}),
 		decisionToGraph: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "decision_to_graph_seconds",
 			Help:    "Time from a decision to Graph's success answer.",
-			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 15},
+			Buckets: graphLatencyBuckets,
 		}, []string{"operation"}),
 		upstream: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "upstream_requests_total",
