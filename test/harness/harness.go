@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -61,6 +62,9 @@ func Connect(kubeconfig string) (*Cluster, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load kubeconfig %s: %w", kubeconfig, err)
 	}
+	// The tests time the cluster: client-go's default limiter (5 requests/s
+	// after a burst of 10) would hold each request of a timed loop ~200 ms.
+	cfg.QPS, cfg.Burst = 1000, 1000
 	scheme := runtime.NewScheme()
 	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
 	utilruntime.Must(callsv1alpha1.AddToScheme(scheme))
@@ -516,12 +520,21 @@ func (c *Cluster) ReceiverMetricsURLs(ctx context.Context, ns, policy string) (m
 func WaitReceiversSwitch(ctx context.Context, urls map[string]string, old string, start time.Time, timeout time.Duration) (string, time.Duration, error) {
 	hc := &http.Client{Timeout: 2 * time.Second}
 	hashes := map[string]string{}
+	var mu sync.Mutex
 	for {
+		// All pods at once: polled one after another, each round would take
+		// as long as all the scrapes together and blur the figure.
+		var wg sync.WaitGroup
 		for pod, u := range urls {
-			if h, err := policyInfoHash(ctx, hc, u); err == nil {
-				hashes[pod] = h
-			}
+			wg.Go(func() {
+				if h, err := policyInfoHash(ctx, hc, u); err == nil {
+					mu.Lock()
+					hashes[pod] = h
+					mu.Unlock()
+				}
+			})
 		}
+		wg.Wait()
 		var hash string
 		all := len(hashes) == len(urls)
 		for _, h := range hashes {
