@@ -32,6 +32,20 @@ func (f *fixture) waitState(t *testing.T, id, want string) emulator.CallRecord {
 	}
 }
 
+// answeredCall places a call and has a client answer it; attempts records
+// the client's requests after the answer.
+func (f *fixture) answeredCall(t *testing.T, attempts *[]attempt) (string, *graph.Client) {
+	t.Helper()
+	id := f.placeCall(t, botAppID)
+	c := f.secretClient(t, attempts)
+	if err := c.Answer(ctxTimeout(t, 10*time.Second), id, graph.NewAnswerRequest("")); err != nil {
+		t.Fatal(err)
+	}
+	f.waitState(t, id, graph.StateEstablished)
+	*attempts = nil
+	return id, c
+}
+
 func countEvents(rec emulator.CallRecord, event string, status int) int {
 	n := 0
 	for _, e := range rec.History {
@@ -99,17 +113,15 @@ func TestAnnounceRetries(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.op, func(t *testing.T) {
-			id := f.placeCall(t, botAppID)
 			var attempts []attempt
-			c := f.secretClient(t, &attempts)
-			ctx := ctxTimeout(t, 10*time.Second)
-			if tc.op != graph.OpAnswer {
-				if err := c.Answer(ctx, id, graph.NewAnswerRequest("")); err != nil {
-					t.Fatal(err)
-				}
-				f.waitState(t, id, graph.StateEstablished)
-				attempts = nil
+			var id string
+			var c *graph.Client
+			if tc.op == graph.OpAnswer {
+				id, c = f.placeCall(t, botAppID), f.secretClient(t, &attempts)
+			} else {
+				id, c = f.answeredCall(t, &attempts)
 			}
+			ctx := ctxTimeout(t, 10*time.Second)
 			unavailable, throttled := tc.path(id), tc.path(id)
 			unavailable.Status = http.StatusServiceUnavailable
 			throttled.Status, throttled.RetryAfter = http.StatusTooManyRequests, 1
@@ -141,15 +153,9 @@ func TestAnnounceRetries(t *testing.T) {
 // not started again (the caller would hear it twice).
 func TestUnansweredPlayPromptIsNotRetried(t *testing.T) {
 	f := newFixture(t)
-	id := f.placeCall(t, botAppID)
 	var attempts []attempt
-	c := f.secretClient(t, &attempts)
-	if err := c.Answer(ctxTimeout(t, 10*time.Second), id, graph.NewAnswerRequest("")); err != nil {
-		t.Fatal(err)
-	}
-	f.waitState(t, id, graph.StateEstablished)
+	id, c := f.answeredCall(t, &attempts)
 	f.fault(t, emulator.FaultRule{Path: "/v1.0/communications/calls/*/playPrompt", ProcessFirst: true, Drop: true})
-	attempts = nil
 	_, err := c.PlayPrompt(ctxTimeout(t, 10*time.Second), id, graph.NewPlayPromptRequest("once", graph.MediaInfo{URI: promptURI}))
 	if !errors.Is(err, graph.ErrOutcomeUnknown) || len(attempts) != 1 {
 		t.Fatalf("err = %v after %d attempts, want ErrOutcomeUnknown after 1", err, len(attempts))
@@ -163,14 +169,9 @@ func TestUnansweredPlayPromptIsNotRetried(t *testing.T) {
 // is retried, finds the call gone, and counts as done.
 func TestHangupWhoseAnswerWasLost(t *testing.T) {
 	f := newFixture(t)
-	id := f.placeCall(t, botAppID)
 	var attempts []attempt
-	c := f.secretClient(t, &attempts)
-	if err := c.Answer(ctxTimeout(t, 10*time.Second), id, graph.NewAnswerRequest("")); err != nil {
-		t.Fatal(err)
-	}
+	id, c := f.answeredCall(t, &attempts)
 	f.fault(t, emulator.FaultRule{Path: "/v1.0/communications/calls/" + id, Method: http.MethodDelete, ProcessFirst: true, Drop: true})
-	attempts = nil
 	err := c.Hangup(ctxTimeout(t, 10*time.Second), id)
 	if !errors.Is(err, graph.ErrAlreadyDone) || !slices.Equal(statuses(attempts), []int{0, 404}) {
 		t.Fatalf("err = %v after attempts %v, want ErrAlreadyDone after a lost answer and a 404", err, statuses(attempts))
