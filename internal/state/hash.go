@@ -4,6 +4,8 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"hash"
+	"slices"
+	"sync"
 	"time"
 )
 
@@ -18,16 +20,38 @@ type callerKey [keyLen]byte
 type hasher struct {
 	mac hash.Hash
 	sum [sha256.Size]byte
+	// in holds the caller's bytes: Write takes a []byte, and converting
+	// the string would allocate for every call.
+	in []byte
 }
-
-func newHasher(key []byte) *hasher { return &hasher{mac: hmac.New(sha256.New, key)} }
 
 func (h *hasher) key(s string) callerKey {
 	h.mac.Reset()
-	h.mac.Write([]byte(s))
+	h.in = append(h.in[:0], s...)
+	h.mac.Write(h.in)
 	var k callerKey
 	copy(k[:], h.mac.Sum(h.sum[:0]))
 	return k
+}
+
+// hashers hands out hashers of one key. A hasher is kept for reuse: making
+// one (hmac.New) costs more than hashing a caller, and a store hashes
+// every call.
+type hashers struct{ pool sync.Pool }
+
+func newHashers(key []byte) *hashers {
+	key = slices.Clone(key)
+	return &hashers{pool: sync.Pool{New: func() any { return &hasher{mac: hmac.New(sha256.New, key)} }}}
+}
+
+func (hs *hashers) get() *hasher  { return hs.pool.Get().(*hasher) }
+func (hs *hashers) put(h *hasher) { hs.pool.Put(h) }
+
+// key is s's callerKey.
+func (hs *hashers) key(s string) callerKey {
+	h := hs.get()
+	defer hs.put(h)
+	return h.key(s)
 }
 
 // callMember is what a store keeps of a call id to count the call once:

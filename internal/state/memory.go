@@ -23,7 +23,7 @@ const DefaultMaxCallers = 1_000_000
 // (its calls and its blocks). A caller with one counted call costs about
 // 125 bytes (see docs/state.md).
 type Memory struct {
-	hashKey []byte
+	hashers *hashers
 	max     int
 
 	mu sync.Mutex
@@ -88,7 +88,7 @@ func NewMemory(hashKey []byte, maxCallers int) (*Memory, error) {
 		maxCallers = DefaultMaxCallers
 	}
 	return &Memory{
-		hashKey:    slices.Clone(hashKey),
+		hashers:    newHashers(hashKey),
 		max:        maxCallers,
 		idx:        make(map[callerKey]int32),
 		head:       -1,
@@ -107,11 +107,12 @@ func (m *Memory) Eval(ctx context.Context, qs []Query, ans []Answer) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("state: eval: %w", err)
 	}
-	h := newHasher(m.hashKey)
+	h := m.hashers.get()
 	keys := make([]callerKey, len(qs))
 	for i := range qs {
 		keys[i] = h.key(qs[i].Caller)
 	}
+	m.hashers.put(h)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for i := range qs {
@@ -326,7 +327,7 @@ func (m *Memory) Claim(ctx context.Context, id string, ttl time.Duration) (bool,
 	if err := ctx.Err(); err != nil {
 		return false, fmt.Errorf("state: claim: %w", err)
 	}
-	k := newHasher(m.hashKey).key(id)
+	k := m.hashers.key(id)
 	now := ms(time.Now())
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -382,7 +383,7 @@ func (m *Memory) Unblock(ctx context.Context, caller string) (int, error) {
 	now := ms(time.Now())
 	var k callerKey
 	if caller != "" {
-		k = newHasher(m.hashKey).key(caller)
+		k = m.hashers.key(caller)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,7 +44,7 @@ type RedisOptions struct {
 // with the longest window or block it serves.
 type Redis struct {
 	client  *redis.Client
-	hashKey []byte
+	hashers *hashers
 	// base is KeyPrefix namespace/name: ; pattern matches its block keys in
 	// SCAN.
 	base, pattern string
@@ -158,11 +157,16 @@ return n
 
 // script is a Lua script run by its SHA1, sent whole only when the server
 // does not have it yet (NOSCRIPT: a fresh or restarted server).
-type script struct{ src, sha string }
+type script struct {
+	src, sha string
+	// boxedSrc and boxedSHA are src and sha as command arguments.
+	boxedSrc, boxedSHA any
+}
 
-func newScript(src string) script {
+func newScript(src string) *script {
 	sum := sha1.Sum([]byte(src))
-	return script{src: src, sha: hex.EncodeToString(sum[:])}
+	sha := hex.EncodeToString(sum[:])
+	return &script{src: src, sha: sha, boxedSrc: src, boxedSHA: sha}
 }
 
 var (
@@ -206,7 +210,7 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 	})
 	return &Redis{
 		client:  c,
-		hashKey: slices.Clone(opts.HashKey),
+		hashers: newHashers(opts.HashKey),
 		base:    base,
 		pattern: globEscape(base+kindBlocks) + "*",
 	}, nil
@@ -239,6 +243,11 @@ func (r *Redis) keyName(kind string, k callerKey) string {
 }
 
 // Eval implements Store: one pipeline of one script call per query.
+//
+// Each call's arguments are laid out once, in one slice for the batch,
+// and handed to the client as they are: a batch is usually one call, and
+// what the client would copy, box or hash again per call shows in every
+// call's time (BenchmarkEval).
 func (r *Redis) Eval(ctx context.Context, qs []Query, ans []Answer) error {
 	if err := checkQueries(qs, ans); err != nil {
 		return fmt.Errorf("state: eval: %w", err)
@@ -246,51 +255,110 @@ func (r *Redis) Eval(ctx context.Context, qs []Query, ans []Answer) error {
 	if len(qs) == 0 {
 		return nil
 	}
-	h := newHasher(r.hashKey)
-	keys := make([][]string, len(qs))
-	args := make([][]any, len(qs))
+	n := 0
+	for i := range qs {
+		n += evalArgs + argsPerStep*len(qs[i].Steps)
+	}
+	all := make([]any, 0, n)
+	calls := make([][]any, len(qs))
+	// The members' bytes, 8 a call, in one array.
+	members := make([]byte, 8*len(qs))
+	h := r.hashers.get()
 	for i := range qs {
 		q := &qs[i]
-		k := h.key(q.Caller)
-		keys[i] = []string{r.keyName(kindCalls, k), r.keyName(kindBlocks, k)}
-		var member [8]byte
-		binary.BigEndian.PutUint64(member[:], callMember(q.CallID))
-		a := make([]any, 0, 6+5*len(q.Steps))
-		a = append(a, ms(q.At), flag(q.Record), member[:], durMS(q.Keep), q.KeepCalls, q.Masked)
+		start := len(all)
+		callsKey, blocksKey := r.callerKeys(h.key(q.Caller))
+		member := members[8*i : 8*i+8 : 8*i+8]
+		binary.BigEndian.PutUint64(member, callMember(q.CallID))
+		all = append(all, nil, nil, two, callsKey, blocksKey,
+			ms(q.At), flag(q.Record), member, durMS(q.Keep), q.KeepCalls, q.Masked)
 		for j := range q.Steps {
 			s := &q.Steps[j]
-			a = append(a, s.Rule, flag(s.Static), s.Calls, durMS(s.Within), durMS(s.BlockFor))
+			all = append(all, s.Rule, flag(s.Static), s.Calls, durMS(s.Within), durMS(s.BlockFor))
 		}
-		args[i] = a
+		calls[i] = all[start:len(all):len(all)]
 	}
-	cmds, err := r.run(ctx, evalLua, keys, args)
+	r.hashers.put(h)
+	cmds, err := r.run(ctx, evalLua, calls)
 	if err != nil {
 		return fmt.Errorf("state: eval: %w", err)
 	}
 	for i, cmd := range cmds {
-		v, err := cmd.Int64Slice()
-		if err != nil || len(v) != 4 {
-			return fmt.Errorf("state: eval: script answered %v: %v", cmd.Val(), err)
+		a, ok := scriptAnswer(cmd)
+		if !ok {
+			return fmt.Errorf("state: eval: script answered %v", cmd.Val())
 		}
-		ans[i] = Answer{Step: int(v[0]), Blocked: v[1] == 1, Until: fromMS(v[2]), Started: v[3] == 1}
+		ans[i] = a
 	}
 	return nil
 }
 
-func flag(b bool) string {
+// The layout of a script call's arguments (redis.Cmd args): the command
+// and the script (set by run), the number of keys, the keys, then ARGV.
+const (
+	// evalArgs are a call's arguments before its steps'.
+	evalArgs = 11
+	// argsPerStep are a step's arguments.
+	argsPerStep = 5
+)
+
+// Boxed once: a string or number in an interface costs an allocation each
+// time it is made.
+var (
+	one, zero, two      any = "1", "0", "2"
+	cmdEval, cmdEvalSha any = "eval", "evalsha"
+)
+
+func flag(b bool) any {
 	if b {
-		return "1"
+		return one
 	}
-	return "0"
+	return zero
 }
 
-// run sends one EVALSHA of s per keys[i], args[i] in one pipeline, and
-// again as EVAL those the server did not have the script for.
-func (r *Redis) run(ctx context.Context, s script, keys [][]string, args [][]any) ([]*redis.Cmd, error) {
-	cmds := make([]*redis.Cmd, len(keys))
+// scriptAnswer reads evalScript's {step, blocked, until, started}.
+func scriptAnswer(cmd *redis.Cmd) (Answer, bool) {
+	v, ok := cmd.Val().([]any)
+	if !ok || len(v) != 4 {
+		return Answer{}, false
+	}
+	var n [4]int64
+	for i := range v {
+		if n[i], ok = v[i].(int64); !ok {
+			return Answer{}, false
+		}
+	}
+	return Answer{Step: int(n[0]), Blocked: n[1] == 1, Until: fromMS(n[2]), Started: n[3] == 1}, true
+}
+
+// callerKeys are a caller's calls and blocks keys (keyName's), made with
+// one allocation: every call needs both.
+func (r *Redis) callerKeys(k callerKey) (calls, blocks string) {
+	var enc [32]byte
+	e := base64.RawURLEncoding.AppendEncode(enc[:0], k[:])
+	var b strings.Builder
+	b.Grow(2 * (len(r.base) + len(kindCalls) + len(e)))
+	b.WriteString(r.base)
+	b.WriteString(kindCalls)
+	b.Write(e)
+	n := b.Len()
+	b.WriteString(r.base)
+	b.WriteString(kindBlocks)
+	b.Write(e)
+	both := b.String()
+	return both[:n], both[n:]
+}
+
+// run sends one EVALSHA of s per call in one pipeline, and again as EVAL
+// those the server did not have the script for. A call is the command's
+// arguments with two free slots first, for the command and the script.
+func (r *Redis) run(ctx context.Context, s *script, calls [][]any) ([]*redis.Cmd, error) {
+	cmds := make([]*redis.Cmd, len(calls))
 	pipe := r.client.Pipeline()
-	for i := range keys {
-		cmds[i] = pipe.EvalSha(ctx, s.sha, keys[i], args[i]...)
+	for i, c := range calls {
+		c[0], c[1] = cmdEvalSha, s.boxedSHA
+		cmds[i] = redis.NewCmd(ctx, c...)
+		_ = pipe.Process(ctx, cmds[i])
 	}
 	_, _ = pipe.Exec(ctx)
 	var missing []int
@@ -302,7 +370,10 @@ func (r *Redis) run(ctx context.Context, s script, keys [][]string, args [][]any
 	if len(missing) > 0 {
 		pipe = r.client.Pipeline()
 		for _, i := range missing {
-			cmds[i] = pipe.Eval(ctx, s.src, keys[i], args[i]...)
+			c := calls[i]
+			c[0], c[1] = cmdEval, s.boxedSrc
+			cmds[i] = redis.NewCmd(ctx, c...)
+			_ = pipe.Process(ctx, cmds[i])
 		}
 		_, _ = pipe.Exec(ctx)
 	}
@@ -316,7 +387,7 @@ func (r *Redis) run(ctx context.Context, s script, keys [][]string, args [][]any
 
 // Claim implements Store.
 func (r *Redis) Claim(ctx context.Context, id string, ttl time.Duration) (bool, error) {
-	key := r.keyName(kindClaim, newHasher(r.hashKey).key(id))
+	key := r.keyName(kindClaim, r.hashers.key(id))
 	ok, err := r.client.SetNX(ctx, key, "1", max(ttl, time.Millisecond)).Result()
 	if err != nil {
 		return false, fmt.Errorf("state: claim: %w", err)
@@ -393,12 +464,11 @@ func parseBlock(v string) (since, until int64, ok bool) {
 func (r *Redis) Unblock(ctx context.Context, caller string) (int, error) {
 	now := ms(time.Now())
 	lift := func(keys []string) (int, error) {
-		ks := make([][]string, len(keys))
-		args := make([][]any, len(keys))
+		calls := make([][]any, len(keys))
 		for i, k := range keys {
-			ks[i], args[i] = []string{k}, []any{now}
+			calls[i] = []any{nil, nil, 1, k, now}
 		}
-		cmds, err := r.run(ctx, unblockLua, ks, args)
+		cmds, err := r.run(ctx, unblockLua, calls)
 		if err != nil {
 			return 0, err
 		}
@@ -413,7 +483,7 @@ func (r *Redis) Unblock(ctx context.Context, caller string) (int, error) {
 		return n, nil
 	}
 	if caller != "" {
-		n, err := lift([]string{r.keyName(kindBlocks, newHasher(r.hashKey).key(caller))})
+		n, err := lift([]string{r.keyName(kindBlocks, r.hashers.key(caller))})
 		if err != nil {
 			return 0, fmt.Errorf("state: unblock: %w", err)
 		}
