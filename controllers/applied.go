@@ -11,6 +11,8 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/callguard/callguard/internal/policy"
 )
 
 // A converged policy is reconciled again for every status change of its
@@ -58,7 +60,10 @@ type childKey struct {
 // sources it last read. It lives as long as the policy does.
 type written struct {
 	published *published
-	children  map[childKey]appliedChild
+	// streams are the compressed lists of the last version encoded, which
+	// the next reuses for the lists it keeps.
+	streams  policy.ListStreams
+	children map[childKey]appliedChild
 	// sources are the Secrets and ConfigMaps it refers to as last read
 	// (sources.go).
 	sources map[childKey]sourceRead

@@ -111,7 +111,11 @@ func (r *CallPolicyReconciler) reconcilePolicy(ctx context.Context, cp *callsv1a
 		if len(problems) > 0 {
 			return st.stall(&stalledError{reason: ReasonInvalidPolicy, problems: problems})
 		}
-		data, shards, hash, err := policy.EncodeConfigMaps(src, policyConfigMapName(cp))
+		// A policy reconciles one at a time, so its streams are used by
+		// one encode at a time.
+		var streams *policy.ListStreams
+		r.withWritten(client.ObjectKeyFromObject(cp), func(w *written) { streams = &w.streams })
+		data, shards, hash, err := streams.Encode(src, policyConfigMapName(cp))
 		if err != nil {
 			return fmt.Errorf("encode policy ConfigMaps: %w", err)
 		}

@@ -77,6 +77,25 @@ type Shard struct {
 // does not validate: Compile first. Lists and prompts not referenced by the
 // spec are left out; a referenced one missing from the Source is an error.
 func EncodeConfigMaps(src *Source, shardPrefix string) (data map[string]string, shards []Shard, hash string, err error) {
+	return encodeConfigMaps(src, shardPrefix, nil)
+}
+
+// ListStreams keeps the gzip streams of the list texts it last encoded, by
+// the hash of each text, so that a version that keeps a list (a change to
+// the rules, or to another list) does not compress it again: a million
+// numbers take 1.7 s to compress and 0.06 s to hash. It keeps only the
+// streams of the last version it encoded. Not safe for concurrent use.
+type ListStreams struct {
+	byText map[string][]byte
+}
+
+// Encode is EncodeConfigMaps, reusing the stream of each list whose text
+// the last Encode saw.
+func (ls *ListStreams) Encode(src *Source, shardPrefix string) (data map[string]string, shards []Shard, hash string, err error) {
+	return encodeConfigMaps(src, shardPrefix, ls)
+}
+
+func encodeConfigMaps(src *Source, shardPrefix string, ls *ListStreams) (data map[string]string, shards []Shard, hash string, err error) {
 	if src == nil {
 		return nil, nil, "", errors.New("encode policy configmaps: no source")
 	}
@@ -104,9 +123,15 @@ func EncodeConfigMaps(src *Source, shardPrefix string) (data map[string]string, 
 			}
 		}
 	}
+	streams := map[string][]byte{}
 	if len(lists) > 0 {
 		for i := range lists {
-			split(Gzip([]byte(src.Lists[ListRef{Name: lists[i].Name, Key: lists[i].Key}])), &lists[i])
+			gz, ok := ls.stream(lists[i].SHA256)
+			if !ok {
+				gz = Gzip([]byte(src.Lists[ListRef{Name: lists[i].Name, Key: lists[i].Key}]))
+			}
+			streams[lists[i].SHA256] = gz
+			split(gz, &lists[i])
 		}
 		lj, err := json.Marshal(lists)
 		if err != nil {
@@ -124,7 +149,19 @@ func EncodeConfigMaps(src *Source, shardPrefix string) (data map[string]string, 
 		}
 		data[ConfigMapKeyPrompts] = string(pj)
 	}
+	if ls != nil {
+		ls.byText = streams
+	}
 	return data, shards, hash, nil
+}
+
+// stream returns the gzip stream last encoded for the text with hash sum.
+func (ls *ListStreams) stream(sum string) ([]byte, bool) {
+	if ls == nil {
+		return nil, false
+	}
+	b, ok := ls.byText[sum]
+	return b, ok
 }
 
 // shardName names a shard after its bytes: 64 bits of the hash keep names

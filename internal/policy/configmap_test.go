@@ -192,6 +192,66 @@ func TestConfigMapShardsABigList(t *testing.T) {
 	}
 }
 
+// TestListStreamsReuse: a version that keeps a list reuses its compressed
+// stream (the same bytes, not compressed again) and encodes exactly as
+// EncodeConfigMaps does; streams of lists no longer named are dropped.
+func TestListStreamsReuse(t *testing.T) {
+	src := listSource()
+	var ls ListStreams
+	encode := func(src *Source) (map[string]string, []Shard, string) {
+		t.Helper()
+		data, shards, hash, err := ls.Encode(src, "p")
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantData, wantShards, wantHash, err := EncodeConfigMaps(src, "p")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hash != wantHash || !reflect.DeepEqual(data, wantData) || !reflect.DeepEqual(shards, wantShards) {
+			t.Fatalf("ListStreams.Encode differs from EncodeConfigMaps: %v %v %s, want %v %v %s", data, shards, hash, wantData, wantShards, wantHash)
+		}
+		return data, shards, hash
+	}
+	byName := func(shards []Shard) map[string][]byte {
+		m := map[string][]byte{}
+		for _, sh := range shards {
+			m[sh.Name] = sh.Data
+		}
+		return m
+	}
+	_, first, hash := encode(src)
+	if len(first) != 2 {
+		t.Fatalf("%d shards, want one per list", len(first))
+	}
+
+	// A rules-only change: both streams are the ones kept.
+	src.Spec.Rules[1].Name = "late-night"
+	_, second, hash2 := encode(src)
+	if hash2 == hash {
+		t.Fatal("changing a rule kept the hash")
+	}
+	was := byName(first)
+	for _, sh := range second {
+		if old, ok := was[sh.Name]; !ok || &old[0] != &sh.Data[0] {
+			t.Errorf("shard %s was compressed again", sh.Name)
+		}
+	}
+
+	// One list changed: only its stream is new, and the old one is dropped.
+	src.Lists[ListRef{"extra", "more.txt"}] = "+15550002\n"
+	_, third, _ := encode(src)
+	reused := 0
+	for _, sh := range third {
+		if old, ok := was[sh.Name]; ok && &old[0] == &sh.Data[0] {
+			reused++
+		}
+	}
+	if reused != 1 || len(ls.byText) != 2 {
+		t.Errorf("%d of %d streams reused, %d kept; want 1 reused and 2 kept", reused, len(third), len(ls.byText))
+	}
+}
+
 func TestConfigMapHashStability(t *testing.T) {
 	_, sh1, h1, err := EncodeConfigMaps(listSource(), "p")
 	if err != nil {
