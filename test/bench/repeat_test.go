@@ -53,7 +53,10 @@ import (
 // (EVALSHA) and commands per call (INFO commandstats and stats; a script's
 // own commands count too) and its CPU per call (INFO cpu), the calls
 // decided without the store (state_errors_total) and the third calls they
-// made it miss; and the 1-minute load average at the start and end. The
+// made it miss; the receivers' garbage collections (gc-cycles, both
+// together: with GOMAXPROCS=1 a collection's marking holds the receiver's
+// one P, and both receivers share a CPU) and bytes allocated per
+// notification; and the 1-minute load average at the start and end. The
 // receivers share the handler's CPU (one each, GOMAXPROCS=1); redis-server
 // runs on the driver's CPUs with the emulator and the load generator, as a
 // store on another machine would not share the receivers' CPU.
@@ -61,7 +64,8 @@ import (
 //	go test ./test/bench -run '^$' -bench RepeatCallers -benchtime 170000x
 //
 // makes five pairs of 10 s runs (34,000 notifications each);
-// CALLGUARD_BENCH_PAIRS sets the pairs.
+// CALLGUARD_BENCH_PAIRS sets the pairs. CALLGUARD_BENCH_CPUPROFILE=FILE
+// profiles each receiver child into FILE.baseline-0 … FILE.repeat-1.
 func BenchmarkRepeatCallers(b *testing.B) {
 	b.StopTimer()
 	e := startRepeatEnv(b)
@@ -183,13 +187,20 @@ func startRepeatEnv(b *testing.B) *repeatEnv {
 		b.Fatal(err)
 	}
 	e.s.children = map[string]*child{}
+	profile := os.Getenv(cpuProfileEnv)
 	for _, kind := range repeatKinds {
 		path := basePath
 		if kind == "repeat" {
 			path = repeatPath
 		}
 		for i := range 2 {
-			c, err := startChild("receiver", path, caFile, e.s.emu.URL(), cpu, childStateEnv+"="+stateDir)
+			env := []string{childStateEnv + "=" + stateDir}
+			if profile != "" {
+				// A profile per child (FILE.repeat-0, …): they would
+				// otherwise all write the one file.
+				env = append(env, fmt.Sprintf("%s=%s.%s-%d", cpuProfileEnv, profile, kind, i))
+			}
+			c, err := startChild("receiver", path, caFile, e.s.emu.URL(), cpu, env...)
 			if err != nil {
 				b.Fatalf("%s receiver %d: %v", kind, i, err)
 			}
@@ -257,6 +268,9 @@ func repeatCallers(n int) (repeatLoad, error) {
 // repeatStats is what the store and its server have done so far.
 type repeatStats struct {
 	commands, scripts, cpuSec, requests, errors float64
+	// gcs and allocated are the receivers' garbage collections and bytes
+	// allocated, together.
+	gcs, allocated float64
 }
 
 func (e *repeatEnv) stats(kind string) (repeatStats, error) {
@@ -272,6 +286,17 @@ func (e *repeatEnv) stats(kind string) (repeatStats, error) {
 			return st, err
 		}
 		st.errors += n
+		if n, err = metricSum(ops, "go_gc_duration_seconds_count"); err != nil {
+			return st, err
+		}
+		st.gcs += n
+		if n, err = metricSum(ops, "go_memstats_alloc_bytes_total"); err != nil {
+			return st, err
+		}
+		st.allocated += n
+	}
+	if kind != "repeat" {
+		return st, nil
 	}
 	info, err := e.redis.Info(context.Background(), "stats", "cpu", "commandstats").Result()
 	if err != nil {
@@ -431,6 +456,9 @@ func (e *repeatEnv) run(b *testing.B, kind string, n int, rate float64) (map[str
 		"cpu-us/notification":    float64((cpuAfter - cpuBefore).Microseconds()) / float64(n),
 		"callers":                float64(load.callers),
 		"repeating-callers":      float64(load.repeaters),
+		// Collections pause a receiver's one P: they show in the p99s.
+		"gc-cycles":                after.gcs - before.gcs,
+		"alloc-bytes/notification": (after.allocated - before.allocated) / float64(n),
 	}
 	if kind == "repeat" {
 		m["counted/call"] = float64(counted) / float64(n)
