@@ -84,37 +84,47 @@ verify-generated: ## Fail when the committed generated files are stale.
 envtest: ## Build (once, cached) kube-apiserver and etcd for envtest.
 	@hack/envtest/build.sh >/dev/null
 
-# The tools `make test` needs, built side by side (make -j): on a cold machine
-# one build's module downloads and single-threaded link overlap another's
-# compiling instead of queueing behind it.
+# The tools `make test` needs, all built side by side (make -j6), envtest's
+# kube-apiserver (the longest) first: on a cold machine one build's module
+# downloads and single-threaded link overlap another's compiling instead of
+# queueing behind it.
 .PHONY: test-tools
-test-tools: $(CONTROLLER_GEN) $(KUSTOMIZE) $(HELM) $(PROMTOOL) $(CRD_REF_DOCS) $(KO) $(CRANE) envtest
+test-tools: envtest $(CONTROLLER_GEN) $(KUSTOMIZE) $(HELM) $(PROMTOOL) $(CRD_REF_DOCS) $(KO) $(CRANE)
 
+# The Go flags of `make test`'s builds (docs/benchmarks.md, "Cold CI"): no
+# DWARF (debuggers' data; about a fifth of the compiler's time), and
+# -trimpath, so that test/scale's build of the manager and the receiver
+# (CGO_ENABLED=0) is the release snapshot's linux/amd64 one (ko builds with
+# -trimpath) and the snapshot only links it. The hack/ scripts build the
+# tools and envtest the same way.
+TEST_GOFLAGS = $(strip $(shell $(GO) env GOFLAGS) -trimpath -gcflags=all=-dwarf=false -ldflags=-w)
+
+# `go test -vet=all` runs every analyzer `go vet` runs, on the same packages,
+# on the build the tests use, instead of `go vet` compiling every dependency
+# once more.
 .PHONY: test
 test: ## Run every test against a real API server (envtest), the chart's and the alerts' tests, plus short fuzz runs.
-	@$(MAKE) --no-print-directory -j4 test-tools
-	@$(MAKE) --no-print-directory verify-generated vet
+	@$(MAKE) --no-print-directory -j6 test-tools
+	@$(MAKE) --no-print-directory verify-generated
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
-	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" $(GO) test -race -count=1 ./...
-	@$(MAKE) --no-print-directory test-chart
-	@$(MAKE) --no-print-directory test-release
-	FUZZTIME=$(TEST_FUZZTIME) hack/fuzz.sh
+	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" GOFLAGS="$(TEST_GOFLAGS)" $(GO) test -race -vet=all -count=1 ./...
+	@GOFLAGS="$(TEST_GOFLAGS)" $(MAKE) --no-print-directory test-chart
+	@GOFLAGS="$(TEST_GOFLAGS)" $(MAKE) --no-print-directory test-release
+	FUZZTIME=$(TEST_FUZZTIME) GOFLAGS="$(TEST_GOFLAGS)" hack/fuzz.sh
 
 # test/chart is a module of its own (Prometheus' parser stays out of go.mod);
 # -mod=mod lets it follow the main module's requirements as they change.
 .PHONY: test-chart
 test-chart: $(HELM) $(PROMTOOL) $(KUSTOMIZE) ## Test the Helm chart, alerts and dashboard: helm lint, parity with config/, envtest dry-runs, promtool test rules, dashboard queries.
-	cd test/chart && $(GO) vet -mod=mod ./...
 	assets="$(ENVTEST_ASSETS)" && cd test/chart && KUBEBUILDER_ASSETS="$$assets" HELM=$(HELM) PROMTOOL=$(PROMTOOL) KUSTOMIZE=$(KUSTOMIZE) \
-		$(GO) test -mod=mod -count=1 ./...
+		$(GO) test -mod=mod -vet=all -count=1 ./...
 
 # test/release runs hack/release.sh --snapshot into a temporary directory
 # (the images, and the plugin, for linux/amd64 and linux/arm64 only) and
 # checks what it wrote; it has the build tag release, so `go test ./...` leaves it out.
 .PHONY: test-release
 test-release: $(KO) $(CRANE) $(HELM) $(KUSTOMIZE) ## Test a release snapshot: OCI layouts, archives, checksums, krew manifest, chart, install.yaml.
-	$(GO) vet -tags release ./test/release/
-	KO=$(KO) CRANE=$(CRANE) HELM=$(HELM) KUSTOMIZE=$(KUSTOMIZE) $(GO) test -tags release -count=1 -timeout 30m ./test/release/
+	KO=$(KO) CRANE=$(CRANE) HELM=$(HELM) KUSTOMIZE=$(KUSTOMIZE) $(GO) test -tags release -vet=all -count=1 -timeout 30m ./test/release/
 
 .PHONY: fuzz
 fuzz: ## Run every fuzz target for FUZZTIME (default 5m; e.g. FUZZTIME=30m).
