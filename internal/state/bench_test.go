@@ -86,6 +86,26 @@ func processCPU(b *testing.B) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
+// BenchmarkRedisConnect: a store's first connections (Warm dials
+// warmConns of them), as a receiver makes them again for every batch the
+// budget cut off; B/op is what each round of dials allocates.
+func BenchmarkRedisConnect(b *testing.B) {
+	srv := redisserver.Start(b)
+	b.ReportAllocs()
+	for b.Loop() {
+		r, err := NewRedis(RedisOptions{Address: srv.Addr(), Name: "policy", HashKey: key})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := r.Warm(context.Background()); err != nil {
+			b.Fatal(err)
+		}
+		if err := r.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // million is the callers of the memory benchmarks.
 const million = 1_000_000
 
