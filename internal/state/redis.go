@@ -207,14 +207,6 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		MaxRetries:            1,
 		DialerRetries:         1,
 		DialTimeout:           2 * time.Second,
-		// A script call is a few hundred bytes and its answer a few dozen:
-		// go-redis's pipeline buffers (128 KiB each way) would be allocated
-		// again for each connection that replaces one a timed-out batch
-		// closed, which under load is often (BenchmarkRedisConnect).
-		ReadBufferSize:          connBuffer,
-		WriteBufferSize:         connBuffer,
-		PipelineReadBufferSize:  connBuffer,
-		PipelineWriteBufferSize: connBuffer,
 	})
 	return &Redis{
 		client:  c,
@@ -223,10 +215,6 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		pattern: globEscape(base+kindBlocks) + "*",
 	}, nil
 }
-
-// connBuffer is a connection's read and write buffer: a batch of 40 calls
-// fits either way.
-const connBuffer = 16 << 10
 
 // quietClient silences the client's own log, once per process: every error
 // reaches the store's caller, who logs it once per batch instead of one
