@@ -515,24 +515,37 @@ const warmConns = 4
 func (r *Redis) Warm(ctx context.Context) error {
 	var none callerKey
 	keys := []string{r.keyName(kindCalls, none), r.keyName(kindBlocks, none)}
-	errs := make(chan error, warmConns)
-	for range warmConns {
-		go func() {
-			p := r.client.Pipeline()
-			// Not recording, no steps: it reads one absent key and answers -1.
-			p.Eval(ctx, evalLua.src, keys, "0", "0", "", "0", "0", "")
-			_, err := p.Exec(ctx)
-			errs <- err
-		}()
-	}
-	var first error
-	for range warmConns {
-		if err := <-errs; err != nil && first == nil {
-			first = fmt.Errorf("state: redis: warm up: %w", err)
+	// Pipelines run at once share a connection when one is back in the
+	// pool before another asks: a few rounds make sure of warmConns.
+	for range warmRounds {
+		errs := make(chan error, warmConns)
+		for range warmConns {
+			go func() {
+				p := r.client.Pipeline()
+				// Not recording, no steps: it reads one absent key and answers -1.
+				p.Eval(ctx, evalLua.src, keys, "0", "0", "", "0", "0", "")
+				_, err := p.Exec(ctx)
+				errs <- err
+			}()
+		}
+		var first error
+		for range warmConns {
+			if err := <-errs; err != nil && first == nil {
+				first = fmt.Errorf("state: redis: warm up: %w", err)
+			}
+		}
+		if first != nil {
+			return first
+		}
+		if st := r.client.PoolStats().PipelineStats; st == nil || st.TotalConns >= warmConns {
+			return nil
 		}
 	}
-	return first
+	return nil
 }
+
+// warmRounds bounds Warm's rounds of pipelines.
+const warmRounds = 3
 
 // Close implements Store: it closes the connection pool.
 func (r *Redis) Close() error { return r.client.Close() }
