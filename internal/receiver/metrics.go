@@ -47,10 +47,13 @@ type metrics struct {
 	// result and their time, the calls decided without its answer, and the
 	// temporary blocks started, by rule.
 	stateRequests *prometheus.CounterVec
-	stateSeconds  prometheus.Histogram
-	stateErrors   prometheus.Counter
-	blocksStarted *prometheus.CounterVec
-	stateBy       [3]prometheus.Counter // stateRequests by stateResults
+	// stateRoundTrips are a Redis store's round trips: concurrent batches'
+	// requests share one.
+	stateRoundTrips prometheus.Counter
+	stateSeconds    prometheus.Histogram
+	stateErrors     prometheus.Counter
+	blocksStarted   *prometheus.CounterVec
+	stateBy         [3]prometheus.Counter // stateRequests by stateResults
 
 	// The children counted on every notification, looked up once: a
 	// CounterVec hashes and checks the label values on each lookup.
@@ -230,11 +233,15 @@ func newMetrics(queueDepth func() float64) *metrics {
 	})
 	m.stateRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: namespace, Name: "state_requests_total",
-		Help: "Round trips to the state store (one per notification batch with calls it decides), by result (ok, error, timeout).",
+		Help: "Requests to the state store (one per notification batch with calls it decides), by result (ok, error, timeout).",
 	}, []string{"result"})
+	m.stateRoundTrips = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: namespace, Name: "state_round_trips_total",
+		Help: "Round trips to a Redis state store: the requests of batches decided at once share one.",
+	})
 	m.stateSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: namespace, Name: "state_seconds",
-		Help:    "Time of a round trip to the state store, answered or not (the budget is 100 ms).",
+		Help:    "Time a batch waited for the state store's answer, answered or not (the budget is 100 ms).",
 		Buckets: []float64{.00025, .0005, .001, .0025, .005, .01, .025, .05, .1},
 	})
 	m.stateErrors = prometheus.NewCounter(prometheus.CounterOpts{
@@ -261,7 +268,7 @@ func newMetrics(queueDepth func() float64) *metrics {
 		m.requests, m.notifications, m.duplicates, m.authFailures, m.decisions, m.celErrors,
 		m.graphRequests, m.actions, m.decisionToGraph, m.upstream, m.withheld, m.connsEvicted, m.connsShed, m.reloads, m.loadSeconds, m.policyInfo,
 		m.tokenRequests, m.tenantTokenFailures,
-		m.stateRequests, m.stateSeconds, m.stateErrors, m.blocksStarted,
+		m.stateRequests, m.stateRoundTrips, m.stateSeconds, m.stateErrors, m.blocksStarted,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Namespace: namespace, Name: "queue_depth",
 			Help: "Notification batches waiting for a worker.",

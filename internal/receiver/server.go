@@ -298,7 +298,7 @@ func (s *Server) apply(p *policy.Policy, secret map[string][]byte, id policyID) 
 	if cfg, ok := storeConfigOf(p, spec, id, files, rt.stateKey); ok {
 		if old != nil && old.store != nil && old.storeCfg == cfg {
 			rt.store = old.store
-		} else if rt.store, err = openStore(cfg, s.log); err != nil {
+		} else if rt.store, err = openStore(cfg, s.log, s.metrics.stateRoundTrips.Inc); err != nil {
 			return err
 		}
 		rt.storeCfg = cfg

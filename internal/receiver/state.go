@@ -172,8 +172,8 @@ func storeConfigOf(p *policy.Policy, spec *v1alpha1.CallPolicySpec, id policyID,
 
 // openStore makes the store c describes. A Redis store connects lazily:
 // a server down at apply does not refuse the policy (state.onError
-// applies to its calls until it answers).
-func openStore(c storeConfig, log *slog.Logger) (state.Store, error) {
+// applies to its calls until it answers). roundTrip counts its round trips.
+func openStore(c storeConfig, log *slog.Logger, roundTrip func()) (state.Store, error) {
 	if !c.redis {
 		st, err := state.NewMemory([]byte(c.key), memoryCallers)
 		if err != nil {
@@ -190,6 +190,7 @@ func openStore(c storeConfig, log *slog.Logger) (state.Store, error) {
 		Namespace: c.policy.namespace,
 		Name:      c.policy.name,
 		HashKey:   []byte(c.key),
+		RoundTrip: roundTrip,
 	}
 	if c.tls {
 		host, _, err := net.SplitHostPort(c.address)
@@ -224,7 +225,7 @@ func openStore(c storeConfig, log *slog.Logger) (state.Store, error) {
 // store to answer.
 const storeWarmTimeout = 2 * time.Second
 
-// Results of a round trip to the store (state_requests_total).
+// Results of a batch's request to the store (state_requests_total).
 const (
 	stateOK = iota
 	stateError

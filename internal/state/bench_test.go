@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -77,6 +78,40 @@ func BenchmarkEval(b *testing.B) {
 	}
 }
 
+// BenchmarkEvalConcurrent: one-call batches from 16 goroutines at once, as
+// a receiver's workers ask when notifications arrive faster than round
+// trips (a backlog); round-trips/query is how many round trips the Redis
+// store made per call.
+func BenchmarkEvalConcurrent(b *testing.B) {
+	srv := redisserver.Start(b)
+	var trips atomic.Int64
+	r := newTestRedis(b, srv.Addr(), RedisOptions{KeyPrefix: "callguard:", Namespace: "default", Name: "block-floods",
+		RoundTrip: func() { trips.Add(1) }})
+	if err := r.Warm(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	at := now()
+	var next atomic.Int64
+	b.ReportAllocs()
+	b.SetParallelism(16 / runtime.GOMAXPROCS(0))
+	trips0, cpu0 := trips.Load(), processCPU(b)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		qs, ans := make([]Query, 1), make([]Answer, 1)
+		for pb.Next() {
+			i := int(next.Add(1))
+			benchBatch(qs, i%10_000, i, at.Add(time.Duration(i)*time.Millisecond), time.Hour, 5, benchSteps)
+			if err := r.Eval(context.Background(), qs, ans); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.StopTimer()
+	b.ReportMetric(float64(trips.Load()-trips0)/float64(b.N), "round-trips/query")
+	b.ReportMetric(float64((processCPU(b)-cpu0).Nanoseconds())/float64(b.N), "cpu-ns/query")
+}
+
 // processCPU is this process's user and system CPU time so far.
 func processCPU(b *testing.B) time.Duration {
 	var ru syscall.Rusage
@@ -86,10 +121,10 @@ func processCPU(b *testing.B) time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// BenchmarkRedisConnect: a store's first connections (Warm dials
-// warmConns of them), as a receiver makes them again for every batch the
-// budget cut off; B/op is what each round of dials allocates (go-redis's
-// pipeline connections read and write through 128 KiB buffers each way).
+// BenchmarkRedisConnect: a store's first connection (Warm dials it), as a
+// receiver makes it again after a round trip the budget cut off; B/op is
+// what a store and its dial allocate (go-redis's pipeline connections read
+// and write through 128 KiB buffers each way).
 func BenchmarkRedisConnect(b *testing.B) {
 	srv := redisserver.Start(b)
 	b.ReportAllocs()

@@ -36,6 +36,9 @@ type RedisOptions struct {
 	// HashKey keys the HMAC-SHA256 that callers are stored under; every
 	// replica of a policy must use the same.
 	HashKey []byte
+	// RoundTrip, if set, is called once per round trip of script calls to
+	// the server (concurrent Evals share one).
+	RoundTrip func()
 }
 
 // Redis is a Store in a Redis-protocol server, shared by every replica of
@@ -48,7 +51,35 @@ type Redis struct {
 	// base is KeyPrefix namespace/name: ; pattern matches its block keys in
 	// SCAN.
 	base, pattern string
+	roundTrip     func()
+
+	// One round trip of Evals is on its way at a time; the Evals that ask
+	// meanwhile wait for the sender (send), which puts all of them in its
+	// next pipeline: concurrent batches share a round trip, so a backlog
+	// (after the receiver's CPU was taken for a while) costs fewer writes,
+	// reads and wake-ups per call than the calls before it, and drains
+	// faster.
+	mu        sync.Mutex
+	busy      bool // a round trip is on its way
+	queue     []*flight
+	wake      chan struct{}
+	closed    chan struct{}
+	closeOnce sync.Once
+	sent      sync.WaitGroup
 }
+
+// flight is one Eval's script calls, waiting for or in a round trip.
+type flight struct {
+	ctx   context.Context
+	calls [][]any
+	cmds  []*redis.Cmd
+	err   error
+	done  chan struct{}
+}
+
+// maxRoundCalls bounds the script calls of one round trip: the server runs
+// them one after another, and the last waits for all before it.
+const maxRoundCalls = 512
 
 // Key kinds after the base.
 const (
@@ -208,12 +239,17 @@ func NewRedis(opts RedisOptions) (*Redis, error) {
 		DialerRetries:         1,
 		DialTimeout:           2 * time.Second,
 	})
-	return &Redis{
-		client:  c,
-		hashers: newHashers(opts.HashKey),
-		base:    base,
-		pattern: globEscape(base+kindBlocks) + "*",
-	}, nil
+	r := &Redis{
+		client:    c,
+		hashers:   newHashers(opts.HashKey),
+		base:      base,
+		pattern:   globEscape(base+kindBlocks) + "*",
+		roundTrip: opts.RoundTrip,
+		wake:      make(chan struct{}, 1),
+		closed:    make(chan struct{}),
+	}
+	r.sent.Go(r.send)
+	return r, nil
 }
 
 // quietClient silences the client's own log, once per process: every error
@@ -279,7 +315,7 @@ func (r *Redis) Eval(ctx context.Context, qs []Query, ans []Answer) error {
 		calls[i] = all[start:len(all):len(all)]
 	}
 	r.hashers.put(h)
-	cmds, err := r.run(ctx, evalLua, calls)
+	cmds, err := r.coalesce(ctx, calls)
 	if err != nil {
 		return fmt.Errorf("state: eval: %w", err)
 	}
@@ -353,6 +389,18 @@ func (r *Redis) callerKeys(k callerKey) (calls, blocks string) {
 // those the server did not have the script for. A call is the command's
 // arguments with two free slots first, for the command and the script.
 func (r *Redis) run(ctx context.Context, s *script, calls [][]any) ([]*redis.Cmd, error) {
+	cmds := r.exec(ctx, s, calls)
+	for _, cmd := range cmds {
+		if err := cmd.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return cmds, nil
+}
+
+// exec is run's round trip (two when the script is missing), every
+// command's own error kept.
+func (r *Redis) exec(ctx context.Context, s *script, calls [][]any) []*redis.Cmd {
 	cmds := make([]*redis.Cmd, len(calls))
 	pipe := r.client.Pipeline()
 	for i, c := range calls {
@@ -361,6 +409,7 @@ func (r *Redis) run(ctx context.Context, s *script, calls [][]any) ([]*redis.Cmd
 		_ = pipe.Process(ctx, cmds[i])
 	}
 	_, _ = pipe.Exec(ctx)
+	r.countRoundTrip()
 	var missing []int
 	for i, cmd := range cmds {
 		if err := cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
@@ -376,13 +425,160 @@ func (r *Redis) run(ctx context.Context, s *script, calls [][]any) ([]*redis.Cmd
 			_ = pipe.Process(ctx, cmds[i])
 		}
 		_, _ = pipe.Exec(ctx)
+		r.countRoundTrip()
 	}
-	for _, cmd := range cmds {
-		if err := cmd.Err(); err != nil {
-			return nil, err
+	return cmds
+}
+
+func (r *Redis) countRoundTrip() {
+	if r.roundTrip != nil {
+		r.roundTrip()
+	}
+}
+
+// coalesce runs calls (evalScript's) and returns their answers: at once
+// when no round trip is on its way, or else with the calls of every other
+// Eval waiting then, in the sender's next round trip; or ctx's error if
+// that ends first (the calls may still be sent and counted, as a timed-out
+// pipeline's may).
+func (r *Redis) coalesce(ctx context.Context, calls [][]any) ([]*redis.Cmd, error) {
+	r.mu.Lock()
+	if !r.busy && len(r.queue) == 0 {
+		// Nothing to share the round trip with: no hand-off either.
+		r.busy = true
+		r.mu.Unlock()
+		cmds := r.exec(ctx, evalLua, calls)
+		r.idle()
+		for _, cmd := range cmds {
+			if err := cmd.Err(); err != nil {
+				return nil, err
+			}
+		}
+		return cmds, nil
+	}
+	f := &flight{ctx: ctx, calls: calls, done: make(chan struct{})}
+	r.queue = append(r.queue, f)
+	r.mu.Unlock()
+	r.wakeSender()
+	select {
+	case <-f.done:
+		return f.cmds, f.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-r.closed:
+		return nil, redis.ErrClosed
+	}
+}
+
+// idle ends a round trip, and has the sender send the Evals that waited
+// for it.
+func (r *Redis) idle() {
+	r.mu.Lock()
+	r.busy = false
+	waiting := len(r.queue) > 0
+	r.mu.Unlock()
+	if waiting {
+		r.wakeSender()
+	}
+}
+
+func (r *Redis) wakeSender() {
+	select {
+	case r.wake <- struct{}{}:
+	default: // the sender is already due to look
+	}
+}
+
+// send is the sender: each round trip takes the Evals waiting, up to
+// maxRoundCalls calls, in one pipeline, once the round trip on its way is
+// back (whoever made it wakes the sender again).
+func (r *Redis) send() {
+	for {
+		select {
+		case <-r.wake:
+		case <-r.closed:
+			r.fail(redis.ErrClosed)
+			return
+		}
+		for r.round() {
 		}
 	}
-	return cmds, nil
+}
+
+// round sends one round trip of the Evals waiting; false when none was or
+// a round trip is on its way.
+func (r *Redis) round() bool {
+	r.mu.Lock()
+	if r.busy {
+		r.mu.Unlock()
+		return false
+	}
+	var (
+		take  []*flight
+		calls [][]any
+	)
+	n := 0
+	for n < len(r.queue) {
+		f := r.queue[n]
+		if len(take) > 0 && len(calls)+len(f.calls) > maxRoundCalls {
+			break
+		}
+		n++
+		// A caller that gave up is not waiting: its calls are not sent.
+		if f.ctx.Err() != nil {
+			continue
+		}
+		take = append(take, f)
+		calls = append(calls, f.calls...)
+	}
+	r.queue = r.queue[n:]
+	if len(r.queue) == 0 {
+		r.queue = nil
+	}
+	r.busy = len(take) > 0
+	r.mu.Unlock()
+	if n == 0 {
+		return false
+	}
+	if len(take) == 0 {
+		return true
+	}
+	// The round is bounded by its earliest deadline: every caller's budget
+	// is the same, so the first to have waited has it.
+	ctx := take[0].ctx
+	for _, f := range take[1:] {
+		if d, ok := f.ctx.Deadline(); ok {
+			if e, ok := ctx.Deadline(); !ok || d.Before(e) {
+				ctx = f.ctx
+			}
+		}
+	}
+	cmds := r.exec(ctx, evalLua, calls)
+	r.mu.Lock()
+	r.busy = false
+	r.mu.Unlock()
+	for _, f := range take {
+		f.cmds, cmds = cmds[:len(f.calls):len(f.calls)], cmds[len(f.calls):]
+		for _, cmd := range f.cmds {
+			if f.err = cmd.Err(); f.err != nil {
+				break
+			}
+		}
+		close(f.done)
+	}
+	return true
+}
+
+// fail ends every waiting Eval with err.
+func (r *Redis) fail(err error) {
+	r.mu.Lock()
+	q := r.queue
+	r.queue = nil
+	r.mu.Unlock()
+	for _, f := range q {
+		f.err = err
+		close(f.done)
+	}
 }
 
 // Claim implements Store.
@@ -501,51 +697,29 @@ func (r *Redis) Unblock(ctx context.Context, caller string) (int, error) {
 	return total, nil
 }
 
-// warmConns is how many pipeline connections Warm opens: the batches a
-// receiver usually has in flight at once.
-const warmConns = 4
-
 // Warm connects, authenticates and loads the script before the first call
-// needs them. A store that is not warmed dials on its first batches, and a
+// needs them. A store that is not warmed dials on its first batch, and a
 // receiver just started then decides its first second of calls without the
-// store (BenchmarkRepeatCallers). The client's pipeline connections are
-// dialed only by pipelines, so Warm opens them with pipelines, each running
-// the script for no caller: only commands the store always sends, so an ACL
-// user limited to them (docs/state.md) may warm it too.
+// store (BenchmarkRepeatCallers). One connection is what Eval uses: its
+// round trips go one at a time. Warm runs the script for no caller: only
+// commands the store always sends, so an ACL user limited to them
+// (docs/state.md) may warm it too.
 func (r *Redis) Warm(ctx context.Context) error {
 	var none callerKey
 	keys := []string{r.keyName(kindCalls, none), r.keyName(kindBlocks, none)}
-	// Pipelines run at once share a connection when one is back in the
-	// pool before another asks: a few rounds make sure of warmConns.
-	for range warmRounds {
-		errs := make(chan error, warmConns)
-		for range warmConns {
-			go func() {
-				p := r.client.Pipeline()
-				// Not recording, no steps: it reads one absent key and answers -1.
-				p.Eval(ctx, evalLua.src, keys, "0", "0", "", "0", "0", "")
-				_, err := p.Exec(ctx)
-				errs <- err
-			}()
-		}
-		var first error
-		for range warmConns {
-			if err := <-errs; err != nil && first == nil {
-				first = fmt.Errorf("state: redis: warm up: %w", err)
-			}
-		}
-		if first != nil {
-			return first
-		}
-		if st := r.client.PoolStats().PipelineStats; st == nil || st.TotalConns >= warmConns {
-			return nil
-		}
+	p := r.client.Pipeline()
+	// Not recording, no steps: it reads one absent key and answers -1.
+	p.Eval(ctx, evalLua.src, keys, "0", "0", "", "0", "0", "")
+	if _, err := p.Exec(ctx); err != nil {
+		return fmt.Errorf("state: redis: warm up: %w", err)
 	}
 	return nil
 }
 
-// warmRounds bounds Warm's rounds of pipelines.
-const warmRounds = 3
-
-// Close implements Store: it closes the connection pool.
-func (r *Redis) Close() error { return r.client.Close() }
+// Close implements Store: it stops the sender, failing the Evals still
+// waiting, and closes the connection pool.
+func (r *Redis) Close() error {
+	r.closeOnce.Do(func() { close(r.closed) })
+	r.sent.Wait()
+	return r.client.Close()
+}

@@ -48,8 +48,9 @@ import (
 // write of a notification to the arrival of its reject at the emulator (the
 // emulator's record); p99-receiver-action-ms, the receivers' own log of
 // arrival to Graph's answer; the receivers' CPU per notification (both
-// together); for the repeat runs, the store's round trips per decided call
-// (callguard_receiver_state_requests_total), redis-server's script runs
+// together); for the repeat runs, the store's requests (one per batch:
+// callguard_receiver_state_requests_total) and round trips (batches asking
+// at once share one: state_round_trips_total) per call, redis-server's script runs
 // (EVALSHA) and commands per call (INFO commandstats and stats; a script's
 // own commands count too) and its CPU per call (INFO cpu), the calls
 // decided without the store (state_errors_total) and the third calls they
@@ -267,7 +268,7 @@ func repeatCallers(n int) (repeatLoad, error) {
 
 // repeatStats is what the store and its server have done so far.
 type repeatStats struct {
-	commands, scripts, cpuSec, requests, errors float64
+	commands, scripts, cpuSec, requests, roundTrips, errors float64
 	// gcs and allocated are the receivers' garbage collections and bytes
 	// allocated, together.
 	gcs, allocated float64
@@ -277,8 +278,12 @@ func (e *repeatEnv) stats(kind string) (repeatStats, error) {
 	var st repeatStats
 	for i := range 2 {
 		ops := e.s.children[fmt.Sprintf("%s-%d", kind, i)].ops + "/metrics"
-		n, err := metricSum(ops, "callguard_receiver_state_requests_total")
+		n, err := metricSum(ops, "callguard_receiver_state_round_trips_total")
 		if err != nil {
+			return st, err
+		}
+		st.roundTrips += n
+		if n, err = metricSum(ops, "callguard_receiver_state_requests_total"); err != nil {
 			return st, err
 		}
 		st.requests += n
@@ -464,7 +469,10 @@ func (e *repeatEnv) run(b *testing.B, kind string, n int, rate float64) (map[str
 		m["counted/call"] = float64(counted) / float64(n)
 		m["repeat-rejects"] = float64(load.repeaters - len(misses))
 		m["repeat-misses"] = float64(len(misses))
-		m["store-round-trips/call"] = (after.requests - before.requests) / float64(n)
+		// A batch is one request; concurrent batches' requests share
+		// round trips.
+		m["store-requests/call"] = (after.requests - before.requests) / float64(n)
+		m["store-round-trips/call"] = (after.roundTrips - before.roundTrips) / float64(n)
 		// Less the INFO that read the first figure; the commands a
 		// script runs count too.
 		m["redis-commands/call"] = (after.commands - before.commands - 1) / float64(n)
