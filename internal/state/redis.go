@@ -716,10 +716,11 @@ func (r *Redis) Warm(ctx context.Context) error {
 	return nil
 }
 
-// Close implements Store: it stops the sender, failing the Evals still
-// waiting, and closes the connection pool.
+// Close implements Store: it closes the connection pool (a round trip on
+// its way fails) and stops the sender, failing the Evals still waiting.
 func (r *Redis) Close() error {
 	r.closeOnce.Do(func() { close(r.closed) })
+	err := r.client.Close()
 	r.sent.Wait()
-	return r.client.Close()
+	return err
 }

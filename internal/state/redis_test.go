@@ -556,6 +556,39 @@ func TestRedisBatchThatGaveUpIsNotSent(t *testing.T) {
 	}
 }
 
+// TestRedisCloseEndsWaitingBatches: closing the store (a policy version
+// retired) ends the round trip on its way and the batches waiting behind
+// it with an error, rather than leaving them to their budgets.
+func TestRedisCloseEndsWaitingBatches(t *testing.T) {
+	srv := redisserver.Start(t)
+	r := newTestRedis(t, srv.Addr(), RedisOptions{})
+	starts := make(pipelineStarts, 1)
+	adm := admin(t, srv.Addr(), 0)
+	ctx := context.Background()
+	if err := r.Eval(ctx, oneCall("+14255550000", "load"), make([]Answer, 1)); err != nil {
+		t.Fatal(err)
+	}
+	r.client.AddHook(starts)
+	if err := adm.Do(ctx, "CLIENT", "PAUSE", "2000", "ALL").Err(); err != nil {
+		t.Fatal(err)
+	}
+	first, waiting := make(chan error, 1), make(chan error, 1)
+	go func() { first <- r.Eval(ctx, oneCall("+14255550001", "first"), make([]Answer, 1)) }()
+	<-starts
+	go func() { waiting <- r.Eval(ctx, oneCall("+14255550002", "waiting"), make([]Answer, 1)) }()
+	// The second batch is queued once the sender could see it; Close
+	// fails it either way.
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-first; err == nil {
+		t.Fatal("the round trip on its way answered after Close")
+	}
+	if err := <-waiting; !errors.Is(err, redis.ErrClosed) {
+		t.Fatalf("a batch waiting at Close: %v, want %v", err, redis.ErrClosed)
+	}
+}
+
 // aclCommands are the commands a Redis store sends, its scripts included.
 const aclCommands = "evalsha eval set scan hgetall select zadd zremrangebyscore zremrangebyrank zcount pexpire hset hdel del"
 
