@@ -41,7 +41,8 @@ func (c *decided) acts(dryRun bool) bool {
 	return !dryRun && c.d.Action != v1alpha1.ActionAllow
 }
 
-// stateEval answers the store queries of a batch's calls in one round trip.
+// stateEval answers the store queries of a batch's calls in at most one
+// round trip.
 // It always answers: when the store cannot, it answers as state.onError
 // says (state.Offline).
 type stateEval func(qs []state.Query, ans []state.Answer)

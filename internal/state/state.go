@@ -97,7 +97,8 @@ type Block struct {
 
 // Store remembers callers for one policy.
 type Store interface {
-	// Eval records and answers qs in one round trip: ans[i] answers qs[i].
+	// Eval records and answers qs in at most one round trip (Evals made
+	// at once may share it): ans[i] answers qs[i].
 	// A step holds when the caller is under its block, or when it is
 	// Static and its repeat condition (if any) holds, counting this call
 	// once. The deciding step's BlockFor (re)starts the caller's block
