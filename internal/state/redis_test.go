@@ -516,26 +516,38 @@ func TestRedisConcurrentBatchesShareRoundTrips(t *testing.T) {
 	}
 }
 
-// TestRedisBatchThatGaveUpIsNotSent: a batch whose budget ends while it
-// waits behind a round trip gets its context's error at once; its calls
-// are not sent later (not counted: state.onError decided them), and the
-// batches that wait with it still get their answers.
-func TestRedisBatchThatGaveUpIsNotSent(t *testing.T) {
+// roundTripOnItsWay starts a store whose server holds every command for
+// pauseMS, and has the Eval of caller +14255550001's first call on its way
+// to it when it returns; first gets that Eval's error.
+func roundTripOnItsWay(t *testing.T, pauseMS int) (*Redis, *redis.Client, chan error) {
+	t.Helper()
 	srv := redisserver.Start(t)
 	r := newTestRedis(t, srv.Addr(), RedisOptions{})
 	starts := make(pipelineStarts, 1)
 	adm := admin(t, srv.Addr(), 0)
 	ctx := context.Background()
+	// The script loaded: the round trips after are one pipeline each.
 	if err := r.Eval(ctx, oneCall("+14255550000", "load"), make([]Answer, 1)); err != nil {
 		t.Fatal(err)
 	}
 	r.client.AddHook(starts)
-	if err := adm.Do(ctx, "CLIENT", "PAUSE", "500", "ALL").Err(); err != nil {
+	if err := adm.Do(ctx, "CLIENT", "PAUSE", strconv.Itoa(pauseMS), "ALL").Err(); err != nil {
 		t.Fatal(err)
 	}
-	first, second := make(chan error, 1), make(chan error, 1)
+	first := make(chan error, 1)
 	go func() { first <- r.Eval(ctx, oneCall("+14255550001", "first"), make([]Answer, 1)) }()
-	<-starts // the first batch's round trip is on its way
+	<-starts
+	return r, adm, first
+}
+
+// TestRedisBatchThatGaveUpIsNotSent: a batch whose budget ends while it
+// waits behind a round trip gets its context's error at once; its calls
+// are not sent later (not counted: state.onError decided them), and the
+// batches that wait with it still get their answers.
+func TestRedisBatchThatGaveUpIsNotSent(t *testing.T) {
+	r, adm, first := roundTripOnItsWay(t, 500)
+	ctx := context.Background()
+	second := make(chan error, 1)
 	go func() { second <- r.Eval(ctx, oneCall("+14255550003", "second"), make([]Answer, 1)) }()
 	late, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
@@ -560,21 +572,9 @@ func TestRedisBatchThatGaveUpIsNotSent(t *testing.T) {
 // retired) ends the round trip on its way and the batches waiting behind
 // it with an error, rather than leaving them to their budgets.
 func TestRedisCloseEndsWaitingBatches(t *testing.T) {
-	srv := redisserver.Start(t)
-	r := newTestRedis(t, srv.Addr(), RedisOptions{})
-	starts := make(pipelineStarts, 1)
-	adm := admin(t, srv.Addr(), 0)
+	r, _, first := roundTripOnItsWay(t, 2000)
 	ctx := context.Background()
-	if err := r.Eval(ctx, oneCall("+14255550000", "load"), make([]Answer, 1)); err != nil {
-		t.Fatal(err)
-	}
-	r.client.AddHook(starts)
-	if err := adm.Do(ctx, "CLIENT", "PAUSE", "2000", "ALL").Err(); err != nil {
-		t.Fatal(err)
-	}
-	first, waiting := make(chan error, 1), make(chan error, 1)
-	go func() { first <- r.Eval(ctx, oneCall("+14255550001", "first"), make([]Answer, 1)) }()
-	<-starts
+	waiting := make(chan error, 1)
 	go func() { waiting <- r.Eval(ctx, oneCall("+14255550002", "waiting"), make([]Answer, 1)) }()
 	// The second batch is queued once the sender could see it; Close
 	// fails it either way.
