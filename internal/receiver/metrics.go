@@ -237,7 +237,7 @@ func newMetrics(queueDepth func() float64) *metrics {
 	}, []string{"result"})
 	m.stateRoundTrips = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: namespace, Name: "state_round_trips_total",
-		Help: "Round trips to a Redis state store: the requests of batches decided at once share one.",
+		Help: "Round trips of script calls (decisions, unblocks) to a Redis state store: the requests of batches decided at once share one.",
 	})
 	m.stateSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Namespace: namespace, Name: "state_seconds",

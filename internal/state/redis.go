@@ -37,7 +37,7 @@ type RedisOptions struct {
 	// replica of a policy must use the same.
 	HashKey []byte
 	// RoundTrip, if set, is called once per round trip of script calls to
-	// the server (concurrent Evals share one).
+	// the server (Eval's and Unblock's; concurrent Evals share one).
 	RoundTrip func()
 }
 
@@ -390,12 +390,19 @@ func (r *Redis) callerKeys(k callerKey) (calls, blocks string) {
 // arguments with two free slots first, for the command and the script.
 func (r *Redis) run(ctx context.Context, s *script, calls [][]any) ([]*redis.Cmd, error) {
 	cmds := r.exec(ctx, s, calls)
-	for _, cmd := range cmds {
-		if err := cmd.Err(); err != nil {
-			return nil, err
-		}
+	if err := firstErr(cmds); err != nil {
+		return nil, err
 	}
 	return cmds, nil
+}
+
+func firstErr(cmds []*redis.Cmd) error {
+	for _, cmd := range cmds {
+		if err := cmd.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // exec is run's round trip (two when the script is missing), every
@@ -447,14 +454,9 @@ func (r *Redis) coalesce(ctx context.Context, calls [][]any) ([]*redis.Cmd, erro
 		// Nothing to share the round trip with: no hand-off either.
 		r.busy = true
 		r.mu.Unlock()
-		cmds := r.exec(ctx, evalLua, calls)
+		cmds, err := r.run(ctx, evalLua, calls)
 		r.idle()
-		for _, cmd := range cmds {
-			if err := cmd.Err(); err != nil {
-				return nil, err
-			}
-		}
-		return cmds, nil
+		return cmds, err
 	}
 	f := &flight{ctx: ctx, calls: calls, done: make(chan struct{})}
 	r.queue = append(r.queue, f)
@@ -543,8 +545,8 @@ func (r *Redis) round() bool {
 	if len(take) == 0 {
 		return true
 	}
-	// The round is bounded by its earliest deadline: every caller's budget
-	// is the same, so the first to have waited has it.
+	// The round is bounded by its earliest deadline (every caller's budget
+	// is the same, so usually the first to have waited has it).
 	ctx := take[0].ctx
 	for _, f := range take[1:] {
 		if d, ok := f.ctx.Deadline(); ok {
@@ -559,11 +561,7 @@ func (r *Redis) round() bool {
 	r.mu.Unlock()
 	for _, f := range take {
 		f.cmds, cmds = cmds[:len(f.calls):len(f.calls)], cmds[len(f.calls):]
-		for _, cmd := range f.cmds {
-			if f.err = cmd.Err(); f.err != nil {
-				break
-			}
-		}
+		f.err = firstErr(f.cmds)
 		close(f.done)
 	}
 	return true
