@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Runs every fuzz target in the module for FUZZTIME (default 5s) each.
+# Runs every fuzz target in the module for FUZZTIME (default 5s) each: a
+# duration, or a count of executions such as 10000x. A duration can end in a
+# spurious "context deadline exceeded" failure that writes no failing input
+# (go.dev/issue/75804, Go 1.26); a count cannot, so make test uses one.
 #
 # `go test -fuzz` takes one target at a time and links the instrumented test
 # binary again for each, so each package's binary is built once here
