@@ -10,17 +10,18 @@
 # give it: from the package's directory (new failing inputs go to its
 # testdata/fuzz), with go test's fuzz cache ($GOCACHE/fuzz/IMPORT_PATH).
 #
-# FUZZ_INSTRUMENT=module (make test's short runs): a package whose test
-# imports client-go is built with coverage instrumentation of the module's own
-# packages only (the flag go test -fuzz gives every package, through
-# -gcflags) and CGO_ENABLED=0. `-fuzz` instruments every package of the
-# build, so its binary compiled client-go, controller-runtime and envtest
-# once more; this way those are the CGO_ENABLED=0 packages make test's
+# FUZZ_INSTRUMENT=module (make test's short runs): each binary is built with
+# coverage instrumentation of the module's own packages only (the flag go test
+# -fuzz gives every package, through -gcflags) and CGO_ENABLED=0. `-fuzz`
+# instruments every package of the build, so each binary compiled its
+# dependencies once more (client-go, controller-runtime and envtest for
+# internal/receiver and internal/policycli; cel-go and the YAML readers for
+# internal/policy); this way those are the CGO_ENABLED=0 packages make test's
 # earlier builds (test/scale's manager and receiver, the release snapshot's
 # linux/amd64 images) left in the build cache. The parsers fuzzed are the
-# module's, so the fuzzer is still guided by their branches. Other packages,
-# and every package when FUZZ_INSTRUMENT is unset (make fuzz), are
-# instrumented whole, as go test -fuzz does.
+# module's, so the fuzzer is still guided by their branches. Without
+# FUZZ_INSTRUMENT (make fuzz), every package is instrumented whole, as go test
+# -fuzz does.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 fuzztime="${FUZZTIME:-5s}"
@@ -34,7 +35,7 @@ for dir in $(grep -rl --include='*_test.go' '^func Fuzz' --exclude-dir=hack . | 
 	pkg="${module}/${dir#./}"
 	targets="$(grep -ho '^func Fuzz[A-Za-z0-9_]*' "${dir}"/*_test.go | cut -d' ' -f2)"
 	bin="${bins}/${dir//\//_}.test"
-	if [[ "${instrument}" == module ]] && go list -test -deps "${dir}" | grep -qx 'k8s.io/client-go/rest'; then
+	if [[ "${instrument}" == module ]]; then
 		# The same gcflags for every other package as make test's GOFLAGS
 		# give them (-gcflags=all=... is replaced, not added to, per package).
 		gcflags="$(go env GOFLAGS | grep -o -- '-gcflags=all=[^ ]*' | tail -1 | cut -d= -f3-)"
