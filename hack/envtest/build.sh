@@ -10,8 +10,10 @@ if [[ -n "${KUBEBUILDER_ASSETS:-}" ]]; then
 fi
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-version="k8s-v1.37.2-etcd-v3.7.0"
-dir="${XDG_CACHE_HOME:-$HOME/.cache}/callguard/envtest/${version}"
+# Keyed by go.mod and go.sum too, like hack/tools/install.sh: a change of any
+# pin builds new binaries.
+key="$(cat "${here}/go.mod" "${here}/go.sum" | sha256sum | cut -c1-12)"
+dir="${XDG_CACHE_HOME:-$HOME/.cache}/callguard/envtest/k8s-v1.37.2-etcd-v3.7.0-${key}"
 mkdir -p "${dir}"
 
 cd "${here}"
