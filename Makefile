@@ -4,9 +4,9 @@ IMG ?= callguard:dev
 EMULATOR_IMG ?= callguard-graph-emulator:dev
 # Every fuzz target runs TEST_FUZZTIME during `make test` (a smoke run from the
 # checked-in seed corpora) and FUZZTIME in `make fuzz` (results: docs/benchmarks.md).
-# make test's fuzz binaries of packages whose tests import client-go instrument
-# only the module's own packages (hack/fuzz.sh, FUZZ_INSTRUMENT=module), so
-# that they reuse the dependencies make test's CGO_ENABLED=0 builds compiled.
+# make test's fuzz binaries instrument only the module's own packages
+# (hack/fuzz.sh, FUZZ_INSTRUMENT=module), so that they reuse the dependencies
+# make test's CGO_ENABLED=0 builds compiled.
 # make test's budget is a count of executions: Go 1.26's fuzzer can end a
 # duration budget with a spurious "context deadline exceeded" failure and no
 # failing input (go.dev/issue/75804, fixed in Go 1.27), which a count, having no
@@ -91,12 +91,18 @@ verify-generated: ## Fail when the committed generated files are stale.
 envtest: ## Build (once, cached) kube-apiserver and etcd for envtest.
 	@hack/envtest/build.sh >/dev/null
 
-# The tools `make test` needs, all built side by side (make -j6), envtest's
+# The tools `make test` needs. test-tools-first is what the checks of generated
+# files and `go test` need, built side by side (make -j3), envtest's
 # kube-apiserver (the longest) first: on a cold machine one build's module
 # downloads and single-threaded link overlap another's compiling instead of
-# queueing behind it.
-.PHONY: test-tools
-test-tools: envtest $(CONTROLLER_GEN) $(KUSTOMIZE) $(HELM) $(PROMTOOL) $(CRD_REF_DOCS) $(KO) $(CRANE)
+# queueing behind it. test-tools-late (only test-chart and test-release use
+# them) then builds during `go test -race`, at the lowest priority, on the CPU
+# the tests leave idle while they wait; helm, built after kube-apiserver with
+# the same dependency versions and CGO_ENABLED=0, reuses its client-go.
+.PHONY: test-tools test-tools-first test-tools-late
+test-tools: test-tools-first test-tools-late
+test-tools-first: envtest $(CONTROLLER_GEN) $(KUSTOMIZE) $(CRD_REF_DOCS)
+test-tools-late: $(HELM) $(PROMTOOL) $(KO) $(CRANE)
 
 # The Go flags of `make test`'s builds (docs/benchmarks.md, "Cold CI"): no
 # DWARF (debuggers' data; about a fifth of the compiler's time), and
@@ -111,10 +117,14 @@ TEST_GOFLAGS = $(strip $(shell $(GO) env GOFLAGS) -trimpath -gcflags=all=-dwarf=
 # once more.
 .PHONY: test
 test: ## Run every test against a real API server (envtest), the chart's and the alerts' tests, plus short fuzz runs.
-	@$(MAKE) --no-print-directory -j6 test-tools
+	@$(MAKE) --no-print-directory -j3 test-tools-first
 	@$(MAKE) --no-print-directory verify-generated
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
-	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" GOFLAGS="$(TEST_GOFLAGS)" $(GO) test -race -vet=all -count=1 ./...
+	@hack/verify-shared-versions.sh
+	@nice -n 19 $(MAKE) --no-print-directory -j3 test-tools-late & tools=$$!; \
+	echo '$(GO) test -race -vet=all -count=1 ./... (test-tools-late building beside it at nice 19)'; \
+	KUBEBUILDER_ASSETS="$(ENVTEST_ASSETS)" GOFLAGS="$(TEST_GOFLAGS)" $(GO) test -race -vet=all -count=1 ./...; rc=$$?; \
+	wait $$tools || exit 1; exit $$rc
 	@GOFLAGS="$(TEST_GOFLAGS)" $(MAKE) --no-print-directory test-chart
 	@GOFLAGS="$(TEST_GOFLAGS)" $(MAKE) --no-print-directory test-release
 	FUZZTIME=$(TEST_FUZZTIME) FUZZ_INSTRUMENT=module GOFLAGS="$(TEST_GOFLAGS)" hack/fuzz.sh
@@ -201,9 +211,12 @@ $(CONTROLLER_GEN) $(KUSTOMIZE) &: hack/tools/go.mod hack/tools/go.sum
 
 # helm and promtool are modules of their own so that their dependencies do not
 # move controller-gen's; promtool without the cloud service discoveries it
-# does not need here (remove_all_sd: about 2 min cold instead of 10).
+# does not need here (remove_all_sd: about 2 min cold instead of 10). helm has
+# envtest's and the operator's versions of client-go and what it imports
+# (hack/verify-shared-versions.sh) and is built like them, CGO_ENABLED=0, so
+# that after kube-apiserver it compiles only its own packages.
 $(HELM): hack/tools/helm/go.mod hack/tools/helm/go.sum
-	hack/tools/install.sh hack/tools/helm "" helm.sh/helm/v3/cmd/helm
+	CGO_ENABLED=0 hack/tools/install.sh hack/tools/helm "" helm.sh/helm/v3/cmd/helm
 
 $(PROMTOOL): hack/tools/promtool/go.mod hack/tools/promtool/go.sum
 	hack/tools/install.sh hack/tools/promtool remove_all_sd github.com/prometheus/prometheus/cmd/promtool

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds pinned tools from a tools module (hack/tools or one below it) into a
-# cache outside the clone, keyed by the module's go.mod, go.sum and build
-# tags, and links them into bin/. A fresh clone of the same pins only links.
+# cache outside the clone, keyed by the module's go.mod, go.sum, build tags
+# and CGO_ENABLED when it is set, and links them into bin/. A fresh clone of
+# the same pins only links.
 #
 #   hack/tools/install.sh MODULE_DIR TAGS PACKAGE...
 set -euo pipefail
@@ -9,7 +10,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 module="$1" tags="$2"
 shift 2
-key="$(cat "${root}/${module}/go.mod" "${root}/${module}/go.sum" <(echo "${tags}") | sha256sum | cut -c1-16)"
+key="$(cat "${root}/${module}/go.mod" "${root}/${module}/go.sum" <(echo "${tags}"; [[ -z "${CGO_ENABLED:-}" ]] || echo "CGO_ENABLED=${CGO_ENABLED}") | sha256sum | cut -c1-16)"
 dir="${XDG_CACHE_HOME:-$HOME/.cache}/callguard/tools/${key}"
 mkdir -p "${dir}" "${root}/bin"
 
