@@ -76,8 +76,11 @@ if [[ ${#missing[@]} -gt 0 ]]; then
 fi
 
 if [[ ! -x "${bindir}/etcd" ]]; then
-	envtest_etcd="$(ls -d "${cache}"/envtest/k8s-v1.37.2-etcd-v3.7.0-*/etcd 2>/dev/null | head -1)"
-	if [[ -n "${envtest_etcd}" && -x "${envtest_etcd}" ]]; then
+	envtest_etcd=""
+	for f in "${cache}"/envtest/k8s-v1.37.2-etcd-v3.7.0-*/etcd; do
+		[[ -x "${f}" ]] && envtest_etcd="${f}" && break
+	done
+	if [[ -n "${envtest_etcd}" ]]; then
 		say "reusing envtest's etcd (${envtest_etcd})"
 		cp "${envtest_etcd}" "${bindir}/etcd.tmp"
 	else
