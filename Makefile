@@ -106,13 +106,12 @@ test-tools: test-tools-first test-tools-late
 test-tools-first: envtest $(CONTROLLER_GEN) $(KUSTOMIZE) $(CRD_REF_DOCS)
 test-tools-late: $(HELM) $(PROMTOOL) $(KO) $(CRANE)
 
-# The Go flags of `make test`'s builds (docs/benchmarks.md, "Cold CI"): no
-# DWARF (debuggers' data; about a fifth of the compiler's time), and
-# -trimpath, so that test/scale's build of the manager and the receiver
-# (CGO_ENABLED=0) is the release snapshot's linux/amd64 one (ko builds with
-# -trimpath) and the snapshot only links it. The hack/ scripts build the
-# tools and envtest the same way.
-TEST_GOFLAGS = $(strip $(shell $(GO) env GOFLAGS) -trimpath -gcflags=all=-dwarf=false -ldflags=-w)
+# The Go flags of `make test`'s builds (docs/benchmarks.md, "Cold CI"): the
+# compile flags in hack/compile-flags, which envtest and the tools are built
+# with too, so that test/scale's build of the manager and the receiver
+# (CGO_ENABLED=0) is the release snapshot's linux/amd64 one and the snapshot
+# only links it.
+TEST_GOFLAGS = $(strip $(shell $(GO) env GOFLAGS) $(shell grep -v '^\#' hack/compile-flags) -ldflags=-w)
 
 # `go test -vet=all` runs every analyzer `go vet` runs, on the same packages,
 # on the build the tests use, instead of `go vet` compiling every dependency

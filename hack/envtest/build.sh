@@ -17,20 +17,26 @@ dir="${XDG_CACHE_HOME:-$HOME/.cache}/callguard/envtest/k8s-v1.37.2-etcd-v3.7.0-$
 mkdir -p "${dir}"
 
 cd "${here}"
-# Without DWARF (debuggers' data): about a fifth less compiling, cold; the
-# flags of make test's CGO_ENABLED=0 builds, so that they share the standard
-# library's packages.
+# The compile flags and CGO_ENABLED=0 of make test's builds of the manager
+# and the receiver, so that those reuse kube-apiserver's packages.
 export CGO_ENABLED=0
-flags=(-trimpath -gcflags=all=-dwarf=false)
+read -ra flags < <(grep -v '^#' "${here}/../compile-flags")
+# build NAME LDFLAGS PACKAGE: each build writes a file of its own and renames
+# it into place, so that make test runs in two clones at once (sharing this
+# cache) cannot take each other's half-written or moved binary.
+build() {
+	local tmp
+	tmp="$(mktemp "${dir}/$1.XXXXXX")"
+	go build "${flags[@]}" -ldflags "$2" -o "${tmp}" "$3"
+	mv -f "${tmp}" "${dir}/$1"
+}
 if [[ ! -x "${dir}/etcd" ]]; then
 	echo "building etcd v3.7.0 into ${dir} (about 1 minute)" >&2
-	go build "${flags[@]}" -ldflags "-s -w" -o "${dir}/etcd.tmp" go.etcd.io/etcd/server/v3
-	mv "${dir}/etcd.tmp" "${dir}/etcd"
+	build etcd "-s -w" go.etcd.io/etcd/server/v3
 fi
 if [[ ! -x "${dir}/kube-apiserver" ]]; then
 	echo "building kube-apiserver v1.37.2 into ${dir} (about 10 minutes cold on 2 cores)" >&2
-	ldflags="-s -w -X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37"
-	go build "${flags[@]}" -ldflags "${ldflags}" -o "${dir}/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
-	mv "${dir}/kube-apiserver.tmp" "${dir}/kube-apiserver"
+	build kube-apiserver "-s -w -X k8s.io/component-base/version.gitVersion=v1.37.2 -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37" \
+		k8s.io/kubernetes/cmd/kube-apiserver
 fi
 echo "${dir}"

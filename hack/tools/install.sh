@@ -21,10 +21,10 @@ for pkg in "$@"; do
 	[[ -x "${dir}/${name}" ]] || missing+=("${pkg}")
 done
 if ((${#missing[@]})); then
-	# Without DWARF (debuggers' data): about a fifth less compiling, cold;
-	# -trimpath like make test's own builds, so that they share the standard
-	# library's packages.
-	(cd "${root}/${module}" && GOBIN="${dir}" go install -trimpath -gcflags=all=-dwarf=false -ldflags="-s -w" \
+	# make test's compile flags, so that its builds and the tools' share
+	# compiled packages.
+	read -ra flags < <(grep -v '^#' "${root}/hack/compile-flags")
+	(cd "${root}/${module}" && GOBIN="${dir}" go install "${flags[@]}" -ldflags="-s -w" \
 		${tags:+-tags "${tags}"} "${missing[@]}")
 fi
 for pkg in "$@"; do
