@@ -94,7 +94,10 @@ func TestActions(t *testing.T) {
 			if got := after.Value[0]; got.ChangeType != tt.wantChange || got.CallID() != id {
 				t.Errorf("notification after action = %s %s, want %s %s", got.ChangeType, got.CallID(), tt.wantChange, id)
 			}
-			rec := waitRecord(t, s, id, func(r CallRecord) bool { return len(r.History) >= 3 })
+			// An answer goes establishing, then established, each with its own
+			// notification: wait for the state the action ends in, not only for
+			// the first notification after it.
+			rec := waitRecord(t, s, id, func(r CallRecord) bool { return len(r.History) >= 3 && r.State == tt.wantState })
 			if rec.State != tt.wantState || rec.Action != tt.wantAction || rec.Reason != tt.wantReason {
 				t.Errorf("record state/action/reason = %s/%s/%s, want %s/%s/%s", rec.State, rec.Action, rec.Reason, tt.wantState, tt.wantAction, tt.wantReason)
 			}
