@@ -101,8 +101,7 @@ envtest: ## Build (once, cached) kube-apiserver and etcd for envtest.
 # them) then builds during `go test -race` (test-background); helm, built
 # after kube-apiserver with the same dependency versions and CGO_ENABLED=0,
 # reuses its client-go.
-.PHONY: test-tools test-tools-first test-tools-late
-test-tools: test-tools-first test-tools-late
+.PHONY: test-tools-first test-tools-late
 test-tools-first: envtest $(CONTROLLER_GEN) $(KUSTOMIZE) $(CRD_REF_DOCS)
 test-tools-late: $(HELM) $(PROMTOOL) $(KO) $(CRANE)
 
